@@ -1,0 +1,1 @@
+"""Turn a folder of music into clean, captioned MusicGen training data."""

@@ -1,0 +1,36 @@
+"""Audio constants shared by every part of the project.
+
+One place for the numbers that the dataset tools, the genre classifier and the
+MusicGen trainer must agree on. Importing this module is cheap (no torch).
+"""
+
+# --- Dataset (what `dataset_tools prepare` writes) --------------------------
+DATASET_SAMPLE_RATE = 44_100      # Hz: prepared WAVs, mono 16-bit PCM
+DATASET_CHANNELS = 1
+DATASET_SUBTYPE = "PCM_16"
+SEGMENT_SECONDS = 30.0            # MusicGen's training window
+MIN_SEGMENT_SECONDS = 1.0         # a trailing remainder shorter than this is dropped
+
+# --- MusicGen (EnCodec 32 kHz, as in the released checkpoints) --------------
+MUSICGEN_SAMPLE_RATE = 32_000     # Hz: audio is resampled to this before encoding
+MUSICGEN_FRAME_RATE = 50          # EnCodec frames (LM steps) per second
+MUSICGEN_HOP_LENGTH = MUSICGEN_SAMPLE_RATE // MUSICGEN_FRAME_RATE  # 640 samples per frame
+MUSICGEN_CODEBOOKS = 4            # residual codebooks per frame (mono models)
+MUSICGEN_CARD = 2048              # codes per codebook; `card` is also the special (masked) token
+MUSICGEN_MAX_SECONDS = 30.0       # context window of the released models
+MUSICGEN_EXTEND_STRIDE = 18.0     # audiocraft's default stride for generation beyond the window
+
+# --- Genre classifier (MFCC CNN) ---------------------------------------------
+CLASSIFIER_SAMPLE_RATE = 22_050
+CLASSIFIER_N_MFCC = 13
+CLASSIFIER_N_FFT = 2048
+CLASSIFIER_HOP_LENGTH = 512
+CLASSIFIER_SEGMENT_SECONDS = 3.0  # 3 s at 22.05 kHz / hop 512 -> 130 frames
+CLASSIFIER_N_MELS = 128           # mel bands under the MFCCs (librosa's default)
+CLASSIFIER_MIN_TRACK_SECONDS = 0.5  # shorter files are skipped; 0.5-3 s ones are zero-padded
+CLASSIFIER_SILENCE_DBFS = -60.0   # a file whose peak is below this is skipped as silent
+
+# --- Names ---------------------------------------------------------------------
+UNKNOWN_GENRE_DIRS = ("unknown", "unknow")  # folders of unlabelled tracks
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".webm")
+MIDI_EXTENSIONS = (".mid", ".midi")

@@ -1,0 +1,305 @@
+"""Load any MusicGen this project works with, through one function: ``load_model``.
+
+Accepted names:
+- ``tiny`` (or ``tiny:SEED``): a random tiny MusicGen built offline (see ``tiny.py``);
+- a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
+  which is also what our trainer exports;
+- an audiocraft hub name (``facebook/musicgen-small``, ``-medium``, ``-large``, ``-melody``,
+  the stereo variants, or the short forms ``small``/``medium``/...), loaded with audiocraft's
+  own loader. Offline and not cached, this fails at once with ``ModelUnavailableError``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import typing as tp
+from pathlib import Path
+from urllib.parse import urlparse
+
+LM_FILE = "state_dict.bin"
+COMPRESSION_FILE = "compression_state_dict.bin"
+
+PRETRAINED_NAMES = (
+    "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
+    "facebook/musicgen-melody", "facebook/musicgen-melody-large",
+    "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium",
+    "facebook/musicgen-stereo-large", "facebook/musicgen-stereo-melody",
+    "facebook/musicgen-stereo-melody-large",
+)
+SHORT_NAMES = {name.split("/musicgen-")[1]: name for name in PRETRAINED_NAMES}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded here (not cached offline, missing files, bad name)."""
+
+
+def resolve_name(name: str) -> str:
+    """Map short forms (``small``, ``stereo-medium``) to full hub names; other names unchanged."""
+    name = str(name).strip()
+    return SHORT_NAMES.get(name, name)
+
+
+def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None):
+    """Load a MusicGen model (``audiocraft.models.MusicGen``) in eval mode.
+
+    Args:
+        name: ``tiny`` / ``tiny:SEED``, an export folder, or a hub name (see module doc).
+        device: ``cuda``, ``cpu``...; defaults to CUDA when available.
+    Raises:
+        ModelUnavailableError: with a one-line, user-facing explanation.
+    """
+    text = str(name)
+    if text == "tiny" or text.startswith("tiny:"):
+        from .tiny import TinyConfig, build_tiny_musicgen
+        seed = text.partition(":")[2]
+        if seed and not seed.isdigit():
+            raise ModelUnavailableError(f"bad tiny model name {text!r}: use 'tiny' or 'tiny:SEED'")
+        return build_tiny_musicgen(TinyConfig(seed=int(seed or 0)), device=default_device(device))
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_export(path, default_device(device))
+    if path.exists() or text.startswith((".", "/", "~")) or os.sep + os.sep in text:
+        raise ModelUnavailableError(f"{text} is not a model folder (expected a folder with "
+                                    f"{LM_FILE} and {COMPRESSION_FILE})")
+    return _load_pretrained(resolve_name(text), device)
+
+
+def default_device(device: tp.Optional[str] = None) -> str:
+    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return str(device)
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- export folders -------------------------------------------------------------
+
+def _read_package(path: Path) -> dict:
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # corrupt or truncated file
+        raise ModelUnavailableError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def _load_export(folder: Path, device: str):
+    missing = [f for f in (LM_FILE, COMPRESSION_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise ModelUnavailableError(f"{folder} is not an audiocraft model folder: missing {', '.join(missing)}")
+    lm_pkg = _read_package(folder / LM_FILE)
+    if "xp.cfg" not in lm_pkg or "best_state" not in lm_pkg:
+        raise ModelUnavailableError(f"{folder / LM_FILE} has no 'xp.cfg'/'best_state': not an audiocraft export")
+    extra = (lm_pkg["xp.cfg"] or {}).get("musicgen_trainer") or {}
+    if extra.get("text_encoder") == "tiny":
+        return _load_tiny_export(folder, lm_pkg, device)
+    from audiocraft.models import MusicGen
+    return _with_offline_errors(lambda: MusicGen.get_pretrained(str(folder), device=device), str(folder))
+
+
+def _load_tiny_export(folder: Path, lm_pkg: dict, device: str):
+    from audiocraft.models import MusicGen
+    from audiocraft.models.loaders import load_compression_model
+    from omegaconf import OmegaConf
+
+    from .tiny import TINY_NAME, build_lm_from_config
+
+    if "text_encoder_state" not in lm_pkg:
+        raise ModelUnavailableError(f"{folder / LM_FILE} is a tiny-model export without its text encoder weights")
+    xp_cfg = OmegaConf.create(lm_pkg["xp.cfg"])
+    xp_cfg.device = "cpu"
+    lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"])
+    lm.load_state_dict(lm_pkg["best_state"])
+    compression_model = load_compression_model(str(folder), device="cpu")
+    model = MusicGen(TINY_NAME, compression_model, lm.eval())
+    model.name = str(folder)
+    return to_device(model, device)
+
+
+def to_device(model, device: str):
+    """Move a MusicGen (LM, compression model and the frozen T5 kept outside the module tree)."""
+    import torch
+    device = torch.device(device)
+    model.lm.to(device)
+    model.compression_model.to(device)
+    for conditioner in model.lm.condition_provider.conditioners.values():
+        t5 = conditioner.__dict__.get("t5")
+        if t5 is not None:
+            conditioner.__dict__["t5"] = t5.to(device)
+        if hasattr(conditioner, "device"):
+            conditioner.device = str(device)
+    model.lm.condition_provider.device = str(device)
+    model.device = device
+    return model
+
+
+def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optional[dict] = None,
+                 extra: tp.Optional[dict] = None) -> Path:
+    """Write ``model`` to ``folder`` in audiocraft's layout; returns the folder.
+
+    ``state_dict.bin`` holds ``{'xp.cfg', 'best_state'}`` (plus, for tiny models, the frozen
+    text encoder's weights) and ``compression_state_dict.bin`` the compression model, so
+    ``MusicGen.get_pretrained(folder)`` and ``load_model(folder)`` both accept it. Files are
+    written to temporary names and renamed, so a crash never leaves a half-written export.
+
+    Args:
+        lm_state: LM weights to export instead of ``model.lm.state_dict()`` (e.g. EMA weights).
+        extra: JSON-able facts merged into ``xp.cfg['musicgen_trainer']`` (e.g. training data genres).
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    xp_cfg = OmegaConf.to_container(model.lm.cfg, resolve=True)
+    xp_cfg["device"] = "cpu"
+    if extra:
+        xp_cfg.setdefault("musicgen_trainer", {}).update(extra)
+    state = lm_state if lm_state is not None else model.lm.state_dict()
+    lm_pkg = {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in state.items()}}
+    if (xp_cfg.get("musicgen_trainer") or {}).get("text_encoder") == "tiny":
+        t5 = model.lm.condition_provider.conditioners["description"].__dict__["t5"]
+        lm_pkg["text_encoder_state"] = {k: v.cpu() for k, v in t5.state_dict().items()}
+    compression_pkg = _compression_package(model, xp_cfg)
+    _atomic_torch_save(lm_pkg, folder / LM_FILE)
+    _atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
+    return folder
+
+
+def _compression_package(model, xp_cfg: dict) -> dict:
+    """The compression model's package: rebuilt from config for local models, or the
+    pretrained one's own package (copied from the hub cache) for released models."""
+    base = (xp_cfg.get("musicgen_trainer") or {}).get("base_model") or model.name
+    if (xp_cfg.get("musicgen_trainer") or {}).get("text_encoder") != "tiny" and "compression_model" not in xp_cfg:
+        from audiocraft.models.loaders import load_compression_model_ckpt
+        return load_compression_model_ckpt(base)
+    compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
+    return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- pretrained (hub) models ----------------------------------------------------------
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub can be reached (honours HF_HUB_OFFLINE and HF_ENDPOINT)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached(repo_id: str, filename: str) -> bool:
+    # Same cache audiocraft's loader reads (AUDIOCRAFT_CACHE_DIR, else the HF default);
+    # looked up without importing audiocraft so the offline error comes at once.
+    from huggingface_hub import try_to_load_from_cache
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"))
+    return isinstance(found, str)
+
+
+def _unavailable_message(name: str) -> str:
+    cache = os.environ.get("AUDIOCRAFT_CACHE_DIR") or os.environ.get("HF_HUB_CACHE") or \
+        os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    return (f"{name}: weights are not in the local cache ({cache}) and the Hugging Face hub cannot be "
+            f"reached. Run once with network access to cache them (they also need t5-base), copy that "
+            f"cache to this machine (set HF_HOME), or pass --model /path/to/folder containing "
+            f"{LM_FILE} and {COMPRESSION_FILE}.")
+
+
+def _with_offline_errors(load: tp.Callable, name: str):
+    """Run ``load`` turning hub/network failures into one ``ModelUnavailableError`` line."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    try:
+        return load()
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as exc:
+        raise ModelUnavailableError(_unavailable_message(name)) from exc
+    except OSError as exc:  # transformers wraps missing-cache errors for t5 in OSError
+        if "connect" in str(exc).lower() or "offline" in str(exc).lower() or "cache" in str(exc).lower():
+            raise ModelUnavailableError(_unavailable_message(name)) from exc
+        raise
+
+
+def _load_pretrained(name: str, device: str):
+    if "/" not in name:
+        known = ", ".join(["tiny", *SHORT_NAMES])
+        raise ModelUnavailableError(f"unknown model {name!r}: use one of {known}, a hub name "
+                                    f"like facebook/musicgen-small, or an export folder")
+    online = _hub_reachable()
+    if not online:
+        if not (_cached(name, LM_FILE) and _cached(name, COMPRESSION_FILE)):
+            raise ModelUnavailableError(_unavailable_message(name))
+        # Everything must come from the cache: stop huggingface_hub/transformers from retrying
+        # the network for every file (~20 s each) before they fall back to it.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from audiocraft.models import MusicGen
+    device = default_device(device)
+    return _with_offline_errors(lambda: MusicGen.get_pretrained(name, device=device), name)
+
+
+# --- summary ------------------------------------------------------------------------
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_summary(model) -> dict:
+    """Facts about a loaded MusicGen: sizes, sample rate, frame rate, codebooks, text encoder."""
+    lm = model.lm
+    text_params = 0
+    for conditioner in lm.condition_provider.conditioners.values():
+        t5 = conditioner.__dict__.get("t5")
+        if t5 is not None:
+            text_params += count_parameters(t5)
+    lm_params = count_parameters(lm)
+    return {
+        "name": str(model.name),
+        "lm_parameters": lm_params,
+        "lm_trainable_parameters": sum(p.numel() for p in lm.parameters() if p.requires_grad),
+        "text_encoder_parameters_frozen": text_params,
+        "compression_parameters": count_parameters(model.compression_model),
+        "sample_rate": int(model.sample_rate),
+        "audio_channels": int(model.audio_channels),
+        "frame_rate": float(model.frame_rate),
+        "codebooks": int(lm.n_q),
+        "card": int(lm.card),
+        "lm_dim": int(lm.dim),
+        "lm_layers": len(lm.transformer.layers),
+        "max_duration": float(model.max_duration),
+        "conditioners": sorted(lm.condition_provider.conditioners),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    def human(n: int) -> str:
+        return f"{n / 1e6:.2f} M" if n >= 1e5 else str(n)
+    rows = [
+        ("model", summary["name"]),
+        ("language model", f"{human(summary['lm_parameters'])} parameters "
+                           f"({human(summary['lm_trainable_parameters'])} trainable), "
+                           f"dim {summary['lm_dim']}, {summary['lm_layers']} layers"),
+        ("text encoder (frozen)", f"{human(summary['text_encoder_parameters_frozen'])} parameters"),
+        ("compression model", f"{human(summary['compression_parameters'])} parameters"),
+        ("audio", f"{summary['sample_rate']} Hz, {summary['audio_channels']} channel(s)"),
+        ("tokens", f"{summary['frame_rate']:g} frames/s x {summary['codebooks']} codebooks of "
+                   f"{summary['card']} codes"),
+        ("context window", f"{summary['max_duration']:g} s"),
+        ("conditioning", ", ".join(summary["conditioners"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+

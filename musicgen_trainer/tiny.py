@@ -1,0 +1,223 @@
+"""A tiny MusicGen built offline from audiocraft's own classes.
+
+Same structure as the released models, random weights, a few million parameters:
+
+- compression model: audiocraft's ``EncodecModel`` (SEANet encoder/decoder + residual
+  vector quantiser) at 32 kHz, 4 codebooks of 2048 codes, 50 frames per second;
+- language model: audiocraft's ``LMModel`` with the delay codebook pattern, cross-attention
+  on the text condition and classifier-free guidance dropout;
+- text conditioner: audiocraft's ``T5Conditioner`` whose T5 encoder is a randomly
+  initialised ``transformers.T5EncoderModel`` and whose tokenizer is the byte-level
+  ``ByT5Tokenizer`` (needs no vocabulary file, so it is built with no download).
+
+Everything is deterministic for a given seed. The frozen T5 is not part of the LM state
+dict (audiocraft keeps it out on purpose), so exports of tiny models carry its weights
+separately (see ``loading.export_model``).
+"""
+from __future__ import annotations
+
+import copy
+import typing as tp
+from dataclasses import asdict, dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .constants import (MUSICGEN_CARD, MUSICGEN_CODEBOOKS, MUSICGEN_MAX_SECONDS,
+                        MUSICGEN_SAMPLE_RATE)
+
+TINY_NAME = "tiny"
+# T5Conditioner only knows hub names; the tiny encoder borrows t5-small's width (512)
+# so that the exported config is one audiocraft's builder accepts.
+TINY_T5_ALIAS = "t5-small"
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the tiny model. Defaults keep a CPU train+generate test to seconds."""
+    seed: int = 0
+    lm_dim: int = 64
+    lm_heads: int = 4
+    lm_layers: int = 2
+    t5_layers: int = 1
+    t5_heads: int = 4
+    t5_ff: int = 256
+    codec_filters: int = 4
+    codec_dim: int = 32
+    max_duration: float = MUSICGEN_MAX_SECONDS
+    cfg_dropout: float = 0.3
+    word_dropout: float = 0.3
+
+    def __post_init__(self):
+        if self.lm_dim % self.lm_heads:
+            raise ValueError(f"lm_dim ({self.lm_dim}) must be divisible by lm_heads ({self.lm_heads})")
+        if self.max_duration <= 0:
+            raise ValueError("max_duration must be positive")
+
+
+def t5_config_dict(cfg: TinyConfig) -> dict:
+    """Keyword arguments of the tiny ``transformers.T5Config`` (byte-level vocabulary)."""
+    return dict(vocab_size=384, d_model=512, d_kv=512 // cfg.t5_heads, d_ff=cfg.t5_ff,
+                num_layers=cfg.t5_layers, num_heads=cfg.t5_heads, dropout_rate=0.0,
+                feed_forward_proj="relu", is_encoder_decoder=False, use_cache=False,
+                pad_token_id=0, eos_token_id=1)
+
+
+def _make_text_conditioner_class():
+    # Imported lazily: audiocraft's conditioners module pulls in spacy and xformers.
+    from audiocraft.modules.conditioners import T5Conditioner, TextConditioner
+    from audiocraft.utils.autocast import TorchAutocast
+
+    class TinyT5Conditioner(T5Conditioner):
+        """``T5Conditioner`` with a local random T5 encoder and a byte-level tokenizer.
+
+        Only ``__init__`` differs: tokenisation, word dropout, masking and the trainable
+        output projection are audiocraft's own code.
+        """
+
+        def __init__(self, output_dim: int, device: str, t5_config: dict,
+                     word_dropout: float = 0.0, t5_state: tp.Optional[dict] = None):
+            from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+            TextConditioner.__init__(self, t5_config["d_model"], output_dim)
+            self.device = device
+            self.name = TINY_T5_ALIAS
+            self.finetune = False
+            self.word_dropout = word_dropout
+            self.autocast = TorchAutocast(enabled=False)
+            self.normalize_text = False
+            # ByT5 appends </s>, so an empty (null) caption still yields one token.
+            self.t5_tokenizer = ByT5Tokenizer()
+            t5 = T5EncoderModel(T5Config(**t5_config)).eval()
+            if t5_state is not None:
+                t5.load_state_dict(t5_state)
+            t5.requires_grad_(False)
+            # Kept out of the module tree, as audiocraft does for a frozen T5.
+            self.__dict__["t5"] = t5.to(device)
+
+    return TinyT5Conditioner
+
+
+_CONDITIONER_CLASS = None
+
+
+def tiny_text_conditioner(output_dim: int, device: str, t5_config: dict, word_dropout: float,
+                          t5_state: tp.Optional[dict] = None):
+    global _CONDITIONER_CLASS
+    if _CONDITIONER_CLASS is None:
+        _CONDITIONER_CLASS = _make_text_conditioner_class()
+    return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state)
+
+
+def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
+    """The audiocraft experiment config (``xp.cfg``) describing a tiny model.
+
+    It has the keys audiocraft's builders read, shaped like musicgen-small's, so the
+    export is loadable by ``audiocraft.models.loaders``. The extra ``musicgen_trainer``
+    section records what audiocraft cannot know: that T5 is the local tiny one.
+    """
+    return OmegaConf.create({
+        "sample_rate": MUSICGEN_SAMPLE_RATE,
+        "channels": 1,
+        "device": "cpu",
+        "dtype": "float32",
+        "compression_model": "encodec",
+        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": MUSICGEN_SAMPLE_RATE,
+                    "channels": 1, "causal": False, "renormalize": False},
+        "seanet": {"dimension": cfg.codec_dim, "channels": 1, "causal": False,
+                   "n_filters": cfg.codec_filters, "n_residual_layers": 1,
+                   "ratios": [8, 5, 4, 4],  # hop 640 -> 50 frames/s at 32 kHz, as released
+                   "activation": "ELU", "activation_params": {"alpha": 1.0},
+                   "norm": "weight_norm", "norm_params": {}, "kernel_size": 7,
+                   "residual_kernel_size": 3, "last_kernel_size": 7, "dilation_base": 2,
+                   "pad_mode": "constant", "true_skip": True, "compress": 2, "lstm": 0,
+                   "disable_norm_outer_blocks": 0,
+                   "decoder": {"trim_right_ratio": 1.0, "final_activation": None,
+                               "final_activation_params": None},
+                   "encoder": {}},
+        "rvq": {"n_q": MUSICGEN_CODEBOOKS, "q_dropout": False, "bins": MUSICGEN_CARD, "decay": 0.99,
+                # kmeans_init=True would leave the codebooks at zero until trained.
+                "kmeans_init": False, "kmeans_iters": 50, "threshold_ema_dead_code": 2,
+                "orthogonal_reg_weight": 0.0, "orthogonal_reg_active_codes_only": False},
+        "lm_model": "transformer_lm",
+        "codebooks_pattern": {"modeling": "delay",
+                              "delay": {"delays": list(range(MUSICGEN_CODEBOOKS)),
+                                        "flatten_first": 0, "empty_initial": 0}},
+        "transformer_lm": {
+            "dim": cfg.lm_dim, "num_heads": cfg.lm_heads, "num_layers": cfg.lm_layers,
+            "hidden_scale": 4, "n_q": MUSICGEN_CODEBOOKS, "card": MUSICGEN_CARD, "dropout": 0.0,
+            "emb_lr": None, "activation": "gelu", "norm_first": True, "bias_ff": False,
+            "bias_attn": False, "bias_proj": False, "past_context": None, "causal": True,
+            "custom": False, "memory_efficient": True, "attention_as_float32": False,
+            "layer_scale": None, "positional_embedding": "sin", "xpos": False,
+            "checkpointing": "none", "weight_init": "gaussian", "depthwise_init": "current",
+            "zero_bias_init": True, "norm": "layer_norm", "cross_attention": True,
+            "qk_layer_norm": False, "qk_layer_norm_cross": False, "attention_dropout": None,
+            "kv_repeat": 1, "two_step_cfg": False},
+        "classifier_free_guidance": {"training_dropout": cfg.cfg_dropout, "inference_coef": 3.0},
+        "attribute_dropout": {},
+        "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1,
+                  "sum": [], "prepend": [], "cross": ["description"], "input_interpolate": []},
+        "conditioners": {"description": {"model": "t5", "t5": {
+            "name": TINY_T5_ALIAS, "finetune": False, "word_dropout": cfg.word_dropout,
+            "normalize_text": False}}},
+        "dataset": {"segment_duration": cfg.max_duration},
+        "musicgen_trainer": {"text_encoder": "tiny", "t5_config": t5_config_dict(cfg),
+                             "tiny": asdict(cfg)},
+    })
+
+
+def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
+                         t5_state: tp.Optional[dict] = None):
+    """Build audiocraft's ``LMModel`` from an ``xp.cfg`` whose text encoder is the tiny T5.
+
+    Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioner, which
+    audiocraft would download from the hub.
+    """
+    from audiocraft.models import builders
+    from audiocraft.models.lm import LMModel
+    from audiocraft.modules.conditioners import ConditioningProvider
+    from audiocraft.utils.utils import dict_from_config
+
+    kwargs = dict_from_config(xp_cfg.transformer_lm)
+    kwargs.pop("q_modeling", None)
+    kwargs["cross_attention"] = True
+    t5_cfg = xp_cfg.conditioners.description.t5
+    conditioner = tiny_text_conditioner(
+        output_dim=kwargs["dim"], device=device,
+        t5_config=OmegaConf.to_container(xp_cfg.musicgen_trainer.t5_config),
+        word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state)
+    provider = ConditioningProvider({"description": conditioner}, device=device)
+    cfg_free = xp_cfg.classifier_free_guidance
+    lm = LMModel(
+        pattern_provider=builders.get_codebooks_pattern_provider(kwargs["n_q"], xp_cfg.codebooks_pattern),
+        condition_provider=provider,
+        fuser=builders.get_condition_fuser(xp_cfg),
+        cfg_dropout=cfg_free.training_dropout,
+        cfg_coef=cfg_free.inference_coef,
+        attribute_dropout=dict_from_config(xp_cfg.attribute_dropout),
+        dtype=getattr(torch, xp_cfg.dtype),
+        device=device,
+        **kwargs,
+    ).to(device)
+    lm.cfg = xp_cfg
+    return lm
+
+
+def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "cpu"):
+    """Return a randomly initialised tiny ``audiocraft.models.MusicGen``.
+
+    The global RNG state is left untouched; the weights depend only on ``config.seed``.
+    """
+    from audiocraft.models import MusicGen, builders
+
+    from .loading import to_device
+
+    config = config or TinyConfig()
+    xp_cfg = tiny_xp_config(config)
+    # Built on the CPU so that the weights are the same whatever the device.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
+        lm = build_lm_from_config(xp_cfg, device="cpu")
+    model = MusicGen(TINY_NAME, compression_model.eval(), lm.eval(), max_duration=config.max_duration)
+    return to_device(model, device)
