@@ -34,3 +34,11 @@ CLASSIFIER_SILENCE_DBFS = -60.0   # a file whose peak is below this is skipped a
 UNKNOWN_GENRE_DIRS = ("unknown", "unknow")  # folders of unlabelled tracks
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".webm")
 MIDI_EXTENSIONS = (".mid", ".midi")
+
+# --- Dataset preparation (`dataset_tools prepare`) ------------------------------
+SILENCE_DB = -60.0                # leading/trailing audio quieter than this (dBFS peak) is trimmed
+MIN_TRACK_SECONDS = 0.1           # a whole track with less sound than this is skipped as empty
+MIDI_RELEASE_SECONDS = 1.0        # kept after a rendered MIDI file's last note-off (release tail)
+ANALYSIS_SAMPLE_RATE = 22_050     # Hz: tempo/key estimation runs on a downsampled copy
+ANALYSIS_MAX_SECONDS = 60.0       # ...of at most this much audio from the middle of the track
+VALID_FRACTION = 0.1              # share of source tracks put in the validation split

@@ -169,10 +169,12 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
 def _compression_package(model, xp_cfg: dict) -> dict:
     """The compression model's package: rebuilt from config for local models, or the
     pretrained one's own package (copied from the hub cache) for released models."""
-    base = (xp_cfg.get("musicgen_trainer") or {}).get("base_model") or model.name
-    if (xp_cfg.get("musicgen_trainer") or {}).get("text_encoder") != "tiny" and "compression_model" not in xp_cfg:
+    ours = xp_cfg.get("musicgen_trainer") or {}
+    if ours.get("text_encoder") != "tiny":
+        # A released model (or a fine-tune of one): its compression model is unchanged by
+        # training, so the base's own package (hub cache or export folder) is copied as is.
         from audiocraft.models.loaders import load_compression_model_ckpt
-        return load_compression_model_ckpt(base)
+        return load_compression_model_ckpt(ours.get("base_model") or model.name)
     compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
     return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
 

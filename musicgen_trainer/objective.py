@@ -1,0 +1,113 @@
+"""MusicGen's training objective, exactly as audiocraft's solver computes it.
+
+For codes ``[B, K, T]`` the LM sees them through the delay pattern (codebook k shifted by k
+steps, the special token ``card`` filling the gaps) and predicts logits ``[B, K, T, card]``
+with a validity mask. The loss is, for each codebook k, the cross-entropy over its valid
+positions, then the mean of the K per-codebook values. Padded frames are masked out of the
+loss and fed to the LM as the special token.
+
+To make gradient accumulation and data parallelism *exactly* a larger batch, each
+micro-batch returns cross-entropy *sums* and the caller divides by the number of valid
+positions of the whole global batch (``normalizer``), which is known before any forward
+pass because validity depends only on the pattern and the padding.
+"""
+from __future__ import annotations
+
+import functools
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_valid(pattern_provider, n_frames: int) -> torch.Tensor:
+    pattern = pattern_provider.get_pattern(n_frames)
+    k = pattern_provider.n_q
+    dummy = torch.zeros(1, 1, k, len(pattern.valid_layout))  # S as built with keep_only_valid_steps
+    _, _, mask = pattern.revert_pattern_logits(dummy, 0.0, keep_only_valid_steps=True)
+    return mask  # [K, T] bool
+
+
+def valid_positions(lm, frame_valid: torch.Tensor) -> torch.Tensor:
+    """Positions that count in the loss.
+
+    Args:
+        frame_valid: ``[B, T]`` bool, False on padded frames.
+    Returns:
+        ``[B, K, T]`` bool: valid under the codebook pattern and not padding.
+    """
+    pattern_mask = _pattern_valid(lm.pattern_provider, frame_valid.shape[-1]).to(frame_valid.device)
+    return pattern_mask[None] & frame_valid[:, None, :]
+
+
+def token_counts(lm, frame_valid: torch.Tensor) -> torch.Tensor:
+    """Number of valid positions per codebook, ``[K]`` float."""
+    return valid_positions(lm, frame_valid).sum(dim=(0, 2)).float()
+
+
+def predict(lm, codes: torch.Tensor, conditions: list, forward: tp.Optional[tp.Callable] = None):
+    """``lm.compute_predictions`` through ``forward`` (e.g. the DDP wrapper's, so that
+    gradients are synchronised; audiocraft's method always calls the bare module).
+
+    Args:
+        codes: ``[B, K, T]`` long.
+        conditions: B ``ConditioningAttributes``.
+    Returns:
+        logits ``[B, K, T, card]`` (NaN where invalid) and mask ``[B, K, T]``.
+    """
+    B, K, T = codes.shape
+    forward = forward or lm
+    pattern = lm.pattern_provider.get_pattern(T)
+    sequence, _, _ = pattern.build_pattern_sequence(codes.contiguous(), lm.special_token_id,
+                                                    keep_only_valid_steps=True)
+    logits = forward(sequence, conditions)                     # [B, K, S, card]
+    logits = logits.permute(0, 3, 1, 2)                        # [B, card, K, S]
+    logits, _, mask = pattern.revert_pattern_logits(logits, float("nan"), keep_only_valid_steps=True)
+    return logits.permute(0, 2, 3, 1), mask[None].expand(B, -1, -1)
+
+
+def codebook_ce_sums(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the valid positions of each codebook.
+
+    Args:
+        logits: ``[B, K, T, card]``; codes: ``[B, K, T]``; mask: ``[B, K, T]`` bool.
+    Returns:
+        ``[K]`` float32 sums (divide by the valid counts for means).
+    """
+    sums = []
+    for k in range(codes.shape[1]):
+        m = mask[:, k]
+        # float32 for the softmax even under autocast: fp16 log-sum-exp over 2048 codes overflows.
+        sums.append(F.cross_entropy(logits[:, k][m].float(), codes[:, k][m], reduction="sum"))
+    return torch.stack(sums)
+
+
+def conditions_for(captions: tp.Sequence[tp.Optional[str]]) -> list:
+    """``ConditioningAttributes`` for captions; ``None`` is the null condition (as after
+    audiocraft's classifier-free-guidance dropout)."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    return [ConditioningAttributes(text={"description": c}) for c in captions]
+
+
+def micro_batch_loss(lm, codes: torch.Tensor, frame_valid: torch.Tensor,
+                     captions: tp.Sequence[tp.Optional[str]], normalizer: torch.Tensor,
+                     forward: tp.Optional[tp.Callable] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This micro-batch's share of the global-batch loss.
+
+    Args:
+        codes: ``[B, K, T]``; frame_valid: ``[B, T]``; normalizer: ``[K]`` valid counts of the
+            whole global batch (all micro-batches, all processes).
+    Returns:
+        (loss, per_codebook): scalar to backpropagate, and ``[K]`` detached shares of each
+        codebook's mean cross-entropy. Summed over the micro-batches of a global batch they
+        equal audiocraft's loss and ``ce_q1..ce_qK`` on that batch.
+    """
+    # Padded frames enter the LM as the special token (audiocraft's padding_with_special_token):
+    # through the delay pattern, codebook k of the last real frames sees codebook 0 up to k
+    # frames ahead, so padding must carry no fake audio codes.
+    inputs = codes.masked_fill(~frame_valid[:, None, :], lm.special_token_id)
+    logits, mask = predict(lm, inputs, conditions_for(captions), forward)
+    mask = mask & frame_valid[:, None, :]
+    per_codebook = codebook_ce_sums(logits, codes, mask) / normalizer.clamp_min(1.0)
+    return per_codebook.mean(), per_codebook.detach()

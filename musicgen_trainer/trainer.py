@@ -1,0 +1,216 @@
+"""``train(config)``: data → cached codes → training loop → checkpoints → audiocraft export.
+
+Layout of ``config.out``::
+
+    config.json            the options of the latest run
+    checkpoints/step_*.pt  full training states (the last ``keep_last``), for --resume
+    tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
+    samples/step_*/        audio generated from text alone every ``sample_every`` steps
+    export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import typing as tp
+from pathlib import Path
+
+import torch
+
+from . import checkpoints
+from .batches import CropSampler
+from .code_cache import CodeCache
+from .data import Clip, find_clips, split_clips
+from .train_config import TrainConfig
+from .training import (TrainState, export_weights, make_state, prepare_lm_for_training,
+                       resolve_precision, train_step, validation_loss)
+
+logger = logging.getLogger(__name__)
+
+
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    return Accelerator(cpu=config.device == "cpu")
+
+
+def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
+    if config.steps:
+        return config.steps
+    per_step = config.batch_size * config.grad_accum * world
+    return max(1, math.ceil(config.epochs * n_train / per_step))
+
+
+def default_prompts(train: tp.Sequence[Clip], valid: tp.Sequence[Clip], n: int = 3) -> list:
+    """Distinct captions, validation clips first (they were not trained on)."""
+    prompts = []
+    for clip in list(valid) + list(train):
+        if clip.caption and clip.caption not in prompts:
+            prompts.append(clip.caption)
+        if len(prompts) == n:
+            break
+    return prompts or ["music"]
+
+
+def _write_samples(state: TrainState, prompts: list, folder: Path, writer) -> None:
+    """Generate from the text alone (never prompted with training audio) and save WAVs."""
+    from dataset_tools.audio_io import write_wav_atomic
+
+    from .cli_generate import slug
+    from .generation import GenerationConfig, generate
+
+    model, cfg = state.model, state.config
+    model.lm.eval()
+    try:
+        wavs = generate(model, prompts, GenerationConfig(duration=min(cfg.sample_seconds, model.max_duration),
+                                                         seed=cfg.seed))
+    finally:
+        model.lm.train()
+    for i, (prompt, wav) in enumerate(zip(prompts, wavs)):
+        write_wav_atomic(folder / f"{i:02d}_{slug(prompt)}.wav", wav.numpy(), model.sample_rate)
+        if writer is not None:
+            writer.add_audio(f"samples/{i:02d}", wav.mean(0), state.step, sample_rate=model.sample_rate)
+
+
+def _training_state_dict(state: TrainState) -> dict:
+    return {"config": state.config.to_dict(), "lm": state.model.lm.state_dict(),
+            "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler else None, "ema": state.ema,
+            "rng": checkpoints.rng_state(), "nonfinite_streak": state.nonfinite_streak,
+            "skipped_steps": state.skipped_steps, "world_size": state.accelerator.num_processes,
+            "history": state.history[-1000:]}
+
+
+def _restore(state: TrainState, saved: dict) -> None:
+    old = saved.get("config", {})
+    for key in ("model", "batch_size", "grad_accum", "segment_seconds", "seed"):
+        if old.get(key) != getattr(state.config, key):
+            logger.warning("resuming with %s=%r (the checkpoint used %r): the run will not match an "
+                           "uninterrupted one", key, getattr(state.config, key), old.get(key))
+    state.model.lm.load_state_dict(saved["lm"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    if state.scaler and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    if state.ema is not None and saved.get("ema"):
+        state.ema = {k: v.to(state.accelerator.device) for k, v in saved["ema"].items()}
+    checkpoints.set_rng_state(saved["rng"])
+    state.step = int(saved["step"])
+    state.nonfinite_streak = int(saved.get("nonfinite_streak", 0))
+    state.skipped_steps = int(saved.get("skipped_steps", 0))
+    state.history = list(saved.get("history", []))
+
+
+def _log(writer, metrics: dict, step: int) -> None:
+    if writer is None:
+        return
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            group = "loss" if key == "loss" or key.startswith("ce_q") else "train"
+            writer.add_scalar(f"{group}/{key}", value, step)
+
+
+def train(config: TrainConfig) -> Path:
+    """Fine-tune ``config.model`` on ``config.data``; returns the export folder.
+
+    Raises:
+        DatasetError, ModelUnavailableError, ValueError: bad input, with a one-line message.
+        TrainingDiverged: too many non-finite losses in a row (nothing exported).
+    """
+    from .loading import export_model, load_model
+
+    acc = _accelerator(config)
+    device = acc.device
+    out = Path(config.out)
+    ckpt_dir = out / "checkpoints"
+    resume_from = checkpoints.resolve_resume(config.resume, ckpt_dir)
+    torch.manual_seed(config.seed)
+
+    model = load_model(config.model, device=str(device))
+    precision = resolve_precision(config.precision, device)
+    prepare_lm_for_training(model, config)
+
+    clips = find_clips(config.data, config.valid_fraction, config.seed)
+    train_clips, valid_clips = split_clips(clips)
+    cache = CodeCache(model.compression_model, config.cache_dir)
+    with acc.main_process_first():  # the main process encodes; the others then read the cache
+        train_codes, train_clips, skipped = cache.codes_for(train_clips, progress=acc.is_main_process)
+        valid_codes, valid_clips, skipped_valid = cache.codes_for(valid_clips, progress=acc.is_main_process)
+    if acc.is_main_process:
+        for clip, reason in skipped + skipped_valid:
+            print(f"skipped {clip.path}: {reason}")
+        if not any(c.caption for c in train_clips):
+            print("warning: no captions found (.json description or .txt): training unconditioned")
+    if not train_codes:
+        raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
+
+    n_frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
+    sampler = CropSampler(train_codes, [c.caption for c in train_clips], n_frames, config.batch_size,
+                          config.seed, config.cond_dropout, config.word_dropout)
+    steps = total_steps(config, len(train_codes), acc.num_processes)
+    state = make_state(model, config, acc, steps, precision)
+    if resume_from is not None:
+        _restore(state, checkpoints.load_state(resume_from))
+        if acc.is_main_process:
+            print(f"resumed from {resume_from} at step {state.step}")
+
+    writer = None
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**config.to_dict(), "precision_used": precision,
+                                                     "total_steps": steps}, indent=2) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tensorboard"))
+    prompts = config.sample_prompts or default_prompts(train_clips, valid_clips)
+    valid_captions = [c.caption for c in valid_clips]
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=state.step, desc="training", unit="step",
+               disable=not (config.progress and acc.is_main_process), dynamic_ncols=True)
+    world, accum, rank = acc.num_processes, config.grad_accum, acc.process_index
+    try:
+        while state.step < steps:
+            t0 = time.perf_counter()
+            first = (state.step * world + rank) * accum
+            micro = [sampler.micro_batch(first + i).to(device) for i in range(accum)]
+            t1 = time.perf_counter()
+            metrics = train_step(state, micro)
+            t2 = time.perf_counter()
+            metrics.update(data_time=t1 - t0, model_time=t2 - t1, tokens_per_s=metrics["tokens"] / (t2 - t0),
+                           epoch=sampler.epoch_of(first + accum))
+            state.history.append({"step": state.step, **metrics})
+            if state.step % config.log_every == 0 or state.step == steps:
+                _log(writer, metrics, state.step)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+            bar.update(1)
+            if valid_codes and (state.step % config.valid_every == 0 or state.step == steps):
+                vloss = validation_loss(state, valid_codes, valid_captions, n_frames)
+                state.history[-1]["valid_loss"] = vloss
+                if writer:
+                    writer.add_scalar("loss/valid", vloss, state.step)
+            if acc.is_main_process and config.sample_every and state.step % config.sample_every == 0:
+                _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer)
+            if state.step % config.save_every == 0 and state.step < steps and acc.is_main_process:
+                checkpoints.save_state(ckpt_dir, state.step, _training_state_dict(state), config.keep_last)
+    finally:
+        bar.close()
+        if writer:
+            writer.flush()
+    export_dir = out / "export"
+    if acc.is_main_process:
+        checkpoints.save_state(ckpt_dir, state.step, _training_state_dict(state), config.keep_last)
+        genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
+        extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
+                 "caption_examples": prompts}
+        if not str(config.model).startswith("tiny"):
+            extra["base_model"] = config.model
+        export_model(model, export_dir, lm_state=export_weights(state), extra=extra)
+        last = state.history[-1] if state.history else {}
+        print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
+              f"{state.skipped_steps} skipped; exported to {export_dir}")
+        if writer:
+            writer.close()
+    acc.wait_for_everyone()
+    return export_dir

@@ -1,0 +1,253 @@
+"""The MusicGen fine-tuning loop: ``train(config)``.
+
+One readable loop (nanoGPT-style). ``train_step`` takes the state and the micro-batches of
+one optimiser step and returns a dict of metrics; mixed precision, gradient accumulation and
+data parallelism are handled there, once. accelerate sets up the processes (a plain
+``python train.py`` needs no configuration; ``accelerate launch``/``torchrun`` runs data
+parallel), and the DDP-wrapped LM is what the loss calls, so gradients are synchronised.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import typing as tp
+from dataclasses import dataclass, field
+
+import torch
+
+from .batches import CodeBatch, validation_batches
+from .objective import micro_batch_loss, token_counts
+from .train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses: training stopped without exporting."""
+
+
+@dataclass
+class TrainState:
+    model: tp.Any                      # audiocraft MusicGen; model.lm is trained
+    forward: tp.Callable               # the LM's forward (DDP-wrapped when distributed)
+    optimizer: torch.optim.Optimizer
+    scheduler: tp.Any
+    scaler: tp.Optional[torch.amp.GradScaler]
+    autocast: tp.Callable[[], tp.ContextManager]
+    accelerator: tp.Any
+    config: TrainConfig
+    ema: tp.Optional[dict] = None      # parameter name -> float32 shadow
+    step: int = 0
+    nonfinite_streak: int = 0
+    skipped_steps: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def trainable(self) -> list:
+        return [p for p in self.model.lm.parameters() if p.requires_grad]
+
+
+# --- setup --------------------------------------------------------------------------
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def make_autocast(precision: str, device: torch.device) -> tp.Callable[[], tp.ContextManager]:
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def apply_freeze(lm, prefixes: tp.Sequence[str]) -> int:
+    """Freeze LM parameters whose names start with any prefix; returns how many were frozen."""
+    frozen = 0
+    names = [n for n, _ in lm.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            raise ValueError(f"--freeze {prefix!r} matches no LM parameter (examples: emb, "
+                             f"transformer.layers.0, linears, condition_provider)")
+    for name, param in lm.named_parameters():
+        if any(name.startswith(p) for p in prefixes):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> tp.Callable[[int], float]:
+    """Linear warm-up, then cosine decay to ``lr_min_ratio``."""
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
+    decay, no_decay = [], []
+    for name, p in lm.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or name.startswith("emb") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def prepare_lm_for_training(model, config: TrainConfig) -> None:
+    """Train mode with audiocraft's own dropouts off: condition and word dropout are drawn by
+    our sampler, deterministically, so runs resume and parallelise exactly."""
+    lm = model.lm
+    lm.train()
+    lm.cfg_dropout.p = 0.0
+    for conditioner in lm.condition_provider.conditioners.values():
+        if hasattr(conditioner, "word_dropout"):
+            conditioner.word_dropout = 0.0
+    if config.activation_checkpointing:
+        lm.transformer.checkpointing = "torch"
+    model.compression_model.eval()
+
+
+def make_state(model, config: TrainConfig, accelerator, total_steps: int,
+               precision: tp.Optional[str] = None) -> TrainState:
+    """Optimiser, schedule, scaler, EMA and (when distributed) the DDP wrapper for ``model.lm``,
+    which must already be on ``accelerator.device`` and prepared for training."""
+    lm = model.lm
+    precision = precision or resolve_precision(config.precision, accelerator.device)
+    apply_freeze(lm, config.freeze)
+    optimizer = make_optimizer(lm, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
+    scaler = torch.amp.GradScaler(accelerator.device.type) if precision == "fp16" else None
+    forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
+    ema = {n: p.detach().float().clone() for n, p in lm.named_parameters() if p.requires_grad} \
+        if config.ema else None
+    return TrainState(model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
+                      scaler=scaler, autocast=make_autocast(precision, accelerator.device),
+                      accelerator=accelerator, config=config, ema=ema)
+
+
+# --- one optimiser step ---------------------------------------------------------------
+
+def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict:
+    """Forward/backward every micro-batch, then one optimiser update.
+
+    The loss of each micro-batch is normalised by the valid-token counts of the whole
+    global batch (all micro-batches of all processes), so the update equals the update of
+    one big batch. Returns metrics: loss, ce_q1..ce_qK, grad_norm, lr, tokens, skipped.
+    """
+    acc, lm = state.accelerator, state.model.lm
+    counts = sum(token_counts(lm, mb.frame_valid) for mb in micro_batches).to(acc.device)
+    world = acc.num_processes
+    if world > 1:
+        counts = acc.reduce(counts, reduction="sum")
+    loss_total = torch.zeros((), device=acc.device)
+    per_codebook = torch.zeros_like(counts)
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or world == 1 else acc.no_sync(state.forward)
+        with sync:
+            with state.autocast():
+                loss, shares = micro_batch_loss(lm, mb.codes, mb.frame_valid, mb.captions, counts,
+                                                forward=state.forward)
+            # DDP averages gradients over processes; each process's share must count fully.
+            scaled = loss * world
+            (state.scaler.scale(scaled) if state.scaler else scaled).backward()
+        loss_total += loss.detach()
+        per_codebook += shares
+    if world > 1:
+        loss_total = acc.reduce(loss_total, reduction="sum")
+        per_codebook = acc.reduce(per_codebook, reduction="sum")
+    metrics = {"loss": loss_total.item(), "tokens": counts.sum().item(),
+               "lr": state.optimizer.param_groups[0]["lr"], "skipped": 0}
+    metrics.update({f"ce_q{k + 1}": v.item() for k, v in enumerate(per_codebook)})
+
+    if not math.isfinite(metrics["loss"]):
+        state.optimizer.zero_grad(set_to_none=True)
+        state.nonfinite_streak += 1
+        state.skipped_steps += 1
+        metrics.update(skipped=1, grad_norm=float("nan"))
+        if state.nonfinite_streak >= state.config.max_nonfinite:
+            raise TrainingDiverged(
+                f"{state.nonfinite_streak} consecutive non-finite losses at step {state.step}: stopping "
+                f"without saving (try a lower --lr, --precision bf16 or fp32, or resume from an earlier state)")
+        logger.warning("non-finite loss at step %d: update skipped", state.step)
+    else:
+        state.nonfinite_streak = 0
+        if state.scaler:
+            state.scaler.unscale_(state.optimizer)
+        clip = state.config.grad_clip if state.config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, clip)
+        metrics["grad_norm"] = grad_norm.item()
+        if state.scaler:
+            scale_before = state.scaler.get_scale()
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
+            if state.scaler.get_scale() < scale_before:  # inf/NaN gradients: the scaler skipped
+                metrics["skipped"] = 1
+                state.skipped_steps += 1
+        elif math.isfinite(metrics["grad_norm"]):
+            state.optimizer.step()
+        else:
+            metrics["skipped"] = 1
+            state.skipped_steps += 1
+        state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    state.step += 1
+    if state.ema is not None and state.step % state.config.ema_every == 0 and not metrics["skipped"]:
+        update_ema(state)
+    return metrics
+
+
+def update_ema(state: TrainState) -> None:
+    decay = state.config.ema_decay
+    with torch.no_grad():
+        for name, p in state.model.lm.named_parameters():
+            if name in state.ema:
+                state.ema[name].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
+
+
+def export_weights(state: TrainState) -> dict:
+    """The LM state dict to export: EMA weights when enabled, else the current ones."""
+    weights = {k: v.detach().clone() for k, v in state.model.lm.state_dict().items()}
+    if state.ema is not None:
+        for name, shadow in state.ema.items():
+            weights[name] = shadow.to(weights[name].dtype)
+    return weights
+
+
+@torch.no_grad()
+def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Optional[float]:
+    """Exact mean loss over the fixed validation batches (eval mode, real captions)."""
+    from .objective import codebook_ce_sums, conditions_for, predict, valid_positions
+    if not codes:
+        return None
+    acc, lm = state.accelerator, state.model.lm
+    lm.eval()
+    sums = counts = None
+    for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
+        if i % acc.num_processes != acc.process_index:
+            continue
+        batch = batch.to(acc.device)
+        with state.autocast():
+            logits, mask = predict(lm, batch.codes, conditions_for(batch.captions))
+        mask = mask & batch.frame_valid[:, None, :]
+        s = codebook_ce_sums(logits, batch.codes, mask)
+        c = valid_positions(lm, batch.frame_valid).sum(dim=(0, 2)).float()
+        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+    lm.train()
+    if sums is None:
+        sums = torch.zeros(lm.n_q, device=acc.device)
+        counts = torch.zeros(lm.n_q, device=acc.device)
+    if acc.num_processes > 1:
+        sums, counts = acc.reduce(sums, reduction="sum"), acc.reduce(counts, reduction="sum")
+    return (sums / counts.clamp_min(1)).mean().item()
