@@ -44,11 +44,11 @@ def describe(config: TrainConfig) -> dict:
     from .trainer import total_steps
     from .training import apply_freeze, resolve_precision
 
+    clips = find_clips(config.data, config.valid_fraction, config.seed)
     model = load_model(config.model, device="cpu")
     summary = model_summary(model)
     frozen = apply_freeze(model.lm, config.freeze)
     trainable = sum(p.numel() for p in model.lm.parameters() if p.requires_grad)
-    clips = find_clips(config.data, config.valid_fraction, config.seed)
     train, valid = split_clips(clips)
     seconds = [clip_seconds(c.path) for c in train]
     import torch

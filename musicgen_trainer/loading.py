@@ -10,10 +10,13 @@ Accepted names:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 import tempfile
 import typing as tp
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -40,6 +43,37 @@ def resolve_name(name: str) -> str:
     return SHORT_NAMES.get(name, name)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence C-level stderr (TensorFlow's absl banner, printed when tensorboard imports it
+    on audiocraft's import path). Python exceptions still propagate."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real file (e.g. captured by pytest)
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_audiocraft():
+    """Import audiocraft's models once, without the native log noise of its dependencies."""
+    if "audiocraft.models" in sys.modules:
+        return sys.modules["audiocraft.models"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=r".*weight_norm.*deprecated", category=FutureWarning)
+    with _native_stderr_silenced():
+        import audiocraft.models
+    return audiocraft.models
+
+
 def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None):
     """Load a MusicGen model (``audiocraft.models.MusicGen``) in eval mode.
 
@@ -51,6 +85,7 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
     """
     text = str(name)
     if text == "tiny" or text.startswith("tiny:"):
+        import_audiocraft()
         from .tiny import TinyConfig, build_tiny_musicgen
         seed = text.partition(":")[2]
         if seed and not seed.isdigit():
@@ -84,6 +119,7 @@ def _read_package(path: Path) -> dict:
 
 
 def _load_export(folder: Path, device: str):
+    import_audiocraft()
     missing = [f for f in (LM_FILE, COMPRESSION_FILE) if not (folder / f).is_file()]
     if missing:
         raise ModelUnavailableError(f"{folder} is not an audiocraft model folder: missing {', '.join(missing)}")
@@ -248,6 +284,7 @@ def _load_pretrained(name: str, device: str):
         # the network for every file (~20 s each) before they fall back to it.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import_audiocraft()
     from audiocraft.models import MusicGen
     device = default_device(device)
     return _with_offline_errors(lambda: MusicGen.get_pretrained(name, device=device), name)

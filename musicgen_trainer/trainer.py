@@ -127,12 +127,11 @@ def train(config: TrainConfig) -> Path:
     resume_from = checkpoints.resolve_resume(config.resume, ckpt_dir)
     torch.manual_seed(config.seed)
 
+    clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
+    train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config)
-
-    clips = find_clips(config.data, config.valid_fraction, config.seed)
-    train_clips, valid_clips = split_clips(clips)
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
         train_codes, train_clips, skipped = cache.codes_for(train_clips, progress=acc.is_main_process)

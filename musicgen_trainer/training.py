@@ -101,7 +101,8 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
         (no_decay if p.dim() < 2 or name.startswith("emb") else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    # fused: one kernel for all parameters (CUDA, and CPU in current torch).
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
 
 
 def prepare_lm_for_training(model, config: TrainConfig) -> None:
