@@ -1,15 +1,15 @@
 """Full training states on disk: written atomically, the last k kept, found again for --resume."""
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 import typing as tp
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_torch_save
 
 STATE_FORMAT = "musicgen_trainer.train_state"
 STATE_VERSION = 1
@@ -28,26 +28,10 @@ def list_states(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_state(folder: Path, step: int, state: dict, keep_last: int) -> Path:
     """Write the state for ``step`` and delete all but the newest ``keep_last``."""
     path = state_path(folder, step)
-    atomic_save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **state}, path)
+    atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **state}, path)
     for old in list_states(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

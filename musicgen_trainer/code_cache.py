@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import typing as tp
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .data import Clip
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,8 @@ def encode_file(compression_model, path: Path) -> np.ndarray:
 
 
 def _save_atomic(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class CodeCache:

@@ -40,7 +40,7 @@ def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_di
 
 
 def describe(config: TrainConfig) -> dict:
-    from .loading import count_parameters, load_model, model_summary
+    from .loading import load_model, model_summary
     from .trainer import total_steps
     from .training import apply_freeze, resolve_precision
 

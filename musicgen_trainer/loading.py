@@ -2,6 +2,8 @@
 
 Accepted names:
 - ``tiny`` (or ``tiny:SEED``): a random tiny MusicGen built offline (see ``tiny.py``);
+- ``random:small`` / ``random:medium`` / ``random:large``: random weights with the released
+  models' sizes, built offline (benchmarks, memory checks);
 - a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
   which is also what our trainer exports;
 - an audiocraft hub name (``facebook/musicgen-small``, ``-medium``, ``-large``, ``-melody``,
@@ -14,11 +16,12 @@ import contextlib
 import os
 import socket
 import sys
-import tempfile
 import typing as tp
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
+
+from .atomic import atomic_torch_save
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
@@ -91,6 +94,13 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
         if seed and not seed.isdigit():
             raise ModelUnavailableError(f"bad tiny model name {text!r}: use 'tiny' or 'tiny:SEED'")
         return build_tiny_musicgen(TinyConfig(seed=int(seed or 0)), device=default_device(device))
+    if text.startswith("random:"):
+        import_audiocraft()
+        from .tiny import RANDOM_PRESETS, build_tiny_musicgen, random_preset
+        size = text.partition(":")[2]
+        if size not in RANDOM_PRESETS:
+            raise ModelUnavailableError(f"bad model name {text!r}: use random:{' or random:'.join(RANDOM_PRESETS)}")
+        return build_tiny_musicgen(random_preset(size), device=default_device(device), name=text)
     path = Path(text).expanduser()
     if path.is_dir():
         return _load_export(path, default_device(device))
@@ -182,7 +192,6 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
         lm_state: LM weights to export instead of ``model.lm.state_dict()`` (e.g. EMA weights).
         extra: JSON-able facts merged into ``xp.cfg['musicgen_trainer']`` (e.g. training data genres).
     """
-    import torch
     from omegaconf import OmegaConf
 
     folder = Path(folder)
@@ -197,8 +206,8 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
         t5 = model.lm.condition_provider.conditioners["description"].__dict__["t5"]
         lm_pkg["text_encoder_state"] = {k: v.cpu() for k, v in t5.state_dict().items()}
     compression_pkg = _compression_package(model, xp_cfg)
-    _atomic_torch_save(lm_pkg, folder / LM_FILE)
-    _atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
+    atomic_torch_save(lm_pkg, folder / LM_FILE)
+    atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
     return folder
 
 
@@ -213,18 +222,6 @@ def _compression_package(model, xp_cfg: dict) -> dict:
         return load_compression_model_ckpt(ours.get("base_model") or model.name)
     compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
     return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- pretrained (hub) models ----------------------------------------------------------
@@ -273,7 +270,7 @@ def _with_offline_errors(load: tp.Callable, name: str):
 
 def _load_pretrained(name: str, device: str):
     if "/" not in name:
-        known = ", ".join(["tiny", *SHORT_NAMES])
+        known = ", ".join(["tiny", "random:small", *SHORT_NAMES])
         raise ModelUnavailableError(f"unknown model {name!r}: use one of {known}, a hub name "
                                     f"like facebook/musicgen-small, or an export folder")
     online = _hub_reachable()

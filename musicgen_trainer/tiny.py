@@ -27,9 +27,9 @@ from .constants import (MUSICGEN_CARD, MUSICGEN_CODEBOOKS, MUSICGEN_MAX_SECONDS,
                         MUSICGEN_SAMPLE_RATE)
 
 TINY_NAME = "tiny"
-# T5Conditioner only knows hub names; the tiny encoder borrows t5-small's width (512)
-# so that the exported config is one audiocraft's builder accepts.
-TINY_T5_ALIAS = "t5-small"
+# T5Conditioner only knows hub names: the local encoder borrows the name of the released T5
+# of the same width, so that the exported config is one audiocraft's builder accepts.
+T5_ALIASES = {512: "t5-small", 768: "t5-base", 1024: "t5-large"}
 
 
 @dataclass
@@ -39,11 +39,13 @@ class TinyConfig:
     lm_dim: int = 64
     lm_heads: int = 4
     lm_layers: int = 2
+    t5_dim: int = 512
     t5_layers: int = 1
     t5_heads: int = 4
     t5_ff: int = 256
     codec_filters: int = 4
     codec_dim: int = 32
+    codec_lstm: int = 0
     max_duration: float = MUSICGEN_MAX_SECONDS
     cfg_dropout: float = 0.3
     word_dropout: float = 0.3
@@ -53,11 +55,31 @@ class TinyConfig:
             raise ValueError(f"lm_dim ({self.lm_dim}) must be divisible by lm_heads ({self.lm_heads})")
         if self.max_duration <= 0:
             raise ValueError("max_duration must be positive")
+        if self.t5_dim not in T5_ALIASES:
+            raise ValueError(f"t5_dim must be one of {sorted(T5_ALIASES)}")
+
+
+# Random models with the released models' sizes (LM as in audiocraft's model_scale configs,
+# T5 and EnCodec as in the checkpoints): offline stand-ins for benchmarks and memory checks.
+RANDOM_PRESETS = {
+    "small": dict(lm_dim=1024, lm_heads=16, lm_layers=24),
+    "medium": dict(lm_dim=1536, lm_heads=24, lm_layers=48),
+    "large": dict(lm_dim=2048, lm_heads=32, lm_layers=48),
+}
+_RELEASED_T5_AND_CODEC = dict(t5_dim=768, t5_layers=12, t5_heads=12, t5_ff=3072,
+                              codec_filters=64, codec_dim=128, codec_lstm=2)
+
+
+def random_preset(size: str, seed: int = 0) -> TinyConfig:
+    """TinyConfig with the sizes of facebook/musicgen-{size} (random weights)."""
+    if size not in RANDOM_PRESETS:
+        raise ValueError(f"unknown size {size!r}: use one of {', '.join(RANDOM_PRESETS)}")
+    return TinyConfig(seed=seed, **RANDOM_PRESETS[size], **_RELEASED_T5_AND_CODEC)
 
 
 def t5_config_dict(cfg: TinyConfig) -> dict:
     """Keyword arguments of the tiny ``transformers.T5Config`` (byte-level vocabulary)."""
-    return dict(vocab_size=384, d_model=512, d_kv=512 // cfg.t5_heads, d_ff=cfg.t5_ff,
+    return dict(vocab_size=384, d_model=cfg.t5_dim, d_kv=cfg.t5_dim // cfg.t5_heads, d_ff=cfg.t5_ff,
                 num_layers=cfg.t5_layers, num_heads=cfg.t5_heads, dropout_rate=0.0,
                 feed_forward_proj="relu", is_encoder_decoder=False, use_cache=False,
                 pad_token_id=0, eos_token_id=1)
@@ -80,7 +102,7 @@ def _make_text_conditioner_class():
             from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
             TextConditioner.__init__(self, t5_config["d_model"], output_dim)
             self.device = device
-            self.name = TINY_T5_ALIAS
+            self.name = T5_ALIASES[t5_config["d_model"]]
             self.finetune = False
             self.word_dropout = word_dropout
             self.autocast = TorchAutocast(enabled=False)
@@ -129,7 +151,7 @@ def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
                    "activation": "ELU", "activation_params": {"alpha": 1.0},
                    "norm": "weight_norm", "norm_params": {}, "kernel_size": 7,
                    "residual_kernel_size": 3, "last_kernel_size": 7, "dilation_base": 2,
-                   "pad_mode": "constant", "true_skip": True, "compress": 2, "lstm": 0,
+                   "pad_mode": "constant", "true_skip": True, "compress": 2, "lstm": cfg.codec_lstm,
                    "disable_norm_outer_blocks": 0,
                    "decoder": {"trim_right_ratio": 1.0, "final_activation": None,
                                "final_activation_params": None},
@@ -158,7 +180,7 @@ def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
         "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1,
                   "sum": [], "prepend": [], "cross": ["description"], "input_interpolate": []},
         "conditioners": {"description": {"model": "t5", "t5": {
-            "name": TINY_T5_ALIAS, "finetune": False, "word_dropout": cfg.word_dropout,
+            "name": T5_ALIASES[cfg.t5_dim], "finetune": False, "word_dropout": cfg.word_dropout,
             "normalize_text": False}}},
         "dataset": {"segment_duration": cfg.max_duration},
         "musicgen_trainer": {"text_encoder": "tiny", "t5_config": t5_config_dict(cfg),
@@ -203,7 +225,7 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
     return lm
 
 
-def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "cpu"):
+def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "cpu", name: str = TINY_NAME):
     """Return a randomly initialised tiny ``audiocraft.models.MusicGen``.
 
     The global RNG state is left untouched; the weights depend only on ``config.seed``.
@@ -219,5 +241,5 @@ def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "c
         torch.manual_seed(config.seed)
         compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
         lm = build_lm_from_config(xp_cfg, device="cpu")
-    model = MusicGen(TINY_NAME, compression_model.eval(), lm.eval(), max_duration=config.max_duration)
+    model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=config.max_duration)
     return to_device(model, device)

@@ -67,14 +67,19 @@ def make_autocast(precision: str, device: torch.device) -> tp.Callable[[], tp.Co
 
 def apply_freeze(lm, prefixes: tp.Sequence[str]) -> int:
     """Freeze LM parameters whose names start with any prefix; returns how many were frozen."""
+    def matches(name: str, prefix: str) -> bool:
+        # Whole dotted components only: "transformer.layers.1" must not match layer 10.
+        prefix = prefix.rstrip(".")
+        return name == prefix or name.startswith(prefix + ".")
+
     frozen = 0
     names = [n for n, _ in lm.named_parameters()]
     for prefix in prefixes:
-        if not any(n.startswith(prefix) for n in names):
+        if not any(matches(n, prefix) for n in names):
             raise ValueError(f"--freeze {prefix!r} matches no LM parameter (examples: emb, "
                              f"transformer.layers.0, linears, condition_provider)")
     for name, param in lm.named_parameters():
-        if any(name.startswith(p) for p in prefixes):
+        if any(matches(name, p) for p in prefixes):
             param.requires_grad_(False)
             frozen += param.numel()
     return frozen
@@ -109,6 +114,9 @@ def prepare_lm_for_training(model, config: TrainConfig) -> None:
     """Train mode with audiocraft's own dropouts off: condition and word dropout are drawn by
     our sampler, deterministically, so runs resume and parallelise exactly."""
     lm = model.lm
+    # audiocraft loads released LMs in fp16 on GPUs: train fp32 master weights (autocast
+    # supplies the bf16/fp16 compute), or AdamW's small updates round away.
+    lm.float()
     lm.train()
     lm.cfg_dropout.p = 0.0
     for conditioner in lm.condition_provider.conditioners.values():

@@ -1,5 +1,4 @@
 """The loss is audiocraft's, and accumulation is exactly a larger batch."""
-import copy
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """End-to-end training runs of the tiny model on CPU: memorisation, resume, precision,
 data parallel, divergence handling, and the train.py command."""
-import json
 import math
 import os
 import subprocess
@@ -134,7 +133,8 @@ def test_mixed_precision_runs_give_finite_losses(dataset, tmp_path, precision):
 
 def test_validation_loss_and_options(dataset, tmp_path):
     config = _config(dataset, tmp_path / "opts", tmp_path / "cache", steps=3, valid_fraction=0.5,
-                     ema=True, ema_every=1, freeze=["emb"], activation_checkpointing=True)
+                     ema=True, ema_every=1, freeze=["emb"], activation_checkpointing=True,
+                     sample_every=3, sample_seconds=0.5, sample_prompts=["jazz, take 9"])
     from musicgen_trainer.loading import load_model
     before = load_model("tiny", device="cpu").lm.state_dict()
     export = train(config)
@@ -143,6 +143,10 @@ def test_validation_loss_and_options(dataset, tmp_path):
     after = torch.load(export / "state_dict.bin", weights_only=False)["best_state"]
     assert torch.equal(after["emb.0.weight"], before["emb.0.weight"])  # frozen
     assert not torch.equal(after["linears.0.weight"], before["linears.0.weight"])  # trained (EMA)
+    samples = list((tmp_path / "opts" / "samples" / "step_00000003").glob("*.wav"))
+    assert [p.name for p in samples] == ["00_jazz_take_9.wav"]
+    assert sf.info(str(samples[0])).frames == 16000  # 0.5 s at 32 kHz, from the text alone
+    assert list((tmp_path / "opts" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_non_finite_losses_stop_the_run_without_export(dataset, tmp_path, monkeypatch):

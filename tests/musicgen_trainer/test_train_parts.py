@@ -1,0 +1,182 @@
+"""The trainer's parts: config, data discovery and split, code cache, checkpoints, schedule."""
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from musicgen_trainer import checkpoints
+from musicgen_trainer.code_cache import CodeCache
+from musicgen_trainer.data import DatasetError, find_clips, split_clips
+from musicgen_trainer.train_config import TrainConfig
+from musicgen_trainer.training import apply_freeze, lr_lambda
+
+
+def _wav(path, seconds=0.5, sr=44100, freq=440.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
+    return path
+
+
+# --- config -----------------------------------------------------------------------
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="--data is required"):
+        TrainConfig()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(data="x", precision="fp8")
+    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+        TrainConfig(data="x", grad_accum=0)
+
+
+def test_config_file_yaml_and_json_with_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("data: d\nbatch-size: 3\nfreeze: [emb]\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml", lr=3e-4)
+    assert (cfg.data, cfg.batch_size, cfg.freeze, cfg.lr) == ("d", 3, ["emb"], 3e-4)
+    (tmp_path / "c.json").write_text(json.dumps({"data": "d", "steps": 7}))
+    assert TrainConfig.from_file(tmp_path / "c.json").steps == 7
+
+
+# --- data -------------------------------------------------------------------------
+
+def test_folder_of_wav_and_txt_pairs(tmp_path):
+    _wav(tmp_path / "jazz" / "a.wav")
+    (tmp_path / "jazz" / "a.txt").write_text("smooth jazz, saxophone")
+    _wav(tmp_path / "b.wav")  # no caption, no genre
+    clips = find_clips(tmp_path)
+    by_name = {c.path.name: c for c in clips}
+    assert by_name["a.wav"].caption == "smooth jazz, saxophone" and by_name["a.wav"].genre == "jazz"
+    assert by_name["b.wav"].caption == "" and by_name["b.wav"].genre == ""
+
+
+def test_json_description_wins_over_txt(tmp_path):
+    _wav(tmp_path / "a.wav")
+    (tmp_path / "a.txt").write_text("from txt")
+    (tmp_path / "a.json").write_text(json.dumps({"description": "from json", "genre": "x"}))
+    assert find_clips(tmp_path)[0].caption == "from json"
+
+
+def test_dataset_tools_manifest_with_split_and_sources(tmp_path):
+    lines = []
+    for track, split in (("rock/song", "train"), ("jazz/tune", "valid")):
+        for seg in range(3):
+            rel = f"{track}_{seg:03d}.wav"
+            _wav(tmp_path / rel)
+            (tmp_path / rel).with_suffix(".txt").write_text(f"{track} caption")
+            lines.append(json.dumps({"path": rel, "duration": 0.5, "sample_rate": 44100, "amplitude": None,
+                                     "weight": None, "info_path": None, "genre": track.split("/")[0],
+                                     "source": f"{track}.mp3", "split": split, "segment": seg}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    train, valid = split_clips(find_clips(tmp_path))
+    assert len(train) == 3 and len(valid) == 3
+    assert {c.track for c in train} == {"rock/song.mp3"} and {c.genre for c in valid} == {"jazz"}
+
+
+def test_audiocraft_data_jsonl(tmp_path):
+    wav = _wav(tmp_path / "audio" / "x.wav")
+    (tmp_path / "audio" / "x.txt").write_text("a caption")
+    manifest = tmp_path / "data.jsonl"
+    manifest.write_text(json.dumps({"path": str(wav), "duration": 0.5, "sample_rate": 44100}) + "\n")
+    clips = find_clips(manifest, valid_fraction=0.0)
+    assert [c.caption for c in clips] == ["a caption"]
+
+
+def test_hash_split_never_separates_segments_of_a_track(tmp_path):
+    for t in range(30):
+        for seg in range(3):
+            _wav(tmp_path / "g" / f"track{t}_{seg:03d}.wav", seconds=0.05)
+    clips = find_clips(tmp_path, valid_fraction=0.3, seed=5)
+    split_of = {}
+    for c in clips:
+        split_of.setdefault(c.track, set()).add(c.split)
+    assert len(split_of) == 30 and all(len(s) == 1 for s in split_of.values())
+    n_valid = sum("valid" in s for s in split_of.values())
+    assert 2 <= n_valid <= 18
+    again = find_clips(tmp_path, valid_fraction=0.3, seed=5)
+    assert [c.split for c in again] == [c.split for c in clips]  # stable between runs
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(DatasetError, match="dataset not found"):
+        find_clips(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="no audio files found"):
+        find_clips(tmp_path)
+    (tmp_path / "manifest.jsonl").write_text("{not json\n")
+    with pytest.raises(DatasetError, match="manifest.jsonl:1"):
+        find_clips(tmp_path)
+
+
+# --- code cache ------------------------------------------------------------------------
+
+def test_code_cache_encodes_once_and_reencodes_changed_files(tmp_path, tiny_model, monkeypatch):
+    import musicgen_trainer.code_cache as cc
+    a = _wav(tmp_path / "data" / "a.wav", seconds=1.0)
+    bad = tmp_path / "data" / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    calls = []
+    real = cc.encode_file
+    monkeypatch.setattr(cc, "encode_file", lambda m, p: calls.append(p.name) or real(m, p))
+
+    cache = CodeCache(tiny_model.compression_model, tmp_path / "cache")
+    clips = find_clips(tmp_path / "data")
+    codes, kept, skipped = cache.codes_for(clips, progress=False)
+    assert [c.path.name for c in kept] == ["a.wav"] and codes[0].shape == (4, 50)
+    assert skipped and skipped[0][0].path.name == "broken.wav" and skipped[0][1]
+    assert sorted(calls) == ["a.wav", "broken.wav"]
+
+    calls.clear()
+    cache.codes_for(find_clips(tmp_path / "data"), progress=False)
+    assert calls == ["broken.wav"]  # a.wav came from the cache
+    _wav(a, seconds=2.0, freq=300.0)  # the file changes
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    calls.clear()
+    codes, kept, _ = cache.codes_for(find_clips(tmp_path / "data"), progress=False)
+    assert "a.wav" in calls and codes[0].shape == (4, 100)
+
+
+def test_code_cache_key_depends_on_model(tmp_path):
+    from musicgen_trainer.loading import load_model
+    a = CodeCache(load_model("tiny:1").compression_model, tmp_path)
+    b = CodeCache(load_model("tiny:2").compression_model, tmp_path)
+    assert a.dir != b.dir
+
+
+# --- checkpoints and schedule ------------------------------------------------------------
+
+def test_checkpoints_keep_last_and_resolve(tmp_path):
+    for step in (10, 20, 30):
+        checkpoints.save_state(tmp_path, step, {"x": torch.tensor(step)}, keep_last=2)
+    assert [p.name for p in checkpoints.list_states(tmp_path)] == ["step_00000020.pt", "step_00000030.pt"]
+    assert checkpoints.resolve_resume("auto", tmp_path).name == "step_00000030.pt"
+    assert checkpoints.resolve_resume("auto", tmp_path / "none") is None
+    assert checkpoints.load_state(tmp_path / "step_00000030.pt")["x"] == 30
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "junk.pt").write_bytes(b"xx")
+    with pytest.raises(ValueError, match="cannot read training state"):
+        checkpoints.load_state(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="not found"):
+        checkpoints.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(data="x", warmup_steps=10, lr_min_ratio=0.1)
+    f = lr_lambda(cfg, total_steps=110)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55)
+    assert f(110) == pytest.approx(0.1)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_freeze_matches_whole_components(tiny_model):
+    import copy
+    lm = copy.deepcopy(tiny_model.lm)
+    n = apply_freeze(lm, ["transformer.layers.1"])
+    assert n == sum(p.numel() for p in lm.transformer.layers[1].parameters())
+    assert all(p.requires_grad for p in lm.transformer.layers[0].parameters())
+    with pytest.raises(ValueError, match="matches no LM parameter"):
+        apply_freeze(lm, ["transformer.layers.9"])
