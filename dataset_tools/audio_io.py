@@ -7,6 +7,7 @@ user-facing reason, so bulk tools can skip the file and say why.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 FFMPEG_TIMEOUT_S = 600
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 class AudioDecodeError(RuntimeError):
@@ -38,10 +42,41 @@ def _read_soundfile(path: Path):
     return data.T, int(sr)
 
 
+def _ffmpeg_reason(stderr: str) -> str:
+    """The most telling line of ffmpeg's error output, without its ``[format @ 0x...]`` prefix."""
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    # ffmpeg ends with a generic line ("Invalid data found..."); an earlier one is often clearer.
+    for line in lines:
+        if "moov atom not found" in line:
+            return "moov atom not found: the file is truncated or not finished"
+    return lines[-1].split(": ", 1)[-1].strip() if lines else ""
+
+
+def _not_audio(reason: str) -> str:
+    return f"not an audio file, or damaged (ffmpeg: {reason or 'no audio stream found'})"
+
+
 def _probe_channels_and_rate(path: Path) -> tuple[int, int]:
-    """Ask ffmpeg (via its stderr banner) for the first audio stream's channels and rate."""
-    proc = subprocess.run([ffmpeg_path(), "-nostdin", "-hide_banner", "-i", str(path)],
-                          capture_output=True, text=True, errors="replace", timeout=60)
+    """The first audio stream's (channels, sample rate), from ffprobe (or ffmpeg's banner)."""
+    ffprobe = shutil.which("ffprobe")
+    try:
+        if ffprobe:
+            proc = subprocess.run([ffprobe, "-v", "error", "-select_streams", "a:0", "-show_entries",
+                                   "stream=channels,sample_rate", "-of", "json", str(path)],
+                                  capture_output=True, text=True, errors="replace", timeout=60,
+                                  stdin=subprocess.DEVNULL)
+            try:
+                streams = json.loads(proc.stdout or "{}").get("streams") or []
+            except ValueError:
+                streams = []
+            if streams:
+                return int(streams[0].get("channels") or 0), int(streams[0].get("sample_rate") or 0)
+            reason = _ffmpeg_reason(proc.stderr)
+            raise AudioDecodeError(_not_audio(reason))
+        proc = subprocess.run([ffmpeg_path(), "-nostdin", "-hide_banner", "-i", str(path)],
+                              capture_output=True, text=True, errors="replace", timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AudioDecodeError("ffprobe took longer than 60 s to read the file header") from None
     for line in proc.stderr.splitlines():
         if "Audio:" in line:
             parts = [p.strip() for p in line.split("Audio:", 1)[1].split(",")]
@@ -53,24 +88,26 @@ def _probe_channels_and_rate(path: Path) -> tuple[int, int]:
                 elif p in ("5.1", "5.1(side)", "7.1", "quad", "2.1"):
                     channels = {"5.1": 6, "5.1(side)": 6, "7.1": 8, "quad": 4, "2.1": 3}[p]
             return channels, rate
-    reason = next((l.split(": ", 1)[-1] for l in reversed(proc.stderr.splitlines()) if l.strip()), "")
-    raise AudioDecodeError(f"no audio stream found ({reason.strip() or 'not an audio file'})")
+    reason = _ffmpeg_reason(proc.stderr)
+    raise AudioDecodeError(_not_audio(reason))
 
 
 def _read_ffmpeg(path: Path):
     channels, rate = _probe_channels_and_rate(path)
     if rate <= 0:
-        raise AudioDecodeError("audio stream has no sample rate")
+        raise AudioDecodeError("damaged or unsupported audio (ffprobe finds no sample rate)")
+    if channels <= 0:
+        raise AudioDecodeError("damaged or unsupported audio (ffprobe finds no channels)")
     cmd = [ffmpeg_path(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
            "-f", "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(rate), "-"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AudioDecodeError(f"ffmpeg took longer than {FFMPEG_TIMEOUT_S} s") from None
     data = np.frombuffer(proc.stdout, dtype="<f4")
     if proc.returncode != 0 and data.size == 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioDecodeError(f"ffmpeg could not decode it ({msg[-1] if msg else 'unknown error'})")
+        reason = _ffmpeg_reason(proc.stderr.decode(errors="replace"))
+        raise AudioDecodeError(f"ffmpeg could not decode it ({reason or 'unknown error'})")
     usable = data.size - data.size % channels
     return data[:usable].reshape(-1, channels).T.copy(), rate
 
@@ -90,6 +127,8 @@ def load_audio(path, sample_rate: int | None = None, mono: bool = True) -> tuple
         raise AudioDecodeError("is a directory")
     if not os.access(path, os.R_OK):
         raise AudioDecodeError("file is not readable (permissions)" if path.exists() else "file not found")
+    if not path.is_file():
+        raise AudioDecodeError("not a regular file (device, pipe or socket)")
     if path.stat().st_size == 0:
         raise AudioDecodeError("empty file (0 bytes)")
     decoded = _read_soundfile(path)
@@ -118,6 +157,31 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio.T, from_rate, to_rate, quality="VHQ").T.astype(np.float32)
 
 
+def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    """Return ``audio`` (``[n]`` or ``[c, n]``) as ``[channels, n]`` (``[n]`` when ``channels`` is 1).
+
+    Mono is the mean of all channels. Mono to stereo duplicates. More than ``channels``
+    inputs (e.g. 5.1): the first ``channels`` are kept (front left/right in WAV order) and
+    the rest are mixed equally into each, so nothing is lost; the result is scaled down
+    only if that mix would clip.
+    """
+    if audio.ndim == 1:
+        audio = audio[None, :]
+    have = audio.shape[0]
+    if channels == 1:
+        return audio.mean(axis=0).astype(np.float32)
+    if have == channels:
+        return audio.astype(np.float32, copy=False)
+    if have < channels:
+        reps = -(-channels // have)  # ceil: tile mono -> stereo, stereo -> 4 ch...
+        return np.tile(audio, (reps, 1))[:channels].astype(np.float32)
+    out = audio[:channels] + audio[channels:].mean(axis=0, keepdims=True) / np.sqrt(2.0)
+    peak = float(np.abs(out).max(initial=0.0))
+    if peak > 1.0:
+        out = out / peak
+    return out.astype(np.float32)
+
+
 def write_wav_atomic(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write ``[n]`` or ``[channels, n]`` float audio as WAV via a temporary file + rename,
     so an interrupted run never leaves a half-written file at ``path``."""
@@ -129,6 +193,7 @@ def write_wav_atomic(path, audio: np.ndarray, sample_rate: int, subtype: str = "
     os.close(fd)
     try:
         sf.write(tmp, np.clip(data, -1.0, 1.0), sample_rate, subtype=subtype, format="WAV")
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes owner-only files; use the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,134 @@
+"""Convert one source file into captioned training segments (runs in a worker process).
+
+``convert_source(task)`` decodes (or renders, for MIDI) one file, converts it to the
+output rate and channel count, trims leading/trailing silence, optionally normalises
+loudness, estimates tempo and key, cuts it into segments and writes, for each segment,
+``<stem>.wav`` + ``<stem>.txt`` (caption) + ``<stem>.json`` (audiocraft MusicInfo), each
+atomically. It never raises: every problem becomes a ``skipped`` result with a one-line
+reason (``failed`` for our own bugs, which are retried on the next run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from musicgen_trainer.constants import MIN_TRACK_SECONDS
+
+from .audio_io import AudioDecodeError, load_audio, to_channels, write_wav_atomic
+from .captions import caption_values, genre_words, music_info, parse_filename, render_caption
+from .files import segment_stem, write_text_atomic
+from .midi_render import MidiError, render_midi
+from .options import PrepareOptions
+from .segments import normalize_loudness, segment_bounds, trim_silence
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    """One source file to convert; picklable, sent to a worker."""
+    path: str                 # absolute source path
+    rel: str                  # path relative to SRC (POSIX)
+    kind: str                 # "audio" or "midi"
+    genre_dir: str | None     # top-level folder in SRC, None for files directly in SRC
+    unlabelled: bool          # unknown/ (or unknow/) or directly in SRC
+    stem: str                 # output stem relative to OUT, e.g. "rock/Song"
+    out: str                  # OUT folder
+    options: PrepareOptions
+    soundfont: str | None     # resolved soundfont for MIDI files
+
+
+@dataclass
+class ConvertResult:
+    """What happened to one source. ``segments``: one dict per written segment."""
+    rel: str
+    status: str               # "converted", "skipped" (bad input) or "failed" (unexpected)
+    reason: str = ""
+    track: dict = field(default_factory=dict)
+    segments: list = field(default_factory=list)
+    seconds: float = 0.0      # wall-clock time spent on this file
+
+
+def convert_source(task: ConvertTask) -> ConvertResult:
+    """Convert ``task`` (see module doc). Never raises."""
+    start = time.perf_counter()
+    try:
+        result = _convert(task)
+    except (AudioDecodeError, MidiError) as exc:
+        result = ConvertResult(task.rel, "skipped", str(exc).splitlines()[0] if str(exc) else "cannot decode")
+    except MemoryError:
+        result = ConvertResult(task.rel, "skipped", "not enough memory to decode this file")
+    except OSError as exc:  # e.g. OUT's disk is full or not writable
+        result = ConvertResult(task.rel, "failed", f"cannot write outputs ({exc.strerror or exc})")
+    except Exception as exc:  # a bug of ours: report it on one line, keep the run going
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        result = ConvertResult(task.rel, "failed", f"unexpected error: {type(exc).__name__}: {text}")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _decode(task: ConvertTask) -> tuple[np.ndarray, int, dict]:
+    """Audio as float32 ``[n]`` (mono) or ``[channels, n]`` at the output rate, plus facts."""
+    opts = task.options
+    facts: dict = {"instrument": ""}
+    if task.kind == "midi":
+        audio, rate, summary = render_midi(task.path, opts.sample_rate, task.soundfont,
+                                           release_seconds=opts.midi_release_seconds)
+        facts["instrument"] = ", ".join(summary.instruments[:3])
+        facts["midi_notes"] = summary.notes
+        if summary.repaired:
+            facts["midi_repairs"] = summary.repaired
+    else:
+        audio, rate = load_audio(task.path, sample_rate=opts.sample_rate, mono=opts.channels == 1)
+    return to_channels(audio, opts.channels), rate, facts
+
+
+def _convert(task: ConvertTask) -> ConvertResult:
+    opts = task.options
+    audio, rate, facts = _decode(task)
+    decoded_seconds = audio.shape[-1] / rate
+    start, end = (0, audio.shape[-1]) if opts.trim_db is None else trim_silence(audio, opts.trim_db)
+    if end <= start:
+        return ConvertResult(task.rel, "skipped", f"silent (no sound above {opts.trim_db:g} dBFS)")
+    audio = audio[..., start:end]
+    if audio.shape[-1] < MIN_TRACK_SECONDS * rate:
+        return ConvertResult(task.rel, "skipped", f"too short ({audio.shape[-1] / rate:.3f} s of sound, "
+                                                   f"minimum {MIN_TRACK_SECONDS:g} s)")
+    if opts.loudness_lufs is not None:
+        audio = normalize_loudness(audio, rate, opts.loudness_lufs)
+    bpm = key = None
+    if opts.analyze:
+        from .analysis import analyse  # librosa: imported only by processes that analyse
+        bpm, key = analyse(audio, rate)
+
+    name = PurePosixPath(task.rel).name
+    title, artist = parse_filename(os.path.splitext(name)[0])
+    genre = genre_words(task.genre_dir, task.unlabelled)
+    bounds = segment_bounds(audio.shape[-1], rate, opts.segment_seconds, opts.overlap_seconds,
+                            opts.min_seconds)
+    out = Path(task.out)
+    segments = []
+    for index, (a, b) in enumerate(bounds):
+        seg_stem = segment_stem(task.stem, index, len(bounds))
+        values = caption_values(genre=genre, title=title, artist=artist, bpm=bpm, key=key,
+                                instrument=facts["instrument"], name=PurePosixPath(seg_stem).name)
+        caption = render_caption(opts.caption_template, values)
+        wav = out / f"{seg_stem}.wav"
+        # WAV first, then caption and JSON: a kill between them leaves a WAV without its
+        # JSON, which the state check sees as incomplete and redoes.
+        write_wav_atomic(wav, audio[..., a:b], rate, subtype=opts.subtype)
+        write_text_atomic(wav.with_suffix(".txt"), caption)
+        write_text_atomic(wav.with_suffix(".json"),
+                          json.dumps(music_info(values, caption, bpm), ensure_ascii=False, indent=2) + "\n")
+        segments.append({"path": f"{seg_stem}.wav", "duration": round((b - a) / rate, 6),
+                         "sample_rate": rate, "segment": index,
+                         "start": round((start + a) / rate, 6), "caption": caption})
+    track = {"kind": task.kind, "genre_dir": task.genre_dir,
+             "genre": None if task.unlabelled else task.genre_dir,
+             "title": title, "artist": artist, "bpm": bpm, "key": key,
+             "decoded_seconds": round(decoded_seconds, 6),
+             "seconds": round(audio.shape[-1] / rate, 6), **facts}
+    return ConvertResult(task.rel, "converted", track=track, segments=segments)
