@@ -1,0 +1,155 @@
+"""Find the labelled files of a genre-folder tree and split them by track.
+
+Layout: ``DATA/<genre>/**/<file>.<audio ext>``; folders named like ``unknown/`` (see
+``UNKNOWN_GENRE_DIRS``) and hidden folders are not genres and are ignored. A dataset written by
+``dataset_tools prepare`` has ``DATA/manifest.jsonl``; its ``source`` field names the original
+track each 30 s segment was cut from, and all segments of one source form one *track*, so the
+split never puts pieces of one recording on both sides (which would inflate the accuracy).
+Without a manifest, each file is its own track.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_trainer.constants import AUDIO_EXTENSIONS, UNKNOWN_GENRE_DIRS
+
+log = logging.getLogger("genre_classifier")
+MANIFEST = "manifest.jsonl"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as asked; ``str()`` tells the user what to change."""
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    path: Path    # absolute path of the audio file
+    rel: str      # path relative to the dataset root (POSIX), as in the manifest
+    genre: str    # the genre folder it sits in
+    track: str    # grouping key: files with the same key are one recording
+
+
+@dataclass
+class Split:
+    """Files of each part; no track has files in two parts."""
+    train: list[LabelledFile] = field(default_factory=list)
+    val: list[LabelledFile] = field(default_factory=list)
+    test: list[LabelledFile] = field(default_factory=list)
+
+    def parts(self) -> dict[str, list[LabelledFile]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_audio_files(directory: Path) -> list[Path]:
+    """Audio files under ``directory`` (recursive, sorted, hidden files and folders skipped)."""
+    directory = Path(directory)
+    found = []
+    for path in directory.rglob("*"):
+        rel_parts = path.relative_to(directory).parts
+        if any(part.startswith(".") for part in rel_parts):
+            continue
+        if path.is_file() and is_audio(path):
+            found.append(path)
+    return sorted(found)
+
+
+def read_manifest(root: Path) -> dict[str, dict]:
+    """``{relative path: manifest entry}`` from ``root/manifest.jsonl``; {} when there is none."""
+    file = Path(root) / MANIFEST
+    if not file.is_file():
+        return {}
+    entries, bad = {}, 0
+    for line in file.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries[str(entry["path"])] = entry
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("warning: %d unreadable line(s) in %s were ignored", bad, file)
+    return entries
+
+
+def discover(root) -> list[LabelledFile]:
+    """Every audio file in the genre folders of ``root`` (``unknown/`` excluded)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    manifest = read_manifest(root)
+    files = []
+    for genre_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = genre_dir.name
+        if name.startswith(".") or name.lower() in UNKNOWN_GENRE_DIRS:
+            continue
+        for path in list_audio_files(genre_dir):
+            rel = path.relative_to(root).as_posix()
+            source = (manifest.get(rel) or {}).get("source")
+            files.append(LabelledFile(path=path, rel=rel, genre=name,
+                                      track=f"source:{source}" if source else f"file:{rel}"))
+    stray = [p.name for p in root.iterdir() if p.is_file() and is_audio(p)]
+    if stray:
+        log.warning("warning: %d audio file(s) directly in %s have no genre folder and are ignored",
+                    len(stray), root)
+    return files
+
+
+def check_genres(files: list[LabelledFile], root) -> list[str]:
+    """Sorted genre labels; DatasetError unless there are at least two."""
+    genres = sorted({f.genre for f in files})
+    if not genres:
+        raise DatasetError(f"no audio files found in genre folders of {root} "
+                           f"(expected {root}/<genre>/<track>.wav, .mp3, ...; unknown/ is ignored)")
+    if len(genres) == 1:
+        raise DatasetError(f"only one genre ('{genres[0]}') in {root}: a classifier needs at least two "
+                           f"genre folders with audio")
+    return genres
+
+
+def split_by_track(files: list[LabelledFile], val_fraction: float = 0.15, test_fraction: float = 0.15,
+                   seed: int = 0) -> Split:
+    """Stratified, seeded split by track.
+
+    Within each genre, tracks are shuffled with ``seed`` and ``round(n * fraction)`` (at least
+    one when the fraction is > 0) go to test and to validation; the rest train. Every file of a
+    track follows its track. Raises DatasetError naming the genre when a genre has too few
+    tracks to give each part one.
+    """
+    tracks: dict[str, list[LabelledFile]] = defaultdict(list)
+    for f in files:
+        tracks[f.track].append(f)
+    by_genre: dict[str, list[str]] = defaultdict(list)
+    for key, members in tracks.items():
+        # A track's files normally share a genre folder; if not, the majority decides its stratum.
+        genre = Counter(m.genre for m in members).most_common(1)[0][0]
+        by_genre[genre].append(key)
+    rng = np.random.default_rng(seed)
+    split = Split()
+    for genre in sorted(by_genre):
+        keys = sorted(by_genre[genre])
+        rng.shuffle(keys)
+        n = len(keys)
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+        if n - n_test - n_val < 1:
+            need = 1 + (test_fraction > 0) + (val_fraction > 0)
+            raise DatasetError(
+                f"genre '{genre}' has only {n} usable track(s); splitting by track needs at least "
+                f"{need} (one each for training, validation and test). Add tracks to '{genre}/' or "
+                f"move that folder out of the dataset")
+        parts = (("test", keys[:n_test]), ("val", keys[n_test:n_test + n_val]), ("train", keys[n_test + n_val:]))
+        for part, chosen in parts:
+            for key in chosen:
+                getattr(split, part).extend(sorted(tracks[key], key=lambda f: f.rel))
+    return split

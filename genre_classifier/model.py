@@ -1,0 +1,89 @@
+"""The Keras MFCC CNN: the traditional baseline, and the optional "gap" head.
+
+Input ``[batch, frames, n_mfcc, 1]`` (130 x 13 x 1 with the defaults); output
+``[batch, n_labels]`` softmax probabilities.
+
+Baseline (the default; the architecture this kind of tool traditionally uses):
+    Conv2D 64 3x3 ReLU -> MaxPool 3x3 stride 2 -> BatchNorm
+    Conv2D 32 3x3 ReLU -> MaxPool 3x3 stride 2 -> BatchNorm
+    Conv2D 32 2x2 ReLU -> MaxPool 2x2 stride 2 -> BatchNorm
+    Conv2D 16 1x1 ReLU -> MaxPool 2x2 stride 2 -> BatchNorm
+    Flatten -> Dense 64 ReLU -> Dropout 0.3 -> Dense softmax
+Pooling uses "same" padding: the 13-MFCC axis is too narrow for four "valid" pools
+(130 x 13 -> 64 x 6 -> 31 x 2 -> 15 x 1 -> 8 x 1).
+
+Option ``head="gap"`` replaces Flatten with global average + max pooling over time and
+frequency: fewer weights in the head (16 x 2 inputs instead of 8 x 16), less prone to
+memorising where in the window a sound falls.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from importlib import import_module
+
+HEADS = ("baseline", "gap")
+
+
+def import_keras():
+    """Import Keras 3 on TensorFlow quietly (only the main process ever calls this).
+
+    TensorFlow's C++ start-up notices (absl, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL and would
+    clutter every command's output, so file descriptor 2 is muted while it loads, unless the
+    user asked for TensorFlow's logs with TF_CPP_MIN_LOG_LEVEL=0 or 1. Python errors still
+    propagate normally.
+    """
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
+    saved = None
+    if quiet:
+        try:
+            sys.stderr.flush()
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            saved = None
+    try:
+        import keras
+        import_module("tensorflow")  # its C++ runtime prints on first load: still muted here
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return keras
+
+
+def build_model(frames: int, n_mfcc: int, n_labels: int, head: str = "baseline"):
+    """Uncompiled ``keras.Model``: ``[batch, frames, n_mfcc, 1]`` -> ``[batch, n_labels]``."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    keras = import_keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(frames, n_mfcc, 1), name="mfcc")
+    x = inputs
+    blocks = ((64, 3, 3, 2), (32, 3, 3, 2), (32, 2, 2, 2), (16, 1, 2, 2))  # filters, kernel, pool, stride
+    for i, (filters, kernel, pool, stride) in enumerate(blocks, start=1):
+        x = layers.Conv2D(filters, kernel, activation="relu", name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(pool, strides=stride, padding="same", name=f"pool{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+    if head == "gap":
+        x = layers.Concatenate(name="pool_global")([layers.GlobalAveragePooling2D()(x),
+                                                   layers.GlobalMaxPooling2D()(x)])
+    else:
+        x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(n_labels, activation="softmax", name="genre")(x)
+    return keras.Model(inputs, outputs, name=f"mfcc_cnn_{head}")
+
+
+def compile_model(model, learning_rate: float = 1e-4, weight_decay: float = 0.004):
+    """AdamW + sparse categorical cross-entropy on integer labels; returns ``model``."""
+    keras = import_keras()
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model

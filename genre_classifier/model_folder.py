@@ -1,0 +1,163 @@
+"""A trained classifier on disk, and in memory (`Classifier`).
+
+Folder layout (everything prediction needs, so it never guesses a setting)::
+
+    model.keras        the Keras model (architecture + weights)
+    classifier.json    format_version, labels, feature settings, temperature, training config,
+                       test metrics; written last, so a half-written folder is never loadable
+    split.json         which tracks (and file SHA-1s) went to train / val / test
+    report/            the test-split evaluation: evaluation.json, confusion_matrix.png
+
+`read_info` validates ``classifier.json`` without importing TensorFlow, so commands can fail
+fast on a bad folder; `load_classifier` also loads and checks the Keras model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .features import FeatureSettings, TrackFeatures
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+INFO_FILE = "classifier.json"
+SPLIT_FILE = "split.json"
+REPORT_DIR = "report"
+REQUIRED_KEYS = ("format_version", "labels", "features")
+PREDICT_BATCH = 1024  # windows per forward pass: large enough to amortise the call overhead
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing, incomplete, or from another version; ``str()`` says which."""
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    """Write JSON through a temporary file + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_info(folder) -> dict:
+    """Validated ``classifier.json`` of a model folder (no TensorFlow needed)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder not found: {folder}")
+    info_file, model_file = folder / INFO_FILE, folder / MODEL_FILE
+    if not info_file.is_file():
+        what = "an unfinished training run or not a genre classifier folder" if model_file.exists() \
+            else "not a genre classifier folder"
+        raise ModelFolderError(f"{folder} has no {INFO_FILE} ({what}); train one with "
+                               f"`python -m genre_classifier train DATA --out {folder}`")
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"{info_file} is unreadable ({err})") from None
+    if not isinstance(info, dict):
+        raise ModelFolderError(f"{info_file} is not a classifier description")
+    missing = [k for k in REQUIRED_KEYS if k not in info]
+    if missing:
+        raise ModelFolderError(f"{info_file} lacks {', '.join(missing)}: it was written by another "
+                               f"version of this tool or edited; retrain the model")
+    if info["format_version"] != FORMAT_VERSION:
+        raise ModelFolderError(f"{folder} is model format {info['format_version']!r}, but this version of "
+                               f"genre_classifier reads format {FORMAT_VERSION}; retrain the model with "
+                               f"this version (or use the version that wrote it)")
+    labels = info["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ModelFolderError(f"{info_file} has no valid label list (need >= 2 genre names)")
+    try:
+        FeatureSettings.from_dict(info["features"])
+    except KeyError as err:
+        raise ModelFolderError(f"{info_file} lacks feature settings ({err.args[0]}); the features cannot be "
+                               f"reproduced without them, so retrain the model") from None
+    except (TypeError, ValueError) as err:
+        raise ModelFolderError(f"{info_file} has invalid feature settings ({err})") from None
+    if not model_file.is_file():
+        raise ModelFolderError(f"{folder} has {INFO_FILE} but no {MODEL_FILE}; copy the whole folder")
+    return info
+
+
+@dataclass
+class Classifier:
+    """A loaded model with its labels and feature settings."""
+    keras_model: object
+    labels: list[str]
+    settings: FeatureSettings
+    temperature: float = 1.0
+    info: dict = field(default_factory=dict)
+    folder: Path | None = None
+
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """``[n, frames, n_mfcc]`` -> ``[n, n_labels]`` probabilities (temperature applied)."""
+        windows = np.asarray(windows, dtype=np.float32)
+        if windows.ndim == 3:
+            windows = windows[..., None]
+        if windows.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        chunks = [np.asarray(self.keras_model.predict_on_batch(windows[i:i + PREDICT_BATCH]))
+                  for i in range(0, windows.shape[0], PREDICT_BATCH)]
+        return apply_temperature(np.concatenate(chunks).astype(np.float32), self.temperature)
+
+    def predict_track(self, features: TrackFeatures) -> np.ndarray:
+        """``[n_labels]``: the mean of the track's window probabilities."""
+        return self.predict_windows(features.windows(self.settings)).mean(axis=0)
+
+    def save(self, folder, extra: dict | None = None) -> Path:
+        """Write ``model.keras`` then ``classifier.json`` (last: it marks the folder complete)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / INFO_FILE).unlink(missing_ok=True)  # an interrupted re-save must not look complete
+        self.keras_model.save(folder / MODEL_FILE)
+        info = {**(extra or {}), "format_version": FORMAT_VERSION, "labels": list(self.labels),
+                "features": self.settings.to_dict(), "temperature": float(self.temperature)}
+        write_json_atomic(folder / INFO_FILE, info)
+        self.info, self.folder = info, folder
+        return folder
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scale softmax outputs: softmax(log(p) / T), the same as scaling the logits."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def load_classifier(folder) -> Classifier:
+    """Load a model folder; ModelFolderError with a clear reason if it is unusable."""
+    info = read_info(folder)
+    folder = Path(folder).expanduser()
+    settings = FeatureSettings.from_dict(info["features"])
+    from .model import import_keras
+    keras = import_keras()
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    except Exception as err:
+        raise ModelFolderError(f"cannot load {folder / MODEL_FILE} ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
+    expected_in = (settings.frames, settings.n_mfcc, 1)
+    if tuple(model.input_shape[1:]) != expected_in:
+        raise ModelFolderError(f"{folder / MODEL_FILE} expects input {tuple(model.input_shape[1:])}, but its "
+                               f"feature settings give {expected_in}; the folder is inconsistent")
+    if model.output_shape[-1] != len(info["labels"]):
+        raise ModelFolderError(f"{folder / MODEL_FILE} has {model.output_shape[-1]} outputs but "
+                               f"{len(info['labels'])} labels; the folder is inconsistent")
+    return Classifier(keras_model=model, labels=list(info["labels"]), settings=settings,
+                      temperature=float(info.get("temperature", 1.0)), info=info, folder=folder)

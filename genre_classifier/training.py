@@ -1,0 +1,256 @@
+"""``train DATA --out FOLDER``: features -> split by track -> fit -> test report -> model folder.
+
+Order of work, and why: features are extracted (cached, in parallel) before the split, so a
+genre whose files are all unreadable is reported by name instead of failing later; the split
+is by track, stratified and seeded; early stopping watches the validation loss and keeps the
+best weights; the test split is scored only once, at the end, and its report is saved with
+the model so the figures a user sees are honest.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .data import DatasetError, Split, check_genres, discover, split_by_track
+from .evaluation import TrackScores, format_report, score_tracks, write_report
+from .extract import extract_many
+from .features import FeatureSettings
+from .model import HEADS
+from .model_folder import INFO_FILE, MODEL_FILE, REPORT_DIR, SPLIT_FILE, Classifier, write_json_atomic
+from .options import RunOptions, existing_dir
+
+log = logging.getLogger("genre_classifier")
+TEMPERATURE_RANGE = (0.1, 10.0)
+
+
+@dataclass
+class TrainConfig(RunOptions):
+    """Settings of one training run; the defaults are the issue's baseline.
+
+    ``head``: "baseline" (Flatten -> Dense 64) or "gap" (global pooling). ``augment``: random
+    window positions, gain and time masks. ``calibrate``: fit a softmax temperature on the
+    validation split so confidences (and ``tag --min-confidence``) mean what they say.
+    """
+    data: Path
+    out: Path
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.004
+    patience: int = 8
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    head: str = "baseline"
+    augment: bool = False
+    calibrate: bool = False
+    overwrite: bool = False
+    features: FeatureSettings = FeatureSettings()
+
+    def __post_init__(self):
+        self._check_run_options()
+        self.data = existing_dir(self.data, "dataset folder")
+        self.out = Path(self.out).expanduser().resolve()
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder for the model")
+        if not self.overwrite and ((self.out / INFO_FILE).exists() or (self.out / MODEL_FILE).exists()):
+            raise ValueError(f"{self.out} already holds a model; choose another --out or pass --overwrite")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be a whole number >= 0, got {self.patience!r}")
+        if not self.learning_rate > 0 or not self.weight_decay >= 0:
+            raise ValueError("learning_rate must be > 0 and weight_decay >= 0")
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
+                and self.val_fraction + self.test_fraction <= 0.8):
+            raise ValueError("val_fraction and test_fraction must each be between 0 and 1 (exclusive) and "
+                             "leave at least 20 % of the tracks for training")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("features")
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Temperature T minimising the NLL of softmax(log(p) / T) on ``probs`` ``[n, L]``."""
+    from .model_folder import apply_temperature
+    # Bounded: on a small validation split that the model gets all right, the NLL keeps falling
+    # as T -> 0, and an unbounded fit would make every prediction look certain.
+    grid = np.exp(np.linspace(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1]), 201))
+    nll = [-np.mean(np.log(np.clip(apply_temperature(probs, t)[np.arange(len(y_true)), y_true], 1e-12, 1)))
+           for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def _arrays(files, feats, labels, settings):
+    """Stack the fixed-grid windows of ``files``: ``x`` [n, frames, n_mfcc, 1], ``y`` [n]."""
+    index = {g: i for i, g in enumerate(labels)}
+    xs = [feats[f.path].windows(settings) for f in files]
+    y = np.concatenate([[index[f.genre]] * len(w) for f, w in zip(files, xs)]).astype(np.int64)
+    return np.concatenate(xs)[..., None], y
+
+
+def _split_json(split: Split, sha1: dict, seed: int) -> dict:
+    out = {"seed": seed}
+    for part, files in split.parts().items():
+        tracks: dict[str, dict] = {}
+        for f in files:
+            entry = tracks.setdefault(f.track, {"track": f.track, "genre": f.genre, "files": []})
+            entry["files"].append({"path": f.rel, "sha1": sha1[f.path]})
+        out[part] = list(tracks.values())
+    return out
+
+
+class _EpochLog:
+    """Keras callback factory: logs one line per epoch and records its wall time."""
+
+    @staticmethod
+    def make(keras, epochs: int, seconds: list):
+        class EpochLog(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds.append(time.perf_counter() - self.start)
+                logs = logs or {}
+                log.info("epoch %3d/%d  loss %.3f  acc %.3f  val_loss %.3f  val_acc %.3f  (%.1f s)",
+                         epoch + 1, epochs, logs.get("loss", np.nan), logs.get("accuracy", np.nan),
+                         logs.get("val_loss", np.nan), logs.get("val_accuracy", np.nan), seconds[-1])
+        return EpochLog()
+
+
+def _extract(config: TrainConfig, all_files: list) -> tuple[dict, dict, list]:
+    """Features of every file: ``({path: TrackFeatures}, {path: sha1}, [skipped {path, reason}])``."""
+    feats, sha1, skipped = {}, {}, []
+    started, cached = time.perf_counter(), 0
+    for item in extract_many([f.path for f in all_files], config.features, workers=config.workers,
+                             cache_dir=config.feature_cache, progress=config.progress, desc="extracting features"):
+        f = all_files[item.index]
+        if item.ok:
+            feats[f.path], sha1[f.path] = item.features, item.sha1
+            cached += item.cached
+        else:
+            skipped.append({"path": f.rel, "reason": item.reason})
+            log.warning("skipped %s: %s", f.rel, item.reason)
+    log.info("features: %d files (%d from the cache), %d skipped, %.1f s", len(feats), cached, len(skipped),
+             time.perf_counter() - started)
+    return feats, sha1, skipped
+
+
+def _part_tracks(classifier: Classifier, part_files: list, feats: dict) -> list[TrackScores]:
+    """Window probabilities of each track of one split part (one batched prediction)."""
+    windows = [feats[f.path].windows(classifier.settings) for f in part_files]
+    probs = classifier.predict_windows(np.concatenate(windows)) if windows else None
+    grouped: dict[str, TrackScores] = {}
+    offset = 0
+    for f, w in zip(part_files, windows):
+        t = grouped.setdefault(f.track, TrackScores(f.track, f.genre, [], []))
+        t.files.append(f.rel)
+        t.segment_probs.append(probs[offset:offset + len(w)])
+        offset += len(w)
+    for t in grouped.values():
+        t.segment_probs = np.concatenate(t.segment_probs)
+    return list(grouped.values())
+
+
+def _fit(keras, model, config: TrainConfig, split: Split, feats: dict, labels: list, val_data) -> tuple:
+    """Train with early stopping; returns (history dict, seconds per epoch, total seconds)."""
+    settings = config.features
+    epoch_seconds: list[float] = []
+    callbacks = [_EpochLog.make(keras, config.epochs, epoch_seconds),
+                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                               restore_best_weights=True)]
+    if config.augment:
+        from .augment import WindowSampler, make_dataset
+        sampler = WindowSampler([feats[f.path].mfcc for f in split.train],
+                                [labels.index(f.genre) for f in split.train], settings.frames,
+                                settings.n_mels, seed=config.seed)
+        fit_args = {"x": make_dataset(keras, sampler, config.batch_size)}
+    else:
+        x_train, y_train = _arrays(split.train, feats, labels, settings)
+        fit_args = {"x": x_train, "y": y_train, "batch_size": config.batch_size, "shuffle": True}
+    started = time.perf_counter()
+    history = model.fit(**fit_args, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    return history.history, epoch_seconds, time.perf_counter() - started
+
+
+def train(config: TrainConfig) -> Path:
+    """Train on ``config.data``; returns the model folder (``config.out``)."""
+    settings = config.features
+    all_files = discover(config.data)
+    all_genres = check_genres(all_files, config.data)
+    log.info("found %d audio files in %d genre folders: %s", len(all_files), len(all_genres), ", ".join(all_genres))
+    split_by_track(all_files, config.val_fraction, config.test_fraction, config.seed)  # too few tracks: fail now
+
+    feats, sha1, skipped = _extract(config, all_files)
+    files = [f for f in all_files if f.path in feats]
+    for genre in all_genres:
+        if not any(f.genre == genre for f in files):
+            first = next(s["reason"] for s in skipped if s["path"].startswith(genre + "/"))
+            raise DatasetError(f"genre '{genre}' has no usable tracks: all its files were skipped "
+                               f"(first reason: {first})")
+    labels = check_genres(files, config.data)
+    split = split_by_track(files, config.val_fraction, config.test_fraction, config.seed)
+
+    from .model import build_model, compile_model, import_keras
+    keras = import_keras()
+    keras.utils.set_random_seed(config.seed)
+    x_val, y_val = _arrays(split.val, feats, labels, settings)
+    counts = {part: {"tracks": len({f.track for f in fs}), "files": len(fs)} for part, fs in split.parts().items()}
+    counts["train"]["segments"] = sum(len(feats[f.path].windows(settings)) for f in split.train)
+    counts["val"]["segments"] = len(y_val)
+    log.info("split by track: %s", ", ".join(f"{p} {c['tracks']} tracks" for p, c in counts.items()))
+    model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
+                          config.learning_rate, config.weight_decay)
+    history, epoch_seconds, train_seconds = _fit(keras, model, config, split, feats, labels, (x_val, y_val))
+
+    classifier = Classifier(keras_model=model, labels=labels, settings=settings)
+    if config.calibrate:
+        classifier.temperature = fit_temperature(classifier.predict_windows(x_val), y_val)
+        log.info("calibration: temperature %.2f (fitted on the validation split)", classifier.temperature)
+        if np.isclose(classifier.temperature, TEMPERATURE_RANGE).any():
+            log.warning("warning: the temperature hit its bound %.2f: the validation split is too small or too "
+                        "easy to calibrate on; treat confidences with care", classifier.temperature)
+    report = score_tracks(_part_tracks(classifier, split.test, feats), labels)  # the test split, scored once
+    metrics = {}
+    for part, rep in (("val", score_tracks(_part_tracks(classifier, split.val, feats), labels)), ("test", report)):
+        metrics[part] = {"track_accuracy": rep["track"]["accuracy"], "segment_accuracy": rep["segment"]["accuracy"],
+                         "macro_f1": rep["track"]["macro_f1"], "ece": rep["track"]["ece"],
+                         "tracks": rep["track"]["count"]}
+    if config.calibrate:  # keep the uncalibrated error too, so calibration's effect is visible
+        raw = Classifier(keras_model=model, labels=labels, settings=settings)
+        metrics["test"]["ece_uncalibrated"] = score_tracks(_part_tracks(raw, split.test, feats), labels)["track"]["ece"]
+    report.update(data=str(config.data), split="test", skipped=skipped)
+
+    out = config.out
+    if config.overwrite and out.exists():
+        for name in (INFO_FILE, MODEL_FILE, SPLIT_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / SPLIT_FILE, _split_json(split, sha1, config.seed))
+    write_report(report, out / REPORT_DIR, f"{config.data.name} test split - {config.head}")
+    val_losses = history["val_loss"]
+    training = {
+        "config": config.to_json(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "epochs_run": len(val_losses), "best_epoch": int(np.argmin(val_losses)) + 1,
+        "stopped_early": len(val_losses) < config.epochs, "train_seconds": round(train_seconds, 2),
+        "epoch_seconds": [round(s, 3) for s in epoch_seconds], "counts": counts, "skipped": skipped,
+        "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.items()},
+        "versions": {"keras": keras.__version__, "python": platform.python_version()},
+    }
+    classifier.save(out, {"training": training, "metrics": metrics})
+    log.info("test split (tracks never seen in training):\n%s", format_report(report))
+    log.info("model saved to %s", out)
+    return out

@@ -1,0 +1,87 @@
+"""The command line: one-line errors without tracebacks, and the commands on a real model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genre_classifier.__main__ import main
+from gc_helpers import write_wav
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "genre_classifier", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd or ROOT, timeout=300)
+
+
+def test_help_lists_the_commands():
+    proc = _cli("--help")
+    assert proc.returncode == 0
+    for command in ("train", "evaluate", "predict", "tag"):
+        assert command in proc.stdout
+    assert "--min-confidence" in _cli("tag", "--help").stdout
+
+
+def test_single_genre_dataset_is_a_one_line_error(tmp_path):
+    for i in range(3):
+        write_wav(tmp_path / "data" / "rock" / f"r{i}.wav", 1.0, seed=i)
+    write_wav(tmp_path / "data" / "unknown" / "u.wav", 1.0)
+    proc = _cli("train", tmp_path / "data", "--out", tmp_path / "m")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: only one genre ('rock')")
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_model_folder_is_a_one_line_error(tmp_path):
+    song = write_wav(tmp_path / "s.wav", 1.0)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "classifier.json").write_text(json.dumps({"format_version": 0, "labels": ["a", "b"],
+                                                                    "features": {}}))
+    (tmp_path / "model" / "model.keras").write_bytes(b"")
+    proc = _cli("predict", song, "--model", tmp_path / "model")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
+    assert "error:" in proc.stderr and "format 0" in proc.stderr and "retrain" in proc.stderr
+
+
+def test_predict_and_tag_commands(trained_model, tmp_path, capsys):
+    song = write_wav(tmp_path / "unknown" / "s.wav", 5.0, genre="plucks", seed=31)
+    (tmp_path / "unknown" / "broken.mp3").write_text("not audio")
+    assert main(["predict", str(song), "--model", str(trained_model), "--workers", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    line = out.strip().splitlines()[0]
+    assert line.startswith(str(song)) and len(line.split("\t")[1].split("  ")) == 3
+    code = main(["tag", str(tmp_path / "unknown"), "--model", str(trained_model), "--min-confidence", "0",
+                 "--workers", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "dry run: nothing moved" in out and "1 skipped" in out
+    assert song.exists()
+    code = main(["tag", str(tmp_path / "unknown"), "--model", str(trained_model), "--min-confidence", "0",
+                 "--apply", "move", "--workers", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 moved, 0 failed" in out and not song.exists()
+    assert len(list(tmp_path.glob("*/s.wav"))) == 1
+
+
+def test_evaluate_command(trained_model, toy_data, tmp_path, capsys):
+    assert main(["evaluate", str(toy_data), "--model", str(trained_model), "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "track accuracy" in out and "confusion matrix" in out
+    assert (tmp_path / "r" / "evaluation.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tag", "/no/such/folder", "--model", "m"], "folder to tag not found"),
+    (["evaluate", "/no/such/data", "--model", "m"], "dataset folder not found"),
+])
+def test_missing_paths_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err

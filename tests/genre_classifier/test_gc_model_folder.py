@@ -1,0 +1,102 @@
+"""Model folders: save/load gives identical predictions; unusable folders give clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from genre_classifier.features import FeatureSettings
+from genre_classifier.model import build_model
+from genre_classifier.model_folder import (
+    FORMAT_VERSION, INFO_FILE, MODEL_FILE, Classifier, ModelFolderError, apply_temperature, load_classifier,
+    read_info,
+)
+
+
+def _windows(n=7, seed=0):
+    return np.random.default_rng(seed).normal(-20, 40, size=(n, 130, 13)).astype(np.float32)
+
+
+def test_architecture_matches_the_baseline():
+    model = build_model(130, 13, 4)
+    assert model.input_shape == (None, 130, 13, 1) and model.output_shape == (None, 4)
+    convs = [(layer.filters, layer.kernel_size) for layer in model.layers if layer.name.startswith("conv")]
+    assert convs == [(64, (3, 3)), (32, (3, 3)), (32, (2, 2)), (16, (1, 1))]
+    names = [layer.name for layer in model.layers]
+    assert names.count("bn1") == 1 and "flatten" in names and "dropout" in names
+    assert model.get_layer("dense").units == 64 and model.get_layer("dropout").rate == 0.3
+    assert "flatten" not in [layer.name for layer in build_model(130, 13, 4, head="gap").layers]
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    clf = Classifier(build_model(130, 13, 3), ["a", "b", "c"], FeatureSettings(), temperature=1.7)
+    before = clf.predict_windows(_windows())
+    clf.save(tmp_path / "m", {"training": {"note": "test"}})
+    loaded = load_classifier(tmp_path / "m")
+    assert loaded.labels == ["a", "b", "c"] and loaded.temperature == 1.7
+    assert loaded.settings == FeatureSettings()
+    np.testing.assert_array_equal(loaded.predict_windows(_windows()), before)
+
+
+def test_trained_model_round_trip(classifier, tmp_path):
+    windows = _windows(40, seed=1)
+    first = classifier.predict_windows(windows)
+    classifier.save(tmp_path / "copy")
+    np.testing.assert_array_equal(load_classifier(tmp_path / "copy").predict_windows(windows), first)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_temperature_keeps_ranking_and_flattens():
+    p = np.array([[0.7, 0.2, 0.1]], np.float32)
+    hot = apply_temperature(p, 2.0)
+    assert hot.argmax() == 0 and hot.max() < 0.7 and hot.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(apply_temperature(p, 1.0), p)
+
+
+@pytest.fixture
+def good_folder(tmp_path):
+    clf = Classifier(build_model(130, 13, 2), ["x", "y"], FeatureSettings())
+    return clf.save(tmp_path / "good")
+
+
+def _edit_info(folder, change):
+    info = json.loads((folder / INFO_FILE).read_text())
+    change(info)
+    (folder / INFO_FILE).write_text(json.dumps(info))
+
+
+def test_missing_folder_and_files(tmp_path, good_folder):
+    with pytest.raises(ModelFolderError, match="model folder not found"):
+        read_info(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match="no classifier.json"):
+        read_info(tmp_path / "empty")
+    (good_folder / MODEL_FILE).unlink()
+    with pytest.raises(ModelFolderError, match="no model.keras"):
+        read_info(good_folder)
+
+
+def test_other_format_version(good_folder):
+    _edit_info(good_folder, lambda i: i.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ModelFolderError, match="format .* retrain"):
+        load_classifier(good_folder)
+
+
+def test_missing_feature_settings(good_folder):
+    _edit_info(good_folder, lambda i: i["features"].pop("n_fft"))
+    with pytest.raises(ModelFolderError, match="lacks feature settings \\(n_fft\\)"):
+        load_classifier(good_folder)
+    _edit_info(good_folder, lambda i: i.pop("features"))
+    with pytest.raises(ModelFolderError, match="lacks features"):
+        read_info(good_folder)
+
+
+def test_inconsistent_labels_or_shapes(good_folder, tmp_path):
+    _edit_info(good_folder, lambda i: i.update(labels=["x", "y", "z"]))
+    with pytest.raises(ModelFolderError, match="3 labels"):
+        load_classifier(good_folder)
+    other = tmp_path / "other"
+    shutil.copytree(good_folder, other)
+    _edit_info(other, lambda i: i.update(labels=["x", "y"]) or i["features"].update(segment_seconds=5.0, frames=216))
+    with pytest.raises(ModelFolderError, match="expects input"):
+        load_classifier(other)
