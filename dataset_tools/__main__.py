@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from musicgen_trainer.constants import (DATASET_SAMPLE_RATE, MIDI_RELEASE_SECONDS, MIN_SEGMENT_SECONDS,
+from musicgen_trainer.constants import (SEPARATION_MODEL, DATASET_SAMPLE_RATE, MIDI_RELEASE_SECONDS, MIN_SEGMENT_SECONDS,
                                         SEGMENT_SECONDS, SILENCE_DB, VALID_FRACTION)
 
 from .captions import CAPTION_FIELDS, DEFAULT_TEMPLATE
@@ -81,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--absolute-paths", action="store_true",
                    help="write absolute WAV paths in the manifests (default: relative to OUT)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("vocal removal")
+    g.add_argument("--remove-vocals", action="store_true",
+                   help="train on instrumentals: remove vocals with demucs (slow on CPU; see docs/separation.md)")
+    g.add_argument("--separation-model", default=SEPARATION_MODEL, metavar="NAME|FILE",
+                   help="demucs pretrained name or local model file (default: %(default)s)")
+    g.add_argument("--separation-device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where demucs runs (default: auto = GPU when available)")
+
+    sep = sub.add_parser("separate", help="split songs into stems (instrumental, vocals, drums...) with demucs",
+                         description="Write the requested stems of each song as WAV files (karaoke backing "
+                                     "tracks, instrumental training data).")
+    from .separation import add_arguments
+    add_arguments(sep)
 
     s = sub.add_parser("stats", help="counts, durations and caption examples of a prepared dataset",
                        description="Summarise a dataset made by `prepare`: tracks, segments and hours per "
@@ -122,10 +135,15 @@ def _run(args) -> int:
             loudness_lufs=args.loudness, analyze=not args.no_analysis,
             caption_template=args.caption_template, soundfont=args.soundfont,
             midi_release_seconds=args.midi_release, valid_fraction=args.valid_fraction, seed=args.seed,
-            workers=args.workers, absolute_paths=args.absolute_paths, progress=not args.no_progress)
+            workers=args.workers, absolute_paths=args.absolute_paths, progress=not args.no_progress,
+            remove_vocals=args.remove_vocals, separation_model=args.separation_model,
+            separation_device=args.separation_device)
         report = prepare(args.src, args.out, options)
         print(report.summary())
         return 0
+    if args.command == "separate":
+        from .separation import run_from_args
+        return run_from_args(args)
     if args.command == "stats":
         from .stats import StatsOptions, dataset_stats
         stats = dataset_stats(args.out, StatsOptions(examples=args.examples,

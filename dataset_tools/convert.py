@@ -81,6 +81,13 @@ def _decode(task: ConvertTask) -> tuple[np.ndarray, int, dict]:
         facts["midi_notes"] = summary.notes
         if summary.repaired:
             facts["midi_repairs"] = summary.repaired
+    elif opts.remove_vocals:
+        from .separation import instrumental, load_separator
+        # Separate the stereo mix (better than its mono downmix), then mix down as asked.
+        audio, rate = load_audio(task.path, sample_rate=opts.sample_rate, mono=False)
+        separator = load_separator(opts.separation_model, opts.separation_device)
+        audio = instrumental(to_channels(audio, 2) if audio.shape[0] > 2 else audio, rate, separator)
+        facts["vocals_removed"] = True
     else:
         audio, rate = load_audio(task.path, sample_rate=opts.sample_rate, mono=opts.channels == 1)
     return to_channels(audio, opts.channels), rate, facts

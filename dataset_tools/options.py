@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from musicgen_trainer.constants import (DATASET_CHANNELS, DATASET_SAMPLE_RATE, DATASET_SUBTYPE,
+from musicgen_trainer.constants import (SEPARATION_MODEL, DATASET_CHANNELS, DATASET_SAMPLE_RATE, DATASET_SUBTYPE,
                                         MIDI_RELEASE_SECONDS, MIN_SEGMENT_SECONDS, SEGMENT_SECONDS,
                                         SILENCE_DB, VALID_FRACTION)
 
@@ -11,7 +11,7 @@ from .captions import DEFAULT_TEMPLATE, template_fields
 
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 # Options that do not change any WAV/caption/JSON: changing them never reconverts.
-NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress")
+NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress", "separation_device")
 
 
 @dataclass
@@ -36,6 +36,8 @@ class PrepareOptions:
         workers: worker processes; None uses every CPU core, 1 runs in this process.
         absolute_paths: write absolute WAV paths in the manifests (default: relative to OUT).
         progress: show a progress bar.
+        remove_vocals: replace each audio track by its instrumental (demucs) before the rest;
+            separation_model is a demucs name or model file, separation_device auto/cpu/cuda.
     """
     sample_rate: int = DATASET_SAMPLE_RATE
     channels: int = DATASET_CHANNELS
@@ -54,6 +56,9 @@ class PrepareOptions:
     workers: int | None = None
     absolute_paths: bool = False
     progress: bool = True
+    remove_vocals: bool = False           # train on instrumentals: demucs removes the vocals
+    separation_model: str = SEPARATION_MODEL
+    separation_device: str = "auto"
 
     def __post_init__(self):
         def need(ok: bool, message: str) -> None:

@@ -42,3 +42,20 @@ MIDI_RELEASE_SECONDS = 1.0        # kept after a rendered MIDI file's last note-
 ANALYSIS_SAMPLE_RATE = 22_050     # Hz: tempo/key estimation runs on a downsampled copy
 ANALYSIS_MAX_SECONDS = 60.0       # ...of at most this much audio from the middle of the track
 VALID_FRACTION = 0.1              # share of source tracks put in the validation split
+
+# --- Generation (generate.py and the web app) -----------------------------------
+GENERATION_MAX_SECONDS = 600.0    # longest clip generate.py makes (windowed beyond the model's window)
+GENERATION_MAX_BATCH = 64         # prompts in one generate.py call
+APP_MAX_SECONDS = 60.0            # longest clip the web app makes
+APP_MAX_PROMPT_CHARS = 500        # longest text prompt the web app accepts
+APP_MAX_UPLOAD_MB = 25            # largest audio-prompt upload the web app accepts
+APP_MAX_PROMPT_AUDIO_SECONDS = 600.0  # longest audio-prompt upload decoded (its end is used)
+APP_MODEL_CACHE = 2               # loaded models kept in memory by the web app (least recently used go)
+
+# --- Source separation (`dataset_tools separate`, `prepare --remove-vocals`) ------
+SEPARATION_MODEL = "htdemucs"     # demucs' default pretrained model (4 stems, 44.1 kHz stereo)
+SEPARATION_STEMS = ("instrumental", "vocals")  # default stems; instrumental = mix - vocals
+SEPARATION_OVERLAP = 0.25         # share of each model window overlapping the next (as demucs)
+SEPARATION_MAX_SHIFT_SECONDS = 0.5  # random window offsets of the "shift trick" (as demucs)
+SEPARATION_BLOCK_FRAMES = 65_536  # input frames decoded per read: memory stays flat with length
+SEPARATION_DOWNLOAD_TIMEOUT_S = 60  # a pretrained download whose connection stalls this long fails

@@ -11,7 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore")
 
 MODULES = ["torch", "torchaudio", "xformers.ops", "transformers", "audiocraft.models",
-           "accelerate", "librosa", "soundfile", "pydub", "music21", "gradio", "keras"]
+           "accelerate", "librosa", "soundfile", "pydub", "music21", "gradio", "keras",
+           "demucs.htdemucs", "demucs.pretrained"]
 
 
 def main() -> int:

@@ -1,0 +1,187 @@
+"""Separate audio files into stem WAVs: inputs, output names, one file at a time.
+
+``separate_file`` streams one song through ``StemStream`` into ``<folder>/<stem>.wav``
+(temporary names, renamed once every stem is complete) and records what made them in
+``<folder>/separation.json``, so a re-run with the same settings skips the song. It never
+raises for a bad input: the result says ``skipped`` or ``failed`` with a one-line reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from musicgen_trainer.constants import AUDIO_EXTENSIONS, SEPARATION_BLOCK_FRAMES
+
+from .audio_io import AudioDecodeError
+from .files import PART_SUFFIX, safe_name, write_text_atomic
+from .separation_input import measure, open_input, output_channels
+from .separation_report import MARKER_FILE, SeparatedFile
+from .separation_stream import StemStream, stem_picker
+
+if TYPE_CHECKING:
+    from .separation import SeparateOptions
+    from .separation_model import Separator
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def expand_inputs(inputs, out_dir: Path | None = None) -> tuple[list[Path], list[SeparatedFile]]:
+    """Files to separate: each file as given, and the audio files under each folder
+    (recursively, sorted; never inside ``out_dir``). Missing paths come back as skipped."""
+    files: list[Path] = []
+    skipped: list[SeparatedFile] = []
+    out_real = Path(out_dir).resolve() if out_dir is not None else None
+    seen: set = set()
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+                           and not p.name.startswith(".")
+                           and not (out_real and out_real in p.resolve().parents))
+            if not found:
+                skipped.append(SeparatedFile(str(item), "skipped", "folder has no audio files"))
+            new = [p for p in found if p.resolve() not in seen]
+        elif item.exists() or item.is_symlink():
+            new = [item] if item.resolve() not in seen else []
+        else:
+            skipped.append(SeparatedFile(str(item), "skipped", "file not found"))
+            continue
+        seen.update(p.resolve() for p in new)
+        files.extend(new)
+    return files, skipped
+
+
+def output_folders(files: list[Path]) -> list[str]:
+    """A distinct, filesystem-safe folder name per file: its name without extension; a
+    clash (``Song.mp3`` + ``Song.flac``) appends the extension, then a path hash."""
+    names, taken = [], set()
+    for path in files:
+        base = safe_name(path.stem)
+        for name in (base, f"{base}-{path.suffix.lstrip('.').lower()}",
+                     f"{base}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"):
+            if name.casefold() not in taken:
+                break
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def settings_of(options: SeparateOptions, separator: Separator, stems: list[str]) -> dict:
+    """Everything that changes the stems' samples (recorded next to them; re-runs compare)."""
+    model = separator.name  # the pretrained name, or the model file and its version
+    if Path(separator.name).is_file():
+        stat = Path(separator.name).stat()
+        model = f"{separator.name} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})"
+    return {"model": model, "stems": stems, "instrumental_mode": options.instrumental_mode,
+            "segment": options.segment, "overlap": options.overlap, "shifts": options.shifts,
+            "seed": options.seed, "subtype": options.subtype}
+
+
+def _up_to_date(path: Path, folder: Path, settings: dict) -> dict | None:
+    try:
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    same = (marker.get("source") == str(path.resolve()) and marker.get("size") == stat.st_size
+            and marker.get("mtime_ns") == stat.st_mtime_ns and marker.get("settings") == settings)
+    outputs = {s: str(folder / f"{s}.wav") for s in settings["stems"]}
+    return marker if same and all(Path(p).is_file() for p in outputs.values()) else None
+
+
+def separate_file(path: Path, folder: Path, stems: list[str], options: SeparateOptions, separator: Separator,
+                  settings: dict | None = None, label: str = "") -> SeparatedFile:
+    """Separate one file into ``folder/<stem>.wav``. Never raises (except Ctrl-C): problems
+    become a ``skipped`` or ``failed`` result with a one-line reason."""
+    settings = settings or settings_of(options, separator, stems)
+    start = time.perf_counter()
+    if not options.force:
+        marker = _up_to_date(path, folder, settings)
+        if marker is not None:
+            return SeparatedFile(str(path), "up_to_date", outputs=marker.get("outputs", {}),
+                                 seconds=marker.get("seconds", 0.0), sample_rate=marker.get("sample_rate", 0))
+    try:
+        result = _separate_file(path, folder, stems, options, separator, settings, label)
+    except AudioDecodeError as exc:
+        result = SeparatedFile(str(path), "skipped", _first_line(exc) or "cannot decode")
+    except MemoryError:
+        result = SeparatedFile(str(path), "skipped", "not enough memory")
+    except OSError as exc:  # OUT not writable, disk full
+        result = SeparatedFile(str(path), "failed", f"cannot write outputs ({exc.strerror or exc})")
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            reason = "GPU out of memory: use --device cpu (or, with mdx models, a shorter --segment)"
+        else:
+            reason = f"unexpected error: {type(exc).__name__}: {_first_line(exc)}"
+        result = SeparatedFile(str(path), "failed", reason)
+    result.elapsed = round(time.perf_counter() - start, 3)
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
+
+
+def _separate_file(path, folder, stems, options, separator, settings, label) -> SeparatedFile:
+    import soundfile as sf
+    from tqdm import tqdm
+    inp = open_input(path)
+    stats = measure(inp, separator.audio_channels)  # first pass: length, mean and std
+    channels = output_channels(inp.channels)
+    stream = StemStream(separator, inp.rate, inp.channels, stats, options.segment, options.overlap,
+                        options.shifts, options.seed)
+    pick = stem_picker(separator.sources, stems, options.instrumental_mode)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps, writers = {}, {}
+    clipped = {s: 0 for s in stems} if options.subtype != "FLOAT" else {}
+    # Counts input frames, shown as seconds of audio.
+    bar = tqdm(total=stats.frames, unit="s", unit_scale=1.0 / inp.rate, desc=label or path.name,
+               leave=False, disable=not options.progress, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
+    try:
+        for stem in stems:
+            fd, temps[stem] = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".wav{PART_SUFFIX}", dir=folder)
+            os.close(fd)
+            writers[stem] = sf.SoundFile(temps[stem], "w", samplerate=inp.rate, channels=channels,
+                                         subtype=options.subtype, format="WAV")
+        frames = 0
+        for mix, est in stream.run(inp.blocks(SEPARATION_BLOCK_FRAMES),
+                                   on_block=bar.update):
+            for stem, values in pick(mix, est).items():
+                if clipped is not None and stem in clipped:
+                    over = np.abs(values) > 1.0
+                    if over.any():  # libsndfile would wrap around, not clip
+                        clipped[stem] += int(over.sum())
+                        values = np.clip(values, -1.0, 1.0)
+                writers[stem].write(np.ascontiguousarray(values.T))
+            frames += mix.shape[-1]
+        for stem in stems:
+            writers.pop(stem).close()
+            os.chmod(temps[stem], 0o666 & ~_UMASK)  # mkstemp makes owner-only files
+        outputs = {}
+        for stem in stems:  # all stems complete: only now replace the previous ones
+            target = folder / f"{stem}.wav"
+            os.replace(temps.pop(stem), target)
+            outputs[stem] = str(target)
+    finally:
+        bar.close()
+        for writer in writers.values():
+            writer.close()
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    stat = path.stat()
+    seconds = round(frames / inp.rate, 6)
+    write_text_atomic(folder / MARKER_FILE, json.dumps({
+        "source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "settings": settings, "outputs": outputs, "seconds": seconds, "sample_rate": inp.rate,
+        "channels": channels}, indent=2, ensure_ascii=False) + "\n")
+    return SeparatedFile(str(path), "separated", outputs=outputs, seconds=seconds, sample_rate=inp.rate,
+                         channels=channels, clipped=clipped)
