@@ -39,6 +39,7 @@ demo: setup
 	$(BIN)/python -m musicgen_trainer demo --out demo_output
 
 test: setup
+	@bash scripts/install_system_deps.sh --test
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -20,7 +20,8 @@ def _show(args) -> int:
 
 def _demo(args) -> int:
     from .demo import DemoConfig, run_demo
-    run_demo(DemoConfig(out=Path(args.out), model=args.model, duration=args.duration))
+    run_demo(DemoConfig(out=Path(args.out), model=args.model, duration=args.duration, train_steps=args.steps,
+                        classifier=not args.no_classifier))
     return 0
 
 
@@ -35,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(func=_show)
-    demo = sub.add_parser("demo", help="offline demo on the tiny model (what `make demo` runs)",
-                          description="Build the tiny model offline and write a generated WAV.")
+    demo = sub.add_parser("demo", help="the whole pipeline offline on example data (what `make demo` runs)",
+                          description="Example library -> prepare -> genre classifier -> fine-tune the tiny "
+                                      "model -> generate, all offline, into --out.")
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    demo.add_argument("--model", default="tiny", help="model to use (default: tiny)")
-    demo.add_argument("--duration", type=float, default=2.0, help="seconds of audio (default: 2)")
+    demo.add_argument("--model", default="tiny", help="model to fine-tune (default: tiny)")
+    demo.add_argument("--duration", type=float, default=4.0, help="seconds of audio to generate (default: 4)")
+    demo.add_argument("--steps", type=int, default=30, help="training steps (default: 30)")
+    demo.add_argument("--no-classifier", action="store_true", help="skip the genre-classifier step")
     demo.set_defaults(func=_demo)
     return parser
 

@@ -1,16 +1,42 @@
-"""Text-to-music generation over audiocraft's ``MusicGen``: one library function, ``generate``."""
+"""Music generation over audiocraft's ``MusicGen``: text, audio continuation, melody.
+
+Three library functions, each one batch call into audiocraft (no extra model passes):
+
+- ``generate(model, prompts, config)``: one clip per text prompt;
+- ``generate_continuation(model, audio, rate, prompts, config)``: continue an audio prompt;
+- ``generate_with_melody(model, melody, rate, prompts, config)``: melody-conditioned models.
+
+All return float tensors ``[B, C, T]`` at ``model.sample_rate`` with exactly the requested
+number of samples. Durations beyond the model's window (30 s for the released models) use
+audiocraft's windowed continuation: each new window is conditioned on the last
+``window - extend_stride`` seconds. The global RNG is left untouched; the same seed gives
+the same output for the same request.
+
+``progress`` is ``False``, ``True`` (a text bar on stderr) or a callable ``(done, total)``
+called after each language-model step, ``total`` being all the steps of the request
+(every window included).
+"""
 from __future__ import annotations
 
 import math
+import sys
 import typing as tp
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
+
+from .constants import GENERATION_MAX_SECONDS
+
+ProgressFn = tp.Callable[[int, int], None]
+Progress = tp.Union[bool, ProgressFn, None]
 
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings (audiocraft's defaults: top-k 250, CFG coefficient 3)."""
+    """Sampling settings (audiocraft's defaults: top-k 250, CFG coefficient 3).
+
+    ``duration`` is the length of new audio in seconds (after the audio prompt, if any).
+    """
     duration: float = 8.0
     top_k: int = 250
     top_p: float = 0.0
@@ -21,43 +47,243 @@ class GenerationConfig:
     use_sampling: bool = True
 
     def __post_init__(self):
-        if not 0 < self.duration <= 600:
-            raise ValueError(f"duration must be between 0 and 600 seconds, got {self.duration}")
+        if not isinstance(self.duration, (int, float)) or not math.isfinite(self.duration) \
+                or not 0 < self.duration <= GENERATION_MAX_SECONDS:
+            raise ValueError(f"duration must be more than 0 and at most {GENERATION_MAX_SECONDS:g} "
+                             f"seconds, got {self.duration}")
         if self.top_k < 0:
-            raise ValueError("top_k must be >= 0 (0 disables top-k)")
+            raise ValueError(f"top_k must be 0 or more (0 disables top-k), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError("top_p must be between 0 and 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if self.extend_stride <= 0:
-            raise ValueError("extend_stride must be > 0")
+            raise ValueError(f"top_p must be between 0 and 1 (0 disables it), got {self.top_p}")
+        if self.top_k == 0 and self.top_p == 0 and self.use_sampling:
+            raise ValueError("set top_k or top_p above 0 (both 0 would sample from nothing)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be more than 0, got {self.temperature}")
+        if not (math.isfinite(self.cfg_coef) and 0 <= self.cfg_coef <= 100):
+            raise ValueError(f"cfg_coef must be between 0 and 100, got {self.cfg_coef}")
+        if not (math.isfinite(self.extend_stride) and self.extend_stride > 0):
+            raise ValueError(f"extend_stride must be more than 0 seconds, got {self.extend_stride}")
+        if self.seed is not None and not 0 <= int(self.seed) < 2 ** 63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationConfig] = None,
-             progress: bool = False) -> torch.Tensor:
-    """Generate one clip per prompt, as a batch.
+             progress: Progress = False) -> torch.Tensor:
+    """Generate one clip per text prompt, as one batch.
 
     Args:
         model: an ``audiocraft.models.MusicGen`` (see ``loading.load_model``).
-        prompts: B text descriptions ("" generates unconditionally).
+        prompts: B text descriptions ("" generates without text).
     Returns:
-        float tensor ``[B, C, T]`` at ``model.sample_rate``, T = round(duration * sample_rate).
+        float tensor ``[B, C, T]`` on the CPU, T = round(duration * sample_rate).
     """
     config = config or GenerationConfig()
-    stride = min(config.extend_stride, model.max_duration / 2)
-    # audiocraft generates int(duration * frame_rate) frames: ask for enough whole frames
-    # (+ half a frame against float round-down) and trim to the exact sample count.
-    frames = math.ceil(config.duration * model.frame_rate - 1e-9)
+    prompts = _check_prompts(prompts)
+    frames = _frames(config.duration, model)
+    _configure(model, config, total_frames=frames)
+    wav = _run(model, config, progress, frames, 0,
+               lambda: model.generate(prompts, progress=True))
+    return _trim(wav, round(config.duration * model.sample_rate))
+
+
+def generate_continuation(model, audio: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],
+                          config: tp.Optional[GenerationConfig] = None, progress: Progress = False,
+                          max_prompt_seconds: tp.Optional[float] = None) -> torch.Tensor:
+    """Continue an audio prompt, once per text prompt (the same audio for all of them).
+
+    The audio is converted to the model's rate and channel count (mono for mono models),
+    only its last ``max_prompt_seconds`` are kept (default: half the model's window, so each
+    window generates new music), and it is trimmed at the start to whole codec frames.
+
+    Args:
+        audio: ``[T]``, ``[C, T]`` or ``[1, C, T]`` float samples at ``sample_rate``.
+        prompts: B text descriptions.
+    Returns:
+        ``[B, C, P + N]`` on the CPU: the prompt as the codec reproduces it (P samples, the
+        kept prompt at the model's rate) followed by N = round(duration * sample_rate) new samples.
+    """
+    config = config or GenerationConfig()
+    prompts = _check_prompts(prompts)
+    prompt = prepare_audio_prompt(model, audio, sample_rate, max_prompt_seconds)
+    prompt_frames = prompt.shape[-1] // _hop(model)
+    new_frames = _frames(config.duration, model)
+    _configure(model, config, total_frames=prompt_frames + new_frames)
+    batch = prompt.expand(len(prompts), -1, -1).to(model.device)
+    wav = _run(model, config, progress, prompt_frames + new_frames, prompt_frames,
+               lambda: model.generate_continuation(batch, model.sample_rate, prompts, progress=True))
+    return _trim(wav, prompt.shape[-1] + round(config.duration * model.sample_rate))
+
+
+def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],
+                         config: tp.Optional[GenerationConfig] = None,
+                         progress: Progress = False) -> torch.Tensor:
+    """Generate following ``melody``'s chroma (models with a ``self_wav`` conditioner only).
+
+    Args:
+        melody: ``[T]``, ``[C, T]`` or ``[1, C, T]`` samples at ``sample_rate`` (used for every prompt;
+            repeated when shorter than the output).
+    Returns:
+        ``[B, C, T]`` on the CPU, T = round(duration * sample_rate).
+    Raises:
+        ValueError: the model has no melody conditioning.
+    """
+    if not has_melody_conditioning(model):
+        raise ValueError(f"model {model.name} has no melody conditioning (use a melody model such "
+                         f"as facebook/musicgen-melody, or drop the melody)")
+    config = config or GenerationConfig()
+    prompts = _check_prompts(prompts)
+    melody = _as_batch(melody)[0].float()
+    frames = _frames(config.duration, model)
+    _configure(model, config, total_frames=frames)
+    melodies = [melody.to(model.device)] * len(prompts)
+    wav = _run(model, config, progress, frames, 0,
+               lambda: model.generate_with_chroma(prompts, melodies, sample_rate, progress=True))
+    return _trim(wav, round(config.duration * model.sample_rate))
+
+
+def has_melody_conditioning(model) -> bool:
+    """True when the model has audiocraft's chroma (melody) conditioner."""
+    return "self_wav" in model.lm.condition_provider.conditioners
+
+
+def prepare_audio_prompt(model, audio: torch.Tensor, sample_rate: int,
+                         max_prompt_seconds: tp.Optional[float] = None) -> torch.Tensor:
+    """``audio`` as a ``[1, C, P]`` prompt: model rate and channels, at most ``max_prompt_seconds``
+    (its end is kept), P a whole number of codec frames (at least one)."""
+    from audiocraft.data.audio_utils import convert_audio
+
+    if sample_rate <= 0:
+        raise ValueError(f"the audio prompt's sample rate must be positive, got {sample_rate}")
+    audio = _as_batch(audio).float().cpu()
+    limit = model.max_duration / 2 if max_prompt_seconds is None else float(max_prompt_seconds)
+    if not 0 < limit < model.max_duration:
+        raise ValueError(f"the audio prompt limit must be between 0 and the model's "
+                         f"{model.max_duration:g} s window, got {limit:g} s")
+    # Cut before resampling (1 s of margin for the resampler's edge), then exactly after.
+    keep_in = int(math.ceil((limit + 1.0) * sample_rate))
+    audio = convert_audio(audio[..., -keep_in:], sample_rate, model.sample_rate, model.audio_channels)
+    hop = _hop(model)
+    frames = min(audio.shape[-1] // hop, int(limit * model.frame_rate + 1e-6))
+    if frames < 1:
+        raise ValueError(f"the audio prompt is too short: at least {hop / model.sample_rate * 1000:.0f} ms needed")
+    return audio[..., audio.shape[-1] - frames * hop:].contiguous()
+
+
+# --- internals ---------------------------------------------------------------------
+
+def _check_prompts(prompts: tp.Sequence[str]) -> tp.List[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise ValueError("give at least one prompt (an empty string generates without text)")
+    return prompts
+
+
+def _as_batch(audio: torch.Tensor) -> torch.Tensor:
+    audio = torch.as_tensor(audio)
+    if audio.dim() == 1:
+        audio = audio[None]
+    if audio.dim() == 2:
+        audio = audio[None]
+    if audio.dim() != 3 or audio.shape[0] != 1:
+        raise ValueError(f"expected one audio signal [T], [C, T] or [1, C, T], got shape {tuple(audio.shape)}")
+    if audio.shape[-1] == 0:
+        raise ValueError("the audio is empty")
+    return audio
+
+
+def _hop(model) -> int:
+    return int(round(model.sample_rate / model.frame_rate))
+
+
+def _frames(seconds: float, model) -> int:
+    """Whole codec frames covering ``seconds`` (at least one)."""
+    return max(1, math.ceil(seconds * model.frame_rate - 1e-9))
+
+
+def _stride(config: GenerationConfig, model) -> float:
+    """extend_stride as a whole number of frames (at least one), below the window."""
+    frames = int(min(config.extend_stride, model.max_duration / 2) * model.frame_rate + 1e-6)
+    return (max(1, frames) + 0.5) / model.frame_rate
+
+
+def _configure(model, config: GenerationConfig, total_frames: int) -> None:
+    card = int(model.lm.card)
+    if config.top_k > card:
+        raise ValueError(f"top_k must be at most {card} (the model's codebook size), got {config.top_k}")
+    # audiocraft generates int(duration * frame_rate) frames: half a frame more guards the float
+    # round-down, and callers trim to the exact sample count.
     model.set_generation_params(use_sampling=config.use_sampling, top_k=config.top_k,
                                 top_p=config.top_p, temperature=config.temperature,
-                                duration=(frames + 0.5) / model.frame_rate, cfg_coef=config.cfg_coef,
-                                extend_stride=stride)
-    with torch.random.fork_rng(devices=_cuda_devices()):
-        if config.seed is not None:
-            torch.manual_seed(config.seed)
-        wav = model.generate(list(prompts), progress=progress)
-    target = int(round(config.duration * model.sample_rate))
-    return wav[..., :target].float().cpu()
+                                duration=(total_frames + 0.5) / model.frame_rate,
+                                cfg_coef=config.cfg_coef, extend_stride=_stride(config, model))
+
+
+def planned_steps(model, total_frames: int, prompt_frames: int = 0) -> int:
+    """Language-model steps audiocraft runs for a request (its windowed loop, replayed)."""
+    fr = model.frame_rate
+    duration, window = model.duration, model.max_duration
+    stride = int(fr * model.extend_stride)
+    chunks = []  # (max_gen_len, prompt length) per window
+    if duration <= window:
+        chunks.append((int(duration * fr), prompt_frames))
+    else:
+        offset, prompt = 0, prompt_frames
+        while offset + prompt < total_frames:
+            gen_len = int(min(duration - offset / fr, window) * fr)
+            chunks.append((gen_len, prompt))
+            prompt, offset = gen_len - stride, offset + stride
+    steps = 0
+    for gen_len, prompt in chunks:
+        pattern = model.lm.pattern_provider.get_pattern(gen_len)
+        steps += len(pattern.layout) - pattern.get_first_step_with_timesteps(prompt)
+    return steps
+
+
+def _run(model, config: GenerationConfig, progress: Progress, total_frames: int, prompt_frames: int,
+         call: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Seed, wire progress reporting, call audiocraft; the global RNG is restored afterwards."""
+    report, close = _progress_reporter(progress, planned_steps(model, total_frames, prompt_frames))
+    done = [0]
+
+    def on_step(_generated: int, _to_generate: int) -> None:
+        done[0] += 1
+        report(done[0])
+
+    model.set_custom_progress_callback(on_step)
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices()):
+            if config.seed is not None:
+                torch.manual_seed(int(config.seed))
+            with torch.no_grad():
+                return call()
+    finally:
+        model.set_custom_progress_callback(None)
+        close()
+
+
+def _progress_reporter(progress: Progress, total: int) -> tp.Tuple[tp.Callable[[int], None], tp.Callable[[], None]]:
+    if callable(progress):
+        return (lambda done: progress(min(done, total), total)), (lambda: None)
+    if not progress:
+        return (lambda done: None), (lambda: None)
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc="generating", unit="step", file=sys.stderr, leave=False,
+               dynamic_ncols=True, mininterval=0.5)
+
+    def update(done: int) -> None:
+        bar.update(min(done, total) - bar.n)
+    return update, bar.close
+
+
+def _trim(wav: torch.Tensor, samples: int) -> torch.Tensor:
+    if wav.shape[-1] < samples:  # never expected: audiocraft returned fewer frames than asked
+        raise RuntimeError(f"the model returned {wav.shape[-1]} samples, {samples} were requested")
+    return wav[..., :samples].float().cpu()
 
 
 def _cuda_devices() -> list:

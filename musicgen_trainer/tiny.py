@@ -241,5 +241,10 @@ def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "c
         torch.manual_seed(config.seed)
         compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
         lm = build_lm_from_config(xp_cfg, device="cpu")
-    model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=config.max_duration)
+    # MusicGen's constructor sets audiocraft's default 18 s extension stride, which must be
+    # shorter than the window: build with a 30 s window, then set the requested one.
+    model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=max(config.max_duration, 30.0))
+    if config.max_duration < 30.0:
+        model.max_duration = config.max_duration
+        model.set_generation_params(duration=config.max_duration, extend_stride=config.max_duration / 2)
     return to_device(model, device)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs the project needs (ffmpeg, fluidsynth, a General MIDI
-# soundfont) with apt when they are missing. Does nothing when they are all present.
+# soundfont; with --test also chromium and its driver, for the web app's browser test)
+# with apt when they are missing. Does nothing when they are all present.
 set -euo pipefail
 
 soundfont_present() {
@@ -16,6 +17,10 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
 soundfont_present || missing+=(fluid-soundfont-gm)
+if [ "${1:-}" = "--test" ]; then  # only the test suite needs a browser (the web app's page test)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "Installing system packages: ${missing[*]}"

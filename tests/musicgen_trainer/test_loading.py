@@ -135,10 +135,15 @@ def test_cli_offline_hub_name_is_one_line_error():
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_demo_writes_a_wav(tmp_path):
+def test_cli_demo_runs_the_pipeline_offline(tmp_path):
+    """`make demo`'s command: example library -> prepare -> fine-tune tiny -> generate."""
     import soundfile as sf
-    proc = _cli("demo", "--out", str(tmp_path), "--duration", "1")
-    assert proc.returncode == 0, proc.stderr
-    info = sf.info(str(tmp_path / "demo.wav"))
-    assert info.samplerate == 32000 and info.channels == 1
-    assert info.frames == 32000
+    proc = _cli("demo", "--out", str(tmp_path), "--duration", "1", "--steps", "2", "--no-classifier")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "dataset" / "manifest.jsonl").is_file()
+    assert (tmp_path / "run" / "export" / LM_FILE).is_file()
+    wavs = list((tmp_path / "generated").glob("*.wav"))
+    assert len(wavs) == 1 and wavs[0].with_suffix(".png").is_file()
+    info = sf.info(str(wavs[0]))
+    assert info.samplerate == 32000 and info.channels == 1 and info.frames == 32000
+    assert "demo done" in proc.stdout

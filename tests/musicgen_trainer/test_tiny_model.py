@@ -108,3 +108,13 @@ def test_empty_caption_still_tokenizes(tiny_model):
     assert tokens["input_ids"].shape[1] >= 1  # T5 crashes on zero-length input
     embeds, mask = conditioner(tokens)
     assert mask.sum() == 0 and torch.isfinite(embeds).all()
+
+
+def test_short_window_model_generates_beyond_its_window():
+    """A tiny model with a 2 s window builds, and 3.3 s come out by windowed continuation."""
+    from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
+    model = build_tiny_musicgen(TinyConfig(max_duration=2.0))
+    assert model.max_duration == 2.0
+    wav = generate(model, ["jazz"], GenerationConfig(duration=3.3, seed=1, extend_stride=1.0))
+    assert wav.shape == (1, 1, round(3.3 * model.sample_rate))
+    assert wav[..., -1000:].abs().sum() > 0  # the continuation really produced audio

@@ -1,0 +1,245 @@
+"""The web app: ``python -m musicgen_trainer.app`` then open http://127.0.0.1:7860.
+
+Pick a model (pretrained, ``tiny``, or any export under ``checkpoints/``), write a prompt,
+tick genres (a fine-tune offers the genres it was trained on), optionally upload audio to
+continue, and get the audio, its spectrogram and WAV/MIDI downloads. Requests wait in a
+queue and run one at a time; loaded models are cached.
+
+Safe by default: it listens on 127.0.0.1 unless ``--host`` or ``--share`` is given, reads
+only files uploaded through the page, bounds text, upload size and duration, and shows
+errors as messages in the page (tracebacks go to the server's log only).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing as tp
+from pathlib import Path
+
+from .constants import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE
+
+logger = logging.getLogger("musicgen_trainer.app")
+
+
+class App:
+    """The page's state: the model list (rescanned on demand) and the model cache."""
+
+    def __init__(self, checkpoints: tp.Optional[str] = "checkpoints", out: str = "outputs/app",
+                 device: tp.Optional[str] = None, max_duration: float = APP_MAX_SECONDS,
+                 cache_size: int = APP_MODEL_CACHE, pretrained: tp.Optional[tp.Sequence[str]] = None,
+                 midi_default: bool = True):
+        from .app_backend import ModelCache
+        from .loading import PRETRAINED_NAMES
+        self.checkpoints = checkpoints
+        self.out = Path(out)
+        self.max_duration = float(max_duration)
+        self.pretrained = list(PRETRAINED_NAMES if pretrained is None else pretrained)
+        self.cache = ModelCache(cache_size, device=device)
+        self.midi_default = midi_default
+        self.rescan()
+
+    def rescan(self):
+        from .app_backend import list_models
+        self.choices = list_models(self.checkpoints, self.pretrained)
+        self.by_value = {c.value: c for c in self.choices}
+        return self.choices
+
+    def default_model(self) -> str:
+        exports = [c for c in self.choices if c.export]
+        if exports:  # the most recently exported fine-tune
+            return max(exports, key=lambda c: _mtime(Path(c.value) / "state_dict.bin")).value
+        if "facebook/musicgen-small" in self.by_value and _hub_cached("facebook/musicgen-small"):
+            return "facebook/musicgen-small"
+        return "tiny"
+
+    def duration_limit(self, value: str) -> float:
+        choice = self.by_value.get(value)
+        window = choice.window if choice else 30.0
+        return max(1.0, min(self.max_duration, 2 * window))
+
+    def genre_choices(self, value: str) -> tp.List[str]:
+        from .app_backend import BASE_GENRES
+        choice = self.by_value.get(value)
+        return list(choice.genres) if choice and choice.genres else list(BASE_GENRES)
+
+    def model_note(self, value: str) -> str:
+        choice = self.by_value.get(value)
+        if choice is None or not choice.genres:
+            return ""
+        note = f"Trained on: {', '.join(choice.genres)}."
+        if choice.examples:
+            note += " Training captions look like: " + " · ".join(f"*{e}*" for e in choice.examples[:3])
+        return note
+
+
+def build_demo(app: App):
+    """The Gradio ``Blocks`` page (queue included) for ``app``."""
+    import gradio as gr
+
+    from .app_backend import AppRequest, run_request
+
+    default = app.default_model()
+
+    def on_model(value):
+        limit = app.duration_limit(value)
+        return (gr.CheckboxGroup(choices=app.genre_choices(value), value=[]),
+                gr.Slider(maximum=limit), app.model_note(value))
+
+    def on_rescan(value):
+        app.rescan()
+        value = value if value in app.by_value else app.default_model()
+        return gr.Dropdown(choices=[(c.label, c.value) for c in app.choices], value=value)
+
+    def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef,
+                    seed, midi, progress=gr.Progress()):
+        from dataset_tools.audio_io import AudioDecodeError
+
+        from .loading import ModelUnavailableError
+        from .transcribe import TranscriptionUnavailable
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress((done, total), desc=stage, unit="steps" if stage == "generating" else "")
+        try:
+            request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
+                                 genres=genres or [], duration=duration, max_duration=app.duration_limit(model),
+                                 top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
+                                 seed=None if seed is None else int(seed), audio_prompt=audio_prompt,
+                                 upload_roots=_upload_roots(), midi=bool(midi))
+            result = run_request(request, app.cache, app.out, report)
+        except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:  # never a traceback in the page; the log has it
+            logger.exception("generation failed")
+            first = (str(exc).splitlines() or [""])[0][:300]
+            raise gr.Error(f"generation failed: {exc.__class__.__name__}: {first}", print_exception=False) from None
+        midi_button = gr.DownloadButton("Download MIDI", value=str(result.midi) if result.midi else None,
+                                        visible=result.midi is not None)
+        return (str(result.wav), str(result.png), gr.DownloadButton("Download WAV", value=str(result.wav)),
+                midi_button, result.summary)
+
+    with gr.Blocks(title="MusicGen", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## MusicGen: prompt a pretrained model or your fine-tune")
+        with gr.Row():
+            with gr.Column(scale=5):
+                with gr.Row():
+                    model = gr.Dropdown(choices=[(c.label, c.value) for c in app.choices], value=default,
+                                        label="Model", scale=4, elem_id="model")
+                    rescan = gr.Button("Rescan checkpoints", size="sm", scale=1)
+                note = gr.Markdown(app.model_note(default))
+                prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS,
+                                    placeholder="e.g. warm piano trio, brushed drums, late night",
+                                    elem_id="prompt")
+                genres = gr.CheckboxGroup(choices=app.genre_choices(default), label="Genres",
+                                          elem_id="genres")
+                duration = gr.Slider(0.5, app.duration_limit(default), value=min(8.0, app.duration_limit(default)),
+                                     step=0.5, label="Duration (seconds)", elem_id="duration")
+                audio_prompt = gr.Audio(sources=["upload"], type="filepath",
+                                        label="Audio prompt (optional): the music continues from its end")
+                with gr.Accordion("Advanced sampling", open=False):
+                    top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0: off)")
+                    top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0: use top-k)")
+                    temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                    cfg_coef = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Guidance (CFG coefficient)")
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random; the seed used is shown)")
+                midi = gr.Checkbox(value=app.midi_default, label="Transcribe to MIDI (basic-pitch)")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=5):
+                audio = gr.Audio(label="Generated audio", type="filepath", interactive=False, elem_id="output-audio")
+                image = gr.Image(label="Mel spectrogram", type="filepath", interactive=False, elem_id="spectrogram")
+                with gr.Row():
+                    wav_button = gr.DownloadButton("Download WAV", value=None, elem_id="download-wav")
+                    midi_button = gr.DownloadButton("Download MIDI", value=None, visible=False,
+                                                    elem_id="download-midi")
+                summary = gr.Markdown(elem_id="summary")
+        model.change(on_model, inputs=model, outputs=[genres, duration, note], api_visibility="private")
+        rescan.click(on_rescan, inputs=model, outputs=model, api_visibility="private")
+        run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
+                                       cfg_coef, seed, midi],
+                  outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
+                  concurrency_limit=1, concurrency_id="generate")
+    return demo
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _upload_roots() -> tp.List[str]:
+    from gradio.utils import get_upload_folder
+    return [get_upload_folder()]
+
+
+def _hub_cached(name: str) -> bool:
+    import os
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(name, "state_dict.bin", cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"))
+        return isinstance(found, str)
+    except Exception:
+        return False
+
+
+def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,
+           max_queue: int = 20, block: bool = True):
+    """Queue (one generation at a time, at most ``max_queue`` waiting) and serve."""
+    demo.queue(default_concurrency_limit=1, max_size=max_queue)
+    return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                       max_file_size=f"{APP_MAX_UPLOAD_MB}mb", show_error=True, quiet=not block,
+                       footer_links=["gradio"])
+
+
+def serve_in_background(app: App, host: str = "127.0.0.1", port: tp.Optional[int] = None):
+    """Start the page in this process without blocking (tests, screenshots); returns
+    ``(demo, url)``; stop it with ``demo.close()``. ``port=None`` picks a free port."""
+    import socket
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    demo = build_demo(app)
+    launch(demo, host=host, port=port, block=False)
+    return demo, f"http://{host}:{port}/"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m musicgen_trainer.app", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
+    p.add_argument("--checkpoints", default="checkpoints", help="folder searched for exports (default checkpoints)")
+    p.add_argument("--out", default="outputs/app", help="where results are written (default outputs/app)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-duration", type=float, default=APP_MAX_SECONDS,
+                   help=f"longest clip a request may ask for, seconds (default {APP_MAX_SECONDS:g})")
+    p.add_argument("--cache", type=int, default=APP_MODEL_CACHE, help="models kept loaded (default 2)")
+    p.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait (default 20)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.max_duration <= 600:
+        print("error: --max-duration must be more than 0 and at most 600 seconds", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+        print("note: the app is reachable from other machines; anyone who can reach it can use it",
+              file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
+              cache_size=args.cache)
+    try:
+        launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
+    except OSError as exc:  # port in use, bad address
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Mel-spectrogram pictures of generated audio (PNG), with the audio prompt's beside it.
+
+Uses librosa for the mel filterbank and matplotlib's Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import os
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+
+N_MELS = 128
+N_FFT = 2048
+HOP = 512
+FMAX = 16_000
+TOP_DB = 80.0
+
+
+def mel_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``[n]`` or ``[channels, n]`` float audio -> ``[N_MELS, frames]`` mel power in dB (max 0 dB).
+
+    Channels are averaged. Silence gives a flat -80 dB picture, never NaNs.
+    """
+    import librosa
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    if audio.size < N_FFT:
+        audio = np.pad(audio, (0, N_FFT - audio.size))
+    mel = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=N_FFT, hop_length=HOP,
+                                         n_mels=N_MELS, fmax=min(FMAX, sample_rate / 2))
+    return librosa.power_to_db(mel, ref=max(float(mel.max()), 1e-10), top_db=TOP_DB)
+
+
+def save_spectrogram(path: tp.Union[str, os.PathLike], audio: np.ndarray, sample_rate: int,
+                     title: str = "", prompt: tp.Optional[np.ndarray] = None,
+                     prompt_rate: tp.Optional[int] = None) -> Path:
+    """Write a PNG of ``audio``'s mel spectrogram; with ``prompt``, the prompt's is drawn on
+    the left and the output's on the right, on the same colour scale. Written atomically."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    panels = [("generated" if prompt is not None else "", audio, sample_rate)]
+    if prompt is not None:
+        panels.insert(0, ("audio prompt", prompt, prompt_rate or sample_rate))
+    seconds = [np.asarray(a).shape[-1] / sr for _, a, sr in panels]
+    widths = [max(s, 0.25 * sum(seconds)) for s in seconds]
+    fig = Figure(figsize=(10 if prompt is None else 12, 3.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+    image = None
+    for ax, (label, data, sr), secs in zip(axes, panels, seconds):
+        spec = mel_db(data, sr)
+        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=-TOP_DB, vmax=0,
+                          extent=(0, secs, 0, N_MELS), interpolation="nearest")
+        ax.set_xlabel("seconds")
+        ax.set_yticks(_mel_ticks(sr))
+        ax.set_yticklabels([_hz_label(f) for f in _MEL_TICK_HZ[:len(ax.get_yticks())]])
+        if label:
+            ax.set_title(label, fontsize=10)
+        if label == "generated" and prompt is not None:  # the output starts with the prompt
+            ax.axvline(seconds[0], color="white", linestyle="--", linewidth=1)
+            ax.text(seconds[0], N_MELS * 0.97, " prompt ends", color="white", fontsize=8, va="top")
+    axes[0].set_ylabel("Hz (mel scale)")
+    fig.colorbar(image, ax=list(axes), format="%+.0f dB", pad=0.01)
+    if title:
+        fig.suptitle(title if len(title) <= 110 else title[:107] + "...", fontsize=10)
+    from .atomic import atomic_path
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+_MEL_TICK_HZ = (0, 500, 1000, 2000, 4000, 8000, 16000)
+
+
+def _mel_ticks(sample_rate: int) -> tp.List[float]:
+    """Positions (in mel bins) of the labelled frequencies below the plotted maximum."""
+    import librosa
+    fmax = min(FMAX, sample_rate / 2)
+    top = librosa.hz_to_mel(fmax)
+    return [float(librosa.hz_to_mel(f) / top * N_MELS) for f in _MEL_TICK_HZ if f <= fmax]
+
+
+def _hz_label(hz: float) -> str:
+    return f"{hz / 1000:g}k" if hz >= 1000 else f"{hz:g}"
