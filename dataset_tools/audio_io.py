@@ -112,6 +112,20 @@ def _read_ffmpeg(path: Path):
     return data[:usable].reshape(-1, channels).T.copy(), rate
 
 
+def check_readable_file(path) -> Path:
+    """``path`` as a Path if it is a readable, non-empty regular file; else AudioDecodeError."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioDecodeError("is a directory")
+    if not os.access(path, os.R_OK):
+        raise AudioDecodeError("file is not readable (permissions)" if path.exists() else "file not found")
+    if not path.is_file():
+        raise AudioDecodeError("not a regular file (device, pipe or socket)")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError("empty file (0 bytes)")
+    return path
+
+
 def load_audio(path, sample_rate: int | None = None, mono: bool = True) -> tuple[np.ndarray, int]:
     """Decode ``path``.
 
@@ -122,15 +136,7 @@ def load_audio(path, sample_rate: int | None = None, mono: bool = True) -> tuple
     Raises:
         AudioDecodeError: unreadable, empty, corrupt or non-audio file.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise AudioDecodeError("is a directory")
-    if not os.access(path, os.R_OK):
-        raise AudioDecodeError("file is not readable (permissions)" if path.exists() else "file not found")
-    if not path.is_file():
-        raise AudioDecodeError("not a regular file (device, pipe or socket)")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError("empty file (0 bytes)")
+    path = check_readable_file(path)
     decoded = _read_soundfile(path)
     if decoded is None:
         decoded = _read_ffmpeg(path)

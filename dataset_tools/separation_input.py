@@ -20,7 +20,8 @@ import numpy as np
 from musicgen_trainer.constants import SEPARATION_BLOCK_FRAMES
 
 # The private helpers are shared so that skipped files get exactly `prepare`'s reasons.
-from .audio_io import AudioDecodeError, _ffmpeg_reason, _probe_channels_and_rate, ffmpeg_path
+from .audio_io import (AudioDecodeError, _ffmpeg_reason, _probe_channels_and_rate, check_readable_file,
+                       ffmpeg_path)
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -62,17 +63,8 @@ def open_input(path) -> AudioInput:
     Raises:
         AudioDecodeError: missing, unreadable, empty or non-audio file (one-line reason).
     """
-    import os
     import soundfile as sf
-    path = Path(path)
-    if path.is_dir():
-        raise AudioDecodeError("is a directory")
-    if not os.access(path, os.R_OK):
-        raise AudioDecodeError("file is not readable (permissions)" if path.exists() else "file not found")
-    if not path.is_file():
-        raise AudioDecodeError("not a regular file (device, pipe or socket)")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError("empty file (0 bytes)")
+    path = check_readable_file(path)
     try:
         with _quiet_native_stderr():  # libmpg123 prints "Illegal Audio-MPEG-Header" notes on fd 2
             info = sf.info(str(path))
