@@ -2,6 +2,7 @@
 #   make setup   system packages (apt) + .venv with every Python dependency
 #   make demo    the offline demo on the tiny model (writes demo_output/)
 #   make test    the whole test suite, offline
+#   make bench   the benchmarks (slow: tens of minutes on a CPU)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -42,8 +43,13 @@ test: setup
 	@bash scripts/install_system_deps.sh --test
 	$(BIN)/python -m pytest -q tests
 
+# Speed and memory figures (docs/benchmarks.md); each script compares against a baseline in the same run.
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_prepare.py
+	$(BIN)/python bench/bench_classifier.py
+	$(BIN)/python bench/bench_separate.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_generate.py
 
 clean:
 	rm -rf demo_output .pytest_cache
