@@ -59,15 +59,22 @@ class PrepareReport:
         if self.split:
             lines.append(f"  split: {self.split['train_tracks']} train / {self.split['valid_tracks']} "
                          f"valid tracks; {len(self.unlabelled)} unlabelled track(s) in unlabelled.jsonl")
-        problems = self.skipped + self.failed
-        if problems:
-            lines.append(f"Skipped {len(problems)}:")
-            for item in problems[:max_skipped]:
-                lines.append(f"  {item['source']}: {item['reason']}")
-            if len(problems) > max_skipped:
-                lines.append(f"  ... and {len(problems) - max_skipped} more (see {REPORT_FILE})")
-        lines.append(f"Report: {Path(self.out) / REPORT_FILE}")
+        problems = [(item["source"], item["reason"]) for item in self.skipped + self.failed]
+        lines += skipped_lines(problems, max_skipped, Path(self.out) / REPORT_FILE)
         return "\n".join(lines)
+
+
+def skipped_lines(problems: list[tuple[str, str]], max_listed: int, report: Path) -> list[str]:
+    """The end of a printed summary: up to ``max_listed`` ``(source, reason)`` pairs, then
+    where the full report is."""
+    lines = []
+    if problems:
+        lines.append(f"Skipped {len(problems)}:")
+        lines += [f"  {source}: {reason}" for source, reason in problems[:max_listed]]
+        if len(problems) > max_listed:
+            lines.append(f"  ... and {len(problems) - max_listed} more (see {report.name})")
+    lines.append(f"Report: {report}")
+    return lines
 
 
 def build_report(*, src, out, options, workers, scan, records, results, up_to_date, valid,

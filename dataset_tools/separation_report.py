@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .report import skipped_lines
+
 from .files import write_text_atomic
 
 REPORT_FILE = "separate_report.json"
@@ -100,12 +102,6 @@ class SeparateReport:
         if clipped:
             lines.append(f"  {len(clipped)} file(s) had stem samples beyond full scale, clipped in the WAV "
                          "(--wav-format FLOAT keeps them)")
-        problems = self.skipped + self.failed
-        if problems:
-            lines.append(f"Skipped {len(problems)}:")
-            for f in problems[:max_listed]:
-                lines.append(f"  {f.source}: {f.reason}")
-            if len(problems) > max_listed:
-                lines.append(f"  ... and {len(problems) - max_listed} more (see {REPORT_FILE})")
-        lines.append(f"Report: {Path(self.out) / REPORT_FILE}")
+        problems = [(f.source, f.reason) for f in self.skipped + self.failed]
+        lines += skipped_lines(problems, max_listed, Path(self.out) / REPORT_FILE)
         return "\n".join(lines)

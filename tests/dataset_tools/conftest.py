@@ -50,3 +50,13 @@ def small_library(tmp_path) -> Path:
     write_midi(src / "jazz" / "Tune.mid")
     return src
 
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny convolutions gain nothing from threads and lose a lot on shared cores."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -25,13 +25,7 @@ RATE = 8000  # the test models' rate
 SOURCES = ["drums", "bass", "other", "vocals"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny convolutions gain nothing from threads and lose a lot on shared cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 HTDEMUCS_FILE = "955717e8-8726e21a.th"  # the checkpoint demucs' htdemucs.yaml names
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixture in conftest.py
 
 
 @pytest.fixture(autouse=True)
