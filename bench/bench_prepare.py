@@ -75,7 +75,8 @@ def make_midi(path: Path, seconds: float, bpm: int, root: int) -> None:
 def build_library(src: Path, tracks: int, seconds: float, midi: int) -> float:
     """Write the library; returns its total duration in seconds."""
     import numpy as np
-    import soundfile as sf
+
+    from dataset_tools.audio_io import write_audio
     # Mostly lossless files: encoding MP3/OGG here costs ~2 s per file, longer than
     # converting it, and would dominate the benchmark's own run time. Two of each.
     formats = [("wav", 48000), ("flac", 44100), ("wav", 44100), ("flac", 48000)]
@@ -92,7 +93,7 @@ def build_library(src: Path, tracks: int, seconds: float, midi: int) -> float:
         audio = np.roll(base[(genre, rate)], int(i * 0.37 * rate), axis=0) * (0.6 + 0.02 * (i % 10))
         path = src / genre / f"{i + 1:02d} - Artist {i % 5} - Track {i}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), audio, rate, format=ext.upper())
+        write_audio(path, audio, rate, format=ext.upper())
         total += seconds
     for j in range(midi):
         genre = list(GENRES)[j % len(GENRES)]

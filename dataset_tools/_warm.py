@@ -1,4 +1,4 @@
-"""Preloaded by the fork server that starts ``prepare``'s workers (see ``parallel.py``).
+"""Preloaded by the fork server that starts ``prepare``'s analysis workers (``parallel.py``).
 
 Importing this module does, once, the slow start-up every worker would otherwise repeat:
 importing numpy/soundfile/soxr/librosa (librosa pulls in scipy.signal: seconds) and one

@@ -100,7 +100,11 @@ def estimate_key(y: np.ndarray, sr: int = ANALYSIS_SAMPLE_RATE, S: np.ndarray | 
 
 def analyse(audio: np.ndarray, sample_rate: int) -> tuple[float | None, str | None]:
     """``(bpm, key)`` of a track (``[n]`` or ``[channels, n]`` at ``sample_rate``)."""
-    y = analysis_excerpt(audio, sample_rate)
+    return analyse_excerpt(analysis_excerpt(audio, sample_rate))
+
+
+def analyse_excerpt(y: np.ndarray) -> tuple[float | None, str | None]:
+    """``(bpm, key)`` from ``analysis_excerpt``'s output (mono ``[n]`` at 22.05 kHz)."""
     if y.shape[0] < N_FFT:
         return None, None
     S = power_spectrogram(y)  # one STFT for both estimates

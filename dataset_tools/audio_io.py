@@ -188,17 +188,32 @@ def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+WRITE_BLOCK_SECONDS = 10
+
+
+def write_audio(path, data: np.ndarray, sample_rate: int, format: str | None = None,
+                subtype: str | None = None) -> None:
+    """``soundfile.write`` of ``[n]`` or ``[n, channels]`` samples, fed in 10 s blocks:
+    libsndfile 1.2's Vorbis (OGG) encoder segfaults when handed about a minute of audio
+    in one call."""
+    import soundfile as sf
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    block = WRITE_BLOCK_SECONDS * sample_rate
+    with sf.SoundFile(str(path), "w", sample_rate, channels, subtype=subtype, format=format) as f:
+        for i in range(0, max(1, data.shape[0]), block):
+            f.write(data[i:i + block])
+
+
 def write_wav_atomic(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write ``[n]`` or ``[channels, n]`` float audio as WAV via a temporary file + rename,
     so an interrupted run never leaves a half-written file at ``path``."""
-    import soundfile as sf
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = audio.T if audio.ndim == 2 else audio
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.part", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, np.clip(data, -1.0, 1.0), sample_rate, subtype=subtype, format="WAV")
+        write_audio(tmp, np.clip(data, -1.0, 1.0), sample_rate, format="WAV", subtype=subtype)
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes owner-only files; use the usual permissions
         os.replace(tmp, path)
     finally:

@@ -6,6 +6,10 @@ loudness, estimates tempo and key, cuts it into segments and writes, for each se
 ``<stem>.wav`` + ``<stem>.txt`` (caption) + ``<stem>.json`` (audiocraft MusicInfo), each
 atomically. It never raises: every problem becomes a ``skipped`` result with a one-line
 reason (``failed`` for our own bugs, which are retried on the next run).
+
+It is two stages, which ``prepare`` runs in separate worker pools: ``decode_stage``
+(everything up to the WAVs, no librosa) and ``caption_stage`` (tempo/key with librosa,
+then captions and JSON); see ``parallel.py`` for why.
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ import numpy as np
 
 from musicgen_trainer.constants import MIN_TRACK_SECONDS
 
+from .analysis import analysis_excerpt
 from .audio_io import AudioDecodeError, load_audio, to_channels, write_wav_atomic
 from .captions import caption_values, genre_words, music_info, parse_filename, render_caption
 from .files import segment_stem, write_text_atomic
 from .midi_render import MidiError, render_midi
 from .options import PrepareOptions
+from .parallel import Handoff
 from .segments import normalize_loudness, segment_bounds, trim_silence
 
 
@@ -52,20 +58,56 @@ class ConvertResult:
     seconds: float = 0.0      # wall-clock time spent on this file
 
 
+@dataclass
+class DecodedTrack(Handoff):
+    """A track after the first stage: its WAV segments written, captions still to do.
+    ``excerpt``: the analysis excerpt (mono float32 ``[n]`` at ``ANALYSIS_SAMPLE_RATE``,
+    at most ``ANALYSIS_MAX_SECONDS``), None when analysis is off."""
+    task: ConvertTask
+    title: str
+    artist: str
+    genre: list
+    segments: list            # one dict per written segment, captions not filled in yet
+    track: dict               # facts of the track (kind, durations, instrument...)
+    excerpt: np.ndarray | None
+    seconds: float = 0.0      # wall-clock time spent so far
+
+
 def convert_source(task: ConvertTask) -> ConvertResult:
-    """Convert ``task`` (see module doc). Never raises."""
+    """Convert ``task`` (see module doc) in one go: ``caption_stage(decode_stage(task))``.
+    Never raises."""
+    first = decode_stage(task)
+    return caption_stage(first) if isinstance(first, DecodedTrack) else first
+
+
+def decode_stage(task: ConvertTask) -> ConvertResult | DecodedTrack:
+    """Decode, clean and cut ``task``'s source and write its WAV segments (no librosa).
+    Returns a final ``ConvertResult`` when the file is skipped. Never raises."""
+    return _guarded(task.rel, _decode_and_write, task)
+
+
+def caption_stage(decoded: DecodedTrack) -> ConvertResult:
+    """Estimate tempo and key (librosa), then write each segment's caption and JSON.
+    Never raises."""
+    result = _guarded(decoded.task.rel, _caption, decoded)
+    result.seconds += decoded.seconds
+    return result
+
+
+def _guarded(rel: str, func, arg):
+    """``func(arg)``, with every error turned into a skipped/failed result on one line."""
     start = time.perf_counter()
     try:
-        result = _convert(task)
+        result = func(arg)
     except (AudioDecodeError, MidiError) as exc:
-        result = ConvertResult(task.rel, "skipped", str(exc).splitlines()[0] if str(exc) else "cannot decode")
+        result = ConvertResult(rel, "skipped", str(exc).splitlines()[0] if str(exc) else "cannot decode")
     except MemoryError:
-        result = ConvertResult(task.rel, "skipped", "not enough memory to decode this file")
+        result = ConvertResult(rel, "skipped", "not enough memory to decode this file")
     except OSError as exc:  # e.g. OUT's disk is full or not writable
-        result = ConvertResult(task.rel, "failed", f"cannot write outputs ({exc.strerror or exc})")
+        result = ConvertResult(rel, "failed", f"cannot write outputs ({exc.strerror or exc})")
     except Exception as exc:  # a bug of ours: report it on one line, keep the run going
         text = str(exc).splitlines()[0] if str(exc) else ""
-        result = ConvertResult(task.rel, "failed", f"unexpected error: {type(exc).__name__}: {text}")
+        result = ConvertResult(rel, "failed", f"unexpected error: {type(exc).__name__}: {text}")
     result.seconds = time.perf_counter() - start
     return result
 
@@ -93,7 +135,7 @@ def _decode(task: ConvertTask) -> tuple[np.ndarray, int, dict]:
     return to_channels(audio, opts.channels), rate, facts
 
 
-def _convert(task: ConvertTask) -> ConvertResult:
+def _decode_and_write(task: ConvertTask) -> ConvertResult | DecodedTrack:
     opts = task.options
     audio, rate, facts = _decode(task)
     decoded_seconds = audio.shape[-1] / rate
@@ -106,36 +148,47 @@ def _convert(task: ConvertTask) -> ConvertResult:
                                                    f"minimum {MIN_TRACK_SECONDS:g} s)")
     if opts.loudness_lufs is not None:
         audio = normalize_loudness(audio, rate, opts.loudness_lufs)
-    bpm = key = None
-    if opts.analyze:
-        from .analysis import analyse  # librosa: imported only by processes that analyse
-        bpm, key = analyse(audio, rate)
+    # What the analysis needs (<= 60 s at 22.05 kHz), so the audio itself never travels.
+    excerpt = analysis_excerpt(audio, rate) if opts.analyze else None
 
-    name = PurePosixPath(task.rel).name
-    title, artist = parse_filename(os.path.splitext(name)[0])
-    genre = genre_words(task.genre_dir, task.unlabelled)
+    title, artist = parse_filename(os.path.splitext(PurePosixPath(task.rel).name)[0])
     bounds = segment_bounds(audio.shape[-1], rate, opts.segment_seconds, opts.overlap_seconds,
                             opts.min_seconds)
     out = Path(task.out)
     segments = []
     for index, (a, b) in enumerate(bounds):
         seg_stem = segment_stem(task.stem, index, len(bounds))
-        values = caption_values(genre=genre, title=title, artist=artist, bpm=bpm, key=key,
-                                instrument=facts["instrument"], name=PurePosixPath(seg_stem).name)
-        caption = render_caption(opts.caption_template, values)
-        wav = out / f"{seg_stem}.wav"
-        # WAV first, then caption and JSON: a kill between them leaves a WAV without its
+        # WAV first, caption and JSON later: a kill between them leaves a WAV without its
         # JSON, which the state check sees as incomplete and redoes.
-        write_wav_atomic(wav, audio[..., a:b], rate, subtype=opts.subtype)
-        write_text_atomic(wav.with_suffix(".txt"), caption)
-        write_text_atomic(wav.with_suffix(".json"),
-                          json.dumps(music_info(values, caption, bpm), ensure_ascii=False, indent=2) + "\n")
+        write_wav_atomic(out / f"{seg_stem}.wav", audio[..., a:b], rate, subtype=opts.subtype)
         segments.append({"path": f"{seg_stem}.wav", "duration": round((b - a) / rate, 6),
                          "sample_rate": rate, "segment": index,
-                         "start": round((start + a) / rate, 6), "caption": caption})
+                         "start": round((start + a) / rate, 6), "caption": ""})
     track = {"kind": task.kind, "genre_dir": task.genre_dir,
              "genre": None if task.unlabelled else task.genre_dir,
-             "title": title, "artist": artist, "bpm": bpm, "key": key,
+             "title": title, "artist": artist, "bpm": None, "key": None,
              "decoded_seconds": round(decoded_seconds, 6),
              "seconds": round(audio.shape[-1] / rate, 6), **facts}
-    return ConvertResult(task.rel, "converted", track=track, segments=segments)
+    return DecodedTrack(task, title, artist, genre_words(task.genre_dir, task.unlabelled),
+                        segments, track, excerpt)
+
+
+def _caption(decoded: DecodedTrack) -> ConvertResult:
+    task, opts = decoded.task, decoded.task.options
+    bpm = key = None
+    if decoded.excerpt is not None:
+        from .analysis import analyse_excerpt  # librosa: imported only by processes that analyse
+        bpm, key = analyse_excerpt(decoded.excerpt)
+    out = Path(task.out)
+    for seg in decoded.segments:
+        values = caption_values(genre=decoded.genre, title=decoded.title, artist=decoded.artist,
+                                bpm=bpm, key=key, instrument=decoded.track["instrument"],
+                                name=PurePosixPath(seg["path"]).name[:-len(".wav")])
+        seg["caption"] = render_caption(opts.caption_template, values)
+        wav = out / seg["path"]
+        write_text_atomic(wav.with_suffix(".txt"), seg["caption"])
+        write_text_atomic(wav.with_suffix(".json"),
+                          json.dumps(music_info(values, seg["caption"], bpm), ensure_ascii=False,
+                                     indent=2) + "\n")
+    track = dict(decoded.track, bpm=bpm, key=key)
+    return ConvertResult(task.rel, "converted", track=track, segments=decoded.segments)

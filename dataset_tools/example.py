@@ -144,9 +144,9 @@ def _title(rel: str) -> str:
 
 def _make_piece(slot: _Slot) -> dict:
     """Try the slot's candidates until one parses, has notes and renders; never raises."""
-    import soundfile as sf
     from music21 import corpus, stream
 
+    from .audio_io import write_audio
     from .midi_render import MidiError, read_midi, render_midi, sanitize_midi
     from .segments import trim_silence
     opts, spec = slot.options, GENRES[slot.genre]
@@ -179,7 +179,7 @@ def _make_piece(slot: _Slot) -> dict:
                     start, end = trim_silence(audio, SILENCE_DB)
                     audio = audio[:, start:end]
                     part = Path(tmp) / f"out.{opts.audio_format}"
-                    sf.write(str(part), audio.T, rate, format=opts.audio_format.upper())
+                    write_audio(part, audio.T, rate, format=opts.audio_format.upper())
                     _move(part, target)
                     seconds = audio.shape[1] / rate
             return {"file": target.relative_to(slot.out).as_posix(), "genre": slot.folder,

@@ -5,7 +5,7 @@ Steps:
    second concurrent run, and delete temporary files a killed run left behind;
 2. scan SRC (``files.scan_source``) and give every source an output stem;
 3. skip sources whose state record says they are up to date (``state.py``);
-4. convert the rest in worker processes (``convert.convert_source`` via ``parallel``),
+4. convert the rest in worker processes (``convert``'s two stages via ``parallel``),
    recording each result and saving the state every few seconds;
 5. remove outputs of sources that vanished or now produce fewer segments;
 6. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import manifest as mf
-from .convert import ConvertResult, ConvertTask, convert_source
+from .convert import ConvertResult, ConvertTask, caption_stage, convert_source, decode_stage
 from .files import assign_output_stems, check_paths, remove_partial_files, scan_source
 from .midi_render import find_soundfont
 from .options import PrepareOptions
-from .parallel import default_workers, run_tasks
+from .parallel import Stage, default_workers, run_stages
 from .report import PrepareReport, build_report
 from .state import PrepareState, options_hash, remove_outputs
 
@@ -121,8 +121,9 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         if old and old.get("stem") and old["stem"] not in kept_stems:
             removed += remove_outputs(out, old["stem"])
 
-    # Biggest files first: the long ones start early and the pool ends evenly loaded.
-    tasks.sort(key=lambda t: -t[0].size)
+    # Slowest first, so the pool ends evenly loaded: MIDI files (tiny, but rendering one
+    # takes as long as decoding minutes of audio), then the biggest files.
+    tasks.sort(key=lambda t: (t[0].kind != "midi", -t[0].size))
     by_rel = {t[2].rel: t for t in tasks}
     workers = options.workers or default_workers()
     results: list[ConvertResult] = []
@@ -132,11 +133,15 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         bar = tqdm(total=len(tasks), unit="file", desc="prepare", dynamic_ncols=True)
     last_save = 0.0  # save after the first result, then every few seconds
     current_stems = set(stems.values())
-    # The fork server imports (and, with analysis on, warms up) the worker code once.
-    preload = ("dataset_tools._warm",) if options.analyze else ("dataset_tools.convert",)
+    # With analysis on, decoding starts at once in fresh processes while the analysis
+    # stage's fork server imports librosa (seconds) once for all its workers.
+    if options.analyze:
+        stages = [Stage(decode_stage, fresh=True), Stage(caption_stage, preload=("dataset_tools._warm",))]
+    else:
+        stages = [Stage(convert_source, preload=("dataset_tools.convert",))]
     try:
-        for task, result in run_tasks(convert_source, [t[2] for t in tasks], on_crash=_crashed,
-                                      workers=min(workers, max(1, len(tasks))), preload=preload):
+        for task, result in run_stages(stages, [t[2] for t in tasks], on_crash=_crashed,
+                                       workers=min(workers, max(1, len(tasks)))):
             source, opts_hash, _ = by_rel[task.rel]
             _record(state, out, source, opts_hash, task.stem, result, current_stems)
             results.append(result)

@@ -155,6 +155,38 @@ def test_killed_run_leaves_no_partial_outputs_and_a_rerun_finishes(tmp_path):
     assert_complete_and_clean(out)
 
 
+def test_ctrl_c_on_a_parallel_run_exits_cleanly_and_a_rerun_finishes(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while both worker
+    stages run: exit status 130, no stray processes or temporary files; the re-run
+    converts every track with no failures."""
+    src = tmp_path / "src"
+    for i in range(12):
+        write_audio(src / ("rock" if i % 2 else "jazz") / f"Track {i}.flac", tone(8.0, freq=441.0 + 21 * i))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "dataset_tools", "prepare", str(src), str(out), "--workers", "2",
+           "--no-progress", "--segment-seconds", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.rglob("*.wav")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    time.sleep(1.0)  # a fork server still importing stops once that is over
+    group = subprocess.run(["ps", "-o", "stat=,args=", "-g", str(proc.pid)], capture_output=True,
+                           text=True).stdout.splitlines()
+    assert [line for line in group if not line.startswith("Z")] == []  # nothing left running
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["failed"] == [] and report["tracks"] == 12
+    assert_complete_and_clean(out)
+
+
 def test_a_second_concurrent_run_is_refused(small_library, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
