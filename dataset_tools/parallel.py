@@ -39,8 +39,10 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 # Results waiting for a later stage (e.g. while its fork server warms up) before the first
-# stage pauses: enough to keep it busy through the warm-up; each is a few MB at most.
+# stage pauses: enough to keep it busy through the warm-up. Each is a few MB at most
+# (prepare's: <= 5.3 MB), hence the overall cap for many-core machines.
 BACKLOG_PER_WORKER = 16
+MAX_BACKLOG = 128
 
 
 def default_workers() -> int:
@@ -233,7 +235,7 @@ class _Pipeline:
             limit = 2 * self.workers
             if s == 0 and len(self.stages) > 1:
                 # Items wait for a later stage still starting up: do not pile up too many.
-                limit = min(limit, max(0, BACKLOG_PER_WORKER * self.workers - backlog))
+                limit = min(limit, max(0, min(BACKLOG_PER_WORKER * self.workers, MAX_BACKLOG) - backlog))
             queue = self.queues[s]
             while queue and sum(1 for v in self.inflight.values() if v[0] == s) < limit:
                 task, item = queue[0]

@@ -58,6 +58,21 @@ def _acquire_lock(out: Path) -> Path:
     raise OutputLockedError(f"cannot lock {out} (remove {lock})")
 
 
+def check_packages(options: PrepareOptions) -> None:
+    """Raise ValueError naming every Python package the workers would need and cannot
+    import (imported lazily there, so a wrong interpreter would otherwise fail every file
+    with the same import error)."""
+    import importlib.util
+    needed = ["soundfile", "soxr"]
+    needed += ["librosa"] if options.analyze else []
+    needed += ["pyloudnorm"] if options.loudness_lufs is not None else []
+    needed += ["mido", "pretty_midi"]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"missing Python package(s): {', '.join(missing)} (is this the right Python "
+                         f"environment? `make setup` installs everything)")
+
+
 def _crashed(task: ConvertTask) -> ConvertResult:
     return ConvertResult(task.rel, "skipped", "the decoder crashed on this file (worker process died)")
 
@@ -67,13 +82,15 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
 
     Returns the report (also written to ``OUT/prepare_report.json``).
     Raises:
-        ValueError: bad SRC/OUT (missing, OUT inside SRC...) or a missing ``--soundfont``.
+        ValueError: bad SRC/OUT (missing, OUT inside SRC...), a missing ``--soundfont`` or a
+            missing Python package.
         OutputLockedError: another run is using OUT.
         KeyboardInterrupt: after saving progress, when interrupted.
     """
     options = options or PrepareOptions()
     started = time.perf_counter()
     src, out = check_paths(src, out)
+    check_packages(options)
     soundfont = find_soundfont(options.soundfont)  # ValueError if an explicit one is missing
     if options.remove_vocals:  # one clear error (or one download) before any worker starts
         from .separation_model import check_model

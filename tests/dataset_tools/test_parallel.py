@@ -99,3 +99,18 @@ def test_write_audio_writes_long_ogg(tmp_path):
     write_audio(path, np.stack([audio, audio], axis=1), rate, format="OGG")
     info = sf.info(str(path))
     assert info.channels == 2 and abs(info.duration - seconds) < 0.05
+
+
+def test_a_missing_package_is_one_clear_error_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from dataset_tools.__main__ import main
+    src = tmp_path / "src" / "rock"
+    src.mkdir(parents=True)
+    sf.write(src / "a.wav", tone(2.0), RATE)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "soxr" else real(name, *a))
+    assert main(["prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: missing Python package(s): soxr") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing written, nothing locked
