@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -36,7 +37,8 @@ def ffmpeg_path() -> str:
 def _read_soundfile(path: Path):
     import soundfile as sf
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [n, channels]
+        # bytes: soundfile encodes a str path strictly, failing on names that are not UTF-8
+        data, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)  # [n, channels]
     except Exception:
         return None
     return data.T, int(sr)
@@ -49,7 +51,10 @@ def _ffmpeg_reason(stderr: str) -> str:
     for line in lines:
         if "moov atom not found" in line:
             return "moov atom not found: the file is truncated or not finished"
-    return lines[-1].split(": ", 1)[-1].strip() if lines else ""
+    if not lines:
+        return ""
+    # "[mp3 @ 0x55d0c8a0] Header missing" or "file.mp3: Invalid data": the message only
+    return re.sub(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*", "", lines[-1].split(": ", 1)[-1]).strip()
 
 
 def _not_audio(reason: str) -> str:

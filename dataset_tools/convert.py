@@ -139,6 +139,10 @@ def _decode_and_write(task: ConvertTask) -> ConvertResult | DecodedTrack:
     opts = task.options
     audio, rate, facts = _decode(task)
     decoded_seconds = audio.shape[-1] / rate
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak > 1.0:  # float sources can exceed full scale: scale down rather than clip
+        audio = audio / np.float32(peak)
+        facts["scaled_from_peak"] = round(peak, 3)
     start, end = (0, audio.shape[-1]) if opts.trim_db is None else trim_silence(audio, opts.trim_db)
     if end <= start:
         return ConvertResult(task.rel, "skipped", f"silent (no sound above {opts.trim_db:g} dBFS)")

@@ -86,6 +86,30 @@ def check_paths(src, out) -> tuple[Path, Path]:
     return src, out
 
 
+def text_name(name: str, siblings: set[str] = frozenset()) -> str:
+    """A file or folder name as text that JSON, captions and reports can hold.
+
+    Names that are not valid UTF-8 (files from old Windows machines or zip archives, in
+    Latin-1/cp1252) reach Python with each bad byte as a lone surrogate, which no UTF-8
+    file can store. Each such byte is read as cp1252 instead ("Caf\xe9" -> "Café"); if
+    that equals the real name of a sibling in ``siblings``, the bytes are spelled out
+    ("Caf\\xe9"), so every file keeps a name of its own.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    fixed = "".join(bytes([ord(ch) - 0xDC00]).decode("cp1252", errors="replace")
+                    if 0xDC80 <= ord(ch) <= 0xDCFF else ch for ch in name)
+    try:
+        fixed.encode("utf-8")  # any other lone surrogate (not from a byte) is not text
+        unique = fixed not in siblings
+    except UnicodeEncodeError:
+        unique = False
+    return fixed if unique else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def scan_source(src: Path, exclude: Path | None = None) -> ScanResult:
     """Walk ``src`` and classify every entry (see module doc). Sorted, deterministic."""
     result = ScanResult()
@@ -107,10 +131,12 @@ def scan_source(src: Path, exclude: Path | None = None) -> ScanResult:
         except OSError as exc:
             result.skipped.append((rel_folder + "/", f"folder not readable ({exc.strerror})"))
             return
+        names = {e.name for e in entries}
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # hidden files and folders (.DS_Store, ._AppleDouble, .git)
-            rel = "/".join(rel_parts + (entry.name,))
+            name = text_name(entry.name, names)  # entry.path stays the real path
+            rel = "/".join(rel_parts + (name,))
             kind = file_kind(entry.name)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
@@ -127,7 +153,7 @@ def scan_source(src: Path, exclude: Path | None = None) -> ScanResult:
                 if kind is not None:
                     result.skipped.append((rel + "/", "is a folder named like an audio file "
                                                        "(its contents are scanned)"))
-                walk(Path(entry.path), rel_parts + (entry.name,))
+                walk(Path(entry.path), rel_parts + (name,))
                 continue
             if kind is None:
                 result.ignored.append((rel, "not an audio or MIDI file extension"))
@@ -214,7 +240,9 @@ def write_text_atomic(path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # backslashreplace: a name that is not valid UTF-8 (see text_name) and got through
+        # anyway, e.g. in SRC's own path, is written as a \udcXX escape, not a crash.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)

@@ -8,17 +8,42 @@ from __future__ import annotations
 import numpy as np
 
 
+TRIM_BLOCK = 1 << 20  # samples per channel looked at at once: bounded memory on long tracks
+
+
 def trim_silence(audio: np.ndarray, threshold_db: float) -> tuple[int, int]:
     """``(start, end)`` sample bounds of ``audio`` without leading/trailing silence.
 
-    A sample is silent when every channel is below ``threshold_db`` dBFS (peak). Returns
-    ``(0, 0)`` when the whole track is silent. Only the ends are cut, never the middle.
+    A sample is silent when every channel is below ``threshold_db`` dBFS (peak), measured
+    from zero or from the channel's mean, whichever is closer: digital silence is silent,
+    and so is a DC offset (cheap interfaces, broken files), which is not sound.
+    Returns ``(0, 0)`` when the whole track is silent. Only the ends are cut, never the
+    middle. Scans from each end in blocks, so it stops early and stays light on memory.
     """
-    level = np.abs(audio).max(axis=0) if audio.ndim == 2 else np.abs(audio)
-    loud = np.flatnonzero(level > 10.0 ** (threshold_db / 20.0))
-    if loud.size == 0:
+    x = audio if audio.ndim == 2 else audio[None, :]
+    n = x.shape[1]
+    threshold = 10.0 ** (threshold_db / 20.0)
+    dc = x.mean(axis=1, keepdims=True, dtype=np.float64).astype(x.dtype)
+
+    def loud(a: int, b: int) -> np.ndarray:
+        """Indices (from ``a``) of the loud samples in ``[a, b)``."""
+        block = x[:, a:b]
+        return np.flatnonzero(np.minimum(np.abs(block), np.abs(block - dc)).max(axis=0) > threshold)
+
+    for a in range(0, n, TRIM_BLOCK):
+        found = loud(a, min(n, a + TRIM_BLOCK))
+        if found.size:
+            start = a + int(found[0])
+            break
+    else:
         return 0, 0
-    return int(loud[0]), int(loud[-1]) + 1
+    b = n
+    while True:  # terminates: the sample at ``start`` is loud
+        a = max(start, b - TRIM_BLOCK)
+        found = loud(a, b)
+        if found.size:
+            return start, a + int(found[-1]) + 1
+        b = a
 
 
 def normalize_loudness(audio: np.ndarray, sample_rate: int, target_lufs: float) -> np.ndarray:

@@ -8,6 +8,7 @@ for the first pass (length, and the mean/std demucs normalises by). Problems are
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ class AudioInput:
         else:
             import soundfile as sf
             try:
-                with sf.SoundFile(str(self.path)) as f:
+                with sf.SoundFile(os.fsencode(self.path)) as f:
                     for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
                         yield block
             except (RuntimeError, sf.LibsndfileError) as exc:  # damaged data after a good header
@@ -67,7 +68,7 @@ def open_input(path) -> AudioInput:
     path = check_readable_file(path)
     try:
         with _quiet_native_stderr():  # libmpg123 prints "Illegal Audio-MPEG-Header" notes on fd 2
-            info = sf.info(str(path))
+            info = sf.info(os.fsencode(path))
         if info.samplerate > 0 and info.channels > 0:
             return AudioInput(path.name, int(info.samplerate), int(info.channels),
                               int(info.frames) if info.frames > 0 else None, path=path)
