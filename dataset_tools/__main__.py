@@ -160,6 +160,8 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .files import tolerant_output
+    tolerant_output()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import unicodedata
 from dataclasses import dataclass, field
@@ -108,6 +109,15 @@ def text_name(name: str, siblings: set[str] = frozenset()) -> str:
     except UnicodeEncodeError:
         unique = False
     return fixed if unique else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def tolerant_output() -> None:
+    """Let stdout/stderr print any file name: names that are not UTF-8 (see ``text_name``)
+    come out as \\xNN escapes instead of ending a command with UnicodeEncodeError (the
+    streams are strict under a UTF-8 locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def scan_source(src: Path, exclude: Path | None = None) -> ScanResult:

@@ -188,6 +188,8 @@ def cmd_tag(args) -> int:
 
 
 def main(argv=None) -> int:
+    from dataset_tools.files import tolerant_output
+    tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",

@@ -47,7 +47,7 @@ def _write_new(path: Path, text: str) -> None:
     """Create ``path`` with ``text``; FileExistsError instead of overwriting."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # non-UTF-8 names
             handle.write(text)
         _link_no_replace(Path(tmp), path)
     finally:
@@ -125,7 +125,7 @@ class Manifest:
         if not self.changed:
             return
         fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".part", dir=self.root)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             handle.write("".join(line + "\n" for line in self.lines if line is not None))
         os.replace(tmp, self.file)
         self.changed = False

@@ -42,7 +42,8 @@ def write_json_atomic(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        # backslashreplace: file names that are not UTF-8 become \udcXX escapes, not a crash
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
             json.dump(data, handle, indent=2, ensure_ascii=False)
             handle.write("\n")
         os.replace(tmp, path)

@@ -146,7 +146,7 @@ def write_results(result: TagResult, meta: dict) -> None:
     for row in result.rows:
         writer.writerow(asdict(row))
     tmp = result.csv_path.with_name(f".{result.csv_path.name}.part")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")  # non-UTF-8 names
     os.replace(tmp, result.csv_path)
     write_json_atomic(result.json_path, {**meta, "counts": result.counts(), "rows": [asdict(r) for r in result.rows]})
 

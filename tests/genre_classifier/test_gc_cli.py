@@ -69,6 +69,21 @@ def test_predict_and_tag_commands(trained_model, tmp_path, capsys):
     assert len(list(tmp_path.glob("*/s.wav"))) == 1
 
 
+def test_tag_survives_file_names_that_are_not_utf8(trained_model, tmp_path, capsys):
+    song = write_wav(tmp_path / "unknown" / "s.wav", 5.0, genre="plucks", seed=32)
+    latin1 = os.path.join(os.fsencode(tmp_path / "unknown"), b"Caf\xe9.wav")  # as old Windows zips name it
+    try:
+        os.rename(song, latin1)
+    except OSError:  # e.g. macOS: APFS refuses names that are not UTF-8
+        pytest.skip("this file system refuses names that are not UTF-8")
+    code = main(["tag", str(tmp_path / "unknown"), "--model", str(trained_model), "--min-confidence", "0",
+                 "--apply", "copy", "--workers", "1", "--no-progress"])
+    assert code == 0 and "1 copied, 0 failed" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "unknown" / "genre_tags.json").read_text(encoding="utf-8"))["rows"]
+    assert len(rows) == 1 and os.fsencode(rows[0]["file"]).endswith(b"Caf\xe9.wav")
+    assert len(list(tmp_path.glob("*/Caf*.wav"))) == 2  # the original and its copy
+
+
 def test_evaluate_command(trained_model, toy_data, tmp_path, capsys):
     assert main(["evaluate", str(toy_data), "--model", str(trained_model), "--out", str(tmp_path / "r"),
                  "--no-progress"]) == 0
