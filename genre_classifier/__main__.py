@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top genres with probabilities for each file")
-    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="audio files (anything ffmpeg decodes)")
+    p.add_argument("files", type=Path, nargs="+", metavar="PATH",
+                   help="audio files (anything ffmpeg decodes), or folders of them")
     p.add_argument("--model", type=Path, required=True, metavar="DIR", help="model folder written by train")
     p.add_argument("--top", type=int, default=3, metavar="N", help="genres to show per file (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -39,13 +39,16 @@ class Prediction:
 
 def predict(paths: Sequence, model, *, top_k: int = 3, workers: int | None = None,
             cache_dir: Path | None = None, progress: bool = False) -> list[Prediction]:
-    """Top-``top_k`` genres of each file (a loaded `Classifier` or a model folder path)."""
+    """Top-``top_k`` genres of each file (a loaded `Classifier` or a model folder path).
+    A folder in ``paths`` stands for the audio files under it."""
+    from .data import list_audio_files
     from .inference import score_files
 
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top must be a whole number >= 1, got {top_k!r}")
+    paths = [f for p in paths for f in (list_audio_files(p) if Path(p).is_dir() else [p])]
     if not paths:
-        raise ValueError("no files given")
+        raise ValueError("no audio files given")
     classifier, scores = score_files(paths, model, workers=workers, cache_dir=cache_dir, progress=progress,
                                      desc="predicting")
     return [Prediction(s.path, s.top(classifier.labels, top_k), s.duration, s.reason) for s in scores]

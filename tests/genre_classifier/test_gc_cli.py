@@ -57,6 +57,11 @@ def test_predict_and_tag_commands(trained_model, tmp_path, capsys):
     out = capsys.readouterr().out
     line = out.strip().splitlines()[0]
     assert line.startswith(str(song)) and len(line.split("\t")[1].split("  ")) == 3
+    # a folder stands for its audio files
+    assert main(["predict", str(tmp_path / "unknown"), "--model", str(trained_model), "--workers", "1",
+                 "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sorted(l.split("\t")[0] for l in lines) == sorted([str(song), str(tmp_path / "unknown" / "broken.mp3")])
     code = main(["tag", str(tmp_path / "unknown"), "--model", str(trained_model), "--min-confidence", "0",
                  "--workers", "1", "--no-progress"])
     out = capsys.readouterr().out
