@@ -64,11 +64,8 @@ class DecodedTrack(Handoff):
     ``excerpt``: the analysis excerpt (mono float32 ``[n]`` at ``ANALYSIS_SAMPLE_RATE``,
     at most ``ANALYSIS_MAX_SECONDS``), None when analysis is off."""
     task: ConvertTask
-    title: str
-    artist: str
-    genre: list
     segments: list            # one dict per written segment, captions not filled in yet
-    track: dict               # facts of the track (kind, durations, instrument...)
+    track: dict               # facts of the track (kind, title, artist, durations, instrument...)
     excerpt: np.ndarray | None
     seconds: float = 0.0      # wall-clock time spent so far
 
@@ -173,8 +170,7 @@ def _decode_and_write(task: ConvertTask) -> ConvertResult | DecodedTrack:
              "title": title, "artist": artist, "bpm": None, "key": None,
              "decoded_seconds": round(decoded_seconds, 6),
              "seconds": round(audio.shape[-1] / rate, 6), **facts}
-    return DecodedTrack(task, title, artist, genre_words(task.genre_dir, task.unlabelled),
-                        segments, track, excerpt)
+    return DecodedTrack(task, segments, track, excerpt)
 
 
 def _caption(decoded: DecodedTrack) -> ConvertResult:
@@ -183,10 +179,11 @@ def _caption(decoded: DecodedTrack) -> ConvertResult:
     if decoded.excerpt is not None:
         from .analysis import analyse_excerpt  # librosa: imported only by processes that analyse
         bpm, key = analyse_excerpt(decoded.excerpt)
-    out = Path(task.out)
+    out, facts = Path(task.out), decoded.track
+    genre = genre_words(task.genre_dir, task.unlabelled)
     for seg in decoded.segments:
-        values = caption_values(genre=decoded.genre, title=decoded.title, artist=decoded.artist,
-                                bpm=bpm, key=key, instrument=decoded.track["instrument"],
+        values = caption_values(genre=genre, title=facts["title"], artist=facts["artist"],
+                                bpm=bpm, key=key, instrument=facts["instrument"],
                                 name=PurePosixPath(seg["path"]).name[:-len(".wav")])
         seg["caption"] = render_caption(opts.caption_template, values)
         wav = out / seg["path"]
@@ -194,5 +191,5 @@ def _caption(decoded: DecodedTrack) -> ConvertResult:
         write_text_atomic(wav.with_suffix(".json"),
                           json.dumps(music_info(values, seg["caption"], bpm), ensure_ascii=False,
                                      indent=2) + "\n")
-    track = dict(decoded.track, bpm=bpm, key=key)
+    track = dict(facts, bpm=bpm, key=key)
     return ConvertResult(task.rel, "converted", track=track, segments=decoded.segments)

@@ -117,14 +117,20 @@ def test_interrupted_run_keeps_its_progress_and_resumes(small_library, tmp_path,
     assert_complete_and_clean(out)
 
 
-def test_killed_run_leaves_no_partial_outputs_and_a_rerun_finishes(tmp_path):
-    src = tmp_path / "src"
-    for i in range(14):
-        write_audio(src / ("rock" if i % 2 else "jazz") / f"Track {i}.flac", tone(4.0, freq=441.0 + 21 * i))
-    out = tmp_path / "out"
+def prepare_command(tmp_path: Path, tracks: int, seconds: float, *options: str):
+    """A library of ``tracks`` FLAC tones in rock/ and jazz/, and the ``python -m
+    dataset_tools prepare`` command (with its environment) that converts it into tmp/out."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(tracks):
+        write_audio(src / ("rock" if i % 2 else "jazz") / f"Track {i}.flac", tone(seconds, freq=441.0 + 21 * i))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "dataset_tools", "prepare", str(src), str(out), "--workers", "1",
-           "--no-progress", "--segment-seconds", "1", "--min-seconds", "0.2"]
+    cmd = [sys.executable, "-m", "dataset_tools", "prepare", str(src), str(out), "--no-progress", *options]
+    return out, env, cmd
+
+
+def test_killed_run_leaves_no_partial_outputs_and_a_rerun_finishes(tmp_path):
+    out, env, cmd = prepare_command(tmp_path, 14, 4.0, "--workers", "1", "--segment-seconds", "1",
+                                    "--min-seconds", "0.2")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     def saved_records() -> int:
@@ -159,13 +165,7 @@ def test_ctrl_c_on_a_parallel_run_exits_cleanly_and_a_rerun_finishes(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while both worker
     stages run: exit status 130, no stray processes or temporary files; the re-run
     converts every track with no failures."""
-    src = tmp_path / "src"
-    for i in range(12):
-        write_audio(src / ("rock" if i % 2 else "jazz") / f"Track {i}.flac", tone(8.0, freq=441.0 + 21 * i))
-    out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "dataset_tools", "prepare", str(src), str(out), "--workers", "2",
-           "--no-progress", "--segment-seconds", "2"]
+    out, env, cmd = prepare_command(tmp_path, 12, 8.0, "--workers", "2", "--segment-seconds", "2")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 60
