@@ -161,13 +161,21 @@ def test_killed_run_leaves_no_partial_outputs_and_a_rerun_finishes(tmp_path):
     assert_complete_and_clean(out)
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: the default SIGINT action, whatever the parent ignores."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_a_parallel_run_exits_cleanly_and_a_rerun_finishes(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while both worker
     stages run: exit status 130, no stray processes or temporary files; the re-run
     converts every track with no failures."""
     out, env, cmd = prepare_command(tmp_path, 12, 8.0, "--workers", "2", "--segment-seconds", "2")
+    # SIGINT at its default disposition in the child: under nohup, a non-interactive shell's
+    # background job or some CI runners the test itself runs with SIGINT ignored, and the
+    # child would inherit that and never see the Ctrl-C (issue 11).
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None and not list(out.rglob("*.wav")):
         time.sleep(0.01)
