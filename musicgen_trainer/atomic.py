@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,4 +37,26 @@ def _umask() -> int:
 def atomic_torch_save(obj, path) -> None:
     import torch
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch reports a failed write as "[enforce fail at inline_container.cc] unexpected
+            # pos ..."; a full disk must read as one (OSError ENOSPC), not as a bug.
+            raise _as_disk_error(exc, tmp.parent) from None
+
+
+LOW_SPACE_BYTES = 16 << 20
+
+
+def _as_disk_error(exc: BaseException, folder: Path) -> BaseException:
+    try:
+        full = shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) if full else exc
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a failed file operation: ``No space left on device: /out/run``."""
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason

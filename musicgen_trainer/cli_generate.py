@@ -138,9 +138,10 @@ def main(argv=None) -> int:
     except (ModelUnavailableError, ValueError, AudioDecodeError, TranscriptionUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # disk full, permission denied on --out...
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+    except OSError as exc:  # disk full, permission denied on --out: a failure while working
+        from .atomic import os_error_line
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

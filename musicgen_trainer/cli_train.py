@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt for the samples (repeatable; default: captions from the dataset)")
     g.add_argument("--resume", nargs="?", const="auto",
                    help="continue from the newest state in OUT/checkpoints (or from a given file)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds another run (deletes only that run's files)")
     g.add_argument("--device", help="cpu or cuda (default: what accelerate picks)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--show", action="store_true",
@@ -93,6 +95,10 @@ def main(argv=None) -> int:
     except (DatasetError, ModelUnavailableError, ValueError, FileNotFoundError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied while working: the saved states stay usable
+        from .atomic import os_error_line
+        print(f"error: {os_error_line(exc)} (fix that, then continue with --resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: continue with --resume (states are in OUT/checkpoints)", file=sys.stderr)
         return 130

@@ -1,18 +1,23 @@
 """Find exported fine-tunes and read what they were trained on, without loading them.
 
-An export folder (what ``train.py`` writes, audiocraft's layout) holds ``state_dict.bin``
-whose ``xp.cfg['musicgen_trainer']`` records the training data's ``genres`` and
-``caption_examples``. The file is opened memory-mapped, so reading that small config
-costs milliseconds even for multi-GB weights; results are cached by file size and mtime.
+An export folder (what ``train.py`` writes, audiocraft's layout) holds ``state_dict.bin``,
+``compression_state_dict.bin`` and ``export_info.json``: the training data's ``genres``,
+``caption_examples``, base model, steps and window, in plain JSON. Listing exports (the web
+app does it at start-up and on Rescan) reads only that JSON: no weights file is opened, so a
+booby-trapped download in checkpoints/ is inert until someone loads it, and loading is
+weights-only (``safe_load.py``). An export without the JSON (audiocraft's own, or an older
+one of ours) is listed with defaults.
 """
 from __future__ import annotations
 
+import json
 import os
 import typing as tp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .loading import COMPRESSION_FILE, LM_FILE
+from .atomic import atomic_path
+from .loading import COMPRESSION_FILE, EXPORT_INFO_FILE, LM_FILE
 
 MAX_DEPTH = 4  # checkpoints/<run>/export is depth 2; leave room for nested layouts
 
@@ -48,37 +53,38 @@ def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Pa
     return sorted(found)
 
 
-_CACHE: tp.Dict[tp.Tuple[str, int, int], ExportInfo] = {}
+INFO_FORMAT = "musicgen_trainer.export_info"
+
+
+def write_export_info(folder: tp.Union[str, os.PathLike], xp_cfg: dict) -> Path:
+    """Write ``export_info.json`` from the export's ``xp.cfg`` (called by ``export_model``)."""
+    extra = xp_cfg.get("musicgen_trainer") or {}
+    info = {"format": INFO_FORMAT, "version": 1,
+            "genres": [str(g) for g in extra.get("genres") or []],
+            "caption_examples": [str(c) for c in extra.get("caption_examples") or []],
+            "base_model": str(extra.get("base_model") or ""),
+            "trained_steps": int(extra.get("trained_steps") or 0),
+            "max_duration": float((xp_cfg.get("dataset") or {}).get("segment_duration") or 30.0)}
+    path = Path(folder) / EXPORT_INFO_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 def export_info(folder: tp.Union[str, os.PathLike]) -> ExportInfo:
-    """The training facts stored in an export (an empty ``ExportInfo`` for exports without them)."""
+    """The training facts an export records in ``export_info.json`` (defaults when it has none,
+    or when the file is not what we write). Reads JSON only, never the weights."""
     folder = Path(folder)
-    path = folder / LM_FILE
     try:
-        st = path.stat()
-    except OSError:
+        with open(folder / EXPORT_INFO_FILE, encoding="utf-8") as f:
+            data = json.loads(f.read(1 << 20))  # ours are a few KB; a huge one is not ours
+        if not isinstance(data, dict) or data.get("format") != INFO_FORMAT:
+            raise ValueError("not an export_info.json")
+        return ExportInfo(path=str(folder),
+                          genres=[str(g) for g in data.get("genres") or []][:64],
+                          caption_examples=[str(c) for c in data.get("caption_examples") or []][:16],
+                          base_model=str(data.get("base_model") or ""),
+                          trained_steps=int(data.get("trained_steps") or 0),
+                          max_duration=float(data.get("max_duration") or 30.0))
+    except (OSError, ValueError, TypeError):
         return ExportInfo(path=str(folder))
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _CACHE:
-        _CACHE[key] = _read_info(folder, path)
-    return _CACHE[key]
-
-
-def _read_info(folder: Path, path: Path) -> ExportInfo:
-    import torch
-    try:
-        pkg = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # old (non-zip) format cannot be memory-mapped, or a damaged file
-        try:
-            pkg = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:
-            return ExportInfo(path=str(folder))
-    cfg = pkg.get("xp.cfg") if isinstance(pkg, dict) else None
-    extra = (cfg or {}).get("musicgen_trainer") or {}
-    return ExportInfo(path=str(folder),
-                      genres=[str(g) for g in extra.get("genres") or []],
-                      caption_examples=[str(c) for c in extra.get("caption_examples") or []],
-                      base_model=str(extra.get("base_model") or ""),
-                      trained_steps=int(extra.get("trained_steps") or 0),
-                      max_duration=float(((cfg or {}).get("dataset") or {}).get("segment_duration") or 30.0))

@@ -25,6 +25,7 @@ from .atomic import atomic_torch_save
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
+EXPORT_INFO_FILE = "export_info.json"  # what an export was trained on, readable without opening the weights
 
 PRETRAINED_NAMES = (
     "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
@@ -120,12 +121,34 @@ def default_device(device: tp.Optional[str] = None) -> str:
 
 # --- export folders -------------------------------------------------------------
 
-def _read_package(path: Path) -> dict:
-    import torch
+def _read_package(path: Path, what: str) -> dict:
+    """An audiocraft package (``{'xp.cfg', 'best_state', ...}``), loaded weights-only."""
+    from .safe_load import CheckpointError, load_checkpoint
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # corrupt or truncated file
-        raise ModelUnavailableError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+        pkg = load_checkpoint(path, what)
+    except CheckpointError as exc:
+        raise ModelUnavailableError(str(exc)) from None
+    if not isinstance(pkg, dict) or "xp.cfg" not in pkg or "best_state" not in pkg:
+        raise ModelUnavailableError(f"{path} has no 'xp.cfg'/'best_state': not an audiocraft export")
+    return pkg
+
+
+def _check_package(path: Path, what: str) -> None:
+    """Refuse a file that does not load weights-only, before a library opens it itself."""
+    from .safe_load import CheckpointError, check_checkpoint
+    try:
+        check_checkpoint(path, what)
+    except CheckpointError as exc:
+        raise ModelUnavailableError(str(exc)) from None
+
+
+def xp_config(pkg: dict) -> dict:
+    """A package's ``xp.cfg`` as a plain dict: we store a dict, audiocraft's own exports a YAML string."""
+    cfg = pkg.get("xp.cfg")
+    if isinstance(cfg, str):
+        from omegaconf import OmegaConf
+        cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False)
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _load_export(folder: Path, device: str):
@@ -133,10 +156,9 @@ def _load_export(folder: Path, device: str):
     missing = [f for f in (LM_FILE, COMPRESSION_FILE) if not (folder / f).is_file()]
     if missing:
         raise ModelUnavailableError(f"{folder} is not an audiocraft model folder: missing {', '.join(missing)}")
-    lm_pkg = _read_package(folder / LM_FILE)
-    if "xp.cfg" not in lm_pkg or "best_state" not in lm_pkg:
-        raise ModelUnavailableError(f"{folder / LM_FILE} has no 'xp.cfg'/'best_state': not an audiocraft export")
-    extra = (lm_pkg["xp.cfg"] or {}).get("musicgen_trainer") or {}
+    lm_pkg = _read_package(folder / LM_FILE, "model file")
+    _check_package(folder / COMPRESSION_FILE, "compression model file")
+    extra = xp_config(lm_pkg).get("musicgen_trainer") or {}
     if extra.get("text_encoder") == "tiny":
         return _load_tiny_export(folder, lm_pkg, device)
     from audiocraft.models import MusicGen
@@ -152,11 +174,15 @@ def _load_tiny_export(folder: Path, lm_pkg: dict, device: str):
 
     if "text_encoder_state" not in lm_pkg:
         raise ModelUnavailableError(f"{folder / LM_FILE} is a tiny-model export without its text encoder weights")
-    xp_cfg = OmegaConf.create(lm_pkg["xp.cfg"])
+    xp_cfg = OmegaConf.create(xp_config(lm_pkg))
     xp_cfg.device = "cpu"
     lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"])
-    lm.load_state_dict(lm_pkg["best_state"])
-    compression_model = load_compression_model(str(folder), device="cpu")
+    try:
+        lm.load_state_dict(lm_pkg["best_state"])
+        compression_model = load_compression_model(str(folder), device="cpu")
+    except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelUnavailableError(f"{folder} holds weights that do not match its config: {first}") from None
     model = MusicGen(TINY_NAME, compression_model, lm.eval())
     model.name = str(folder)
     return to_device(model, device)
@@ -208,6 +234,8 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
     compression_pkg = _compression_package(model, xp_cfg)
     atomic_torch_save(lm_pkg, folder / LM_FILE)
     atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
+    from .exports import write_export_info
+    write_export_info(folder, xp_cfg)
     return folder
 
 
@@ -284,7 +312,18 @@ def _load_pretrained(name: str, device: str):
     import_audiocraft()
     from audiocraft.models import MusicGen
     device = default_device(device)
+    _with_offline_errors(lambda: _check_hub_files(name), name)
     return _with_offline_errors(lambda: MusicGen.get_pretrained(name, device=device), name)
+
+
+def _check_hub_files(name: str) -> None:
+    """Download (or find in the cache) the two files audiocraft's loader will read, into the same
+    cache, and refuse them unless they load weights-only: whatever torch's default for the
+    loader's own ``torch.load``, a booby-trapped hub repository cannot run code here."""
+    from huggingface_hub import hf_hub_download
+    for filename, what in ((LM_FILE, "model file"), (COMPRESSION_FILE, "compression model file")):
+        path = hf_hub_download(repo_id=name, filename=filename, cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"))
+        _check_package(Path(path), what)
 
 
 # --- summary ------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class TrainConfig:
     sample_prompts: tp.List[str] = field(default_factory=list)  # default: captions from the dataset
     max_nonfinite: int = 20               # consecutive non-finite losses before stopping
     resume: tp.Optional[str] = None       # "auto" (latest in OUT), a checkpoint file, or None
+    overwrite: bool = False               # start over in an OUT that holds another run (deletes only its files)
     device: tp.Optional[str] = None
     progress: bool = True
 
@@ -101,12 +102,26 @@ class TrainConfig:
     def from_file(cls, path: tp.Union[str, Path], **overrides) -> "TrainConfig":
         """Read a YAML or JSON file of options; ``overrides`` (e.g. from the command line) win."""
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"--config {path}: file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--config {path}: cannot read it ({exc.__class__.__name__})") from None
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
-            values = yaml.safe_load(text) or {}
+            try:  # safe_load builds plain values only; a !!python/... tag is an error, not code
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                where = getattr(exc, "problem_mark", None)
+                line = f" (line {where.line + 1})" if where is not None else ""
+                problem = getattr(exc, "problem", None) or exc.__class__.__name__
+                raise ValueError(f"--config {path}: not valid YAML{line}: {problem}") from None
         else:
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"--config {path}: not valid JSON: {exc}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option names to values")
         values = {k.replace("-", "_"): v for k, v in values.items()}
@@ -114,4 +129,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown option(s): {', '.join(unknown)}")
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a value of the wrong kind (e.g. batch_size: "four")
+            raise ValueError(f"--config {path}: {exc}") from None

@@ -2,7 +2,8 @@
 
 Layout of ``config.out``::
 
-    config.json            the options of the latest run
+    run.json               the run's record: id, base model, options, its saved states (run_folder.py)
+    config.json            the options of the latest start or resume
     checkpoints/step_*.pt  full training states (the last ``keep_last``), for --resume
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
@@ -23,6 +24,7 @@ from . import checkpoints
 from .batches import CropSampler
 from .code_cache import CodeCache
 from .data import Clip, find_clips, split_clips
+from .run_folder import RunFolder, RunFolderError, check_resume, claim_run_folder
 from .train_config import TrainConfig
 from .training import (TrainState, export_weights, make_state, prepare_lm_for_training,
                        resolve_precision, train_step, validation_loss)
@@ -82,14 +84,18 @@ def _training_state_dict(state: TrainState) -> dict:
             "history": state.history[-1000:]}
 
 
-def _restore(state: TrainState, saved: dict) -> None:
-    old = saved.get("config", {})
-    for key in ("model", "batch_size", "grad_accum", "segment_seconds", "seed"):
-        if old.get(key) != getattr(state.config, key):
-            logger.warning("resuming with %s=%r (the checkpoint used %r): the run will not match an "
-                           "uninterrupted one", key, getattr(state.config, key), old.get(key))
-    state.model.lm.load_state_dict(saved["lm"])
-    state.optimizer.load_state_dict(saved["optimizer"])
+def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
+    """Load a training state into ``state``; one-line ``ValueError`` when it does not fit."""
+    if int(saved["step"]) > total:
+        raise ValueError(f"{path} is at step {saved['step']}, past this run's {total} steps: "
+                         f"pass a larger --steps (or --epochs) to train on")
+    try:
+        state.model.lm.load_state_dict(saved["lm"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{path} does not fit this model ({state.config.model}): it was trained "
+                         f"from {saved.get('config', {}).get('model')!r} ({first})") from None
     state.scheduler.load_state_dict(saved["scheduler"])
     if state.scaler and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
@@ -111,6 +117,20 @@ def _log(writer, metrics: dict, step: int) -> None:
             writer.add_scalar(f"{group}/{key}", value, step)
 
 
+def _claim(config: TrainConfig, acc) -> RunFolder:
+    """The main process checks and records the run folder; the others read its record."""
+    from .run_folder import read_record
+    if acc.is_main_process:
+        run = claim_run_folder(config, resuming=bool(config.resume))
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        record = read_record(Path(config.out))
+        if record is None:
+            raise RunFolderError(f"{config.out}: the main process did not create the run folder")
+        run = RunFolder(Path(config.out), record)
+    return run
+
+
 def train(config: TrainConfig) -> Path:
     """Fine-tune ``config.model`` on ``config.data``; returns the export folder.
 
@@ -123,19 +143,23 @@ def train(config: TrainConfig) -> Path:
     acc = _accelerator(config)
     device = acc.device
     out = Path(config.out)
-    ckpt_dir = out / "checkpoints"
-    resume_from = checkpoints.resolve_resume(config.resume, ckpt_dir)
+    clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
+    run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
+    resume_from = checkpoints.resolve_resume(config.resume, run.own_states())
+    saved = checkpoints.load_state(resume_from) if resume_from is not None else None
+    if saved is not None:
+        check_resume(saved.get("config") or {}, config, str(resume_from))
     torch.manual_seed(config.seed)
 
-    clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
     train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config)
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
-        train_codes, train_clips, skipped = cache.codes_for(train_clips, progress=acc.is_main_process)
-        valid_codes, valid_clips, skipped_valid = cache.codes_for(valid_clips, progress=acc.is_main_process)
+        bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too
+        train_codes, train_clips, skipped = cache.codes_for(train_clips, progress=bars)
+        valid_codes, valid_clips, skipped_valid = cache.codes_for(valid_clips, progress=bars)
     if acc.is_main_process:
         for clip, reason in skipped + skipped_valid:
             print(f"skipped {clip.path}: {reason}")
@@ -149,8 +173,9 @@ def train(config: TrainConfig) -> Path:
                           config.seed, config.cond_dropout, config.word_dropout)
     steps = total_steps(config, len(train_codes), acc.num_processes)
     state = make_state(model, config, acc, steps, precision)
-    if resume_from is not None:
-        _restore(state, checkpoints.load_state(resume_from))
+    if saved is not None:
+        _restore(state, saved, resume_from, steps)
+        del saved
         if acc.is_main_process:
             print(f"resumed from {resume_from} at step {state.step}")
 
@@ -192,14 +217,14 @@ def train(config: TrainConfig) -> Path:
             if acc.is_main_process and config.sample_every and state.step % config.sample_every == 0:
                 _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer)
             if state.step % config.save_every == 0 and state.step < steps and acc.is_main_process:
-                checkpoints.save_state(ckpt_dir, state.step, _training_state_dict(state), config.keep_last)
+                run.save_state(state.step, _training_state_dict(state), config.keep_last)
     finally:
         bar.close()
         if writer:
             writer.flush()
     export_dir = out / "export"
     if acc.is_main_process:
-        checkpoints.save_state(ckpt_dir, state.step, _training_state_dict(state), config.keep_last)
+        run.save_state(state.step, _training_state_dict(state), config.keep_last)
         genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}

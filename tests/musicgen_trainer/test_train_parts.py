@@ -147,18 +147,22 @@ def test_code_cache_key_depends_on_model(tmp_path):
 # --- checkpoints and schedule ------------------------------------------------------------
 
 def test_checkpoints_keep_last_and_resolve(tmp_path):
+    from musicgen_trainer.run_folder import claim_run_folder
+    run = claim_run_folder(TrainConfig(data="x", out=str(tmp_path / "run")), resuming=False)
+    folder = run.checkpoints_dir
     for step in (10, 20, 30):
-        checkpoints.save_state(tmp_path, step, {"x": torch.tensor(step)}, keep_last=2)
-    assert [p.name for p in checkpoints.list_states(tmp_path)] == ["step_00000020.pt", "step_00000030.pt"]
-    assert checkpoints.resolve_resume("auto", tmp_path).name == "step_00000030.pt"
-    assert checkpoints.resolve_resume("auto", tmp_path / "none") is None
-    assert checkpoints.load_state(tmp_path / "step_00000030.pt")["x"] == 30
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    (tmp_path / "junk.pt").write_bytes(b"xx")
+        run.save_state(step, {"x": torch.tensor(step)}, keep_last=2)
+    assert [p.name for p in checkpoints.list_states(folder)] == ["step_00000020.pt", "step_00000030.pt"]
+    assert checkpoints.resolve_resume("auto", run.own_states()).name == "step_00000030.pt"
+    assert checkpoints.resolve_resume("auto", []) is None
+    assert checkpoints.resolve_resume(str(folder), []).name == "step_00000030.pt"
+    assert checkpoints.load_state(folder / "step_00000030.pt")["x"] == 30
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    (folder / "junk.pt").write_bytes(b"xx")
     with pytest.raises(ValueError, match="cannot read training state"):
-        checkpoints.load_state(tmp_path / "junk.pt")
+        checkpoints.load_state(folder / "junk.pt")
     with pytest.raises(ValueError, match="not found"):
-        checkpoints.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
+        checkpoints.resolve_resume(str(tmp_path / "nope.pt"), [])
 
 
 def test_lr_schedule_warmup_then_cosine():

@@ -1,0 +1,180 @@
+"""A run folder belongs to one training run, and train.py touches only what it wrote there.
+
+``OUT/run.json`` is written when a run starts in a folder and records the run: its id, base
+model, creation time, options, and the training states it saved. With it:
+
+- ``train.py --out OUT`` on another run's folder stops before any work (``--resume`` continues
+  that run, ``--overwrite`` starts over, another ``--out`` starts a new one);
+- ``--resume`` refuses a state of another base model or of options that would make the
+  resumed run differ from an uninterrupted one (``RESUME_MUST_MATCH``);
+- pruning old states and ``--overwrite`` delete only files the run recorded or that only
+  train.py writes in its own sub-folders; a user's own files in OUT are never touched, and a
+  foreign file where train.py would write stops the run with one line naming it.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import typing as tp
+from pathlib import Path
+
+from . import checkpoints
+from .atomic import atomic_path
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "musicgen_trainer.run"
+# What train.py writes directly in OUT (a foreign file of one of these names stops a new run).
+OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export")
+# Options that must be the same to resume: the base model, what is trained, and what decides
+# the data order (batches, crops and dropout are drawn from seed, batch size and window).
+RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "grad_accum", "segment_seconds", "seed")
+
+
+class RunFolderError(ValueError):
+    """OUT cannot be used for this run; the message says why and what to do (one line)."""
+
+
+class RunFolder:
+    """The run's record in ``OUT/run.json``; create with :func:`claim_run_folder`."""
+
+    def __init__(self, path: Path, record: dict):
+        self.path = Path(path)
+        self.record = record
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def own_states(self) -> list:
+        """The run's saved states that still exist, oldest first."""
+        paths = (self.checkpoints_dir / name for name in self.record.get("states", []))
+        return sorted((p for p in paths if p.is_file()), key=lambda p: p.name)
+
+    def save_state(self, step: int, state: dict, keep_last: int) -> Path:
+        """Write the state for ``step``, record it, and delete the run's own states but the newest ``keep_last``."""
+        path = checkpoints.state_path(self.checkpoints_dir, step)
+        if path.exists() and path.name not in self.record.get("states", []):
+            raise RunFolderError(f"{path} exists and was not written by this run: move it away")
+        checkpoints.save_state(self.checkpoints_dir, step, state)
+        names = [n for n in self.record.get("states", []) if n != path.name] + [path.name]
+        self.record["states"] = names
+        self.write()
+        for old in self.own_states()[:-keep_last]:
+            old.unlink(missing_ok=True)
+        self.record["states"] = [p.name for p in self.own_states()]
+        self.write()
+        return path
+
+    def write(self) -> None:
+        with atomic_path(self.path / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
+
+
+def claim_run_folder(config, resuming: bool) -> RunFolder:
+    """The run folder for ``config`` (``config.out``), checked before any work.
+
+    New folder or one without a run: a new record (refused if a foreign file stands where
+    train.py writes). A folder with a run: refused unless ``resuming`` (then the options are
+    checked against the run's) or ``config.overwrite`` (then the old run's files are removed).
+    Raises ``RunFolderError`` with a one-line message.
+    """
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
+    record = read_record(out)
+    if record is not None:
+        if getattr(config, "overwrite", False):
+            remove_run_outputs(out, record)
+            record = None
+        elif resuming:
+            check_resume(record.get("config") or {}, config, f"the run in {out}")
+            return RunFolder(out, record)
+        else:
+            started = record.get("created", "?")
+            raise RunFolderError(
+                f"{out} already holds a training run (model {record.get('model')}, started {started}): "
+                f"add --resume to continue it, --overwrite to start over, or choose another --out")
+    elif resuming and checkpoints.list_states(out / "checkpoints"):
+        raise RunFolderError(f"{out} has training states but no {RUN_FILE}: it was not started by this "
+                             f"version of train.py; pass --resume FILE with a state to continue from")
+    _refuse_foreign(out)
+    record = {"format": RUN_FORMAT, "version": 1, "run_id": secrets.token_hex(8),
+              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "model": str(config.model),
+              "config": config.to_dict(), "states": []}
+    folder = RunFolder(out, record)
+    out.mkdir(parents=True, exist_ok=True)
+    folder.write()
+    return folder
+
+
+def read_record(out: Path) -> tp.Optional[dict]:
+    path = Path(out) / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc.__class__.__name__}); move the folder away "
+                             f"or choose another --out") from None
+    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{path} was not written by train.py; choose another --out")
+    return record
+
+
+def check_resume(saved: dict, config, what: str) -> None:
+    """Refuse to resume ``what`` (saved options ``saved``) with options that do not match."""
+    for key in RESUME_MUST_MATCH:
+        if key not in saved:
+            continue
+        old, new = saved[key], getattr(config, key)
+        if isinstance(old, float) or isinstance(new, float):
+            same = old is not None and new is not None and abs(float(old) - float(new)) < 1e-9
+        else:
+            same = (list(old) if isinstance(old, (list, tuple)) else old) == \
+                   (list(new) if isinstance(new, (list, tuple)) else new)
+        if not same:
+            flag = "--" + key.replace("_", "-")
+            raise RunFolderError(f"cannot resume {what}: it was trained with {flag} {_show(old)}, this "
+                                 f"command asks for {_show(new)}; resume with the same value, or start "
+                                 f"a new run (--overwrite or another --out)")
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "(none)"
+    return str(value)
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Stop a new run before any work if something not written by this run stands where it
+    would write. A user's other files in OUT (or in its sub-folders, under other names) stay."""
+    in_the_way = [out / "config.json", out / "export" / "state_dict.bin",
+                  out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
+    in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
+    in_the_way += checkpoints.list_states(out / "checkpoints")
+    in_the_way += sorted((out / "samples").glob("step_*")) if (out / "samples").is_dir() else []
+    for path in in_the_way:
+        if path.exists() or path.is_symlink():
+            raise RunFolderError(f"{path} exists and was not written by a run in this folder: "
+                                 f"move it away or choose another --out")
+
+
+def remove_run_outputs(out: Path, record: dict) -> None:
+    """--overwrite: delete the previous run's files (only those train.py writes), keep the rest."""
+    out = Path(out)
+    ours = [out / "checkpoints" / name for name in record.get("states", [])]
+    ours += [out / "config.json", out / "export" / "state_dict.bin",
+             out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
+    ours += list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ours += [p for d in (out / "samples").glob("step_*") for p in d.glob("*.wav")]
+    for path in ours:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for folder in [*sorted((out / "samples").glob("step_*")), out / "samples", out / "tensorboard",
+                   out / "checkpoints", out / "export"]:
+        try:
+            folder.rmdir()  # only when empty: a user's file inside keeps its folder
+        except OSError:
+            pass
+    (out / RUN_FILE).unlink(missing_ok=True)
