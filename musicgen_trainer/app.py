@@ -7,13 +7,17 @@ queue and run one at a time; loaded models are cached.
 
 Safe by default: it listens on 127.0.0.1 unless ``--host`` or ``--share`` is given, reads
 only files uploaded through the page, bounds text, upload size and duration, and shows
-errors as messages in the page (tracebacks go to the server's log only).
+errors as messages in the page (tracebacks go to the server's log only). The page names
+fine-tunes by their folder under ``checkpoints/`` (``export:my-run/export``), never by a
+server path, and the app deletes only result folders it made itself (see ``app_backend``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import threading
+import time
 import typing as tp
 from pathlib import Path
 
@@ -21,14 +25,22 @@ from .constants import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB,
 
 logger = logging.getLogger("musicgen_trainer.app")
 
+RESCAN_INTERVAL_S = 5.0  # the checkpoints folder is walked at most once per this many seconds
+
 
 class App:
-    """The page's state: the model list (rescanned on demand) and the model cache."""
+    """The page's state: the model list (rescanned on demand) and the model cache.
+
+    Models are known by two names: ``value``, what the server loads (a fine-tune's folder),
+    and ``key``, what the page and API callers see and send (``export:jazzrun/export``: the
+    folder relative to ``checkpoints``). The page never receives a server path.
+    """
 
     def __init__(self, checkpoints: tp.Optional[str] = "checkpoints", out: str = "outputs/app",
                  device: tp.Optional[str] = None, max_duration: float = APP_MAX_SECONDS,
                  cache_size: int = APP_MODEL_CACHE, pretrained: tp.Optional[tp.Sequence[str]] = None,
-                 midi_default: bool = True):
+                 midi_default: bool = True, rescan_interval: float = RESCAN_INTERVAL_S,
+                 clock: tp.Callable[[], float] = time.monotonic):
         from .app_backend import ModelCache
         from .loading import PRETRAINED_NAMES
         self.checkpoints = checkpoints
@@ -37,13 +49,55 @@ class App:
         self.pretrained = list(PRETRAINED_NAMES if pretrained is None else pretrained)
         self.cache = ModelCache(cache_size, device=device)
         self.midi_default = midi_default
+        self.rescan_interval = float(rescan_interval)
+        self.clock = clock
+        self.scans = 0  # times the checkpoints folder was actually walked
+        self._scan_lock = threading.Lock()
+        self._scanned_at: tp.Optional[float] = None
         self.rescan()
 
     def rescan(self):
+        """Walk ``checkpoints`` again, unless that was done less than ``rescan_interval`` ago
+        (then the current list is returned as is): however often it is asked, from the page or
+        by anyone who can reach the server, the folder is walked at most once per interval,
+        one walk at a time."""
         from .app_backend import list_models
-        self.choices = list_models(self.checkpoints, self.pretrained)
-        self.by_value = {c.value: c for c in self.choices}
-        return self.choices
+        with self._scan_lock:
+            now = self.clock()
+            if self._scanned_at is not None and now - self._scanned_at < self.rescan_interval:
+                return self.choices
+            choices = list_models(self.checkpoints, self.pretrained)
+            self.choices = choices
+            self.by_value = {c.value: c for c in choices}
+            self.by_key = {c.key: c for c in choices}
+            self.scans += 1
+            self._scanned_at = self.clock()
+            return choices
+
+    def key_of(self, value: str) -> str:
+        """The public key of model ``value`` (itself when it is not listed)."""
+        choice = self.by_value.get(value)
+        return choice.key if choice else value
+
+    def value_of(self, key: str) -> tp.Optional[str]:
+        """What the server loads for public key ``key``; None when it is not in the list."""
+        choice = self.by_key.get(key)
+        return choice.value if choice else None
+
+    def dropdown_choices(self) -> tp.List[tp.Tuple[str, str]]:
+        """``(label, key)`` pairs: what the page's model list holds."""
+        return [(c.label, c.key) for c in self.choices]
+
+    def public_text(self, text: str) -> str:
+        """``text`` (an error message) with the fine-tunes' server folders replaced by their keys."""
+        for choice in sorted((c for c in self.choices if c.export), key=lambda c: -len(c.value)):
+            text = text.replace(choice.value, choice.key)
+        if self.checkpoints:
+            root = Path(self.checkpoints)
+            for spelled in sorted({str(root.resolve()), str(root.absolute())}, key=len, reverse=True):
+                if len(spelled) > 1:  # never "/" alone
+                    text = text.replace(spelled, root.name or "checkpoints")
+        return text
 
     def default_model(self) -> str:
         exports = [c for c in self.choices if c.export]
@@ -81,15 +135,19 @@ def build_demo(app: App):
 
     default = app.default_model()
 
-    def on_model(value):
+    def on_model(key):
+        value = app.value_of(key) or key
         limit = app.duration_limit(value)
         return (gr.CheckboxGroup(choices=app.genre_choices(value), value=[]),
                 gr.Slider(maximum=limit), app.model_note(value))
 
-    def on_rescan(value):
+    def on_rescan(key):
+        # Anyone who can reach the server can call this (Gradio runs any event by its number,
+        # "private" only hides it from the API page and gradio_client): it is harmless, as
+        # the list it returns is what the page shows, and rate-limited (see App.rescan).
         app.rescan()
-        value = value if value in app.by_value else app.default_model()
-        return gr.Dropdown(choices=[(c.label, c.value) for c in app.choices], value=value)
+        key = key if key in app.by_key else app.key_of(app.default_model())
+        return gr.Dropdown(choices=app.dropdown_choices(), value=key)
 
     def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef,
                     seed, midi, progress=gr.Progress()):
@@ -100,6 +158,7 @@ def build_demo(app: App):
 
         def report(stage: str, done: int, total: int) -> None:
             progress((done, total), desc=stage, unit="steps" if stage == "generating" else "")
+        model = app.value_of(model) or model  # a key from the page; unknown ones fail the allow-list
         try:
             request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
                                  genres=genres or [], duration=duration, max_duration=app.duration_limit(model),
@@ -108,10 +167,10 @@ def build_demo(app: App):
                                  upload_roots=_upload_roots(), midi=bool(midi))
             result = run_request(request, app.cache, app.out, report)
         except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(app.public_text(str(exc)), print_exception=False) from None
         except Exception as exc:  # never a traceback in the page; the log has it
             logger.exception("generation failed")
-            first = (str(exc).splitlines() or [""])[0][:300]
+            first = app.public_text((str(exc).splitlines() or [""])[0][:300])
             raise gr.Error(f"generation failed: {exc.__class__.__name__}: {first}", print_exception=False) from None
         midi_button = gr.DownloadButton("Download MIDI", value=str(result.midi) if result.midi else None,
                                         visible=result.midi is not None)
@@ -123,8 +182,9 @@ def build_demo(app: App):
         with gr.Row():
             with gr.Column(scale=5):
                 with gr.Row():
-                    model = gr.Dropdown(choices=[(c.label, c.value) for c in app.choices], value=default,
+                    model = gr.Dropdown(choices=app.dropdown_choices(), value=app.key_of(default),
                                         label="Model", scale=4, elem_id="model")
+                    model.preprocess = _accepting_export_folders(app, model.preprocess)
                     rescan = gr.Button("Rescan checkpoints", size="sm", scale=1)
                 note = gr.Markdown(app.model_note(default))
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS,
@@ -153,12 +213,28 @@ def build_demo(app: App):
                                                     elem_id="download-midi")
                 summary = gr.Markdown(elem_id="summary")
         model.change(on_model, inputs=model, outputs=[genres, duration, note], api_visibility="private")
-        rescan.click(on_rescan, inputs=model, outputs=model, api_visibility="private")
+        rescan.click(on_rescan, inputs=model, outputs=model, api_visibility="private",
+                     concurrency_limit=1, concurrency_id="rescan")
         run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
                                        cfg_coef, seed, midi],
                   outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
                   concurrency_limit=1, concurrency_id="generate")
     return demo
+
+
+def _accepting_export_folders(app: App, preprocess):
+    """The model Dropdown's ``preprocess``, also taking a listed fine-tune's server folder.
+
+    API scripts written before fine-tunes had keys send the folder itself (as in
+    ``checkpoints/my-run/export``); such a value becomes its key, and Gradio then checks the
+    value against the choices as usual, so anything not listed is still refused. (A wrapper on
+    the instance: subclassing a Gradio component makes Gradio write a ``.pyi`` beside this file.)
+    """
+    def wrapped(payload):
+        if isinstance(payload, str) and payload not in app.by_key and payload in app.by_value:
+            payload = app.key_of(payload)
+        return preprocess(payload)
+    return wrapped
 
 
 def _mtime(path: Path) -> float:

@@ -23,20 +23,30 @@ from .constants import (APP_MAX_PROMPT_AUDIO_SECONDS, APP_MAX_PROMPT_CHARS, APP_
 BASE_GENRES = ("rock", "pop", "jazz", "blues", "classical", "electronic", "hip hop", "ambient",
                "folk", "metal", "funk", "reggae", "country", "lo-fi")
 KEEP_RESULTS = 200  # result folders kept under the app's output folder (oldest removed first)
+RESULT_MARKER = ".musicgen_app_result"  # written into each result folder: only those are ever pruned
+EXPORT_KEY_PREFIX = "export:"  # a fine-tune's public key: "export:" + its folder relative to checkpoints/
 
 
 @dataclass
 class ModelChoice:
     label: str    # shown in the dropdown
-    value: str    # what load_model receives
+    value: str    # what load_model receives (a fine-tune's folder on the server: never sent to the page)
     genres: tp.List[str] = field(default_factory=list)  # training genres of a fine-tune, else []
     window: float = MUSICGEN_MAX_SECONDS
     examples: tp.List[str] = field(default_factory=list)
     export: bool = False  # an export folder (a fine-tune), not a built-in name
+    key: str = ""  # what the page and API callers see and send: "export:<folder under checkpoints/>"
+                   # for a fine-tune, the name itself for a built-in model
+
+    def __post_init__(self):
+        self.key = self.key or self.value
 
 
 def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Sequence[str]) -> tp.List[ModelChoice]:
-    """Every export under ``checkpoints`` first (newest names last), then ``tiny`` and ``pretrained``."""
+    """Every export under ``checkpoints`` first (newest names last), then ``tiny`` and ``pretrained``.
+
+    A fine-tune's ``key`` names it relative to ``checkpoints`` (``export:jazzrun/export``), so the
+    page never learns where the server keeps its files; ``value`` is the folder itself."""
     from .exports import export_info, find_exports
     choices = []
     if checkpoints:
@@ -46,7 +56,7 @@ def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Se
             rel = folder.relative_to(root).as_posix()
             label = f"fine-tune: {rel}" + (f" ({', '.join(info.genres)})" if info.genres else "")
             choices.append(ModelChoice(label, str(folder), info.genres, info.max_duration, info.caption_examples,
-                                       export=True))
+                                       export=True, key=EXPORT_KEY_PREFIX + rel))
     choices.append(ModelChoice("tiny (random weights, for testing)", "tiny"))
     choices += [ModelChoice(name, name) for name in pretrained]
     return choices
@@ -117,10 +127,10 @@ class AppRequest:
         from .generation import GenerationConfig
         if self.model not in self.allowed_models:
             raise ValueError("choose a model from the list")
-        self.prompt = " ".join(str(self.prompt or "").split())
+        self.prompt = " ".join(clean_text(self.prompt or "").split())
         if len(self.prompt) > APP_MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {APP_MAX_PROMPT_CHARS}")
-        self.genres = [str(g) for g in (self.genres or [])][:16]
+        self.genres = [clean_text(g) for g in (self.genres or [])][:16]
         if self.duration is None or not math.isfinite(float(self.duration)) \
                 or not 0 < float(self.duration) <= self.max_duration:
             raise ValueError(f"duration must be more than 0 and at most {self.max_duration:g} seconds")
@@ -141,6 +151,12 @@ class AppRequest:
             self.audio_prompt = str(path)
 
 
+def clean_text(text) -> str:
+    """``text`` as a string that encodes to UTF-8: a lone surrogate (``"\\ud800"``, which some
+    JSON clients send) becomes U+FFFD, a split surrogate pair becomes its character."""
+    return str(text).encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 @dataclass
 class AppResult:
     wav: Path
@@ -158,32 +174,26 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
     """
     import torch
 
-    from dataset_tools.audio_io import AudioDecodeError, load_audio
-
     from .generation import generate, generate_continuation, prepare_audio_prompt
     from .outputs import write_outputs
     from .prompting import build_prompts
 
     report = progress or (lambda stage, done, total: None)
-    prompt_audio = None
-    if request.audio_prompt:
-        try:
-            audio, rate = load_audio(request.audio_prompt, mono=False)
-        except AudioDecodeError as exc:
-            raise ValueError(f"cannot read the audio prompt: {exc}") from None
-        if audio.shape[-1] / rate > APP_MAX_PROMPT_AUDIO_SECONDS:
-            raise ValueError(f"the audio prompt is longer than {APP_MAX_PROMPT_AUDIO_SECONDS / 60:g} minutes")
-        prompt_audio = (torch.from_numpy(audio), rate)
+    # The upload's length is checked before the model is loaded, from its header where the
+    # format has one; only the model's window from its end is ever decoded into memory.
+    prompt_input = open_audio_prompt(request.audio_prompt) if request.audio_prompt else None
     text = build_prompts([request.prompt] if request.prompt else [], request.genres)[0]
 
     report("loading model", 0, 1)
     model = cache.get(request.model)
     cfg = request.generation
+    kept = None
+    if prompt_input is not None:
+        audio, rate = read_audio_tail(prompt_input, float(model.max_duration))
+        kept = prepare_audio_prompt(model, torch.from_numpy(audio), rate)[0]
     started = time.time()
     step = lambda done, total: report("generating", done, total)  # noqa: E731
-    kept = None
-    if prompt_audio is not None:
-        kept = prepare_audio_prompt(model, *prompt_audio)[0]
+    if kept is not None:
         wav = generate_continuation(model, kept, model.sample_rate, [text], cfg, progress=step)[0]
     else:
         wav = generate(model, [text], cfg, progress=step)[0]
@@ -206,12 +216,144 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
     return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi, summary=summary)
 
 
+def open_audio_prompt(path, max_seconds: tp.Optional[float] = None):
+    """Check an uploaded audio prompt without decoding it whole; returns its ``AudioInput``.
+
+    The length comes from the header when the format has one (WAV, FLAC, OGG, AIFF, MP3...);
+    otherwise the file is decoded block by block, nothing kept, and given up on as soon as it
+    runs past ``max_seconds`` (default ``APP_MAX_PROMPT_AUDIO_SECONDS``). Raises ValueError
+    with a one-line reason.
+    """
+    from contextlib import closing
+
+    from dataset_tools.audio_io import AudioDecodeError
+    from dataset_tools.separation_input import open_input
+
+    limit = APP_MAX_PROMPT_AUDIO_SECONDS if max_seconds is None else float(max_seconds)
+    span = f"{limit / 60:g} minutes" if limit >= 60 else f"{limit:g} seconds"
+    too_long = f"the audio prompt is longer than {span}; upload at most that much"
+    try:
+        inp = open_input(path)
+        if inp.frames is not None:
+            if inp.frames > limit * inp.rate:
+                raise ValueError(too_long)
+            return inp
+        frames = 0
+        with closing(inp.blocks()) as blocks:  # closing stops a running ffmpeg at once
+            for block in blocks:
+                frames += block.shape[0]
+                if frames > limit * inp.rate:
+                    raise ValueError(too_long)
+        if frames == 0:
+            raise AudioDecodeError("no audio samples decoded")
+        inp.frames = frames
+        return inp
+    except AudioDecodeError as exc:
+        raise ValueError(f"cannot read the audio prompt: {_one_line(exc)}") from None
+
+
+def read_audio_tail(inp, seconds: float):
+    """The last ``seconds`` of an opened audio prompt as ``([channels, n] float32, rate)``
+    (``n`` is less when the file is shorter).
+
+    A file of known length is read from just before its tail (a seek); otherwise it is decoded
+    block by block keeping only the tail. Memory is bounded by ``seconds`` either way.
+    """
+    import numpy as np
+
+    from dataset_tools.audio_io import AudioDecodeError
+
+    keep = max(1, int(math.ceil(seconds * inp.rate)))
+    try:
+        data = _read_tail_seek(inp, keep) if not inp.use_ffmpeg and inp.frames else None
+        if data is None:
+            data = _read_tail_stream(inp, keep)
+    except AudioDecodeError as exc:
+        raise ValueError(f"cannot read the audio prompt: {_one_line(exc)}") from None
+    if data.shape[0] == 0:
+        raise ValueError("cannot read the audio prompt: no audio samples decoded")
+    if not np.isfinite(data).all():
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    return data.astype(np.float32, copy=False).T, int(inp.rate)  # a view: no second copy of the tail
+
+
+def _read_tail_seek(inp, keep: int):
+    import soundfile as sf
+    try:
+        with sf.SoundFile(os.fsencode(inp.path)) as f:
+            if f.seekable():
+                f.seek(max(0, inp.frames - keep))
+                data = f.read(keep, dtype="float32", always_2d=True)
+                if data.shape[0]:
+                    return data
+    except (RuntimeError, sf.LibsndfileError):
+        pass
+    return None  # not seekable, or a damaged or shorter-than-announced tail: the stream decides
+
+
+def _read_tail_stream(inp, keep: int):
+    import numpy as np
+    from contextlib import closing
+
+    from dataset_tools.audio_io import AudioDecodeError
+    tail, have, seen = [], 0, 0
+    limit = (inp.frames or APP_MAX_PROMPT_AUDIO_SECONDS * inp.rate) + inp.rate  # bounded, whatever the file
+    with closing(inp.blocks()) as blocks:
+        for block in blocks:
+            tail.append(block)
+            have += block.shape[0]
+            seen += block.shape[0]
+            while tail and have - tail[0].shape[0] >= keep:
+                have -= tail.pop(0).shape[0]
+            if seen > limit:
+                raise AudioDecodeError("it decodes to more audio than its first reading showed")
+    if not tail:
+        return np.zeros((0, inp.channels), dtype=np.float32)
+    return np.concatenate(tail)[-keep:]
+
+
+def _one_line(exc) -> str:
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+_last_result_stamp = 0
+_stamp_lock = threading.Lock()
+
+
 def _new_result_folder(out_root: Path) -> Path:
-    """A fresh folder per result; only the newest ``KEEP_RESULTS`` are kept."""
+    """A fresh folder per result, marked as the app's by a ``RESULT_MARKER`` file inside.
+
+    Only marked folders are ever pruned (the oldest first, by the creation time the marker
+    records), so that the newest ``KEEP_RESULTS`` remain: nothing else under ``out_root``
+    (a ``.git``, a virtualenv, a folder of photos) is touched, whatever its name.
+    """
+    global _last_result_stamp
     out_root.mkdir(parents=True, exist_ok=True)
+    with _stamp_lock:  # strictly increasing within this process, even on a coarse clock
+        stamp = _last_result_stamp = max(time.time_ns(), _last_result_stamp + 1)
     folder = out_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     folder.mkdir()
-    old = sorted((p for p in out_root.iterdir() if p.is_dir()), key=lambda p: p.name)[:-KEEP_RESULTS]
-    for path in old:
+    (folder / RESULT_MARKER).write_text(f"{stamp}\n", encoding="ascii")
+    results = sorted((made, path.name, path) for path in out_root.iterdir()
+                     if (made := _result_stamp(path)) is not None)
+    for _, _, path in results[:-KEEP_RESULTS]:
         shutil.rmtree(path, ignore_errors=True)
     return folder
+
+
+def _result_stamp(path: Path) -> tp.Optional[int]:
+    """When the app made result folder ``path`` (ns), from its marker; None if it is not one."""
+    marker = path / RESULT_MARKER
+    try:
+        if path.is_symlink() or not path.is_dir() or marker.is_symlink() or not marker.is_file():
+            return None
+        text = marker.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:  # a marker from elsewhere: still the app's, ordered by its time
+        try:
+            return marker.stat().st_mtime_ns
+        except OSError:
+            return None

@@ -59,6 +59,9 @@ def run_demo(config: DemoConfig) -> list:
 
     t = _step("2/5 prepare: segments, captions, manifest (dataset_tools prepare)")
     if dataset.exists():
+        # Only a folder prepare made (it keeps its state file there) is removed: never a user's.
+        if not (dataset / ".prepare_state.json").is_file():
+            raise ValueError(f"{dataset} exists and was not written by the demo: move it away or choose another --out")
         shutil.rmtree(dataset)
     report = prepare(library, dataset, PrepareOptions(progress=False))
     print(report.summary())
@@ -75,9 +78,10 @@ def run_demo(config: DemoConfig) -> list:
 
     t = _step(f"4/5 fine-tune {config.model} (train.py)")
     run_dir = out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # the demo trains from scratch each time; the code cache is kept
+    # The demo trains from scratch each time (--overwrite deletes only the last run's files);
+    # the code cache is kept.
     export = train(TrainConfig(data=str(dataset), model=config.model, out=str(run_dir), steps=config.train_steps,
+                               overwrite=True,
                                batch_size=4, segment_seconds=10.0, lr=1e-3, warmup_steps=5, sample_every=0,
                                valid_every=10, save_every=config.train_steps, cache_dir=str(out / "code-cache"),
                                progress=False))
