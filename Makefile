@@ -41,7 +41,7 @@ demo: setup
 
 test: setup
 	@bash scripts/install_system_deps.sh --test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 --durations-min=1 tests
 
 # Speed and memory figures (docs/benchmarks.md); each script compares against a baseline in the same run.
 bench: setup

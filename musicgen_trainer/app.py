@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -263,9 +264,21 @@ def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: 
            max_queue: int = 20, block: bool = True):
     """Queue (one generation at a time, at most ``max_queue`` waiting) and serve."""
     demo.queue(default_concurrency_limit=1, max_size=max_queue)
+    _bypass_proxy_for(host)
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                        max_file_size=f"{APP_MAX_UPLOAD_MB}mb", show_error=True, quiet=not block,
                        footer_links=["gradio"])
+
+
+def _bypass_proxy_for(host: str) -> None:
+    """Gradio checks its own page over HTTP at start-up; behind an http(s)_proxy that does not
+    exempt this machine, that check goes to the proxy and start-up fails ("Couldn't start the app")."""
+    for var in ("NO_PROXY", "no_proxy"):
+        names = [n for n in os.environ.get(var, "").split(",") if n.strip()]
+        for name in (host, "127.0.0.1", "localhost"):
+            if name not in names:
+                names.append(name)
+        os.environ[var] = ",".join(names)
 
 
 def serve_in_background(app: App, host: str = "127.0.0.1", port: tp.Optional[int] = None):

@@ -192,14 +192,16 @@ def test_audiocraft_music_dataset_loads_every_segment(prepared, monkeypatch, tmp
     monkeypatch.setenv("AUDIOCRAFT_CLUSTER", "default")
     environment.AudioCraftEnvironment.reset()
     monkeypatch.chdir(prepared.out)  # manifest paths are relative to OUT
-    metas = audio_dataset.load_audio_meta(prepared.out / "manifest.jsonl", resolve=False)
-    dataset = music_dataset.MusicDataset(metas, segment_duration=None, shuffle=False, sample_rate=RATE,
-                                         channels=1, return_info=True, info_fields_required=True)
-    assert len(dataset) == prepared.report.segments
-    for index in range(len(dataset)):
-        wav, info = dataset[index]
-        caption = (prepared.out / info.meta.path).with_suffix(".txt").read_text()
-        assert info.description == caption
-        assert info.to_condition_attributes().text["description"] == caption
-        assert wav.shape[0] == 1 and wav.shape[-1] == round(info.meta.duration * RATE)
-    environment.AudioCraftEnvironment.reset()
+    try:
+        metas = audio_dataset.load_audio_meta(prepared.out / "manifest.jsonl", resolve=False)
+        dataset = music_dataset.MusicDataset(metas, segment_duration=None, shuffle=False, sample_rate=RATE,
+                                             channels=1, return_info=True, info_fields_required=True)
+        assert len(dataset) == prepared.report.segments
+        for index in range(len(dataset)):
+            wav, info = dataset[index]
+            caption = (prepared.out / info.meta.path).with_suffix(".txt").read_text(encoding="utf-8")
+            assert info.description == caption
+            assert info.to_condition_attributes().text["description"] == caption
+            assert wav.shape[0] == 1 and wav.shape[-1] == round(info.meta.duration * RATE)
+    finally:  # also on failure: later tests must not get this test's temporary team config
+        environment.AudioCraftEnvironment.reset()

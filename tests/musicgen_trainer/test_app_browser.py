@@ -47,8 +47,10 @@ def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
     app = App(checkpoints=str(tmp_path / "checkpoints"), out=str(tmp_path / "out"), pretrained=[],
               max_duration=2.0, midi_default=True)
     demo, url = serve_in_background(app)
-    driver = chrome(tempfile.mkdtemp(prefix="chromium-profile-"))
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    driver = None
     try:
+        driver = chrome(profile)  # inside the try: a browser that fails to start still stops the server
         driver.get(url)
         wait = WebDriverWait(driver, 90)
         prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
@@ -78,5 +80,7 @@ def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
         if os.environ.get("MUSICGEN_SCREENSHOT"):
             Path(os.environ["MUSICGEN_SCREENSHOT"]).write_bytes(shot.read_bytes())
     finally:
-        driver.quit()
+        if driver is not None:
+            driver.quit()
         demo.close()
+        shutil.rmtree(profile, ignore_errors=True)  # not left behind in /tmp run after run

@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 SECONDS = 10.0
+
+
+def _soundfont():
+    """FluidR3 (Debian's) when present, else the General MIDI soundfont dataset_tools would use
+    (another path, MUSICGEN_SOUNDFONT on macOS: what scripts/install_system_deps.sh accepts)."""
+    if FLUIDR3.is_file():
+        return FLUIDR3
+    from dataset_tools.midi_render import find_soundfont
+    return find_soundfont()
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +26,9 @@ def rendered_chorale(tmp_path_factory):
     """(source MIDI, rendered WAV): the first 10 s of BWV 66.6 on a General MIDI piano."""
     import pretty_midi
     from music21 import corpus
-    if shutil.which("fluidsynth") is None or not SOUNDFONT.is_file():
-        pytest.fail("fluidsynth and the FluidR3_GM soundfont are needed (run `make setup`)")
+    soundfont = _soundfont()
+    if shutil.which("fluidsynth") is None or soundfont is None:
+        pytest.fail("fluidsynth and a General MIDI soundfont (FluidR3_GM) are needed (run `make setup`)")
     folder = tmp_path_factory.mktemp("chorale")
     full = folder / "full.mid"
     corpus.parse("bach/bwv66.6").write("midi", fp=str(full))
@@ -29,8 +39,9 @@ def rendered_chorale(tmp_path_factory):
             n.end = min(n.end, SECONDS)
     source, wav = folder / "chorale.mid", folder / "chorale.wav"
     midi.write(str(source))
-    subprocess.run(["fluidsynth", "-ni", "-q", "-F", str(wav), "-r", "44100", str(SOUNDFONT), str(source)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(["fluidsynth", "-ni", "-q", "-F", str(wav), "-r", "44100", str(soundfont), str(source)],
+                   check=True, capture_output=True, timeout=120,
+                   stdin=subprocess.DEVNULL)  # never the terminal: a background `make test &` would stop
     return source, wav
 
 
