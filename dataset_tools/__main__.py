@@ -1,8 +1,9 @@
 """Command line: ``python -m dataset_tools {prepare,stats,example} ...`` (or ``dataset-tools``).
 
 Only parses arguments and prints; the work is done by ``prepare``, ``dataset_stats`` and
-``build_example``. Bad input ends with one ``error: ...`` line and exit status 2 (1 for
-a run that could not finish), never a traceback; Ctrl-C exits 130 after saving progress.
+``build_example``. Bad input ends with one ``error: ...`` line and exit status 2 (also for
+a file in OUT that the command did not write and would have to replace), 1 for a run that
+could not finish (e.g. disk full), never a traceback; Ctrl-C exits 130 after saving progress.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ FluidSynth.
 
 OUT gets <genre>/<name>.wav (+ .txt caption + .json audiocraft metadata) per segment,
 manifest.jsonl / train.jsonl / valid.jsonl (paths relative to OUT), unlabelled.jsonl
-and prepare_report.json. Re-running only converts what changed.
+and prepare_report.json. Re-running only converts what changed. Files in OUT that prepare
+did not write are never replaced or deleted: one where it would write stops the run
+before any work (exit status 2). A full or read-only disk stops it with exit status 1.
 
 Caption fields: {", ".join("{" + f + "}" for f in CAPTION_FIELDS)}. A comma-separated part
 of the template with an unknown field is left out.
@@ -167,12 +170,16 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .files import RunFailedError
     from .prepare import OutputLockedError
     try:
         return _run(args)
     except (ValueError, OutputLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailedError as exc:  # the disk failed the run: progress is saved
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: progress is saved; run the same command again to finish", file=sys.stderr)
         return 130

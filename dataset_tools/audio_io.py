@@ -7,6 +7,7 @@ user-facing reason, so bulk tools can skip the file and say why.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -25,6 +26,31 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 class AudioDecodeError(RuntimeError):
     """A file could not be decoded as audio; ``str(err)`` is a one-line reason."""
+
+
+# Write errors of the machine, not of one file: every further write would fail the same way.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_SF_ERR_SYSTEM = 2  # libsndfile's code for a failed system call (its message: "System error.")
+
+
+def as_os_error(exc: BaseException, folder) -> OSError | None:
+    """``exc`` as the OSError it is, or None when it is none.
+
+    libsndfile reports a failed write(2) (disk full, over quota) as "System error."
+    without the reason; C's errno, read just after, still holds it. If errno was reset
+    meanwhile, a folder with no free space left still tells a full disk."""
+    if isinstance(exc, OSError):
+        return exc
+    import soundfile as sf
+    if not isinstance(exc, sf.LibsndfileError) or getattr(exc, "code", None) != _SF_ERR_SYSTEM:
+        return None
+    code = getattr(getattr(sf, "_ffi", None), "errno", 0)
+    if code not in DISK_ERRNOS:
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(folder).free == 0 else code
+        except OSError:
+            pass
+    return OSError(code, os.strerror(code), str(folder)) if code else None
 
 
 def ffmpeg_path() -> str:
@@ -204,9 +230,15 @@ def write_audio(path, data: np.ndarray, sample_rate: int, format: str | None = N
     import soundfile as sf
     channels = 1 if data.ndim == 1 else data.shape[1]
     block = WRITE_BLOCK_SECONDS * sample_rate
-    with sf.SoundFile(str(path), "w", sample_rate, channels, subtype=subtype, format=format) as f:
-        for i in range(0, max(1, data.shape[0]), block):
-            f.write(data[i:i + block])
+    try:
+        with sf.SoundFile(str(path), "w", sample_rate, channels, subtype=subtype, format=format) as f:
+            for i in range(0, max(1, data.shape[0]), block):
+                f.write(data[i:i + block])
+    except sf.LibsndfileError as exc:
+        error = as_os_error(exc, Path(path).parent)  # a full disk must read as one, not as bad audio
+        if error is None:
+            raise
+        raise error from None
 
 
 def write_wav_atomic(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:

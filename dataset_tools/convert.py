@@ -5,7 +5,8 @@ output rate and channel count, trims leading/trailing silence, optionally normal
 loudness, estimates tempo and key, cuts it into segments and writes, for each segment,
 ``<stem>.wav`` + ``<stem>.txt`` (caption) + ``<stem>.json`` (audiocraft MusicInfo), each
 atomically. It never raises: every problem becomes a ``skipped`` result with a one-line
-reason (``failed`` for our own bugs, which are retried on the next run).
+reason (``failed`` for our own bugs, which are retried on the next run; a full or read-only
+disk is ``failed`` and ``fatal``: ``prepare`` stops there).
 
 It is two stages, which ``prepare`` runs in separate worker pools: ``decode_stage``
 (everything up to the WAVs, no librosa) and ``caption_stage`` (tempo/key with librosa,
@@ -24,7 +25,7 @@ import numpy as np
 from musicgen_trainer.constants import MIN_TRACK_SECONDS
 
 from .analysis import analysis_excerpt
-from .audio_io import AudioDecodeError, load_audio, to_channels, write_wav_atomic
+from .audio_io import DISK_ERRNOS, AudioDecodeError, load_audio, to_channels, write_wav_atomic
 from .captions import caption_values, genre_words, music_info, parse_filename, render_caption
 from .files import segment_stem, write_text_atomic
 from .midi_render import MidiError, render_midi
@@ -56,6 +57,7 @@ class ConvertResult:
     track: dict = field(default_factory=dict)
     segments: list = field(default_factory=list)
     seconds: float = 0.0      # wall-clock time spent on this file
+    fatal: bool = False       # failed for the machine (disk full, read-only): every next file would too
 
 
 @dataclass
@@ -101,7 +103,8 @@ def _guarded(rel: str, func, arg):
     except MemoryError:
         result = ConvertResult(rel, "skipped", "not enough memory to decode this file")
     except OSError as exc:  # e.g. OUT's disk is full or not writable
-        result = ConvertResult(rel, "failed", f"cannot write outputs ({exc.strerror or exc})")
+        result = ConvertResult(rel, "failed", f"cannot write outputs ({exc.strerror or exc})",
+                               fatal=exc.errno in DISK_ERRNOS)
     except Exception as exc:  # a bug of ours: report it on one line, keep the run going
         text = str(exc).splitlines()[0] if str(exc) else ""
         result = ConvertResult(rel, "failed", f"unexpected error: {type(exc).__name__}: {text}")

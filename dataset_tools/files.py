@@ -26,6 +26,9 @@ from musicgen_trainer.constants import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, UNKNOW
 # track's segments can never be mistaken for another track's file.
 SEGMENT_SEPARATOR = "__"
 PART_SUFFIX = ".part"  # temporary files: ".<name>.<random>.<ext>.part", renamed when complete
+# The temporary names mkstemp gives our writers (8 random characters, see write_text_atomic
+# and audio_io.write_wav_atomic): only these are ever cleaned up as left-overs of a killed run.
+_OUR_PART_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}(?:\.wav)?" + re.escape(PART_SUFFIX) + "$")
 MAX_NAME_CHARS = 120
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                      *(f"lpt{i}" for i in range(1, 10))}
@@ -263,16 +266,58 @@ def write_text_atomic(path, text: str) -> Path:
 
 
 def remove_partial_files(out: Path) -> int:
-    """Delete temporary files left in OUT by an interrupted run; returns how many."""
+    """Delete temporary files left in OUT by an interrupted run; returns how many.
+    Only names our writers give their temporary files are touched (see ``_OUR_PART_FILE``)."""
     removed = 0
     if not out.is_dir():
         return 0
     for dirpath, _dirs, files in os.walk(out):
         for name in files:
-            if name.startswith(".") and name.endswith(PART_SUFFIX):
+            if _OUR_PART_FILE.match(name):
                 try:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
                 except OSError:
                     pass
     return removed
+
+
+class RunFailedError(RuntimeError):
+    """The machine failed a run (disk full, read-only): every further file would fail the
+    same way, so the run stopped after saving its progress. ``str()`` is one line."""
+
+
+# --- files in OUT that we did not write ------------------------------------------------------
+
+class ForeignFileError(ValueError):
+    """A file a command would write (or delete) exists and that command did not write it:
+    commands only ever replace or delete their own outputs. ``str()`` is one line."""
+
+
+def refuse_foreign(paths: list, tool: str, where: str = "OUT") -> None:
+    """Raise ``ForeignFileError`` naming the first of ``paths`` (if any): files in the way
+    of ``tool`` that it did not write, found before it does any work."""
+    if not paths:
+        return
+    more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+    them = "them" if more else "it"
+    raise ForeignFileError(f"{paths[0]} exists and was not written by {tool}{more}; "
+                           f"move {them} or choose another {where}")
+
+
+def entry_exists(path: Path) -> bool:
+    """True for anything at ``path``, a broken symbolic link included."""
+    return os.path.lexists(path)
+
+
+def blocking_file(out: Path, folder: Path) -> Path | None:
+    """The first path from ``out`` down to ``folder`` that exists and is not a folder (a file
+    where a command needs a folder), or None."""
+    path = out
+    for part in folder.relative_to(out).parts:
+        path = path / part
+        if entry_exists(path) and not path.is_dir():
+            return path
+        if not entry_exists(path):
+            return None
+    return None

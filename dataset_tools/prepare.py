@@ -1,36 +1,44 @@
 """``prepare(src, out, options) -> PrepareReport``: a music folder in, a training set out.
 
 Steps:
-1. check SRC and OUT (OUT inside SRC or SRC missing: ``ValueError``), lock OUT against a
-   second concurrent run, and delete temporary files a killed run left behind;
+1. check SRC and OUT (OUT inside SRC or SRC missing: ``ValueError``) and lock OUT against
+   a second concurrent run;
 2. scan SRC (``files.scan_source``) and give every source an output stem;
 3. skip sources whose state record says they are up to date (``state.py``);
-4. convert the rest in worker processes (``convert``'s two stages via ``parallel``),
-   recording each result and saving the state every few seconds;
-5. remove outputs of sources that vanished or now produce fewer segments;
-6. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
+4. stop (``ForeignFileError``) if a file this run would write is in OUT and prepare did not
+   write it; else delete temporary files a killed run left behind and claim the outputs
+   to write in the state;
+5. convert the rest in worker processes (``convert``'s two stages via ``parallel``),
+   recording each result and saving the state every few seconds; a full or read-only disk
+   stops the run (``RunFailedError``);
+6. remove outputs of sources that vanished or now produce fewer segments;
+7. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
 
-SRC is only ever read. Interrupting (Ctrl-C or a kill) at any point is safe: outputs are
-written atomically and the next run finishes the job.
+SRC is only ever read, and in OUT only prepare's own files are ever replaced or deleted.
+Interrupting (Ctrl-C or a kill) at any point is safe: outputs are written atomically and
+the next run finishes the job.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import manifest as mf
 from .convert import ConvertResult, ConvertTask, caption_stage, convert_source, decode_stage
-from .files import assign_output_stems, check_paths, remove_partial_files, scan_source
+from .files import (RunFailedError, assign_output_stems, blocking_file, check_paths,
+                    entry_exists, refuse_foreign, remove_partial_files, scan_source)
 from .midi_render import find_soundfont
 from .options import PrepareOptions
 from .parallel import Stage, default_workers, run_stages
-from .report import PrepareReport, build_report
-from .state import PrepareState, options_hash, remove_outputs
+from .report import REPORT_FILE, PrepareReport, build_report
+from .state import PrepareState, options_hash, output_names, record_files, remove_outputs
 
 LOCK_FILE = ".prepare.lock"
 SAVE_EVERY_SECONDS = 3.0
+# Files prepare writes at OUT's top level (besides its state and lock).
+TOP_LEVEL_FILES = (mf.MANIFEST, mf.TRAIN, mf.VALID, mf.UNLABELLED, REPORT_FILE)
 
 
 class OutputLockedError(RuntimeError):
@@ -48,9 +56,17 @@ def _acquire_lock(out: Path) -> Path:
             return lock
         except FileExistsError:
             try:
-                pid = int(lock.read_text().strip() or 0)
+                text = lock.read_text().strip()
+            except OSError:
+                text = ""
+            if text and not text.isdigit():  # not a pid: not our lock, not ours to delete
+                refuse_foreign([lock], "prepare")
+            try:
+                pid = int(text or 0)  # empty: killed between creating and writing it
+                if pid <= 0:
+                    raise ProcessLookupError
                 os.kill(pid, 0)
-            except (ValueError, OSError):
+            except OSError:
                 lock.unlink(missing_ok=True)  # its owner is gone: a killed run
                 continue
             raise OutputLockedError(f"another prepare (pid {pid}) is writing to {out}; "
@@ -83,8 +99,10 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     Returns the report (also written to ``OUT/prepare_report.json``).
     Raises:
         ValueError: bad SRC/OUT (missing, OUT inside SRC...), a missing ``--soundfont`` or a
-            missing Python package.
+            missing Python package; ``ForeignFileError`` for a file in OUT where this run
+            would write that prepare did not write (raised before any work).
         OutputLockedError: another run is using OUT.
+        RunFailedError: the disk is full or read-only (after saving progress).
         KeyboardInterrupt: after saving progress, when interrupted.
     """
     options = options or PrepareOptions()
@@ -104,7 +122,6 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
 
 
 def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, started: float) -> PrepareReport:
-    remove_partial_files(out)
     scan = scan_source(src, exclude=out)
     stems = assign_output_stems(scan.sources)
     state = PrepareState(out)
@@ -128,6 +145,14 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
             options=replace(options, progress=False),
             soundfont=str(soundfont) if soundfont else None)))
 
+    # Before any work: a file of someone else's where this run writes stops it untouched.
+    # Then the outputs to write are claimed on disk, so that what a killed run leaves
+    # behind is known to be ours (see state.py).
+    refuse_foreign(foreign_files(out, state, [t[2].stem for t in tasks]), "prepare")
+    remove_partial_files(out)
+    state.claim([t[2].stem for t in tasks], TOP_LEVEL_FILES)
+    state.save()
+
     # Vanished sources: their outputs go, so the dataset mirrors SRC. (A stem an up-to-date
     # source owns is left alone; a stem a source to convert now owns is cleaned by it.)
     current = {s.rel for s in scan.sources}
@@ -136,7 +161,10 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
     for rel in [r for r in state.records if r not in current]:
         old = state.drop(rel)
         if old and old.get("stem") and old["stem"] not in kept_stems:
-            removed += remove_outputs(out, old["stem"])
+            removed += remove_outputs(out, state.owned_outputs(out, old["stem"], old))
+    # A claim of a stem not converted now is stale (its source is up to date or gone): once
+    # dropped, files named like its outputs that no record lists are never taken for ours.
+    state.pending &= {t[2].stem for t in tasks}
 
     # Slowest first, so the pool ends evenly loaded: MIDI files (tiny, but rendering one
     # takes as long as decoding minutes of audio), then the biggest files.
@@ -156,49 +184,109 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         stages = [Stage(decode_stage, fresh=True), Stage(caption_stage, preload=("dataset_tools._warm",))]
     else:
         stages = [Stage(convert_source, preload=("dataset_tools.convert",))]
+    fatal: ConvertResult | None = None
+    runner = run_stages(stages, [t[2] for t in tasks], on_crash=_crashed,
+                        workers=min(workers, max(1, len(tasks))))
     try:
-        for task, result in run_stages(stages, [t[2] for t in tasks], on_crash=_crashed,
-                                       workers=min(workers, max(1, len(tasks)))):
+        for task, result in runner:
             source, opts_hash, _ = by_rel[task.rel]
             _record(state, out, source, opts_hash, task.stem, result, current_stems)
             results.append(result)
+            if result.fatal:
+                fatal = result
+                break  # a full or read-only disk fails every further file too
             if bar is not None:
                 bar.update(1)
                 if result.status != "converted":
-                    bar.write(f"skipped {result.rel}: {result.reason}")
+                    bar.write(f"{result.status} {result.rel}: {result.reason}")
             if time.monotonic() - last_save > SAVE_EVERY_SECONDS:
                 state.save()
                 last_save = time.monotonic()
     finally:
+        runner.close()  # stops the workers now, not when garbage collected
         if bar is not None:
             bar.close()
-        state.save()  # also on Ctrl-C: the next run resumes from here
+        _save_state(state, quiet=fatal is not None)  # also on Ctrl-C: the next run resumes from here
 
     records = {rel: state.records[rel] for rel in sorted(current) if rel in state.records}
     tracks = {rel: rec["track"]["genre"] for rel, rec in records.items() if rec.get("status") == "converted"}
     valid = mf.split_tracks(tracks, options.valid_fraction, options.seed)
+    facts = dict(src=src, out=out, options=options, workers=workers, scan=scan, records=records,
+                 results=results, up_to_date=up_to_date, valid=valid, removed_outputs=removed)
+    if fatal is not None:
+        _stop(fatal, facts, started)
     rows = mf.manifest_rows(records, valid, out, options.absolute_paths)
     unlabelled = {s.rel for s in scan.sources if s.unlabelled}
     counts = mf.write_manifests(out, rows, unlabelled)
-    report = build_report(src=src, out=out, options=options, workers=workers, scan=scan,
-                          records=records, results=results, up_to_date=up_to_date, valid=valid,
-                          removed_outputs=removed, manifest_counts=counts,
-                          elapsed=time.perf_counter() - started)
+    report = build_report(**facts, manifest_counts=counts, elapsed=time.perf_counter() - started)
     report.save(out)
     return report
+
+
+def foreign_files(out: Path, state: PrepareState, stems: list[str]) -> list[Path]:
+    """Entries in OUT where this run would write that prepare did not write: a state file
+    or top-level file it did not write, a file where a folder goes, and anything named
+    like the outputs of ``stems`` (the tracks to convert) that no record lists. Names are
+    compared ignoring case: on macOS and Windows ``A.wav`` is the file ``a.wav``."""
+    foreign = [state.path] if state.foreign else []
+    foreign += [out / name for name in TOP_LEVEL_FILES if entry_exists(out / name) and not state.owns_top_file(name)]
+    owned = state.files_by_stem()
+    listings: dict[PurePosixPath, dict[str, list[str]]] = {}  # one scan per folder
+    for stem in sorted(stems):
+        if stem in state.pending:
+            continue  # claimed by an earlier run after this same check: all its own
+        folder = PurePosixPath(stem).parent
+        blocker = blocking_file(out, out / folder)
+        if blocker is not None:
+            foreign.append(blocker)
+            continue
+        if folder not in listings:
+            listings[folder] = output_names(out / folder)
+        for name in sorted(listings[folder].get(PurePosixPath(stem).name.casefold(), ())):
+            rel = (folder / name).as_posix()
+            if rel not in owned.get(stem, ()):
+                foreign.append(out / rel)
+    return list(dict.fromkeys(foreign))
+
+
+def _save_state(state: PrepareState, quiet: bool) -> None:
+    """Save the state; with ``quiet``, a disk that already failed the run may refuse it
+    (the next run then redoes a little more)."""
+    try:
+        state.save()
+    except OSError:
+        if not quiet:
+            raise
+
+
+def _stop(fatal: ConvertResult, facts: dict, started: float) -> None:
+    """End a run the disk failed: save the report if the disk still takes it (the failure
+    is under ``failed``), then raise ``RunFailedError``. The manifests keep their last
+    complete version."""
+    report = build_report(**facts, manifest_counts={}, elapsed=time.perf_counter() - started)
+    try:
+        report.save(facts["out"])
+    except OSError:
+        pass
+    raise RunFailedError(f"{fatal.reason} while converting {fatal.rel}; stopped, as every further file "
+                         "would fail too: free some space (or make OUT writable) and run the same command "
+                         "again, finished tracks are kept")
 
 
 def _record(state: PrepareState, out: Path, source, opts_hash: str, stem: str,
             result: ConvertResult, current_stems: set[str]) -> None:
     """Store a result in the state and delete outputs of this track it no longer has
-    (fewer segments than before, or files a killed run wrote but never recorded)."""
-    keep = {seg["path"][:-len(".wav")] + ext for seg in result.segments for ext in (".wav", ".txt", ".json")}
-    remove_outputs(out, stem, keep)
+    (fewer segments than before, or files a killed run wrote but never recorded). The
+    stem is claimed, so every file named like its outputs is ours; files of a former stem
+    are deleted only as far as the former record lists them."""
+    keep = record_files({"segments": result.segments})
     old = state.records.get(source.rel)
+    remove_outputs(out, state.owned_outputs(out, stem, old), keep)
     if old and old.get("stem") and old["stem"] != stem and old["stem"] not in current_stems:
-        remove_outputs(out, old["stem"])  # the track's output name changed
+        remove_outputs(out, state.owned_outputs(out, old["stem"], old))  # the output name changed
     state.put(source.rel, {
         "size": source.size, "mtime_ns": source.mtime_ns, "options": opts_hash, "stem": stem,
         "status": result.status, "reason": result.reason, "kind": source.kind,
         "track": result.track, "segments": result.segments, "seconds": round(result.seconds, 4),
     })
+    state.release(stem)

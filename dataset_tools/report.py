@@ -59,20 +59,24 @@ class PrepareReport:
         if self.split:
             lines.append(f"  split: {self.split['train_tracks']} train / {self.split['valid_tracks']} "
                          f"valid tracks; {len(self.unlabelled)} unlabelled track(s) in unlabelled.jsonl")
-        problems = [(item["source"], item["reason"]) for item in self.skipped + self.failed]
-        lines += skipped_lines(problems, max_skipped, Path(self.out) / REPORT_FILE)
+        skipped = [(item["source"], item["reason"]) for item in self.skipped]
+        failed = [(item["source"], item["reason"]) for item in self.failed]
+        lines += skipped_lines(skipped, max_skipped, Path(self.out) / REPORT_FILE, failed)
         return "\n".join(lines)
 
 
-def skipped_lines(problems: list[tuple[str, str]], max_listed: int, report: Path) -> list[str]:
-    """The end of a printed summary: up to ``max_listed`` ``(source, reason)`` pairs, then
-    where the full report is."""
+def skipped_lines(problems: list[tuple[str, str]], max_listed: int, report: Path,
+                  failed: list[tuple[str, str]] = ()) -> list[str]:
+    """The end of a printed summary: up to ``max_listed`` ``(source, reason)`` pairs of
+    skipped inputs, then of ``failed`` ones (errors of ours or of the machine, not of the
+    input: the next run retries them), then where the full report is."""
     lines = []
-    if problems:
-        lines.append(f"Skipped {len(problems)}:")
-        lines += [f"  {source}: {reason}" for source, reason in problems[:max_listed]]
-        if len(problems) > max_listed:
-            lines.append(f"  ... and {len(problems) - max_listed} more (see {report.name})")
+    for title, items in (("Skipped", list(problems)), ("Failed", list(failed))):
+        if items:
+            lines.append(f"{title} {len(items)}:")
+            lines += [f"  {source}: {reason}" for source, reason in items[:max_listed]]
+            if len(items) > max_listed:
+                lines.append(f"  ... and {len(items) - max_listed} more (see {report.name})")
     lines.append(f"Report: {report}")
     return lines
 

@@ -7,7 +7,9 @@ Two ways in:
   input gives mono stems, anything else stereo). Songs are streamed (decoded, separated
   and written block by block, see ``separation_stream``), so memory does not grow with
   their length. A bad file becomes a skipped entry with a one-line reason; the batch goes
-  on. Re-running skips songs already separated with the same settings.
+  on. Re-running skips songs already separated with the same settings. Inputs are checked
+  before the model loads; in OUT only files ``separate`` wrote are ever replaced (anything
+  else in the way stops the run before any work), and a full disk stops the batch.
 * ``instrumental(audio, rate, separator)`` / ``separate_audio(...)``: in-memory arrays, for
   ``prepare --remove-vocals`` (one ``load_separator`` per process, cached).
 
@@ -39,7 +41,8 @@ import numpy as np
 from musicgen_trainer.constants import (SEPARATION_BLOCK_FRAMES, SEPARATION_MODEL, SEPARATION_OVERLAP,
                                         SEPARATION_STEMS)
 
-from .separation_files import expand_inputs, output_folders, separate_file, settings_of
+from .files import RunFailedError, refuse_foreign
+from .separation_files import expand_inputs, foreign_outputs, output_folders, separate_file, settings_of
 from .separation_input import array_input, measure, output_channels
 from .separation_report import SeparateReport
 from .separation_stream import INSTRUMENTAL, INSTRUMENTAL_MODES, StemStream, stem_picker
@@ -186,14 +189,27 @@ def separate(inputs, out_dir, options: SeparateOptions | None = None,
     Returns:
         the report (also saved as ``out_dir/separate_report.json``).
     Raises:
-        ValueError (``SeparatorLoadError``): the model cannot be loaded or lacks a requested
-        stem, or ``out_dir`` is a file. Problems with single inputs never raise.
+        ValueError (``SeparatorLoadError``): no input has audio (checked before the model
+        loads), the model cannot be loaded or lacks a requested stem, or ``out_dir`` is a
+        file; ``ForeignFileError`` for a file in the way that separate did not write
+        (before any work). Problems with single inputs never raise.
+        RunFailedError: the disk is full or read-only (the songs done so far are kept).
     """
     options = options or SeparateOptions()
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"output folder is a file: {out}")
+    # Inputs and OUT first: a typo or a file in the way must not wait for (or download) a model.
+    files, skipped = expand_inputs(inputs, out)
+    if not files:
+        raise ValueError(_nothing_to_separate(skipped))
+    folders = output_folders(files)
+    refuse_foreign(foreign_outputs(out, folders, [s for s in options.stems if s != "all"]),
+                   "separate", "--out folder")
+    if options.progress:
+        for item in skipped:
+            print(item.line(), file=sys.stderr)
     if separator is None:
         if options.progress:
             print(f"loading model {options.model}...", file=sys.stderr, flush=True)
@@ -202,12 +218,13 @@ def separate(inputs, out_dir, options: SeparateOptions | None = None,
     if options.segment is not None and int(options.segment * separator.samplerate) > separator.max_window:
         raise ValueError(f"--segment {options.segment:g} is longer than model {options.model} accepts "
                          f"({separator.max_window / separator.samplerate:.2f} s)")
-    files, skipped = expand_inputs(inputs, out)
+    refuse_foreign(foreign_outputs(out, folders, stems), "separate", "--out folder")  # 'all' now known
     out.mkdir(parents=True, exist_ok=True)
     report = SeparateReport(out=str(out), model=separator.name, device=str(separator.device), stems=stems,
                             options=asdict(options), files=list(skipped))
     settings = settings_of(options, separator, stems)
-    for index, (path, folder) in enumerate(zip(files, output_folders(files)), 1):
+    fatal = None
+    for index, (path, folder) in enumerate(zip(files, folders), 1):
         label = f"[{index}/{len(files)}] {path.name}"
         result = separate_file(path, out / folder, stems, options, separator, settings, label)
         result.source = str(path)
@@ -215,9 +232,32 @@ def separate(inputs, out_dir, options: SeparateOptions | None = None,
         if options.progress:
             from tqdm import tqdm
             tqdm.write(result.line(), file=sys.stderr)
+        if result.fatal:
+            fatal = result
+            break  # a full or read-only disk fails every further song too
     report.elapsed_seconds = round(time.perf_counter() - start, 3)
+    if fatal is not None:
+        _stop(report, fatal)
     report.save()
     return report
+
+
+def _nothing_to_separate(skipped: list) -> str:
+    if not skipped:
+        return "nothing to separate: no input given"
+    more = f" (and {len(skipped) - 1} more input(s) without audio)" if len(skipped) > 1 else ""
+    return f"{skipped[0].source}: {skipped[0].reason}{more}"
+
+
+def _stop(report: SeparateReport, fatal) -> None:
+    """End a batch the disk failed: save the report if the disk still takes it, then raise."""
+    try:
+        report.save()
+    except OSError:
+        pass
+    raise RunFailedError(f"{fatal.reason} while separating {fatal.source}; stopped, as every further song "
+                         "would fail too: free some space (or make the --out folder writable) and run the "
+                         "same command again, finished songs are kept")
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -264,7 +304,8 @@ def options_from_args(args: argparse.Namespace) -> SeparateOptions:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``separate`` for parsed arguments and print the summary. Exit status: 0, or 1
-    when a file failed (a bad input is only skipped). ValueError/OSError propagate."""
+    when a file failed (a bad input is only skipped). ValueError/OSError/RunFailedError
+    propagate."""
     report = separate(args.inputs, args.out, options_from_args(args))
     print(report.summary())
     return 1 if report.failed else 0
@@ -281,6 +322,9 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished songs are kept; run the same command again for the rest", file=sys.stderr)
         return 130

@@ -4,6 +4,10 @@
 (temporary names, renamed once every stem is complete) and records what made them in
 ``<folder>/separation.json``, so a re-run with the same settings skips the song. It never
 raises for a bad input: the result says ``skipped`` or ``failed`` with a one-line reason.
+
+``separation.json`` is also the ledger of the files ``separate`` wrote in the folder
+(``written``, kept across runs and saved before a stem is renamed into place): only those
+are ever replaced. ``foreign_outputs`` finds anything else in the way, before any work.
 """
 from __future__ import annotations
 
@@ -19,10 +23,10 @@ import numpy as np
 
 from musicgen_trainer.constants import AUDIO_EXTENSIONS, SEPARATION_BLOCK_FRAMES
 
-from .audio_io import AudioDecodeError
-from .files import PART_SUFFIX, safe_name, write_text_atomic
+from .audio_io import DISK_ERRNOS, AudioDecodeError, as_os_error
+from .files import PART_SUFFIX, ForeignFileError, entry_exists, refuse_foreign, safe_name, write_text_atomic
 from .separation_input import measure, open_input, output_channels
-from .separation_report import MARKER_FILE, SeparatedFile
+from .separation_report import MARKER_FILE, REPORT_FILE, SeparatedFile, is_report
 from .separation_stream import StemStream, stem_picker
 
 if TYPE_CHECKING:
@@ -73,6 +77,48 @@ def output_folders(files: list[Path]) -> list[str]:
     return names
 
 
+def _read_marker(path: Path) -> dict | None:
+    """A song folder's ``separation.json`` if separate wrote it, else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "source" in data and "settings" in data else None
+
+
+def written_files(folder: Path) -> set[str] | None:
+    """Names of the files separate wrote in a song's folder (its marker's ledger); None
+    when a file named like the marker is there and separate did not write it."""
+    marker = folder / MARKER_FILE
+    if not entry_exists(marker):
+        return set()
+    data = _read_marker(marker)
+    if data is None:
+        return None
+    # Markers written before the ledger list only their own run's stems.
+    return set(data.get("written") or ()) | {Path(p).name for p in (data.get("outputs") or {}).values()}
+
+
+def _foreign_in_folder(folder: Path, stems) -> list[Path]:
+    """``foreign_outputs`` of one song's folder."""
+    if entry_exists(folder) and not folder.is_dir():
+        return [folder]
+    written = written_files(folder)
+    foreign = [folder / MARKER_FILE] if written is None else []
+    return foreign + [folder / f"{s}.wav" for s in stems
+                      if entry_exists(folder / f"{s}.wav") and f"{s}.wav" not in (written or ())]
+
+
+def foreign_outputs(out: Path, folders: list[str], stems) -> list[Path]:
+    """Entries where ``separate`` would write that it did not write: the report, a file
+    where a song's folder goes, a marker that is not ours, stem WAVs no marker lists."""
+    report = out / REPORT_FILE
+    foreign = [report] if entry_exists(report) and not is_report(report) else []
+    for name in folders:
+        foreign += _foreign_in_folder(out / name, stems)
+    return foreign
+
+
 def settings_of(options: SeparateOptions, separator: Separator, stems: list[str]) -> dict:
     """Everything that changes the stems' samples (recorded next to them; re-runs compare)."""
     model = separator.name  # the pretrained name, or the model file and its version
@@ -109,20 +155,28 @@ def separate_file(path: Path, folder: Path, stems: list[str], options: SeparateO
                                  seconds=marker.get("seconds", 0.0), sample_rate=marker.get("sample_rate", 0))
     try:
         result = _separate_file(path, folder, stems, options, separator, settings, label)
+    except ForeignFileError as exc:  # separate() checks first; a direct caller may not have
+        result = SeparatedFile(str(path), "skipped", str(exc))
     except AudioDecodeError as exc:
         result = SeparatedFile(str(path), "skipped", _first_line(exc) or "cannot decode")
     except MemoryError:
         result = SeparatedFile(str(path), "skipped", "not enough memory")
-    except OSError as exc:  # OUT not writable, disk full
-        result = SeparatedFile(str(path), "failed", f"cannot write outputs ({exc.strerror or exc})")
     except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            reason = "GPU out of memory: use --device cpu (or, with mdx models, a shorter --segment)"
-        else:
-            reason = f"unexpected error: {type(exc).__name__}: {_first_line(exc)}"
-        result = SeparatedFile(str(path), "failed", reason)
+        result = _failed(path, folder, exc)
     result.elapsed = round(time.perf_counter() - start, 3)
     return result
+
+
+def _failed(path: Path, folder: Path, exc: Exception) -> SeparatedFile:
+    """A failure of ours or of the machine, as a one-line reason."""
+    error = as_os_error(exc, folder)
+    if error is not None:  # OUT not writable, disk full (libsndfile's write errors included)
+        return SeparatedFile(str(path), "failed", f"cannot write outputs ({error.strerror or error})",
+                             fatal=error.errno in DISK_ERRNOS)
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        return SeparatedFile(str(path), "failed",
+                             "GPU out of memory: use --device cpu (or, with mdx models, a shorter --segment)")
+    return SeparatedFile(str(path), "failed", f"unexpected error: {type(exc).__name__}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -132,6 +186,7 @@ def _first_line(exc: BaseException) -> str:
 def _separate_file(path, folder, stems, options, separator, settings, label) -> SeparatedFile:
     import soundfile as sf
     from tqdm import tqdm
+    refuse_foreign(_foreign_in_folder(folder, stems), "separate", "--out folder")
     inp = open_input(path)
     stats = measure(inp, separator.audio_channels)  # first pass: length, mean and std
     channels = output_channels(inp.channels)
@@ -165,6 +220,11 @@ def _separate_file(path, folder, stems, options, separator, settings, label) -> 
         for stem in stems:
             writers.pop(stem).close()
             os.chmod(temps[stem], 0o666 & ~_UMASK)  # mkstemp makes owner-only files
+        # The ledger first: a kill while renaming leaves stems known to be ours, and a
+        # marker without settings, which no re-run takes as up to date.
+        written = sorted((written_files(folder) or set()) | {f"{s}.wav" for s in stems})
+        _write_marker(folder, {"source": str(path.resolve()), "settings": None, "outputs": {},
+                               "written": written})
         outputs = {}
         for stem in stems:  # all stems complete: only now replace the previous ones
             target = folder / f"{stem}.wav"
@@ -179,9 +239,13 @@ def _separate_file(path, folder, stems, options, separator, settings, label) -> 
                 os.unlink(tmp)
     stat = path.stat()
     seconds = round(frames / inp.rate, 6)
-    write_text_atomic(folder / MARKER_FILE, json.dumps({
+    _write_marker(folder, {
         "source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         "settings": settings, "outputs": outputs, "seconds": seconds, "sample_rate": inp.rate,
-        "channels": channels}, indent=2, ensure_ascii=False) + "\n")
+        "channels": channels, "written": written})
     return SeparatedFile(str(path), "separated", outputs=outputs, seconds=seconds, sample_rate=inp.rate,
                          channels=channels, clipped=clipped)
+
+
+def _write_marker(folder: Path, data: dict) -> None:
+    write_text_atomic(folder / MARKER_FILE, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -217,9 +218,8 @@ def _load_file(path: Path, trust: bool):
                 with torch.serialization.safe_globals(_safe_classes()):
                     package = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" in text and "GLOBAL" in text:  # a real pickle with other objects
-            name = text.split("GLOBAL", 1)[1].split()[0]
+        name = foreign_object(str(exc))
+        if name is not None:  # a real pickle with other objects
             raise SeparatorLoadError(f"model file {path} contains Python objects other than demucs "
                                      f"models ({name}); if you trust the file, add --trust-model-file") from None
         raise SeparatorLoadError(f"cannot read model file {path}: not a PyTorch file, or damaged") from None
@@ -244,6 +244,23 @@ def _load_file(path: Path, trust: bool):
         first = (str(exc).splitlines() or [""])[0][:160]
         raise SeparatorLoadError(f"model file {path} does not match its architecture "
                                  f"({type(exc).__name__}: {first})") from None
+
+
+# torch's weights-only unpickler words its refusals differently by case and version:
+# "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default",
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (torch 2.10).
+_REFUSED_GLOBAL = re.compile(r"unsupported\s+(?:global:\s+)?GLOBAL\s+([\w.]+)", re.IGNORECASE)
+_REFUSED_OBJECT = re.compile(r"allowlisted via `add_safe_globals`|unrecognized function|is blocked", re.IGNORECASE)
+
+
+def foreign_object(message: str) -> str | None:
+    """What made ``torch.load(weights_only=True)`` refuse a file, from its error message:
+    the refused global's name (or a generic phrase), or None when the file was refused for
+    being damaged rather than for holding other Python objects."""
+    match = _REFUSED_GLOBAL.search(message)
+    if match:
+        return match.group(1).rstrip(".")
+    return "objects weights-only loading refuses" if _REFUSED_OBJECT.search(message) else None
 
 
 # --- pretrained models --------------------------------------------------------------------

@@ -30,6 +30,7 @@ class SeparatedFile:
     channels: int = 0                             # of the stems (1 for mono input, else 2)
     elapsed: float = 0.0                          # wall-clock seconds spent on this file
     clipped: dict = field(default_factory=dict)   # stem -> samples clipped to [-1, 1] (PCM WAVs)
+    fatal: bool = False                           # failed for the machine (disk full): the batch stops
 
     @property
     def realtime_factor(self) -> float | None:
@@ -48,6 +49,15 @@ class SeparatedFile:
         if self.status == "up_to_date":
             return f"{self.source}: already separated with these settings"
         return f"{self.source}: {self.status}: {self.reason}"
+
+
+def is_report(path: Path) -> bool:
+    """True when ``path`` is a report separate wrote (it may replace only those)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"out", "model", "stems", "files"} <= set(data)
 
 
 @dataclass
@@ -80,6 +90,7 @@ class SeparateReport:
         for item, f in zip(data["files"], self.files):
             rtf = f.realtime_factor
             item["realtime_factor"] = None if rtf is None else round(rtf, 4)
+            del item["fatal"]  # the reason says it
         return data
 
     def save(self, out: Path | None = None) -> Path:
@@ -102,6 +113,6 @@ class SeparateReport:
         if clipped:
             lines.append(f"  {len(clipped)} file(s) had stem samples beyond full scale, clipped in the WAV "
                          "(--wav-format FLOAT keeps them)")
-        problems = [(f.source, f.reason) for f in self.skipped + self.failed]
-        lines += skipped_lines(problems, max_listed, Path(self.out) / REPORT_FILE)
+        lines += skipped_lines([(f.source, f.reason) for f in self.skipped], max_listed,
+                               Path(self.out) / REPORT_FILE, [(f.source, f.reason) for f in self.failed])
         return "\n".join(lines)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +92,18 @@ def read_info(folder) -> dict:
         raise ModelFolderError(f"{info_file} has invalid feature settings ({err})") from None
     if not model_file.is_file():
         raise ModelFolderError(f"{folder} has {INFO_FILE} but no {MODEL_FILE}; copy the whole folder")
+    if not os.access(model_file, os.R_OK):
+        raise ModelFolderError(f"{model_file} is not readable (permissions)")
+    # A .keras file is a zip archive. Keras calls one it cannot open "File not found", which
+    # sends the user looking for a file that is right there.
+    if not zipfile.is_zipfile(model_file):
+        raise _damaged(model_file)
     return info
+
+
+def _damaged(model_file: Path) -> ModelFolderError:
+    return ModelFolderError(f"{model_file} is damaged (truncated or overwritten, not a complete Keras "
+                            f"model file); copy the whole model folder again or retrain")
 
 
 @dataclass
@@ -150,6 +163,8 @@ def load_classifier(folder) -> Classifier:
     keras = import_keras()
     try:
         model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError):  # a zip whose contents are corrupt
+        raise _damaged(folder / MODEL_FILE) from None
     except Exception as err:
         raise ModelFolderError(f"cannot load {folder / MODEL_FILE} ({type(err).__name__}: "
                                f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
