@@ -37,7 +37,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m musicgen_trainer demo --out demo_output
+	$(BIN)/python demo.py --out demo_output
 
 test: setup
 	@bash scripts/install_system_deps.sh --test

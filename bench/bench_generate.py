@@ -42,7 +42,7 @@ PROMPTS = ["lo-fi jazz piano, 80 bpm", "driving rock with distorted guitars", "a
 
 
 def build(name: str, device: str):
-    from musicgen_trainer.loading import import_audiocraft
+    from musicgen_trainer.runtime import import_audiocraft
     from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
     import_audiocraft()
     cfg = TinyConfig() if name == "tiny" else TinyConfig(lm_dim=1024, lm_heads=16, lm_layers=24)
@@ -101,7 +101,7 @@ def wrapper_only(model, prompts, seconds: float, calls: int = 20) -> float:
 
 def bench_model(name: str, seconds: float, batch: int, repeats: int, device: str) -> dict:
     import torch
-    from musicgen_trainer.loading import count_parameters
+    from musicgen_trainer.models import count_parameters
     model = build(name, device)
     prompts = PROMPTS[:batch]
     timed(ours, model, prompts, min(seconds, 0.2), 0)  # warm-up (kernels, allocator)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     import torch
-    from musicgen_trainer.loading import default_device
+    from musicgen_trainer.runtime import default_device
     device = default_device(args.device)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -67,7 +67,7 @@ def child(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from dataset_tools.separation import SeparateOptions, separate
-    from dataset_tools.separation_model import random_htdemucs, separator_from_model
+    from dataset_tools.separation.model import random_htdemucs, separator_from_model
     model = random_htdemucs(args.model, seed=0, samplerate=RATE, segment=SEGMENTS[args.model])
     sep = separator_from_model(model, device=args.device, name=args.model)
     with torch.inference_mode():  # warm-up: one window, so its buffers count as fixed cost

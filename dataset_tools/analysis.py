@@ -1,8 +1,7 @@
 """Estimate a track's tempo (BPM) and key with librosa, cheaply.
 
 Both run on a mono copy downsampled to 22.05 kHz of at most 60 s from the middle of
-the track (``ANALYSIS_*`` in ``musicgen_trainer.constants``), so a 10-minute track costs
-the same as a 1-minute one.
+the track (``ANALYSIS_*`` below), so a 10-minute track costs the same as a 1-minute one.
 
 - Tempo: ``librosa.feature.tempo`` on the onset-strength envelope. This is the estimate
   ``librosa.beat.beat_track`` reports as its tempo; we skip the beat-position dynamic
@@ -17,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from musicgen_trainer.constants import ANALYSIS_MAX_SECONDS, ANALYSIS_SAMPLE_RATE
-
+ANALYSIS_SAMPLE_RATE = 22_050     # Hz: tempo/key estimation runs on a downsampled copy
+ANALYSIS_MAX_SECONDS = 60.0       # ...of at most this much audio from the middle of the track
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 # Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])

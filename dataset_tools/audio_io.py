@@ -13,15 +13,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 FFMPEG_TIMEOUT_S = 600
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
 
 
 class AudioDecodeError(RuntimeError):
@@ -70,7 +68,7 @@ def _read_soundfile(path: Path):
     return data.T, int(sr)
 
 
-def _ffmpeg_reason(stderr: str) -> str:
+def ffmpeg_reason(stderr: str) -> str:
     """The most telling line of ffmpeg's error output, without its ``[format @ 0x...]`` prefix."""
     lines = [l.strip() for l in stderr.splitlines() if l.strip()]
     # ffmpeg ends with a generic line ("Invalid data found..."); an earlier one is often clearer.
@@ -87,7 +85,7 @@ def _not_audio(reason: str) -> str:
     return f"not an audio file, or damaged (ffmpeg: {reason or 'no audio stream found'})"
 
 
-def _probe_channels_and_rate(path: Path) -> tuple[int, int]:
+def probe_channels_and_rate(path: Path) -> tuple[int, int]:
     """The first audio stream's (channels, sample rate), from ffprobe (or ffmpeg's banner)."""
     ffprobe = shutil.which("ffprobe")
     try:
@@ -102,7 +100,7 @@ def _probe_channels_and_rate(path: Path) -> tuple[int, int]:
                 streams = []
             if streams:
                 return int(streams[0].get("channels") or 0), int(streams[0].get("sample_rate") or 0)
-            reason = _ffmpeg_reason(proc.stderr)
+            reason = ffmpeg_reason(proc.stderr)
             raise AudioDecodeError(_not_audio(reason))
         proc = subprocess.run([ffmpeg_path(), "-nostdin", "-hide_banner", "-i", str(path)],
                               capture_output=True, text=True, errors="replace", timeout=60)
@@ -119,12 +117,12 @@ def _probe_channels_and_rate(path: Path) -> tuple[int, int]:
                 elif p in ("5.1", "5.1(side)", "7.1", "quad", "2.1"):
                     channels = {"5.1": 6, "5.1(side)": 6, "7.1": 8, "quad": 4, "2.1": 3}[p]
             return channels, rate
-    reason = _ffmpeg_reason(proc.stderr)
+    reason = ffmpeg_reason(proc.stderr)
     raise AudioDecodeError(_not_audio(reason))
 
 
 def _read_ffmpeg(path: Path):
-    channels, rate = _probe_channels_and_rate(path)
+    channels, rate = probe_channels_and_rate(path)
     if rate <= 0:
         raise AudioDecodeError("damaged or unsupported audio (ffprobe finds no sample rate)")
     if channels <= 0:
@@ -137,7 +135,7 @@ def _read_ffmpeg(path: Path):
         raise AudioDecodeError(f"ffmpeg took longer than {FFMPEG_TIMEOUT_S} s") from None
     data = np.frombuffer(proc.stdout, dtype="<f4")
     if proc.returncode != 0 and data.size == 0:
-        reason = _ffmpeg_reason(proc.stderr.decode(errors="replace"))
+        reason = ffmpeg_reason(proc.stderr.decode(errors="replace"))
         raise AudioDecodeError(f"ffmpeg could not decode it ({reason or 'unknown error'})")
     usable = data.size - data.size % channels
     return data[:usable].reshape(-1, channels).T.copy(), rate
@@ -243,17 +241,9 @@ def write_audio(path, data: np.ndarray, sample_rate: int, format: str | None = N
 
 def write_wav_atomic(path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write ``[n]`` or ``[channels, n]`` float audio as WAV via a temporary file + rename,
-    so an interrupted run never leaves a half-written file at ``path``."""
+    so an interrupted run never leaves a half-written file at ``path`` (``atomic_path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = audio.T if audio.ndim == 2 else audio
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav.part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write_audio(tmp, np.clip(data, -1.0, 1.0), sample_rate, format="WAV", subtype=subtype)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes owner-only files; use the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -22,8 +22,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from musicgen_trainer.constants import MIN_TRACK_SECONDS
-
 from .analysis import analysis_excerpt
 from .audio_io import DISK_ERRNOS, AudioDecodeError, load_audio, to_channels, write_wav_atomic
 from .captions import caption_values, genre_words, music_info, parse_filename, render_caption
@@ -32,6 +30,8 @@ from .midi_render import MidiError, render_midi
 from .options import PrepareOptions
 from .parallel import Handoff
 from .segments import normalize_loudness, segment_bounds, trim_silence
+
+MIN_TRACK_SECONDS = 0.1  # a whole track with less sound than this is skipped as empty
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from musicgen_trainer.constants import DATASET_SAMPLE_RATE, SILENCE_DB
-
+from .atomic import atomic_path
+from .cli import option
+from .dataset_format import SAMPLE_RATE
 from .files import safe_name, write_text_atomic
 from .parallel import default_workers, run_tasks
 
@@ -51,27 +52,18 @@ GENRES = {
 
 @dataclass
 class ExampleOptions:
-    """Settings for ``example``.
-
-    Attributes:
-        pieces_per_genre: pieces written into each genre folder.
-        unknown_pieces: extra pieces written into ``unknown/``.
-        max_seconds: each piece is cut to at most this long.
-        seed: picks the pieces (same seed, same library).
-        audio_format: flac, wav, ogg, mp3, or mid (MIDI only; ``prepare`` renders it).
-        soundfont: General MIDI .sf2; None finds one on the system.
-        workers: worker processes; None uses every CPU core.
-        force: rebuild even if OUT already holds this exact example.
-    """
-    pieces_per_genre: int = 3
-    unknown_pieces: int = 2
-    max_seconds: float = 20.0
-    seed: int = 0
-    audio_format: str = "flac"
-    soundfont: str | None = None
-    workers: int | None = None
-    force: bool = False
-    progress: bool = True
+    """Settings for ``example`` (each field is also its ``--flag``; see its help). ``None`` for
+    ``soundfont`` finds one on the system, for ``workers`` uses every CPU core."""
+    pieces_per_genre: int = option(3, "pieces written into each genre folder", metavar="N")
+    unknown_pieces: int = option(2, "pieces put in unknown/", metavar="N")
+    max_seconds: float = option(20.0, "cut each piece to this length", metavar="S")
+    seed: int = option(0, "chooses the pieces (same seed, same library)")
+    audio_format: str = option("flac", "file format; mid writes MIDI only (prepare renders it)",
+                               choices=FORMATS, aliases=("--format",))
+    soundfont: str | None = option(None, "General MIDI soundfont (default: found on the system)", metavar="SF2")
+    workers: int | None = option(None, "worker processes (default: all cores)", metavar="N")
+    force: bool = option(False, "rebuild even if OUT already holds this exact example")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
         if not isinstance(self.pieces_per_genre, int) or not 1 <= self.pieces_per_genre <= 50:
@@ -148,7 +140,7 @@ def _make_piece(slot: _Slot) -> dict:
 
     from .audio_io import write_audio
     from .midi_render import MidiError, read_midi, render_midi, sanitize_midi
-    from .segments import trim_silence
+    from .segments import SILENCE_DB, trim_silence
     opts, spec = slot.options, GENRES[slot.genre]
     last_reason = "no candidate pieces in the music21 corpus"
     for rel in slot.candidates:
@@ -174,7 +166,7 @@ def _make_piece(slot: _Slot) -> dict:
                     _move(part, target)
                     seconds = summary.last_note_end
                 else:
-                    audio, rate, _ = render_midi(midi_path, DATASET_SAMPLE_RATE, slot.soundfont,
+                    audio, rate, _ = render_midi(midi_path, SAMPLE_RATE, slot.soundfont,
                                                  force_program=spec.program, max_seconds=opts.max_seconds)
                     start, end = trim_silence(audio, SILENCE_DB)
                     audio = audio[:, start:end]
@@ -191,9 +183,8 @@ def _make_piece(slot: _Slot) -> dict:
 
 def _move(part: Path, target: Path) -> None:
     """Copy into OUT via a temporary name and rename: no half-written file on interruption."""
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_bytes(part.read_bytes())
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(part.read_bytes())
 
 
 def _slots(out: Path, options: ExampleOptions, soundfont) -> list[_Slot]:

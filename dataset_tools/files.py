@@ -6,7 +6,8 @@ skip with a reason (broken links, loops, pipes, folders named like audio files..
 ignored files (covers, playlists, text). ``assign_output_stems`` gives every source a
 filesystem-safe, recognisable output name, unique within its output folder.
 
-Nothing here writes to SRC; ``write_text_atomic`` writes outputs via temp file + rename.
+Nothing here writes to SRC; outputs are written via temp file + rename (``dataset_tools.atomic``),
+and ``remove_partial_files`` deletes the temporary files a killed run left behind.
 """
 from __future__ import annotations
 
@@ -15,19 +16,21 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from musicgen_trainer.constants import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, UNKNOWN_GENRE_DIRS
+from . import atomic
+from .atomic import PART_SUFFIX
+from .dataset_format import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, UNKNOWN_GENRE_DIRS
 
 # Segment files are named "<stem>__<index>"; safe_name() never produces "__", so a
 # track's segments can never be mistaken for another track's file.
 SEGMENT_SEPARATOR = "__"
-PART_SUFFIX = ".part"  # temporary files: ".<name>.<random>.<ext>.part", renamed when complete
-# The temporary names mkstemp gives our writers (8 random characters, see write_text_atomic
-# and audio_io.write_wav_atomic): only these are ever cleaned up as left-overs of a killed run.
+# The temporary names our writers use: ".<name>.<8 random characters>.part" from
+# dataset_tools.atomic (the mkstemp names of every output, WAVs included), and the older
+# ".<stem>.<8 random characters>.wav.part" of stem WAVs. Only these are ever cleaned up as
+# left-overs of a killed run.
 _OUR_PART_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}(?:\.wav)?" + re.escape(PART_SUFFIX) + "$")
 MAX_NAME_CHARS = 120
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
@@ -237,32 +240,12 @@ def segment_file_pattern(stem_name: str) -> re.Pattern:
     return re.compile(rf"^{re.escape(stem_name)}(?:{SEGMENT_SEPARATOR}\d{{3,}})?\.(?:wav|txt|json)$")
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by their owner only; outputs get the usual permissions.
-FILE_MODE = 0o666 & ~_current_umask()
-
-
 def write_text_atomic(path, text: str) -> Path:
-    """Write UTF-8 text via a temporary file + rename (never a half-written file at ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
-    try:
-        # backslashreplace: a name that is not valid UTF-8 (see text_name) and got through
-        # anyway, e.g. in SRC's own path, is written as a \udcXX escape, not a crash.
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(text)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write UTF-8 text via a temporary file + rename (never a half-written file at ``path``):
+    ``dataset_tools.atomic.write_text_atomic`` with ``errors="backslashreplace"``, so a name that
+    is not valid UTF-8 (see text_name) and got through anyway, e.g. in SRC's own path, is
+    written as a \\udcXX escape, not a crash."""
+    return atomic.write_text_atomic(path, text, errors="backslashreplace")
 
 
 def remove_partial_files(out: Path) -> int:

@@ -36,6 +36,7 @@ SOUNDFONT_CANDIDATES = (
     "/opt/homebrew/share/soundfonts/default.sf2",
 )
 SOUNDFONT_ENVS = ("DATASET_TOOLS_SOUNDFONT", "MUSICGEN_SOUNDFONT")  # the latter: scripts/install_system_deps.sh
+MIDI_RELEASE_SECONDS = 1.0  # default audio kept after a rendered file's last note-off (release tail)
 MAX_MIDI_SECONDS = 3600.0   # longer than this is almost surely a broken tempo map
 RENDER_GAIN = 0.5           # fluidsynth -g: its default (0.2) is quiet; 0.5 rarely clips
 FADE_SECONDS = 0.01         # fade applied where the release tail is cut, to avoid a click
@@ -184,7 +185,7 @@ def _fluidsynth() -> str:
     return exe
 
 
-def render_midi(path, sample_rate: int, soundfont, release_seconds: float = 1.0,
+def render_midi(path, sample_rate: int, soundfont, release_seconds: float = MIDI_RELEASE_SECONDS,
                 force_program: int | None = None, max_seconds: float | None = None):
     """Sanitise and render one MIDI file.
 

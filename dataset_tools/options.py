@@ -1,13 +1,21 @@
-"""``PrepareOptions``: every setting of ``dataset_tools prepare``, checked up front."""
+"""``PrepareOptions``: every setting of ``dataset_tools prepare``, checked up front.
+
+Each field is also the command-line flag of the same name (``--segment-seconds``...), with
+its help text and default here (``dataset_tools.cli``); a few flags keep their older names
+as aliases (``--wav-format``, ``--silence-db``/``--no-trim``, ``--loudness``,
+``--no-analysis``, ``--midi-release``).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from musicgen_trainer.constants import (SEPARATION_MODEL, DATASET_CHANNELS, DATASET_SAMPLE_RATE, DATASET_SUBTYPE,
-                                        MIDI_RELEASE_SECONDS, MIN_SEGMENT_SECONDS, SEGMENT_SECONDS,
-                                        SILENCE_DB, VALID_FRACTION)
-
 from .captions import DEFAULT_TEMPLATE, template_fields
+from .cli import option
+from .dataset_format import (CHANNELS, MIN_SEGMENT_SECONDS, SAMPLE_RATE, SEGMENT_SECONDS, SUBTYPE,
+                             VALID_FRACTION)
+from .midi_render import MIDI_RELEASE_SECONDS
+from .segments import SILENCE_DB
+from .separation.options import SEPARATION_MODEL
 
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 # Options that do not change any WAV/caption/JSON: changing them never reconverts.
@@ -17,48 +25,51 @@ NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress",
 @dataclass
 class PrepareOptions:
     """Settings for ``prepare`` (defaults: 44.1 kHz mono 16-bit, 30 s segments, no overlap).
-
-    Attributes:
-        sample_rate: output rate in Hz.
-        channels: 1 (mono) or 2 (stereo).
-        subtype: WAV sample format: PCM_16, PCM_24 or FLOAT.
-        segment_seconds: length of the training segments long tracks are cut into.
-        overlap_seconds: how much consecutive segments share (0 = back to back).
-        min_seconds: a final remainder shorter than this is dropped (never a whole track).
-        trim_db: leading/trailing audio quieter than this (dBFS) is cut; None keeps it.
-        loudness_lufs: normalise each track to this loudness (e.g. -14); None leaves levels.
-        analyze: estimate tempo and key for the captions (librosa).
-        caption_template: see ``captions.py``; parts with an unknown field are dropped.
-        soundfont: General MIDI .sf2 for MIDI files; None finds one on the system.
-        midi_release_seconds: audio kept after a MIDI file's last note-off.
-        valid_fraction: share of each genre's tracks put in the validation split.
-        seed: seed of the split.
-        workers: worker processes; None uses every CPU core, 1 runs in this process.
-        absolute_paths: write absolute WAV paths in the manifests (default: relative to OUT).
-        progress: show a progress bar.
-        remove_vocals: replace each audio track by its instrumental (demucs) before the rest;
-            separation_model is a demucs name or model file, separation_device auto/cpu/cuda.
-    """
-    sample_rate: int = DATASET_SAMPLE_RATE
-    channels: int = DATASET_CHANNELS
-    subtype: str = DATASET_SUBTYPE
-    segment_seconds: float = SEGMENT_SECONDS
-    overlap_seconds: float = 0.0
-    min_seconds: float = MIN_SEGMENT_SECONDS
-    trim_db: float | None = SILENCE_DB
-    loudness_lufs: float | None = None
-    analyze: bool = True
-    caption_template: str = DEFAULT_TEMPLATE
-    soundfont: str | None = None
-    midi_release_seconds: float = MIDI_RELEASE_SECONDS
-    valid_fraction: float = VALID_FRACTION
-    seed: int = 0
-    workers: int | None = None
-    absolute_paths: bool = False
-    progress: bool = True
-    remove_vocals: bool = False           # train on instrumentals: demucs removes the vocals
-    separation_model: str = SEPARATION_MODEL
-    separation_device: str = "auto"
+    Each field's help text (``prepare --help``) says what it does; ``None`` for ``trim_db``
+    keeps the silence, for ``loudness_lufs`` leaves levels, for ``soundfont`` finds one on
+    the system, for ``workers`` uses every CPU core (1 runs in this process)."""
+    # audio
+    sample_rate: int = option(SAMPLE_RATE, "output sample rate", metavar="HZ", group="audio")
+    channels: int = option(CHANNELS, "1 = mono, 2 = stereo", choices=(1, 2), group="audio")
+    subtype: str = option(SUBTYPE, "WAV sample format", choices=SUBTYPES, aliases=("--wav-format",),
+                          group="audio")
+    segment_seconds: float = option(SEGMENT_SECONDS, "cut long tracks into segments this long", metavar="S",
+                                    group="audio")
+    overlap_seconds: float = option(0.0, "overlap between consecutive segments", metavar="S", group="audio")
+    min_seconds: float = option(MIN_SEGMENT_SECONDS, "drop a final remainder shorter than this; a short "
+                                "track is always kept", metavar="S", group="audio")
+    trim_db: float | None = option(SILENCE_DB, "trim leading/trailing audio below this level in dBFS",
+                                   metavar="DB", aliases=("--silence-db",), group="audio",
+                                   const_flags={"--no-trim": (None, "keep leading/trailing silence")})
+    loudness_lufs: float | None = option(None, "normalise each track to this loudness, e.g. -14 "
+                                         "(default: off)", metavar="LUFS", aliases=("--loudness",),
+                                         group="audio")
+    # captions
+    analyze: bool = option(True, "estimate tempo and key for the captions (off: faster)",
+                           aliases=("--no-analysis",), group="captions")
+    caption_template: str = option(DEFAULT_TEMPLATE, 'caption template (default: "%(default)s"); '
+                                   "parts with an unknown field are dropped", metavar="TEXT", group="captions")
+    # MIDI
+    soundfont: str | None = option(None, "General MIDI soundfont (default: found on the system, e.g. "
+                                   "FluidR3_GM.sf2)", metavar="SF2", group="MIDI")
+    midi_release_seconds: float = option(MIDI_RELEASE_SECONDS, "seconds kept after the last note-off",
+                                         metavar="S", aliases=("--midi-release",), group="MIDI")
+    # split and run
+    valid_fraction: float = option(VALID_FRACTION, "share of each genre's tracks used for validation",
+                                   metavar="F", group="split and run")
+    seed: int = option(0, "seed of the train/valid split", group="split and run")
+    workers: int | None = option(None, "worker processes (default: all CPU cores; 1 = no subprocesses)",
+                                 metavar="N", group="split and run")
+    absolute_paths: bool = option(False, "write absolute WAV paths in the manifests (default: relative "
+                                  "to OUT)", group="split and run")
+    progress: bool = option(True, "show a progress bar", group="split and run")
+    # vocal removal
+    remove_vocals: bool = option(False, "train on instrumentals: remove vocals with demucs before the "
+                                 "rest (slow on CPU; see docs/separation.md)", group="vocal removal")
+    separation_model: str = option(SEPARATION_MODEL, "demucs pretrained name or local model file",
+                                   metavar="NAME|FILE", group="vocal removal")
+    separation_device: str = option("auto", "where demucs runs (auto = GPU when available)",
+                                    choices=("auto", "cpu", "cuda"), group="vocal removal")
 
     def __post_init__(self):
         def need(ok: bool, message: str) -> None:

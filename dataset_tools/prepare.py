@@ -111,7 +111,7 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     check_packages(options)
     soundfont = find_soundfont(options.soundfont)  # ValueError if an explicit one is missing
     if options.remove_vocals:  # one clear error (or one download) before any worker starts
-        from .separation_model import check_model
+        from .separation import check_model
         check_model(options.separation_model)
     out.mkdir(parents=True, exist_ok=True)
     lock = _acquire_lock(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 
+SILENCE_DB = -60.0    # default trim threshold: leading/trailing audio quieter than this (dBFS peak) goes
 TRIM_BLOCK = 1 << 20  # samples per channel looked at at once: bounded memory on long tracks
 
 

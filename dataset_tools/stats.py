@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import option
 from .manifest import MANIFEST, read_manifest
 
 CHART_FILE = "stats_hours_per_genre.png"
@@ -17,15 +18,11 @@ UNLABELLED = "(unlabelled)"
 
 @dataclass
 class StatsOptions:
-    """Settings for ``stats``.
-
-    Attributes:
-        examples: caption examples shown per genre.
-        chart: where to write the PNG chart (default ``OUT/stats_hours_per_genre.png``);
-            ``""`` for no chart.
-    """
-    examples: int = 3
-    chart: str | None = None
+    """Settings for ``stats`` (each field is also its ``--flag``; see its help).
+    ``chart``: None writes ``OUT/stats_hours_per_genre.png``, ``""`` no chart."""
+    examples: int = option(3, "caption examples shown per genre", metavar="N")
+    chart: str | None = option(None, f"chart file (default: OUT/{CHART_FILE})", metavar="PNG",
+                               const_flags={"--no-chart": ("", "do not draw the chart")})
 
     def __post_init__(self):
         if not isinstance(self.examples, int) or self.examples < 0:

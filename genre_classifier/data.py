@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_trainer.constants import AUDIO_EXTENSIONS, UNKNOWN_GENRE_DIRS
+from dataset_tools.dataset_format import AUDIO_EXTENSIONS, UNKNOWN_GENRE_DIRS
 
 log = logging.getLogger("genre_classifier")
 MANIFEST = "manifest.jsonl"

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset_tools.atomic import write_json_atomic
+from dataset_tools.cli import option
+
 from .data import LabelledFile, discover
 from .inference import FileScores
 from .metrics import plot_confusion, summarise
-from .model_folder import SPLIT_FILE, read_info, write_json_atomic
+from .model_folder import SPLIT_FILE, read_info
 from .options import RunOptions, existing_dir
 
 log = logging.getLogger("genre_classifier")
@@ -106,10 +109,11 @@ class EvaluateConfig(RunOptions):
     ``out``: report folder (default ``M/eval-<DATA folder name>``). ``include_training_tracks``:
     also score tracks the model was trained or validated on (overstates accuracy).
     """
-    data: Path
-    model: Path
-    out: Path | None = None
-    include_training_tracks: bool = False
+    data: Path = option(help="folder of genre folders", metavar="DATA", positional=True)
+    model: Path = option(help="model folder written by train", metavar="DIR")
+    out: Path | None = option(None, "report folder (default: MODEL/eval-<DATA name>)", metavar="DIR")
+    include_training_tracks: bool = option(False, "also score tracks the model was trained on (overstates "
+                                           "accuracy)")
 
     def __post_init__(self):
         self._check_run_options()

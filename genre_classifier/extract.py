@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from dataset_tools.atomic import atomic_path
 
 from .features import FeatureError, FeatureSettings, TrackFeatures, features_from_audio
 
@@ -86,11 +87,8 @@ def _read_cache(file: Path) -> TrackFeatures | None:
 
 def _write_cache(file: Path, features: TrackFeatures) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".npz", dir=file.parent)
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_path(file) as tmp, open(tmp, "wb") as handle:  # parallel workers never see half a file
             np.savez(handle, mfcc=features.mfcc, duration=features.duration, padded=features.padded)
-        os.replace(tmp, file)  # atomic: parallel workers never see half a file
     except OSError:
         pass  # a read-only or full cache only costs speed, never the run
 

@@ -19,10 +19,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from musicgen_trainer.constants import (
-    CLASSIFIER_HOP_LENGTH, CLASSIFIER_MIN_TRACK_SECONDS, CLASSIFIER_N_FFT, CLASSIFIER_N_MELS,
-    CLASSIFIER_N_MFCC, CLASSIFIER_SAMPLE_RATE, CLASSIFIER_SEGMENT_SECONDS, CLASSIFIER_SILENCE_DBFS,
-)
+# Default feature settings (MFCC CNN); each model saves the ones it was trained with.
+CLASSIFIER_SAMPLE_RATE = 22_050
+CLASSIFIER_N_MFCC = 13
+CLASSIFIER_N_FFT = 2048
+CLASSIFIER_HOP_LENGTH = 512
+CLASSIFIER_SEGMENT_SECONDS = 3.0  # 3 s at 22.05 kHz / hop 512 -> 130 frames
+CLASSIFIER_N_MELS = 128           # mel bands under the MFCCs (librosa's default)
+CLASSIFIER_MIN_TRACK_SECONDS = 0.5  # shorter files are skipped; 0.5-3 s ones are zero-padded
+CLASSIFIER_SILENCE_DBFS = -60.0   # a file whose peak is below this is skipped as silent
 
 # Bump when the numbers `extract_features` produces change for the same settings: it is part
 # of the cache key, so stale cached features are never mixed with new ones.

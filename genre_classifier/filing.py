@@ -18,9 +18,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from dataset_tools.atomic import finish_temp, temp_path, write_text_atomic
 
 from .data import MANIFEST
 
@@ -45,14 +46,11 @@ def caption_with_genre(caption: str, genre: str) -> str:
 
 def _write_new(path: Path, text: str) -> None:
     """Create ``path`` with ``text``; FileExistsError instead of overwriting."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:  # non-UTF-8 names
+    with temp_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as handle:  # non-UTF-8 names
             handle.write(text)
-        _link_no_replace(Path(tmp), path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        finish_temp(tmp)
+        _link_no_replace(tmp, path)
 
 
 def _link_no_replace(src: Path, dst: Path) -> None:
@@ -78,16 +76,11 @@ def place_file(src: Path, dst: Path, move: bool) -> None:
             raise
         except OSError:
             pass  # another filesystem, or no hard links: copy, check, then delete
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    os.close(fd)
-    try:
+    with temp_path(dst) as tmp:  # the copy keeps the source's permissions (copy2)
         shutil.copy2(src, tmp)
         if os.path.getsize(tmp) != os.path.getsize(src):
             raise OSError(f"copy of {src.name} is incomplete (disk full?)")
-        _link_no_replace(Path(tmp), dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _link_no_replace(tmp, dst)
     if move:
         os.unlink(src)
 
@@ -124,10 +117,8 @@ class Manifest:
     def save(self) -> None:
         if not self.changed:
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.name}.", suffix=".part", dir=self.root)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
-            handle.write("".join(line + "\n" for line in self.lines if line is not None))
-        os.replace(tmp, self.file)
+        write_text_atomic(self.file, "".join(line + "\n" for line in self.lines if line is not None),
+                          errors="backslashreplace")  # non-UTF-8 names
         self.changed = False
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dataset_tools.atomic import write_json_atomic
 
 from .features import FeatureSettings, TrackFeatures
 
@@ -36,23 +37,6 @@ PREDICT_BATCH = 1024  # windows per forward pass: large enough to amortise the c
 
 class ModelFolderError(ValueError):
     """A model folder is missing, incomplete, or from another version; ``str()`` says which."""
-
-
-def write_json_atomic(path: Path, data) -> Path:
-    """Write JSON through a temporary file + rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        # backslashreplace: file names that are not UTF-8 become \udcXX escapes, not a crash
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def read_info(folder) -> dict:

@@ -1,10 +1,19 @@
-"""Options every command shares (workers, feature cache, progress bars) and path checks."""
+"""Options every command shares (workers, feature cache, progress bars) and path checks.
+
+The fields of the config dataclasses (``RunOptions`` and its subclasses ``TrainConfig``,
+``EvaluateConfig``, ``TagConfig``) are also the command-line flags of the same names, with
+their help and defaults (``dataset_tools.cli``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataset_tools.cli import option
+
 from .extract import resolve_cache_dir
+
+RUN_GROUP = "feature extraction"  # where --help lists the RunOptions flags
 
 
 @dataclass(kw_only=True)
@@ -12,10 +21,12 @@ class RunOptions:
     """``workers``: feature-extraction processes (None: one per CPU core, up to 8).
     ``cache_dir``: feature cache (None: ``~/.cache/musicgen-finetune/genre_features`` or
     ``$GENRE_CLASSIFIER_CACHE``); ``use_cache=False`` turns it off. ``progress``: show bars."""
-    workers: int | None = None
-    cache_dir: Path | None = None
-    use_cache: bool = True
-    progress: bool = True
+    workers: int | None = option(None, "worker processes (default: one per CPU core)", metavar="N",
+                                 group=RUN_GROUP)
+    cache_dir: Path | None = option(None, "feature cache (default: ~/.cache/musicgen-finetune/genre_features, "
+                                    "or $GENRE_CLASSIFIER_CACHE)", metavar="DIR", group=RUN_GROUP)
+    use_cache: bool = option(True, "read and write the feature cache", aliases=("--no-cache",), group=RUN_GROUP)
+    progress: bool = option(True, "show progress bars", group=RUN_GROUP)
 
     def _check_run_options(self):
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):

@@ -18,10 +18,12 @@ from typing import Sequence
 
 import numpy as np
 
-from musicgen_trainer.constants import UNKNOWN_GENRE_DIRS
+from dataset_tools.atomic import write_json_atomic, write_text_atomic
+from dataset_tools.cli import option
+from dataset_tools.dataset_format import UNKNOWN_GENRE_DIRS
 
 from .data import list_audio_files, read_manifest
-from .model_folder import read_info, write_json_atomic
+from .model_folder import read_info
 from .options import RunOptions, existing_dir
 
 log = logging.getLogger("genre_classifier")
@@ -59,12 +61,15 @@ class TagConfig(RunOptions):
     """``tag DIR --model M``. ``apply``: None (dry run), "copy" or "move" into ``into``
     (default: DIR's parent when DIR is an ``unknown/`` folder). ``report``: CSV path (default
     ``DIR/genre_tags.csv``, never overwriting an older one); the JSON goes next to it."""
-    directory: Path
-    model: Path
-    min_confidence: float = 0.6
-    apply: str | None = None
-    into: Path | None = None
-    report: Path | None = None
+    directory: Path = option(help="folder of tracks to tag, e.g. datasets/mine/unknown", metavar="DIR",
+                             positional=True)
+    model: Path = option(help="model folder written by train", metavar="DIR")
+    min_confidence: float = option(0.6, "below this, a track stays unknown", metavar="P")
+    apply: str | None = option(None, "file tagged tracks (default: dry run)", choices=APPLY_MODES)
+    into: Path | None = option(None, "dataset holding the genre folders (default: DIR's parent when DIR is "
+                               "unknown/)", metavar="DATASET")
+    report: Path | None = option(None, "results CSV (default: DIR/genre_tags.csv; a JSON twin is written "
+                                 "next to it)", metavar="CSV")
 
     def __post_init__(self):
         self._check_run_options()
@@ -148,9 +153,7 @@ def write_results(result: TagResult, meta: dict) -> None:
     writer.writeheader()
     for row in result.rows:
         writer.writerow(asdict(row))
-    tmp = result.csv_path.with_name(f".{result.csv_path.name}.part")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")  # non-UTF-8 names
-    os.replace(tmp, result.csv_path)
+    write_text_atomic(result.csv_path, buffer.getvalue(), errors="backslashreplace")  # non-UTF-8 names
     write_json_atomic(result.json_path, {**meta, "counts": result.counts(), "rows": [asdict(r) for r in result.rows]})
 
 

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dataset_tools.atomic import write_json_atomic
+from dataset_tools.cli import option
+
 from .data import DatasetError, Split, check_genres, discover, split_by_track
 from .evaluation import TrackScores, format_report, score_tracks, write_report
 from .extract import extract_many
 from .features import FeatureSettings
 from .model import HEADS
-from .model_folder import INFO_FILE, MODEL_FILE, REPORT_DIR, SPLIT_FILE, Classifier, write_json_atomic
+from .model_folder import INFO_FILE, MODEL_FILE, REPORT_DIR, SPLIT_FILE, Classifier
 from .options import RunOptions, existing_dir
 
 log = logging.getLogger("genre_classifier")
@@ -38,20 +41,22 @@ class TrainConfig(RunOptions):
     window positions, gain and time masks. ``calibrate``: fit a softmax temperature on the
     validation split so confidences (and ``tag --min-confidence``) mean what they say.
     """
-    data: Path
-    out: Path
-    epochs: int = 60
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.004
-    patience: int = 8
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-    head: str = "baseline"
-    augment: bool = False
-    calibrate: bool = False
-    overwrite: bool = False
+    data: Path = option(help="folder of genre folders (raw or dataset_tools output)", metavar="DATA",
+                        positional=True)
+    out: Path = option(help="model folder (default: checkpoints/genre-<DATA name>)", metavar="DIR")
+    epochs: int = option(60, "maximum epochs", metavar="N")
+    batch_size: int = option(32, "segments per step", metavar="N")
+    learning_rate: float = option(1e-4, "AdamW learning rate", metavar="LR")
+    weight_decay: float = option(0.004, "AdamW weight decay", metavar="WD")
+    patience: int = option(8, "early stopping: epochs without validation improvement", metavar="N")
+    val_fraction: float = option(0.15, "share of each genre's tracks for validation", metavar="F")
+    test_fraction: float = option(0.15, "share of each genre's tracks for the test", metavar="F")
+    seed: int = option(0, "seed of the split and the training", metavar="N")
+    head: str = option("baseline", "classifier head: baseline (Flatten+Dense) or gap (global pooling)",
+                       choices=HEADS)
+    augment: bool = option(False, "random window positions, gain and time masks")
+    calibrate: bool = option(False, "fit a temperature on the validation split so confidences are honest")
+    overwrite: bool = option(False, "replace a model already in --out")
     features: FeatureSettings = FeatureSettings()
 
     def __post_init__(self):

@@ -1,23 +1,35 @@
-"""MusicGen fine-tuning: model loading, training, generation.
+"""MusicGen fine-tuning: load a model, train it on a prepared dataset, generate from it.
 
-Heavy modules (torch, audiocraft) load on first use, so `import musicgen_trainer`
-and `musicgen_trainer.constants` stay cheap for the dataset tools.
+The public surface (heavy modules such as torch and audiocraft load on first use)::
+
+    from musicgen_trainer import load_model, TrainConfig, train, GenerationConfig, generate
+    model = load_model("tiny")                                   # or a hub name, or an export folder
+    export = train(TrainConfig(data="datasets/mine", model="tiny", out="checkpoints/run", steps=10))
+    wav = generate(load_model(export), ["Jazz music, piano trio"], GenerationConfig(duration=4))
+
+Where things are: docs/architecture.md.
 """
-import os
 from importlib import import_module
-
-# TensorFlow is imported indirectly (tensorboard); keep its C++ INFO logs out of our output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "musicgen_trainer.loading",
-    "export_model": "musicgen_trainer.loading",
-    "model_summary": "musicgen_trainer.loading",
-    "ModelUnavailableError": "musicgen_trainer.loading",
+    # models
+    "load_model": "musicgen_trainer.models",
+    "model_summary": "musicgen_trainer.models",
+    "ModelUnavailableError": "musicgen_trainer.models",
+    "export_model": "musicgen_trainer.exports",
+    "export_info": "musicgen_trainer.exports",
+    "find_exports": "musicgen_trainer.exports",
     "build_tiny_musicgen": "musicgen_trainer.tiny",
+    # training
+    "TrainConfig": "musicgen_trainer.train_config",
+    "train": "musicgen_trainer.finetune",
+    # generation
+    "GenerationConfig": "musicgen_trainer.generation",
     "generate": "musicgen_trainer.generation",
+    "ClipRequest": "musicgen_trainer.outputs",
+    "generate_to_files": "musicgen_trainer.outputs",
 }
 
 

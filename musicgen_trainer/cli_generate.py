@@ -12,47 +12,51 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import re
+import dataclasses
 import secrets
 import sys
 import time
 import typing as tp
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import GENERATION_MAX_BATCH, MUSICGEN_EXTEND_STRIDE
+from dataset_tools.cli import add_dataclass_options, dataclass_from_args, option
+
+from .generation import GenerationConfig
+
+GENERATION_MAX_BATCH = 64         # prompts in one generate.py call
 
 
 @dataclass
 class GenerateOptions:
-    """One generate.py request, validated on construction (ValueError with a readable reason)."""
-    model: str = "facebook/musicgen-small"
-    prompts: tp.List[str] = field(default_factory=list)
-    genres: tp.List[str] = field(default_factory=list)
-    bpm: tp.Optional[float] = None
-    key: tp.Optional[str] = None
-    duration: float = 8.0
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    cfg_coef: float = 3.0
-    seed: tp.Optional[int] = None          # None: a random seed, recorded in the JSON
-    extend_stride: float = MUSICGEN_EXTEND_STRIDE
-    audio_prompt: tp.Optional[Path] = None
-    prompt_seconds: tp.Optional[float] = None
-    melody: tp.Optional[Path] = None
-    out: Path = Path("outputs")
-    mp3: bool = False
-    midi: bool = False
-    device: tp.Optional[str] = None
+    """One generate.py request, validated on construction (ValueError with a readable reason).
+    Each field is the flag of the same name; the sampling settings are ``generation``'s."""
+    model: str = option("facebook/musicgen-small", "hub name (facebook/musicgen-small...), 'tiny', or an export "
+                        "folder from train.py")
+    prompts: tp.List[str] = option(help="text prompt; repeat the flag for several (one output each, generated "
+                                   "as a batch)", aliases=("--prompt",), repeat=True, metavar="TEXT",
+                                   default_factory=list)
+    genres: tp.List[str] = option(help="genres, e.g. jazz,rock: turned into a caption the way the dataset tools "
+                                  "write them, before each prompt", metavar="GENRE", default_factory=list)
+    bpm: tp.Optional[float] = option(None, "tempo words for the caption (e.g. 90)")
+    key: tp.Optional[str] = option(None, "key words for the caption (e.g. 'A minor')")
+    audio_prompt: tp.Optional[Path] = option(None, "audio file to continue (its last --prompt-seconds are used)",
+                                             metavar="FILE")
+    prompt_seconds: tp.Optional[float] = option(None, "how much of the audio prompt's end to use (default: half "
+                                                "the model's window)", metavar="S")
+    melody: tp.Optional[Path] = option(None, "audio whose melody to follow (melody models such as "
+                                       "facebook/musicgen-melody)", metavar="FILE")
+    out: Path = option(Path("outputs"), "output folder", metavar="DIR")
+    mp3: bool = option(False, "also write an MP3 of each clip")
+    midi: bool = option(False, "also write a MIDI transcription (basic-pitch)")
+    device: tp.Optional[str] = option(None, "cpu or cuda (default: cuda when available)")
+    # Sampling: every GenerationConfig field is a flag too; seed None means a random one.
+    generation: GenerationConfig = dataclasses.field(default_factory=lambda: GenerationConfig(seed=None))
 
     def __post_init__(self):
-        from .generation import GenerationConfig
-        from .prompting import parse_genres
+        from .outputs import parse_genres
         self.genres = parse_genres(self.genres)
         self.out = Path(self.out)
-        if self.seed is None:
-            self.seed = secrets.randbelow(2 ** 31)
         if len(self.prompts) > GENERATION_MAX_BATCH:
             raise ValueError(f"at most {GENERATION_MAX_BATCH} prompts per run, got {len(self.prompts)}")
         if self.bpm is not None and not 20 <= self.bpm <= 400:
@@ -72,80 +76,38 @@ class GenerateOptions:
             raise ValueError("--audio-prompt and --melody cannot be combined: choose one")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} exists and is not a folder")
-        self.generation = GenerationConfig(duration=self.duration, top_k=self.top_k, top_p=self.top_p,
-                                           temperature=self.temperature, cfg_coef=self.cfg_coef,
-                                           seed=self.seed, extend_stride=self.extend_stride)
+        if self.generation.seed is None:  # a random seed, recorded in the JSON
+            self.generation = dataclasses.replace(self.generation, seed=secrets.randbelow(2 ** 31))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """One flag per ``GenerateOptions`` field, then one per ``GenerationConfig`` field (sampling)."""
     p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="facebook/musicgen-small",
-                   help="hub name (facebook/musicgen-small...), 'tiny', or an export folder from train.py")
-    p.add_argument("--prompt", action="append", default=[],
-                   help="text prompt; repeat for several (one output each, generated as a batch)")
-    p.add_argument("--genres", default="",
-                   help="comma-separated genres, e.g. jazz,rock: turned into a caption the way the "
-                        "dataset tools write them, before each prompt")
-    p.add_argument("--bpm", type=float, default=None, help="tempo words for the caption (e.g. 90)")
-    p.add_argument("--key", default=None, help="key words for the caption (e.g. 'A minor')")
-    p.add_argument("--duration", type=float, default=8.0,
-                   help="seconds of new audio per prompt; beyond the model's window (30 s) by "
-                        "windowed continuation (default 8)")
-    p.add_argument("--audio-prompt", type=Path, default=None,
-                   help="audio file to continue (its last --prompt-seconds are used)")
-    p.add_argument("--prompt-seconds", type=float, default=None,
-                   help="how much of the audio prompt's end to use (default: half the model's window)")
-    p.add_argument("--melody", type=Path, default=None,
-                   help="audio whose melody to follow (melody models such as facebook/musicgen-melody)")
-    p.add_argument("--top-k", type=int, default=250, help="sample from the k most likely codes (default 250)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold; 0 uses top-k (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1)")
-    p.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance strength (default 3)")
-    p.add_argument("--extend-stride", type=float, default=MUSICGEN_EXTEND_STRIDE,
-                   help="seconds added per window beyond the model's window (default 18)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="random seed: same seed, same output (default: a random one, recorded in the JSON)")
-    p.add_argument("--mp3", action="store_true", help="also write an MP3 of each clip")
-    p.add_argument("--midi", action="store_true", help="also write a MIDI transcription (basic-pitch)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    add_dataclass_options(p, GenerateOptions, exclude=("generation",))
+    add_dataclass_options(p.add_argument_group("sampling"), GenerationConfig,
+                          defaults={"seed": None})  # no --seed: a random one, recorded in the JSON
     return p
 
 
-def slug(text: str, limit: int = 48) -> str:
-    text = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
-    return text[:limit].rstrip("_") or "unconditional"
-
-
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    return GenerateOptions(model=args.model, prompts=list(args.prompt), genres=args.genres, bpm=args.bpm,
-                           key=args.key, duration=args.duration, top_k=args.top_k, top_p=args.top_p,
-                           temperature=args.temperature, cfg_coef=args.cfg_coef, seed=args.seed,
-                           extend_stride=args.extend_stride, audio_prompt=args.audio_prompt,
-                           prompt_seconds=args.prompt_seconds, melody=args.melody, out=args.out,
-                           mp3=args.mp3, midi=args.midi, device=args.device)
+    return dataclass_from_args(GenerateOptions, args, generation=dataclass_from_args(GenerationConfig, args))
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status: 0 done, 2 bad input, 1 failed while working (e.g. disk full), 130 interrupted."""
     from dataset_tools.audio_io import AudioDecodeError
+    from dataset_tools.cli import run_command
 
-    from .loading import ModelUnavailableError
-    from .transcribe import TranscriptionUnavailable
-    try:
+    from .media import TranscriptionUnavailable
+    from .models import ModelUnavailableError
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
         run(options_from_args(args))
-    except (ModelUnavailableError, ValueError, AudioDecodeError, TranscriptionUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, permission denied on --out: a failure while working
-        from .atomic import os_error_line
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_command(command, input_errors=(ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable))
 
 
 def _read_audio(flag: str, path: Path):
@@ -163,15 +125,19 @@ def _read_audio(flag: str, path: Path):
 def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list:
     """Load, generate one clip per prompt (one batch), write the files; returns ``OutputFiles`` list."""
     from .exports import export_info, is_export
-    from .generation import generate, generate_continuation, generate_with_melody
-    from .loading import load_model
-    from .outputs import unique_stems, write_outputs
-    from .prompting import build_prompts, unknown_genres
+    from .models import load_model
+    from .outputs import ClipRequest, generate_to_files, slug, unique_stems, unknown_genres
 
     # Read inputs before the (slow) model load, so a bad file fails at once.
     prompt_audio = _read_audio("--audio-prompt", options.audio_prompt) if options.audio_prompt else None
     melody = _read_audio("--melody", options.melody) if options.melody else None
-    prompts = build_prompts(options.prompts, options.genres, bpm=options.bpm, key=options.key)
+    request = ClipRequest(model_name=str(options.model), user_prompts=list(options.prompts),
+                          generation=options.generation, genres=options.genres, bpm=options.bpm, key=options.key,
+                          prompt_audio=prompt_audio, prompt_seconds=options.prompt_seconds, melody=melody,
+                          prompt_audio_name=str(options.audio_prompt) if options.audio_prompt else None,
+                          melody_name=str(options.melody) if options.melody else None,
+                          mp3=options.mp3, midi=options.midi)
+    prompts = request.prompts
 
     started = time.time()
     model = load_model(options.model, device=options.device)
@@ -185,56 +151,19 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
                 f"({', '.join(known)})")
     cfg = options.generation
     log(f"generating {len(prompts)} x {cfg.duration:g} s (seed {cfg.seed})")
-    started = time.time()
-    kept_prompt = None  # [C, P] at the model's rate: the part of the audio prompt used
-    if prompt_audio is not None:
-        from .generation import prepare_audio_prompt
-        kept_prompt = prepare_audio_prompt(model, prompt_audio[0], prompt_audio[1], options.prompt_seconds)[0]
-        log(f"continuing the last {kept_prompt.shape[-1] / model.sample_rate:.2f} s of {options.audio_prompt}")
-        wavs = generate_continuation(model, kept_prompt, model.sample_rate, prompts, cfg, progress=True,
-                                     max_prompt_seconds=options.prompt_seconds)
-    elif melody is not None:
-        wavs = generate_with_melody(model, melody[0], melody[1], prompts, cfg, progress=True)
-    else:
-        wavs = generate(model, prompts, cfg, progress=True)
-    elapsed = time.time() - started
-    log(f"generated in {elapsed:.1f} s ({len(prompts) * cfg.duration / max(elapsed, 1e-9):.2f} s of new audio "
-        f"per second)")
-
     options.out.mkdir(parents=True, exist_ok=True)
     names = [options.prompts[i] if i < len(options.prompts) else "" for i in range(len(prompts))]
     names = [slug(n or " ".join(options.genres)) for n in names]
     stems = unique_stems(options.out, [f"{i:02d}_{n}_s{cfg.seed}" for i, n in enumerate(names)])
-    written = []
-    for i, (stem, prompt, wav) in enumerate(zip(stems, prompts, wavs)):
-        params = _params(options, model, prompt, i, elapsed)
-        params["audio_prompt_seconds_used"] = None if kept_prompt is None else \
-            round(kept_prompt.shape[-1] / model.sample_rate, 6)
-        files = write_outputs(stem, wav.numpy(), model.sample_rate, params, mp3=options.mp3, midi=options.midi,
-                              prompt_audio=None if kept_prompt is None else kept_prompt.numpy(),
-                              prompt_rate=model.sample_rate, title=prompt or "(no text)")
+    result = generate_to_files(model, request, stems, progress=True)
+    elapsed = result.generation_seconds
+    if result.prompt_seconds_used is not None:
+        log(f"continued the last {result.prompt_seconds_used:.2f} s of {options.audio_prompt}")
+    log(f"generated in {elapsed:.1f} s ({len(prompts) * cfg.duration / max(elapsed, 1e-9):.2f} s of new audio "
+        f"per second)")
+    for files in result.files:
         log("wrote " + ", ".join(str(p) for p in files.paths()))
-        written.append(files)
-    return written
-
-
-def _params(options: GenerateOptions, model, prompt: str, index: int, elapsed: float) -> dict:
-    import audiocraft
-    cfg = options.generation
-    return {
-        "model": str(options.model),
-        "prompt": prompt,
-        "user_prompt": options.prompts[index] if index < len(options.prompts) else "",
-        "genres": options.genres, "bpm": options.bpm, "key": options.key,
-        "batch_index": index, "batch_size": max(1, len(options.prompts)),
-        **cfg.to_dict(),
-        "audio_prompt": str(options.audio_prompt) if options.audio_prompt else None,
-        "prompt_seconds": options.prompt_seconds,
-        "melody": str(options.melody) if options.melody else None,
-        "sample_rate": int(model.sample_rate), "channels": int(model.audio_channels),
-        "model_window_seconds": float(model.max_duration),
-        "generation_seconds": round(elapsed, 3), "audiocraft": audiocraft.__version__,
-    }
+    return result.files
 
 
 if __name__ == "__main__":

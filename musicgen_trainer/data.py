@@ -1,26 +1,43 @@
-"""Find the training clips and their captions in any of the dataset layouts we accept.
+"""The training data: find clips and captions, encode them once into cached codes, and draw
+deterministic batches of random crops from those codes.
 
-Accepted ``--data``:
-- a folder written by ``dataset_tools prepare`` (``manifest.jsonl`` + ``.wav``/``.txt``/``.json``);
-- an audiocraft ``data.jsonl`` file (or a folder holding one), whose lines give ``path``;
-- a plain folder of audio files with same-named ``.txt`` captions (searched recursively).
-
-The caption of a clip is the ``description`` of its ``.json`` (what audiocraft feeds T5), else
-its ``.txt``, else the manifest line's ``description``, else empty (trained unconditioned,
-with a warning). The validation split is fixed by track: taken from the manifest's ``split``
-when present, otherwise decided by a hash of the track name, so segments of one track never
-straddle the split and the split never changes between runs.
+Three stages, top to bottom: discovery (``find_clips``: any dataset layout we accept, and the
+by-track validation split), the code cache (``CodeCache``: EnCodec codes on disk, keyed by file
+and model), and batches (``CropSampler``/``collate``: ``CodeBatch`` micro-batches whose every
+random choice is drawn from ``(seed, index)``, so resume and data parallelism are exact).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import AUDIO_EXTENSIONS
+import numpy as np
+import torch
+
+from dataset_tools.atomic import atomic_path
+from dataset_tools.dataset_format import AUDIO_EXTENSIONS
+
+
+# --- dataset discovery ---------------------------------------------------------------------
+
+# Find the training clips and their captions in any of the dataset layouts we accept.
+#
+# Accepted ``--data``:
+# - a folder written by ``dataset_tools prepare`` (``manifest.jsonl`` + ``.wav``/``.txt``/``.json``);
+# - an audiocraft ``data.jsonl`` file (or a folder holding one), whose lines give ``path``;
+# - a plain folder of audio files with same-named ``.txt`` captions (searched recursively).
+#
+# The caption of a clip is the ``description`` of its ``.json`` (what audiocraft feeds T5), else
+# its ``.txt``, else the manifest line's ``description``, else empty (trained unconditioned,
+# with a warning). The validation split is fixed by track: taken from the manifest's ``split``
+# when present, otherwise decided by a hash of the track name, so segments of one track never
+# straddle the split and the split never changes between runs.
 
 MANIFEST_NAMES = ("manifest.jsonl", "data.jsonl")
 
@@ -140,3 +157,223 @@ def split_clips(clips: tp.Sequence[Clip]) -> tuple[list[Clip], list[Clip]]:
     if not train:
         return list(clips), []
     return train, valid
+
+
+# --- code cache ----------------------------------------------------------------------------
+
+# Encode every clip once with the model's compression model and keep the codes on disk.
+#
+# Training then reads small integer arrays instead of decoding, resampling and running
+# EnCodec at every step (what most MusicGen trainers do). A cache entry is keyed by the
+# file (absolute path, size, modification time) and by a fingerprint of the compression
+# model's weights and settings, so an edited file or another model re-encodes and nothing
+# stale is ever reused. Entries are written atomically.
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("MUSICGEN_CODE_CACHE",
+                                        Path.home() / ".cache" / "musicgen-finetune" / "codes"))
+ENCODE_CHUNK_SECONDS = 60  # bounded memory for long files; a multiple of the hop length
+
+
+def compression_fingerprint(compression_model) -> str:
+    """Hash of the compression model's weights and settings (16 hex chars)."""
+    h = hashlib.sha1()
+    h.update(f"{compression_model.sample_rate}|{compression_model.channels}|"
+             f"{compression_model.num_codebooks}|{compression_model.cardinality}".encode())
+    for name, tensor in sorted(compression_model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _entry_name(path: Path, fingerprint: str) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{fingerprint}"
+    return hashlib.sha1(key.encode()).hexdigest() + ".npy"
+
+
+@torch.no_grad()
+def encode_file(compression_model, path: Path) -> np.ndarray:
+    """Decode ``path``, resample to the model's rate, downmix, encode.
+
+    Returns:
+        int16 codes ``[K, T]`` with T = frames at ``compression_model.frame_rate``.
+    """
+    from dataset_tools.audio_io import load_audio
+
+    sr = compression_model.sample_rate
+    channels = compression_model.channels
+    audio, _ = load_audio(path, sample_rate=sr, mono=channels == 1)
+    wav = torch.from_numpy(audio)
+    wav = wav[None] if wav.dim() == 1 else wav
+    if wav.shape[0] != channels:  # mono file for a stereo model, or >2 channels
+        wav = wav.mean(0, keepdim=True).expand(channels, -1) if channels > 1 else wav.mean(0, keepdim=True)
+    device = next(compression_model.parameters()).device
+    chunk = ENCODE_CHUNK_SECONDS * sr
+    parts = []
+    for start in range(0, wav.shape[-1], chunk):
+        piece = wav[:, start:start + chunk].to(device)[None]  # [1, C, n]
+        codes, _ = compression_model.encode(piece)           # [1, K, frames]
+        parts.append(codes[0].to(torch.int16).cpu())
+    return torch.cat(parts, dim=-1).numpy()
+
+
+def _save_atomic(array: np.ndarray, path: Path) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+class CodeCache:
+    """Codes of a dataset for one compression model (see module doc)."""
+
+    def __init__(self, compression_model, cache_dir: tp.Union[str, Path, None] = None):
+        self.compression_model = compression_model
+        self.fingerprint = compression_fingerprint(compression_model)
+        self.dir = Path(cache_dir or DEFAULT_CACHE_DIR) / self.fingerprint
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def codes_for(self, clips: tp.Sequence[Clip], progress: bool = True,
+                  ) -> tuple[list[np.ndarray], list[Clip], list[tuple[Clip, str]]]:
+        """Codes of each clip, encoding only those not cached yet.
+
+        Returns:
+            (codes, kept_clips, skipped): int16 arrays ``[K, T]`` (memory-mapped) for the
+            clips that could be read, those clips, and ``(clip, reason)`` for the others.
+        """
+        from tqdm.auto import tqdm
+
+        from dataset_tools.audio_io import AudioDecodeError
+
+        codes, kept, skipped = [], [], []
+        todo = []
+        for clip in clips:
+            try:
+                entry = self.dir / _entry_name(clip.path, self.fingerprint)
+            except OSError as exc:
+                skipped.append((clip, f"cannot read file: {exc.strerror or exc}"))
+                continue
+            todo.append((clip, entry))
+        missing = sum(not e.exists() for _, e in todo)
+        bar = tqdm(total=missing, desc="encoding audio (once)", unit="file", disable=not progress or not missing)
+        for clip, entry in todo:
+            if not entry.exists():
+                try:
+                    array = encode_file(self.compression_model, clip.path)
+                except (AudioDecodeError, OSError, RuntimeError) as exc:
+                    skipped.append((clip, str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__))
+                    bar.update(1)
+                    continue
+                if array.shape[-1] == 0:
+                    skipped.append((clip, "shorter than one codec frame"))
+                    bar.update(1)
+                    continue
+                _save_atomic(array, entry)
+                bar.update(1)
+            codes.append(np.load(entry, mmap_mode="r"))
+            kept.append(clip)
+        bar.close()
+        for clip, reason in skipped:
+            logger.warning("skipped %s: %s", clip.path, reason)
+        return codes, kept, skipped
+
+
+# --- batches -------------------------------------------------------------------------------
+
+# Deterministic batches of random crops from cached codes.
+#
+# Every random choice (the order of clips, each crop's start, word dropout, the batch-level
+# condition dropout) is drawn from a generator seeded by ``(seed, index)``, where the index
+# counts items or micro-batches since the start of training. So micro-batch ``i`` is the same
+# whatever the number of processes or accumulation steps, and resuming at step ``n`` needs
+# nothing but ``n``: the data position is the step.
+
+@dataclass
+class CodeBatch:
+    """A micro-batch.
+
+    codes: ``[B, K, T]`` long; frame_valid: ``[B, T]`` bool (False on padding);
+    captions: B strings, or ``None`` for the null condition (classifier-free guidance dropout).
+    """
+    codes: torch.Tensor
+    frame_valid: torch.Tensor
+    captions: list
+    dropped: bool = False
+
+    def to(self, device) -> "CodeBatch":
+        return CodeBatch(self.codes.to(device, non_blocking=True),
+                         self.frame_valid.to(device, non_blocking=True), self.captions, self.dropped)
+
+
+def word_dropout(caption: str, p: float, rng: np.random.Generator) -> str:
+    """audiocraft's T5 word dropout: each space-separated word is kept with probability 1-p."""
+    if p <= 0 or not caption:
+        return caption
+    return " ".join(w for w in caption.split(" ") if rng.random() >= p)
+
+
+def collate(crops: tp.Sequence[np.ndarray], captions: list, n_frames: int, dropped: bool = False) -> CodeBatch:
+    """Right-pad crops ``[K, t_i]`` (t_i <= n_frames) into a batch; padding is masked."""
+    k = crops[0].shape[0]
+    codes = torch.zeros(len(crops), k, n_frames, dtype=torch.long)
+    valid = torch.zeros(len(crops), n_frames, dtype=torch.bool)
+    for i, crop in enumerate(crops):
+        t = crop.shape[-1]
+        codes[i, :, :t] = torch.from_numpy(np.asarray(crop, dtype=np.int64))
+        valid[i, :t] = True
+    return CodeBatch(codes, valid, list(captions), dropped)
+
+
+class CropSampler:
+    """Training micro-batches: ``micro_batch(i)`` for i = 0, 1, 2, ...
+
+    Clips are visited in a fresh permutation each epoch; each visit takes a random window
+    of ``n_frames`` (the whole clip, padded, when shorter).
+    """
+
+    def __init__(self, codes: tp.Sequence[np.ndarray], captions: tp.Sequence[str], n_frames: int,
+                 batch_size: int, seed: int = 0, cond_dropout: float = 0.3, word_dropout_p: float = 0.3):
+        if not codes:
+            raise ValueError("no training clips")
+        self.codes, self.captions = list(codes), list(captions)
+        self.n_frames, self.batch_size, self.seed = n_frames, batch_size, seed
+        self.cond_dropout, self.word_dropout_p = cond_dropout, word_dropout_p
+        self._perm_epoch, self._perm = -1, None
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.codes))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def item(self, visit: int) -> tuple[np.ndarray, str]:
+        """The ``visit``-th clip visit: (codes crop ``[K, <=n_frames]``, caption)."""
+        epoch, position = divmod(visit, len(self.codes))
+        index = int(self._permutation(epoch)[position])
+        codes = self.codes[index]
+        rng = np.random.default_rng([self.seed, 1, visit])
+        start = int(rng.integers(0, max(0, codes.shape[-1] - self.n_frames) + 1))
+        caption = word_dropout(self.captions[index], self.word_dropout_p, rng)
+        return codes[:, start:start + self.n_frames], caption
+
+    def micro_batch(self, index: int) -> CodeBatch:
+        first = index * self.batch_size
+        items = [self.item(first + j) for j in range(self.batch_size)]
+        # One draw per micro-batch, as audiocraft's ClassifierFreeGuidanceDropout does.
+        dropped = bool(np.random.default_rng([self.seed, 2, index]).random() < self.cond_dropout)
+        captions = [None if dropped else c for _, c in items]
+        return collate([c for c, _ in items], captions, self.n_frames, dropped)
+
+    def epoch_of(self, micro_batch_index: int) -> float:
+        return micro_batch_index * self.batch_size / len(self.codes)
+
+
+def validation_batches(codes: tp.Sequence[np.ndarray], captions: tp.Sequence[str], n_frames: int,
+                       batch_size: int) -> tp.Iterator[CodeBatch]:
+    """Fixed validation batches: the first window of every clip, real captions, no dropout."""
+    for start in range(0, len(codes), batch_size):
+        crops = [c[:, :n_frames] for c in codes[start:start + batch_size]]
+        yield collate(crops, list(captions[start:start + batch_size]), n_frames)

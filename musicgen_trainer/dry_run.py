@@ -40,9 +40,9 @@ def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_di
 
 
 def describe(config: TrainConfig) -> dict:
-    from .loading import load_model, model_summary
-    from .trainer import total_steps
-    from .training import apply_freeze, resolve_precision
+    from .models import load_model, model_summary
+    from .finetune import total_steps
+    from .step import apply_freeze, resolve_precision
 
     clips = find_clips(config.data, config.valid_fraction, config.seed)
     model = load_model(config.model, device="cpu")

@@ -16,8 +16,14 @@ import typing as tp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_path
-from .loading import COMPRESSION_FILE, EXPORT_INFO_FILE, LM_FILE
+from dataset_tools.atomic import atomic_path
+
+from .checkpoint_io import atomic_torch_save
+from .tiny import is_tiny_config, tiny_export_extras
+
+LM_FILE = "state_dict.bin"
+COMPRESSION_FILE = "compression_state_dict.bin"
+EXPORT_INFO_FILE = "export_info.json"  # what an export was trained on, readable without opening the weights
 
 MAX_DEPTH = 4  # checkpoints/<run>/export is depth 2; leave room for nested layouts
 
@@ -51,6 +57,51 @@ def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Pa
         if is_export(here):
             found.append(here)
     return sorted(found)
+
+
+def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optional[dict] = None,
+                 extra: tp.Optional[dict] = None) -> Path:
+    """Write ``model`` to ``folder`` in audiocraft's layout; returns the folder.
+
+    ``state_dict.bin`` holds ``{'xp.cfg', 'best_state'}`` (plus, for tiny models, the frozen
+    text encoder's weights) and ``compression_state_dict.bin`` the compression model, so
+    ``MusicGen.get_pretrained(folder)`` and ``load_model(folder)`` both accept it. Files are
+    written to temporary names and renamed, so a crash never leaves a half-written export.
+
+    Args:
+        lm_state: LM weights to export instead of ``model.lm.state_dict()`` (e.g. EMA weights).
+        extra: JSON-able facts merged into ``xp.cfg['musicgen_trainer']`` (e.g. training data genres).
+    """
+    from omegaconf import OmegaConf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    xp_cfg = OmegaConf.to_container(model.lm.cfg, resolve=True)
+    xp_cfg["device"] = "cpu"
+    if extra:
+        xp_cfg.setdefault("musicgen_trainer", {}).update(extra)
+    state = lm_state if lm_state is not None else model.lm.state_dict()
+    lm_pkg = {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in state.items()}}
+    if is_tiny_config(xp_cfg):
+        lm_pkg.update(tiny_export_extras(model))
+    compression_pkg = _compression_package(model, xp_cfg)
+    atomic_torch_save(lm_pkg, folder / LM_FILE)
+    atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
+    write_export_info(folder, xp_cfg)
+    return folder
+
+
+def _compression_package(model, xp_cfg: dict) -> dict:
+    """The compression model's package: rebuilt from config for local models, or the
+    pretrained one's own package (copied from the hub cache) for released models."""
+    ours = xp_cfg.get("musicgen_trainer") or {}
+    if not is_tiny_config(xp_cfg):
+        # A released model (or a fine-tune of one): its compression model is unchanged by
+        # training, so the base's own package (hub cache or export folder) is copied as is.
+        from audiocraft.models.loaders import load_compression_model_ckpt
+        return load_compression_model_ckpt(ours.get("base_model") or model.name)
+    compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
+    return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
 
 
 INFO_FORMAT = "musicgen_trainer.export_info"

@@ -25,7 +25,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .constants import GENERATION_MAX_SECONDS
+from dataset_tools.cli import option
+
+
+GENERATION_MAX_SECONDS = 600.0    # longest clip generated in one request (windowed beyond the model's window)
+EXTEND_STRIDE = 18.0              # audiocraft's default stride for generation beyond the window
 
 ProgressFn = tp.Callable[[int, int], None]
 Progress = tp.Union[bool, ProgressFn, None]
@@ -33,18 +37,21 @@ Progress = tp.Union[bool, ProgressFn, None]
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings (audiocraft's defaults: top-k 250, CFG coefficient 3).
+    """Sampling settings (audiocraft's defaults: top-k 250, CFG coefficient 3). Each field is
+    also generate.py's flag of the same name and the web page's control of the same meaning.
 
     ``duration`` is the length of new audio in seconds (after the audio prompt, if any).
     """
-    duration: float = 8.0
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    cfg_coef: float = 3.0
-    seed: tp.Optional[int] = 0
-    extend_stride: float = 18.0
-    use_sampling: bool = True
+    duration: float = option(8.0, "seconds of new audio per prompt; beyond the model's window (30 s) by "
+                             "windowed continuation", metavar="S")
+    top_k: int = option(250, "sample from the k most likely codes (0: off)")
+    top_p: float = option(0.0, "nucleus sampling threshold; 0 uses top-k")
+    temperature: float = option(1.0, "softmax temperature")
+    cfg_coef: float = option(3.0, "classifier-free guidance strength")
+    seed: tp.Optional[int] = option(0, "random seed: same seed, same output (generate.py and the page: a "
+                                    "random one unless given, recorded in the JSON)")
+    extend_stride: float = option(EXTEND_STRIDE, "seconds added per window beyond the model's window", metavar="S")
+    use_sampling: bool = option(True, "sample (off: always the most likely code)")
 
     def __post_init__(self):
         if not isinstance(self.duration, (int, float)) or not math.isfinite(self.duration) \

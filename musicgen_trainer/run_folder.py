@@ -1,4 +1,5 @@
-"""A run folder belongs to one training run, and train.py touches only what it wrote there.
+"""A run folder and its training states: one run per folder, states written atomically and read
+without running code, and train.py touching only what it wrote.
 
 ``OUT/run.json`` is written when a run starts in a folder and records the run: its id, base
 model, creation time, options, and the training states it saved. With it:
@@ -14,13 +15,102 @@ model, creation time, options, and the training states it saved. With it:
 from __future__ import annotations
 
 import json
+import random
+import re
 import secrets
 import time
 import typing as tp
 from pathlib import Path
 
-from . import checkpoints
-from .atomic import atomic_path
+import numpy as np
+import torch
+
+from dataset_tools.atomic import atomic_path
+
+from .checkpoint_io import atomic_torch_save, load_checkpoint
+
+
+# --- training states -----------------------------------------------------------------------
+
+# Full training states on disk: written atomically, read without running code, found again
+# for --resume. Which states belong to a run (and so may be pruned) is the run folder's record
+# (below), not a file-name pattern.
+
+STATE_FORMAT = "musicgen_trainer.train_state"
+STATE_VERSION = 2  # 2: RNG states as plain lists (loads weights-only); 1 pickled numpy arrays
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def state_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def list_states(folder: Path) -> list[Path]:
+    """Saved states in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+
+
+def save_state(folder: Path, step: int, state: dict) -> Path:
+    """Write the state for ``step`` (atomically: a crash leaves the previous file or none)."""
+    path = state_path(folder, step)
+    atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **state}, path)
+    return path
+
+
+def load_state(path: Path) -> dict:
+    """A training state written by train.py; ``CheckpointError``/``ValueError`` (one line) otherwise.
+    Loaded weights-only: a state that holds other Python objects is refused, never run."""
+    state = load_checkpoint(path, "training state")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a training state written by train.py")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path} has training-state version {state.get('version')}; "
+                         f"this version of train.py reads version {STATE_VERSION}")
+    return state
+
+
+def resolve_resume(resume: tp.Optional[str], own_states: tp.Sequence[Path]) -> tp.Optional[Path]:
+    """``auto`` → the newest of the run's own states (None if there is none); a path → that
+    file, or the newest ``step_*.pt`` in that folder."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return own_states[-1] if own_states else None
+    path = Path(resume)
+    if path.is_dir():
+        states = list_states(path)
+        if not states:
+            raise ValueError(f"no training state (step_*.pt) in {path}")
+        return states[-1]
+    if not path.is_file():
+        raise ValueError(f"resume checkpoint not found: {path}")
+    return path
+
+
+def rng_state() -> dict:
+    """Every RNG's state as tensors and plain numbers/lists, so the state loads weights-only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- run folder ----------------------------------------------------------------------------
+
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "musicgen_trainer.run"
@@ -53,10 +143,10 @@ class RunFolder:
 
     def save_state(self, step: int, state: dict, keep_last: int) -> Path:
         """Write the state for ``step``, record it, and delete the run's own states but the newest ``keep_last``."""
-        path = checkpoints.state_path(self.checkpoints_dir, step)
+        path = state_path(self.checkpoints_dir, step)
         if path.exists() and path.name not in self.record.get("states", []):
             raise RunFolderError(f"{path} exists and was not written by this run: move it away")
-        checkpoints.save_state(self.checkpoints_dir, step, state)
+        save_state(self.checkpoints_dir, step, state)
         names = [n for n in self.record.get("states", []) if n != path.name] + [path.name]
         self.record["states"] = names
         self.write()
@@ -95,7 +185,7 @@ def claim_run_folder(config, resuming: bool) -> RunFolder:
             raise RunFolderError(
                 f"{out} already holds a training run (model {record.get('model')}, started {started}): "
                 f"add --resume to continue it, --overwrite to start over, or choose another --out")
-    elif resuming and checkpoints.list_states(out / "checkpoints"):
+    elif resuming and list_states(out / "checkpoints"):
         raise RunFolderError(f"{out} has training states but no {RUN_FILE}: it was not started by this "
                              f"version of train.py; pass --resume FILE with a state to continue from")
     _refuse_foreign(out)
@@ -152,7 +242,7 @@ def _refuse_foreign(out: Path) -> None:
     in_the_way = [out / "config.json", out / "export" / "state_dict.bin",
                   out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
     in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
-    in_the_way += checkpoints.list_states(out / "checkpoints")
+    in_the_way += list_states(out / "checkpoints")
     in_the_way += sorted((out / "samples").glob("step_*")) if (out / "samples").is_dir() else []
     for path in in_the_way:
         if path.exists() or path.is_symlink():

@@ -12,7 +12,7 @@ Same structure as the released models, random weights, a few million parameters:
 
 Everything is deterministic for a given seed. The frozen T5 is not part of the LM state
 dict (audiocraft keeps it out on purpose), so exports of tiny models carry its weights
-separately (see ``loading.export_model``).
+separately (``tiny_export_extras``, written by ``exports.export_model``).
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .constants import (MUSICGEN_CARD, MUSICGEN_CODEBOOKS, MUSICGEN_MAX_SECONDS,
-                        MUSICGEN_SAMPLE_RATE)
+from .runtime import MUSICGEN_CARD, MUSICGEN_CODEBOOKS, MUSICGEN_MAX_SECONDS, MUSICGEN_SAMPLE_RATE, to_device
 
 TINY_NAME = "tiny"
 # T5Conditioner only knows hub names: the local encoder borrows the name of the released T5
@@ -232,8 +231,6 @@ def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "c
     """
     from audiocraft.models import MusicGen, builders
 
-    from .loading import to_device
-
     config = config or TinyConfig()
     xp_cfg = tiny_xp_config(config)
     # Built on the CPU so that the weights are the same whatever the device.
@@ -247,4 +244,41 @@ def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "c
     if config.max_duration < 30.0:
         model.max_duration = config.max_duration
         model.set_generation_params(duration=config.max_duration, extend_stride=config.max_duration / 2)
+    return to_device(model, device)
+
+
+# --- tiny exports (everything "tiny" lives here) ------------------------------------------
+
+def is_tiny_config(xp_cfg: dict) -> bool:
+    """Whether an export's ``xp.cfg`` (a plain dict) describes a tiny model (local T5)."""
+    return ((xp_cfg or {}).get("musicgen_trainer") or {}).get("text_encoder") == "tiny"
+
+
+def tiny_export_extras(model) -> dict:
+    """What a tiny export carries beside audiocraft's keys: the frozen local T5's weights,
+    which audiocraft keeps out of the LM state dict (a released T5 is re-downloaded instead)."""
+    t5 = model.lm.condition_provider.conditioners["description"].__dict__["t5"]
+    return {"text_encoder_state": {k: v.cpu() for k, v in t5.state_dict().items()}}
+
+
+def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
+    """A tiny model from its export package (weights-only loaded by ``models``); ``ValueError``
+    with one line when the package does not fit its config."""
+    from audiocraft.models import MusicGen
+    from audiocraft.models.loaders import load_compression_model
+    from omegaconf import OmegaConf
+
+    if "text_encoder_state" not in lm_pkg:
+        raise ValueError(f"{folder} is a tiny-model export without its text encoder weights")
+    xp_cfg = OmegaConf.create(xp_cfg)
+    xp_cfg.device = "cpu"
+    lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"])
+    try:
+        lm.load_state_dict(lm_pkg["best_state"])
+        compression_model = load_compression_model(str(folder), device="cpu")
+    except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{folder} holds weights that do not match its config: {first}") from None
+    model = MusicGen(TINY_NAME, compression_model, lm.eval())
+    model.name = str(folder)
     return to_device(model, device)

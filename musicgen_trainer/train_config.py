@@ -4,64 +4,77 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing as tp
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import SEGMENT_SECONDS
+from dataset_tools.cli import option
+from dataset_tools.dataset_format import SEGMENT_SECONDS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
+                                "logging, checkpoints, samples")
+
+
 @dataclass
 class TrainConfig:
-    # What to train on, from what, to where
-    data: str = ""                        # dataset_tools output folder, data.jsonl, or wav+txt folder
-    model: str = "facebook/musicgen-small"
-    out: str = "checkpoints/run"
-    # Data
-    segment_seconds: float = SEGMENT_SECONDS
-    valid_fraction: float = 0.1           # used only when the dataset has no split of its own
-    cache_dir: tp.Optional[str] = None    # encoded-codes cache (default ~/.cache/musicgen-finetune/codes)
-    # Batch and schedule
-    batch_size: int = 4                   # per process, per micro-batch
-    grad_accum: int = 1                   # micro-batches per optimiser step
-    steps: tp.Optional[int] = None        # optimiser steps; default: `epochs` worth
-    epochs: float = 10.0
-    lr: float = 1e-5
-    warmup_steps: int = 100
-    lr_min_ratio: float = 0.1             # cosine decays to lr * lr_min_ratio
-    weight_decay: float = 0.1
-    betas: tp.Tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    # Objective (audiocraft's defaults)
-    cond_dropout: float = 0.3             # classifier-free guidance: batch-level caption dropout
-    word_dropout: float = 0.3             # T5 word dropout
-    # Memory and precision
-    precision: str = "auto"               # auto: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU
-    activation_checkpointing: bool = False
-    freeze: tp.List[str] = field(default_factory=list)  # LM parameter-name prefixes to keep frozen, e.g. emb
-    # EMA of the weights (exported instead of the raw weights when enabled)
-    ema: bool = False
-    ema_decay: float = 0.99
-    ema_every: int = 10
-    # Bookkeeping
-    seed: int = 0
-    log_every: int = 10
-    valid_every: int = 200
-    save_every: int = 500
-    keep_last: int = 2                    # full training states kept on disk
-    sample_every: int = 500               # generate samples from text alone every N steps (0: never)
-    sample_seconds: float = 5.0
-    sample_prompts: tp.List[str] = field(default_factory=list)  # default: captions from the dataset
-    max_nonfinite: int = 20               # consecutive non-finite losses before stopping
-    resume: tp.Optional[str] = None       # "auto" (latest in OUT), a checkpoint file, or None
-    overwrite: bool = False               # start over in an OUT that holds another run (deletes only its files)
-    device: tp.Optional[str] = None
-    progress: bool = True
+    """Every option of ``train.py``: each field is one flag (``--field-name``), its help text
+    below is the flag's ``--help``, and a YAML/JSON ``--config`` file uses the same names."""
+    data: str = option("", "dataset_tools output folder, audiocraft data.jsonl, or folder of audio + .txt",
+                       group=DATA, metavar="PATH")
+    model: str = option("facebook/musicgen-small", "base model: a hub name (facebook/musicgen-small, -medium, "
+                        "...), tiny, or an export folder", group=DATA)
+    out: str = option("checkpoints/run", "run folder for checkpoints, logs, samples and the export", group=DATA,
+                      metavar="DIR")
+    segment_seconds: float = option(SEGMENT_SECONDS, "training window in seconds", group=DATA, metavar="S")
+    valid_fraction: float = option(0.1, "validation share when the dataset has no split of its own", group=DATA)
+    cache_dir: tp.Optional[str] = option(None, "where encoded codes are cached (default "
+                                         "~/.cache/musicgen-finetune/codes)", group=DATA, metavar="DIR")
+    batch_size: int = option(4, "clips per micro-batch, per GPU", group=OPTIM)
+    grad_accum: int = option(1, "micro-batches per update; same result as a larger batch", group=OPTIM)
+    steps: tp.Optional[int] = option(None, "optimiser steps (default: --epochs worth)", group=OPTIM)
+    epochs: float = option(10.0, "passes over the training clips when --steps is not given", group=OPTIM)
+    lr: float = option(1e-5, "peak learning rate", group=OPTIM)
+    warmup_steps: int = option(100, "linear warm-up steps before the cosine decay", group=OPTIM)
+    lr_min_ratio: float = option(0.1, "the cosine decays to lr x this", group=OPTIM)
+    weight_decay: float = option(0.1, "AdamW weight decay", group=OPTIM)
+    betas: tp.Tuple[float, float] = option((0.9, 0.95), "AdamW betas", group=OPTIM, metavar="B")
+    grad_clip: float = option(1.0, "gradient-norm clipping, 0 to disable", group=OPTIM)
+    cond_dropout: float = option(0.3, "caption dropout for classifier-free guidance (audiocraft's 0.3: keep it, "
+                                 "or guidance at inference has nothing to contrast)", group=OPTIM)
+    word_dropout: float = option(0.3, "T5 word dropout", group=OPTIM)
+    seed: int = option(0, "seed for data order, crops and dropout", group=OPTIM)
+    precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU", group=MEMORY,
+                            choices=PRECISIONS)
+    activation_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower",
+                                            group=MEMORY)
+    freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
+                                  "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
+    ema: bool = option(False, "keep an EMA of the weights and export it", group=MEMORY)
+    ema_decay: float = option(0.99, "EMA decay, applied every --ema-every steps", group=MEMORY)
+    ema_every: int = option(10, "steps between EMA updates", group=MEMORY)
+    log_every: int = option(10, "TensorBoard logging interval in steps", group=LOGGING)
+    valid_every: int = option(200, "validation interval in steps", group=LOGGING)
+    save_every: int = option(500, "full training state interval in steps", group=LOGGING)
+    keep_last: int = option(2, "training states kept on disk", group=LOGGING)
+    sample_every: int = option(500, "generate samples from text alone every N steps, 0 = never", group=LOGGING)
+    sample_seconds: float = option(5.0, "length of those samples", group=LOGGING)
+    sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several; default: "
+                                          "captions from the dataset)", group=LOGGING, aliases=("--sample-prompt",),
+                                          repeat=True, metavar="TEXT", default_factory=list)
+    max_nonfinite: int = option(20, "consecutive non-finite losses before the run stops", group=LOGGING)
+    resume: tp.Optional[str] = option(None, "continue the run in --out from its newest state (--resume alone), "
+                                      "or from a given state file", group=LOGGING, const="auto", metavar="STATE")
+    overwrite: bool = option(False, "start over in an --out that holds another run (deletes only that run's "
+                             "files)", group=LOGGING)
+    device: tp.Optional[str] = option(None, "cpu or cuda (default: what accelerate picks)", group=LOGGING)
+    progress: bool = option(True, "progress bars", group=LOGGING)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        self.freeze = list(self.freeze or [])
+        # "--freeze emb,linears" and "--freeze emb linears" (and YAML lists) mean the same
+        self.freeze = [p.strip() for item in (self.freeze or []) for p in str(item).split(",") if p.strip()]
         self.sample_prompts = list(self.sample_prompts or [])
         if not str(self.data):
             raise ValueError("--data is required: a dataset_tools output folder, a data.jsonl, "

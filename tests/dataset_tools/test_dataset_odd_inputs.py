@@ -11,7 +11,7 @@ import soundfile as sf
 
 from dt_helpers import RATE, tone
 
-from dataset_tools.audio_io import _ffmpeg_reason
+from dataset_tools.audio_io import ffmpeg_reason
 from dataset_tools.files import text_name
 from dataset_tools.options import PrepareOptions
 from dataset_tools.prepare import prepare
@@ -75,8 +75,8 @@ def test_float_sources_above_full_scale_are_scaled_not_clipped(tmp_path):
 
 
 def test_ffmpeg_reasons_lose_their_codec_address_prefix():
-    assert _ffmpeg_reason("[mjpeg @ 0x56549bec8bc0] No JPEG data found in image\n") == "No JPEG data found in image"
-    assert _ffmpeg_reason("x.mp3: Invalid data found when processing input") == \
+    assert ffmpeg_reason("[mjpeg @ 0x56549bec8bc0] No JPEG data found in image\n") == "No JPEG data found in image"
+    assert ffmpeg_reason("x.mp3: Invalid data found when processing input") == \
         "Invalid data found when processing input"
 
 

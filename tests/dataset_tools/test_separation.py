@@ -14,12 +14,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_trainer.constants import SEPARATION_BLOCK_FRAMES
-
 from dataset_tools.separation import SeparateOptions, instrumental, separate, separate_audio
-from dataset_tools.separation_model import random_htdemucs, separator_from_model
-from dataset_tools.separation_input import measure, open_input
-from dataset_tools.separation_stream import StemStream
+from dataset_tools.separation.model import random_htdemucs, separator_from_model
+from dataset_tools.separation.options import SEPARATION_BLOCK_FRAMES
+from dataset_tools.separation.reader import measure, open_input
+from dataset_tools.separation.stream import StemStream
 
 RATE = 8000  # the test models' rate
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -22,11 +22,12 @@ import torch
 from dt_helpers import write_audio
 
 from dataset_tools.audio_io import AudioDecodeError, load_audio
-from dataset_tools.separation import (SeparateOptions, add_arguments, expand_inputs, main, options_from_args,
-                                      output_folders, separate)
-from dataset_tools.separation_model import (SeparatorLoadError, _load_cached, check_model, load_separator,
-                                            random_htdemucs, save_model_file, separator_from_model)
-from dataset_tools.separation_report import MARKER_FILE, REPORT_FILE
+from dataset_tools.__main__ import main as dataset_tools_main
+from dataset_tools.separation import SeparateOptions, SeparatorLoadError, check_model, load_separator, separate
+from dataset_tools.separation.cli import add_arguments, options_from_args
+from dataset_tools.separation.files import expand_inputs, output_folders
+from dataset_tools.separation.model import _load_cached, random_htdemucs, save_model_file, separator_from_model
+from dataset_tools.separation.report import MARKER_FILE, REPORT_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -55,7 +56,8 @@ def noise(seconds, rate, channels, seed=0):
 
 
 def run_main(*args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
+    """``python -m dataset_tools separate ARGS``, in this process."""
+    code = dataset_tools_main(["separate", *(str(a) for a in args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -295,11 +297,11 @@ def _cli(module_args, *args):
 
 def test_python_m_entry_point(model_file, tmp_path):
     song = write_audio(tmp_path / "My Song.wav", noise(1.0, 8000, 2), 8000)
-    done = _cli(["dataset_tools.separation"], song, "--out", tmp_path / "o", "--model", model_file,
+    done = _cli(["dataset_tools", "separate"], song, "--out", tmp_path / "o", "--model", model_file,
                 "--device", "cpu", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "Separated 1 of 1" in done.stdout and (tmp_path / "o" / "My Song" / "instrumental.wav").is_file()
-    bad = _cli(["dataset_tools.separation"], song, "--out", tmp_path / "o", "--model", tmp_path / "missing.th",
+    bad = _cli(["dataset_tools", "separate"], song, "--out", tmp_path / "o", "--model", tmp_path / "missing.th",
                "--no-progress")
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: model file not found: {tmp_path / 'missing.th'}"
 

@@ -1,4 +1,9 @@
-"""The command line: one-line errors without tracebacks, and the commands on a real model."""
+"""The command line: one-line errors without tracebacks, and the commands on a real model.
+
+Exit statuses follow the project's convention (``dataset_tools.cli.run_command``): 2 for bad
+input (a dataset or model folder that cannot be used, a missing path), 1 for a failure while
+working, 130 on Ctrl-C.
+"""
 import json
 import os
 import subprocess
@@ -33,7 +38,7 @@ def test_single_genre_dataset_is_a_one_line_error(tmp_path):
         write_wav(tmp_path / "data" / "rock" / f"r{i}.wav", 1.0, seed=i)
     write_wav(tmp_path / "data" / "unknown" / "u.wav", 1.0)
     proc = _cli("train", tmp_path / "data", "--out", tmp_path / "m")
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # bad input (DatasetError)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: only one genre ('rock')")
     assert "Traceback" not in proc.stderr
 
@@ -45,7 +50,7 @@ def test_bad_model_folder_is_a_one_line_error(tmp_path):
                                                                     "features": {}}))
     (tmp_path / "model" / "model.keras").write_bytes(b"")
     proc = _cli("predict", song, "--model", tmp_path / "model")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input (ModelFolderError)
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
     assert "error:" in proc.stderr and "format 0" in proc.stderr and "retrain" in proc.stderr
 
@@ -102,6 +107,38 @@ def test_evaluate_command(trained_model, toy_data, tmp_path, capsys):
     (["evaluate", "/no/such/data", "--model", "m"], "dataset folder not found"),
 ])
 def test_missing_paths_are_one_line_errors(argv, message, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2  # bad input
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_flags_are_the_config_fields():
+    """Every config field is a flag (or positional) named after it, with help and the same default."""
+    import argparse
+    import dataclasses
+
+    from dataset_tools.cli import flag_name
+    from genre_classifier.__main__ import build_parser
+    from genre_classifier.evaluation import EvaluateConfig
+    from genre_classifier.tagging import TagConfig
+    from genre_classifier.training import TrainConfig
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command, cls, argv in (("train", TrainConfig, ["D"]), ("evaluate", EvaluateConfig, ["D", "--model", "M"]),
+                               ("tag", TagConfig, ["D", "--model", "M"])):
+        actions = {a.dest: a for a in commands[command]._actions}
+        args = parser.parse_args([command, *argv])
+        for f in dataclasses.fields(cls):
+            if f.name == "features":
+                continue
+            action = actions[f.name]
+            assert action.help, f.name
+            assert not action.option_strings or action.option_strings[0] == flag_name(f.name)
+            if f.default is not dataclasses.MISSING:
+                assert getattr(args, f.name) == f.default, f.name
+    # the older spellings still work
+    args = parser.parse_args(["tag", "D", "--model", "M", "--no-cache", "--no-progress", "--apply", "copy"])
+    assert (args.use_cache, args.progress, args.apply) == (False, False, "copy")
+    args = parser.parse_args(["predict", "a.wav", "--model", "M", "--cache-dir", "c", "--workers", "2"])
+    assert (args.cache_dir, args.workers, args.use_cache, args.progress) == (Path("c"), 2, True, True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_trainer.app_backend import BASE_GENRES, AppRequest, ModelCache
+from musicgen_trainer.app.backend import BASE_GENRES, AppRequest, ModelCache
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,8 @@ def served(tmp_path_factory, tiny_model):
     """(app, client, export folder): the page on a free local port, one fine-tune under checkpoints/."""
     from gradio_client import Client
 
-    from musicgen_trainer.app import App, serve_in_background
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.app.page import App, serve_in_background
+    from musicgen_trainer.exports import export_model
     root = tmp_path_factory.mktemp("app")
     export = export_model(tiny_model, root / "checkpoints" / "jazzrun" / "export",
                           extra={"genres": ["jazz", "hip_hop"], "caption_examples": ["Jazz music, Blue in Green"]})
@@ -112,6 +112,7 @@ def test_model_cache_keeps_the_most_recently_used():
 
 
 def test_request_reads_only_uploaded_files(tmp_path):
+    from musicgen_trainer.generation import GenerationConfig
     secret = tmp_path / "secret.wav"
     secret.write_bytes(b"RIFF")
     with pytest.raises(ValueError, match="uploaded through this page"):
@@ -120,12 +121,13 @@ def test_request_reads_only_uploaded_files(tmp_path):
     with pytest.raises(ValueError, match="choose a model from the list"):
         AppRequest(model="/etc/passwd", allowed_models=["tiny"])
     with pytest.raises(ValueError, match="at most 60 seconds"):
-        AppRequest(model="tiny", allowed_models=["tiny"], duration=61)
-    ok = AppRequest(model="tiny", allowed_models=["tiny"], seed=-1, prompt="  lo-fi   jazz ")
-    assert 0 <= ok.seed < 2 ** 31 and ok.prompt == "lo-fi jazz"
+        AppRequest(model="tiny", allowed_models=["tiny"], generation=GenerationConfig(duration=61))
+    ok = AppRequest(model="tiny", allowed_models=["tiny"], generation=GenerationConfig(seed=None),
+                    prompt="  lo-fi   jazz ")
+    assert 0 <= ok.generation.seed < 2 ** 31 and ok.prompt == "lo-fi jazz"
 
 
 def test_command_line_defaults_are_safe():
-    from musicgen_trainer.app import build_parser
+    from musicgen_trainer.app.page import build_parser
     args = build_parser().parse_args([])
     assert args.host == "127.0.0.1" and args.share is False and args.max_duration == 60.0

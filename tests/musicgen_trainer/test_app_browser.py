@@ -39,8 +39,8 @@ def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from musicgen_trainer.app import App, serve_in_background
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.app.page import App, serve_in_background
+    from musicgen_trainer.exports import export_model
 
     export_model(tiny_model, tmp_path / "checkpoints" / "my-jazz-run" / "export",
                  extra={"genres": ["jazz", "hip_hop", "soul"], "caption_examples": ["Jazz music, Blue in Green"]})

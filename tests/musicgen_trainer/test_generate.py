@@ -154,7 +154,7 @@ def test_top_k_above_the_codebook_is_refused(tiny_model):
 
 def test_genre_captions_use_the_dataset_template():
     from dataset_tools.captions import DEFAULT_TEMPLATE, caption_values, genre_words, render_caption
-    from musicgen_trainer.prompting import build_prompts, genre_caption, parse_genres, unknown_genres
+    from musicgen_trainer.outputs import build_prompts, genre_caption, parse_genres, unknown_genres
 
     # One genre: exactly what the dataset tools write for a track with only a genre and a tempo.
     expected = render_caption(DEFAULT_TEMPLATE, caption_values(genre=genre_words("hip_hop", False), title="",
@@ -169,8 +169,7 @@ def test_genre_captions_use_the_dataset_template():
 
 
 def test_export_info_reads_training_genres(tiny_model, tmp_path):
-    from musicgen_trainer.exports import export_info, find_exports
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.exports import export_info, export_model, find_exports
     folder = export_model(tiny_model, tmp_path / "run" / "export",
                           extra={"genres": ["jazz", "rock"], "caption_examples": ["Jazz music, Blue"]})
     (tmp_path / "run" / "checkpoints").mkdir()  # not an export

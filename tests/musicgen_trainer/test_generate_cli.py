@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def fine_tune(tmp_path_factory, tiny_model):
     """An export folder as train.py writes it, with the genres of its training data."""
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.exports import export_model
     folder = tmp_path_factory.mktemp("ckpt") / "run" / "export"
     return export_model(tiny_model, folder, extra={"genres": ["jazz", "hip_hop"],
                                                    "caption_examples": ["Jazz music, Blue in Green"]})
@@ -69,7 +69,7 @@ def test_audio_prompt_continuation_writes_both_spectrograms(tmp_path, capsys):
     assert meta["audio_prompt_seconds_used"] == 0.8
     audio, sr = sf.read(tmp_path / "out" / meta["files"]["wav"])
     assert audio.shape == (round(1.2 * sr),)  # 0.8 s prompt + 0.4 s new
-    assert "continuing the last 0.80 s" in out
+    assert "continued the last 0.80 s" in out
 
 
 def test_unknown_genre_for_a_fine_tune_warns(fine_tune, tmp_path, capsys):

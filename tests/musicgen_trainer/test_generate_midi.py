@@ -51,7 +51,7 @@ def _notes(path):
 
 
 def test_transcription_of_a_rendered_chorale_matches_its_score(rendered_chorale, tmp_path):
-    from musicgen_trainer.transcribe import transcribe
+    from musicgen_trainer.media import transcribe
     source, wav = rendered_chorale
     result = transcribe(wav, tmp_path / "out.mid")
     src, got = _notes(source), _notes(result.path)

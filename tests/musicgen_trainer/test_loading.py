@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from musicgen_trainer.generation import GenerationConfig, generate
-from musicgen_trainer.loading import (COMPRESSION_FILE, LM_FILE, ModelUnavailableError, export_model,
-                                      load_model)
+from musicgen_trainer.exports import COMPRESSION_FILE, LM_FILE, export_model
+from musicgen_trainer.models import ModelUnavailableError, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,7 +138,9 @@ def test_cli_offline_hub_name_is_one_line_error():
 def test_cli_demo_runs_the_pipeline_offline(tmp_path):
     """`make demo`'s command: example library -> prepare -> fine-tune tiny -> generate."""
     import soundfile as sf
-    proc = _cli("demo", "--out", str(tmp_path), "--duration", "1", "--steps", "2", "--no-classifier")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "demo.py", "--out", str(tmp_path), "--duration", "1", "--steps", "2",
+                           "--no-classifier"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "dataset" / "manifest.jsonl").is_file()
     assert (tmp_path / "run" / "export" / LM_FILE).is_file()

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musicgen_trainer.batches import CropSampler, collate
+from musicgen_trainer.data import CropSampler, collate
 from musicgen_trainer.objective import conditions_for, micro_batch_loss, token_counts
 from musicgen_trainer.train_config import TrainConfig
-from musicgen_trainer.training import make_state, prepare_lm_for_training, train_step
+from musicgen_trainer.step import make_state, prepare_lm_for_training, train_step
 
 
 class SingleProcess:
@@ -23,7 +23,7 @@ class SingleProcess:
 
 
 def _fresh_model():
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.models import load_model
     model = load_model("tiny", device="cpu")
     return model
 

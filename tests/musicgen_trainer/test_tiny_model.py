@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musicgen_trainer import constants
+from musicgen_trainer import runtime
 from musicgen_trainer.generation import GenerationConfig, generate
-from musicgen_trainer.loading import model_summary
+from musicgen_trainer.models import model_summary
 
 
 def _attributes(captions):
@@ -29,22 +29,22 @@ def test_structure_matches_released_musicgen(tiny_model):
     assert tiny_model.lm.fuser.fuse2cond["cross"] == ["description"]
     assert tiny_model.lm.cfg_dropout.p == pytest.approx(0.3)
     summary = model_summary(tiny_model)
-    assert summary["sample_rate"] == constants.MUSICGEN_SAMPLE_RATE
-    assert summary["frame_rate"] == constants.MUSICGEN_FRAME_RATE
-    assert summary["codebooks"] == constants.MUSICGEN_CODEBOOKS
-    assert summary["card"] == constants.MUSICGEN_CARD
+    assert summary["sample_rate"] == runtime.MUSICGEN_SAMPLE_RATE
+    assert summary["frame_rate"] == runtime.MUSICGEN_FRAME_RATE
+    assert summary["codebooks"] == runtime.MUSICGEN_CODEBOOKS
+    assert summary["card"] == runtime.MUSICGEN_CARD
     assert summary["lm_parameters"] < 5_000_000  # tiny enough for CPU tests
 
 
 def test_encode_gives_codes_of_expected_shape(tiny_model):
     seconds = 1.5
     generator = torch.Generator().manual_seed(0)
-    wav = torch.randn(2, 1, int(seconds * constants.MUSICGEN_SAMPLE_RATE), generator=generator) * 0.1
+    wav = torch.randn(2, 1, int(seconds * runtime.MUSICGEN_SAMPLE_RATE), generator=generator) * 0.1
     with torch.no_grad():
         codes, scale = tiny_model.compression_model.encode(wav)
-    assert codes.shape == (2, constants.MUSICGEN_CODEBOOKS, int(seconds * constants.MUSICGEN_FRAME_RATE))
+    assert codes.shape == (2, runtime.MUSICGEN_CODEBOOKS, int(seconds * runtime.MUSICGEN_FRAME_RATE))
     assert codes.dtype == torch.int64
-    assert 0 <= codes.min() and codes.max() < constants.MUSICGEN_CARD
+    assert 0 <= codes.min() and codes.max() < runtime.MUSICGEN_CARD
     assert len(torch.unique(codes)) > 4  # random codebooks still use several codes
     assert not torch.equal(codes[0], codes[1])  # different audio, different codes
     with torch.no_grad():
@@ -53,16 +53,16 @@ def test_encode_gives_codes_of_expected_shape(tiny_model):
 
 
 def test_compute_predictions_gives_finite_loss(tiny_model):
-    codes = torch.randint(0, constants.MUSICGEN_CARD, (2, 4, 40))
+    codes = torch.randint(0, runtime.MUSICGEN_CARD, (2, 4, 40))
     out = tiny_model.lm.compute_predictions(codes, _attributes(["jazz piano", ""]))
-    assert out.logits.shape == (2, 4, 40, constants.MUSICGEN_CARD)
+    assert out.logits.shape == (2, 4, 40, runtime.MUSICGEN_CARD)
     assert out.mask.shape == (2, 4, 40)
     # The delay pattern leaves the last k steps of codebook k without valid context.
     assert out.mask[0, 0].all() and not out.mask[0, 3, -3:].any()
     loss = F.cross_entropy(out.logits[out.mask], codes[out.mask])
     assert torch.isfinite(loss)
     # Random init: close to the uniform cross-entropy log(card).
-    assert abs(loss.item() - math.log(constants.MUSICGEN_CARD)) < 1.0
+    assert abs(loss.item() - math.log(runtime.MUSICGEN_CARD)) < 1.0
 
 
 @pytest.mark.parametrize("duration", [1.0, 0.73])

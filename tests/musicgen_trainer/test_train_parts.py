@@ -7,11 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_trainer import checkpoints
-from musicgen_trainer.code_cache import CodeCache
-from musicgen_trainer.data import DatasetError, find_clips, split_clips
+from musicgen_trainer import run_folder
+from musicgen_trainer.data import CodeCache, DatasetError, find_clips, split_clips
 from musicgen_trainer.train_config import TrainConfig
-from musicgen_trainer.training import apply_freeze, lr_lambda
+from musicgen_trainer.step import apply_freeze, lr_lambda
 
 
 def _wav(path, seconds=0.5, sr=44100, freq=440.0):
@@ -112,7 +111,7 @@ def test_dataset_errors(tmp_path):
 # --- code cache ------------------------------------------------------------------------
 
 def test_code_cache_encodes_once_and_reencodes_changed_files(tmp_path, tiny_model, monkeypatch):
-    import musicgen_trainer.code_cache as cc
+    import musicgen_trainer.data as cc
     a = _wav(tmp_path / "data" / "a.wav", seconds=1.0)
     bad = tmp_path / "data" / "broken.wav"
     bad.write_bytes(b"RIFF....WAVEfmt garbage")
@@ -138,7 +137,7 @@ def test_code_cache_encodes_once_and_reencodes_changed_files(tmp_path, tiny_mode
 
 
 def test_code_cache_key_depends_on_model(tmp_path):
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.models import load_model
     a = CodeCache(load_model("tiny:1").compression_model, tmp_path)
     b = CodeCache(load_model("tiny:2").compression_model, tmp_path)
     assert a.dir != b.dir
@@ -152,17 +151,17 @@ def test_checkpoints_keep_last_and_resolve(tmp_path):
     folder = run.checkpoints_dir
     for step in (10, 20, 30):
         run.save_state(step, {"x": torch.tensor(step)}, keep_last=2)
-    assert [p.name for p in checkpoints.list_states(folder)] == ["step_00000020.pt", "step_00000030.pt"]
-    assert checkpoints.resolve_resume("auto", run.own_states()).name == "step_00000030.pt"
-    assert checkpoints.resolve_resume("auto", []) is None
-    assert checkpoints.resolve_resume(str(folder), []).name == "step_00000030.pt"
-    assert checkpoints.load_state(folder / "step_00000030.pt")["x"] == 30
+    assert [p.name for p in run_folder.list_states(folder)] == ["step_00000020.pt", "step_00000030.pt"]
+    assert run_folder.resolve_resume("auto", run.own_states()).name == "step_00000030.pt"
+    assert run_folder.resolve_resume("auto", []) is None
+    assert run_folder.resolve_resume(str(folder), []).name == "step_00000030.pt"
+    assert run_folder.load_state(folder / "step_00000030.pt")["x"] == 30
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     (folder / "junk.pt").write_bytes(b"xx")
     with pytest.raises(ValueError, match="cannot read training state"):
-        checkpoints.load_state(folder / "junk.pt")
+        run_folder.load_state(folder / "junk.pt")
     with pytest.raises(ValueError, match="not found"):
-        checkpoints.resolve_resume(str(tmp_path / "nope.pt"), [])
+        run_folder.resolve_resume(str(tmp_path / "nope.pt"), [])
 
 
 def test_lr_schedule_warmup_then_cosine():

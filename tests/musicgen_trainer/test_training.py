@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_trainer import checkpoints
+from musicgen_trainer import run_folder
 from musicgen_trainer.train_config import TrainConfig
-from musicgen_trainer.trainer import train
+from musicgen_trainer.finetune import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,16 +44,15 @@ def _config(data, out, cache, **kw):
 
 
 def _history(out):
-    return checkpoints.load_state(checkpoints.list_states(Path(out) / "checkpoints")[-1])["history"]
+    return run_folder.load_state(run_folder.list_states(Path(out) / "checkpoints")[-1])["history"]
 
 
 def test_memorisation_reproduces_training_codes(tmp_path):
     """Train on two 1 s clips until the loss is ~0, export, load the export, generate with
     the same captions and top-k 1: the generated codes are the training codes. This checks
     that data, delay pattern, conditioning, export and generation line up."""
-    from musicgen_trainer.code_cache import CodeCache
-    from musicgen_trainer.data import find_clips
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.data import CodeCache, find_clips
+    from musicgen_trainer.models import load_model
     from musicgen_trainer.objective import valid_positions
 
     data = tmp_path / "two"
@@ -92,8 +91,8 @@ def test_resume_continues_exactly(dataset, tmp_path):
     uninterrupted = _history(tmp_path / "full")
 
     # Same run, "killed" after step 3 (the state of step 3 is on disk), then resumed.
-    import musicgen_trainer.trainer as trainer_module
-    real_step = trainer_module.train_step
+    import musicgen_trainer.finetune as finetune
+    real_step = finetune.train_step
 
     def crash_after_three(state, micro):
         if state.step == 3:
@@ -101,13 +100,13 @@ def test_resume_continues_exactly(dataset, tmp_path):
         return real_step(state, micro)
 
     interrupted = _config(dataset, tmp_path / "cut", cache, steps=6, save_every=3)
-    trainer_module.train_step = crash_after_three
+    finetune.train_step = crash_after_three
     try:
         with pytest.raises(KeyboardInterrupt):
             train(interrupted)
     finally:
-        trainer_module.train_step = real_step
-    assert [p.name for p in checkpoints.list_states(tmp_path / "cut" / "checkpoints")] == ["step_00000003.pt"]
+        finetune.train_step = real_step
+    assert [p.name for p in run_folder.list_states(tmp_path / "cut" / "checkpoints")] == ["step_00000003.pt"]
     assert not (tmp_path / "cut" / "export").exists()
     train(_config(dataset, tmp_path / "cut", cache, steps=6, save_every=3, resume="auto"))
     resumed = _history(tmp_path / "cut")
@@ -126,7 +125,7 @@ def test_mixed_precision_runs_give_finite_losses(dataset, tmp_path, precision):
     train(_config(dataset, tmp_path / precision, tmp_path / "cache", steps=3, precision=precision))
     history = _history(tmp_path / precision)
     assert all(math.isfinite(h["loss"]) for h in history)
-    saved = checkpoints.load_state(checkpoints.list_states(tmp_path / precision / "checkpoints")[-1])
+    saved = run_folder.load_state(run_folder.list_states(tmp_path / precision / "checkpoints")[-1])
     assert (saved["scaler"] is not None) == (precision == "fp16")
     assert (tmp_path / precision / "export" / "state_dict.bin").is_file()
 
@@ -135,7 +134,7 @@ def test_validation_loss_and_options(dataset, tmp_path):
     config = _config(dataset, tmp_path / "opts", tmp_path / "cache", steps=3, valid_fraction=0.5,
                      ema=True, ema_every=1, freeze=["emb"], activation_checkpointing=True,
                      sample_every=3, sample_seconds=0.5, sample_prompts=["jazz, take 9"])
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.models import load_model
     before = load_model("tiny", device="cpu").lm.state_dict()
     export = train(config)
     history = _history(tmp_path / "opts")
@@ -150,7 +149,7 @@ def test_validation_loss_and_options(dataset, tmp_path):
 
 
 def test_non_finite_losses_stop_the_run_without_export(dataset, tmp_path, monkeypatch):
-    import musicgen_trainer.training as training
+    import musicgen_trainer.step as training
     real = training.micro_batch_loss
 
     def poisoned(*args, **kwargs):

@@ -21,5 +21,5 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model():
     """The default tiny MusicGen (seed 0), shared read-only."""
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.models import load_model
     return load_model("tiny", device="cpu")

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from musicgen_trainer.generation import GenerationConfig
 import soundfile as sf
 
-from musicgen_trainer.app_backend import (KEEP_RESULTS, RESULT_MARKER, AppRequest, _new_result_folder,
-                                          open_audio_prompt, read_audio_tail, run_request)
+from musicgen_trainer.app.backend import KEEP_RESULTS, RESULT_MARKER, AppRequest, _new_result_folder, open_audio_prompt, read_audio_tail, run_request
 
 MB = 1 << 20
 
@@ -36,7 +37,7 @@ MB = 1 << 20
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from musicgen_trainer.loading import load_model
+    from musicgen_trainer.models import load_model
     return load_model("tiny", device="cpu")
 
 
@@ -69,8 +70,8 @@ def served(tmp_path_factory, tiny_model):
     checkpoints/, foreign folders in --out, and a fake clock for the rescan interval."""
     from gradio_client import Client
 
-    from musicgen_trainer.app import App, serve_in_background
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.app.page import App, serve_in_background
+    from musicgen_trainer.exports import export_model
     root = tmp_path_factory.mktemp("safety-app")
     export_model(tiny_model, root / "checkpoints" / "jazzrun" / "export", extra={"genres": ["jazz"]})
     _foreign_folders(root / "out")
@@ -335,12 +336,14 @@ def test_refused_model_messages_hold_no_server_paths(served):
 
 
 def test_a_broken_fine_tunes_error_names_it_by_its_key(tmp_path, tiny_model):
-    from musicgen_trainer.app import App
-    from musicgen_trainer.loading import ModelUnavailableError, export_model
+    from musicgen_trainer.app.page import App
+    from musicgen_trainer.models import ModelUnavailableError
+    from musicgen_trainer.exports import export_model
     export = export_model(tiny_model, tmp_path / "checkpoints" / "run" / "export")
     app = App(checkpoints=str(tmp_path / "checkpoints"), out=str(tmp_path / "out"), pretrained=[])
     (Path(export) / "state_dict.bin").write_bytes(b"damaged")  # broken after it was listed
-    request = AppRequest(model=app.value_of("export:run/export"), allowed_models=list(app.by_value), duration=0.5)
+    request = AppRequest(model=app.value_of("export:run/export"), allowed_models=list(app.by_value),
+                         generation=GenerationConfig(duration=0.5))
     with pytest.raises(ModelUnavailableError) as err:
         run_request(request, app.cache, app.out)
     shown = app.public_text(str(err.value))  # what the page shows
@@ -352,7 +355,7 @@ def test_a_broken_fine_tunes_error_names_it_by_its_key(tmp_path, tiny_model):
 def test_rescan_from_outside_is_refused_or_harmless(served, tiny_model):
     from gradio_client import Client
 
-    from musicgen_trainer.loading import export_model
+    from musicgen_trainer.exports import export_model
     app, _, base, root, clock = served
     config = json.loads(_get(f"{base}/config"))
     rescan_button = next(c["id"] for c in config["components"] if c.get("props", {}).get("value") ==

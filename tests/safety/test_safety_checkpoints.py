@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgen_trainer.loading import COMPRESSION_FILE, LM_FILE, ModelUnavailableError, export_model, load_model
+from musicgen_trainer.exports import COMPRESSION_FILE, LM_FILE, export_model
+from musicgen_trainer.models import ModelUnavailableError, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,7 +82,7 @@ def test_generate_refuses_a_booby_trapped_export(trapped_export, tmp_path):
 def test_the_app_lists_exports_without_opening_weights(trapped_export, monkeypatch):
     """Start-up and Rescan list checkpoints/ from export_info.json alone; choosing the trapped
     model is refused like everywhere else."""
-    from musicgen_trainer.app_backend import ModelCache, list_models
+    from musicgen_trainer.app.backend import ModelCache, list_models
     folder, marker = trapped_export
     opened = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or pytest.fail("opened weights"))
@@ -95,7 +96,7 @@ def test_the_app_lists_exports_without_opening_weights(trapped_export, monkeypat
 
 
 def test_resume_refuses_a_booby_trapped_training_state(tmp_path, dataset):
-    from musicgen_trainer.checkpoints import STATE_FORMAT, STATE_VERSION
+    from musicgen_trainer.run_folder import STATE_FORMAT, STATE_VERSION
     marker = tmp_path / "PAYLOAD_RAN"
     state = tmp_path / "downloaded_state.pt"
     torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": 1, "config": {},

@@ -32,10 +32,9 @@ from dt_helpers import tone, write_audio  # noqa: E402  (the dataset_tools tests
 
 from dataset_tools import convert as convert_module  # noqa: E402
 from dataset_tools import prepare as prepare_module  # noqa: E402
-from dataset_tools import separation as separation_module  # noqa: E402
-from dataset_tools import separation_files  # noqa: E402
 from dataset_tools.__main__ import main as dataset_tools_main  # noqa: E402
-from dataset_tools.separation import main as separation_main  # noqa: E402
+from dataset_tools.separation import api as separation_module  # noqa: E402
+from dataset_tools.separation import files as separation_files  # noqa: E402
 
 PREPARE = ["--workers", "1", "--no-analysis", "--no-progress", "--segment-seconds", "2", "--min-seconds", "0.5"]
 
@@ -243,7 +242,7 @@ def tiny_model(tmp_path_factory) -> Path:
     """A random HTDemucs (8 kHz, 1 s windows) saved as the model file a user would pass."""
     import torch
 
-    from dataset_tools.separation_model import random_htdemucs, save_model_file
+    from dataset_tools.separation.model import random_htdemucs, save_model_file
     torch.set_num_threads(1)  # tiny convolutions: threads only cost on shared cores
     return save_model_file(random_htdemucs(samplerate=8000, segment=1, seed=0),
                            tmp_path_factory.mktemp("models") / "tiny.th")
@@ -251,7 +250,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_model_cache():
-    from dataset_tools.separation_model import _load_cached
+    from dataset_tools.separation.model import _load_cached
     _load_cached.cache_clear()
     yield
     _load_cached.cache_clear()
@@ -286,8 +285,8 @@ def test_separate_checks_its_inputs_before_loading_a_model(tmp_path, capsys, no_
     assert one_error_line(err) == f"error: {tmp_path / 'empty'}: folder has no audio files (and 1 more input(s) " \
                                   "without audio)"
     assert not (tmp_path / "stems").exists()
-    # the other entry point says the same
-    assert separation_main([str(missing), "--out", str(tmp_path / "stems"), "--no-progress"]) == 2
+    # without --device (auto) the same (the old second entry point, separation.main, is gone)
+    assert dataset_tools_main(["separate", str(missing), "--out", str(tmp_path / "stems"), "--no-progress"]) == 2
 
 
 @pytest.mark.parametrize("rel", ["My Song/vocals.wav", "My Song/instrumental.wav", "My Song/separation.json",
@@ -409,7 +408,7 @@ def test_a_damaged_genre_model_is_called_damaged_not_missing(tmp_path, capsys):
     model.write_bytes(whole[: len(whole) // 2])  # an interrupted copy
     code = genre_main(["predict", str(track), "--model", str(folder), "--workers", "1", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
-    assert code == 1  # genre_classifier's status for any error it explains
+    assert code == 2  # a damaged model folder is bad input (the CLI convention: dataset_tools.cli)
     assert line == (f"error: {model} is damaged (truncated or overwritten, not a complete Keras model file); "
                     "copy the whole model folder again or retrain")
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from musicgen_trainer import checkpoints
+from musicgen_trainer import run_folder
 from musicgen_trainer.run_folder import RunFolderError, claim_run_folder
 from musicgen_trainer.train_config import TrainConfig
-from musicgen_trainer.trainer import train
+from musicgen_trainer.finetune import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,13 +63,13 @@ def test_resume_refuses_a_different_model_or_data_stream(dataset, finished_run, 
 
 
 def test_resume_refuses_a_state_past_the_requested_steps(dataset, finished_run, tmp_path):
-    state = checkpoints.list_states(finished_run / "checkpoints")[-1]
+    state = run_folder.list_states(finished_run / "checkpoints")[-1]
     with pytest.raises(ValueError, match="at step 2, past this run's 1 steps"):
         train(config(dataset, tmp_path / "again", resume=str(state), steps=1))
 
 
 def test_resume_refuses_a_state_of_another_lm_shape(dataset, finished_run, tmp_path):
-    saved = checkpoints.load_state(checkpoints.list_states(finished_run / "checkpoints")[-1])
+    saved = run_folder.load_state(run_folder.list_states(finished_run / "checkpoints")[-1])
     saved["lm"] = {k: v[..., :1] if v.dim() == 2 else v for k, v in saved["lm"].items()}
     torch.save(saved, tmp_path / "other_shape.pt")
     with pytest.raises(ValueError, match=r"other_shape.pt does not fit this model \(tiny\)") as info:
@@ -88,7 +88,7 @@ def test_overwrite_starts_over_and_keeps_the_users_files(dataset, tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["run_id"] != first_run and record["model"] == "tiny:1"
     assert record["states"] == ["step_00000001.pt"]
-    assert checkpoints.list_states(out / "checkpoints") == [out / "checkpoints" / "step_00000001.pt"]
+    assert run_folder.list_states(out / "checkpoints") == [out / "checkpoints" / "step_00000001.pt"]
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "export" / "listening notes.txt").read_text() == "also mine"
 
@@ -148,7 +148,7 @@ def test_no_progress_hides_every_bar(dataset, tmp_path):
 def test_disk_full_while_saving_is_one_line_and_exit_1(dataset, tmp_path, monkeypatch, capsys):
     """torch reports a failed write as "[enforce fail ...] unexpected pos": with no free space
     left it reads as a full disk, exit status 1 (a failure while working, not bad input)."""
-    import musicgen_trainer.atomic as atomic
+    import musicgen_trainer.checkpoint_io as atomic
     from musicgen_trainer.cli_train import main
 
     def full_disk(obj, f, *args, **kwargs):

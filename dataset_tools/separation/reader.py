@@ -18,11 +18,10 @@ from typing import Iterator
 
 import numpy as np
 
-from musicgen_trainer.constants import SEPARATION_BLOCK_FRAMES
-
 # The private helpers are shared so that skipped files get exactly `prepare`'s reasons.
-from .audio_io import (AudioDecodeError, _ffmpeg_reason, _probe_channels_and_rate, check_readable_file,
-                       ffmpeg_path)
+from ..audio_io import (AudioDecodeError, ffmpeg_reason, probe_channels_and_rate, check_readable_file,
+                        ffmpeg_path)
+from .options import SEPARATION_BLOCK_FRAMES
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -74,7 +73,7 @@ def open_input(path) -> AudioInput:
                               int(info.frames) if info.frames > 0 else None, path=path)
     except Exception:  # not a libsndfile format: ffmpeg decides
         pass
-    channels, rate = _probe_channels_and_rate(path)  # the same checks and messages as load_audio
+    channels, rate = probe_channels_and_rate(path)  # the same checks and messages as load_audio
     if rate <= 0:
         raise AudioDecodeError("damaged or unsupported audio (ffprobe finds no sample rate)")
     if channels <= 0:
@@ -132,7 +131,7 @@ def _ffmpeg_blocks(path: Path, channels: int, rate: int, block_frames: int) -> I
             proc.wait()
             if proc.returncode != 0 and got == 0:
                 err.seek(0)
-                reason = _ffmpeg_reason(err.read().decode(errors="replace"))
+                reason = ffmpeg_reason(err.read().decode(errors="replace"))
                 raise AudioDecodeError(f"ffmpeg could not decode it ({reason or 'unknown error'})")
         finally:
             if proc.poll() is None:  # the consumer stopped early (error, Ctrl-C)
@@ -176,7 +175,7 @@ def measure(inp: AudioInput, model_channels: int = 2, block_frames: int = SEPARA
     demucs computes them on the whole track, but accumulated block by block (float64)."""
     n, total, squares = 0, 0.0, 0.0
     for block in inp.blocks(block_frames):
-        mono = downmix(_finite(block), model_channels).mean(axis=1, dtype=np.float64)
+        mono = downmix(finite(block), model_channels).mean(axis=1, dtype=np.float64)
         n += mono.size
         total += float(mono.sum())
         squares += float(np.dot(mono, mono))
@@ -188,5 +187,6 @@ def measure(inp: AudioInput, model_channels: int = 2, block_frames: int = SEPARA
     return MixStats(n, mean, std if std > 1e-8 else 1.0)
 
 
-def _finite(block: np.ndarray) -> np.ndarray:
+def finite(block: np.ndarray) -> np.ndarray:
+    """``block`` with NaN and infinite samples set to 0 (itself when all are finite)."""
     return block if np.isfinite(block).all() else np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,4 +1,4 @@
-"""Read checkpoint files without running code from them.
+"""Read and write checkpoint files: reading never runs code from them, writing is atomic.
 
 A ``.bin``/``.pt`` file written by ``torch.save`` is a pickle: loaded the old way
 (``weights_only=False``) it can import and call anything, so a booby-trapped download in
@@ -12,10 +12,15 @@ hold the same kinds of values (weights and a YAML string) and pass too.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import typing as tp
 import warnings
+from pathlib import Path
+
+from dataset_tools.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -82,3 +87,26 @@ def _foreign_object(message: str) -> str:
         if marker in message:
             return message.split(marker, 1)[1].split()[0].rstrip(".,:;")
     return ""
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` to a temporary file, then renamed: a crash leaves the old file or the new one."""
+    import torch
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch reports a failed write as "[enforce fail at inline_container.cc] unexpected
+            # pos ..."; a full disk must read as one (OSError ENOSPC), not as a bug.
+            raise _as_disk_error(exc, tmp.parent) from None
+
+
+LOW_SPACE_BYTES = 16 << 20
+
+
+def _as_disk_error(exc: BaseException, folder: Path) -> BaseException:
+    try:
+        full = shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) if full else exc

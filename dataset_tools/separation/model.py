@@ -29,9 +29,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from musicgen_trainer.constants import SEPARATION_DOWNLOAD_TIMEOUT_S
-
-from .separation import SeparatorLoadError  # defined there so importing it needs no torch
+from ..atomic import atomic_path
+from .errors import SeparatorLoadError
+from .options import SEPARATION_DOWNLOAD_TIMEOUT_S, SEPARATION_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +127,7 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load_separator(model: str | os.PathLike = "htdemucs", device: str | torch.device | None = None,
+def load_separator(model: str | os.PathLike = SEPARATION_MODEL, device: str | torch.device | None = None,
                    trust_model_file: bool = False) -> Separator:
     """The model ``model`` (pretrained name or model file path, see module doc) on ``device``
     (None/"auto": GPU if available). Cached: the same arguments return the same object.
@@ -151,7 +151,7 @@ def load_separator(model: str | os.PathLike = "htdemucs", device: str | torch.de
     return _load_cached(str(path), str(dev), trust_model_file, (stat.st_mtime_ns, stat.st_size))
 
 
-def check_model(model: str | os.PathLike = "htdemucs", trust_model_file: bool = False) -> None:
+def check_model(model: str | os.PathLike = SEPARATION_MODEL, trust_model_file: bool = False) -> None:
     """Make sure ``model`` can be loaded, cheaply, before starting worker processes: a
     pretrained name whose checkpoints are already cached is not loaded here; a missing one
     is downloaded now (once, for every worker); a model file is read once to validate it.
@@ -360,14 +360,13 @@ def random_htdemucs(size: str = "tiny", seed: int = 0, samplerate: int = 44100,
 
 def save_model_file(model, path) -> Path:
     """Save ``model`` (built by a demucs class) as the package ``demucs.states.load_model``
-    reads (``klass``, ``args``, ``kwargs``, ``state``): a file ``--model PATH`` accepts."""
+    reads (``klass``, ``args``, ``kwargs``, ``state``): a file ``--model PATH`` accepts.
+    Written atomically (temporary file, then rename; folders are created)."""
     import torch
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     args, kwargs = model._init_args_kwargs  # recorded by demucs' @capture_init
     package = {"klass": type(model), "args": args, "kwargs": kwargs,
                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(package, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(package, tmp)
     return path

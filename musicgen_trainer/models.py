@@ -21,11 +21,10 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .atomic import atomic_torch_save
-
-LM_FILE = "state_dict.bin"
-COMPRESSION_FILE = "compression_state_dict.bin"
-EXPORT_INFO_FILE = "export_info.json"  # what an export was trained on, readable without opening the weights
+from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
+from .exports import COMPRESSION_FILE, LM_FILE
+from .runtime import default_device, import_audiocraft
+from .tiny import is_tiny_config, load_tiny_export
 
 PRETRAINED_NAMES = (
     "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
@@ -45,37 +44,6 @@ def resolve_name(name: str) -> str:
     """Map short forms (``small``, ``stereo-medium``) to full hub names; other names unchanged."""
     name = str(name).strip()
     return SHORT_NAMES.get(name, name)
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Silence C-level stderr (TensorFlow's absl banner, printed when tensorboard imports it
-    on audiocraft's import path). Python exceptions still propagate."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real file (e.g. captured by pytest)
-        yield
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    try:
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
-
-
-def import_audiocraft():
-    """Import audiocraft's models once, without the native log noise of its dependencies."""
-    if "audiocraft.models" in sys.modules:
-        return sys.modules["audiocraft.models"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.filterwarnings("ignore", message=r".*weight_norm.*deprecated", category=FutureWarning)
-    with _native_stderr_silenced():
-        import audiocraft.models
-    return audiocraft.models
 
 
 def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None):
@@ -111,19 +79,10 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
     return _load_pretrained(resolve_name(text), device)
 
 
-def default_device(device: tp.Optional[str] = None) -> str:
-    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device:
-        return str(device)
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # --- export folders -------------------------------------------------------------
 
 def _read_package(path: Path, what: str) -> dict:
     """An audiocraft package (``{'xp.cfg', 'best_state', ...}``), loaded weights-only."""
-    from .safe_load import CheckpointError, load_checkpoint
     try:
         pkg = load_checkpoint(path, what)
     except CheckpointError as exc:
@@ -135,7 +94,6 @@ def _read_package(path: Path, what: str) -> dict:
 
 def _check_package(path: Path, what: str) -> None:
     """Refuse a file that does not load weights-only, before a library opens it itself."""
-    from .safe_load import CheckpointError, check_checkpoint
     try:
         check_checkpoint(path, what)
     except CheckpointError as exc:
@@ -158,98 +116,13 @@ def _load_export(folder: Path, device: str):
         raise ModelUnavailableError(f"{folder} is not an audiocraft model folder: missing {', '.join(missing)}")
     lm_pkg = _read_package(folder / LM_FILE, "model file")
     _check_package(folder / COMPRESSION_FILE, "compression model file")
-    extra = xp_config(lm_pkg).get("musicgen_trainer") or {}
-    if extra.get("text_encoder") == "tiny":
-        return _load_tiny_export(folder, lm_pkg, device)
+    if is_tiny_config(xp_config(lm_pkg)):
+        try:
+            return load_tiny_export(folder, lm_pkg, xp_config(lm_pkg), device)
+        except ValueError as exc:
+            raise ModelUnavailableError(str(exc)) from None
     from audiocraft.models import MusicGen
     return _with_offline_errors(lambda: MusicGen.get_pretrained(str(folder), device=device), str(folder))
-
-
-def _load_tiny_export(folder: Path, lm_pkg: dict, device: str):
-    from audiocraft.models import MusicGen
-    from audiocraft.models.loaders import load_compression_model
-    from omegaconf import OmegaConf
-
-    from .tiny import TINY_NAME, build_lm_from_config
-
-    if "text_encoder_state" not in lm_pkg:
-        raise ModelUnavailableError(f"{folder / LM_FILE} is a tiny-model export without its text encoder weights")
-    xp_cfg = OmegaConf.create(xp_config(lm_pkg))
-    xp_cfg.device = "cpu"
-    lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"])
-    try:
-        lm.load_state_dict(lm_pkg["best_state"])
-        compression_model = load_compression_model(str(folder), device="cpu")
-    except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ModelUnavailableError(f"{folder} holds weights that do not match its config: {first}") from None
-    model = MusicGen(TINY_NAME, compression_model, lm.eval())
-    model.name = str(folder)
-    return to_device(model, device)
-
-
-def to_device(model, device: str):
-    """Move a MusicGen (LM, compression model and the frozen T5 kept outside the module tree)."""
-    import torch
-    device = torch.device(device)
-    model.lm.to(device)
-    model.compression_model.to(device)
-    for conditioner in model.lm.condition_provider.conditioners.values():
-        t5 = conditioner.__dict__.get("t5")
-        if t5 is not None:
-            conditioner.__dict__["t5"] = t5.to(device)
-        if hasattr(conditioner, "device"):
-            conditioner.device = str(device)
-    model.lm.condition_provider.device = str(device)
-    model.device = device
-    return model
-
-
-def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optional[dict] = None,
-                 extra: tp.Optional[dict] = None) -> Path:
-    """Write ``model`` to ``folder`` in audiocraft's layout; returns the folder.
-
-    ``state_dict.bin`` holds ``{'xp.cfg', 'best_state'}`` (plus, for tiny models, the frozen
-    text encoder's weights) and ``compression_state_dict.bin`` the compression model, so
-    ``MusicGen.get_pretrained(folder)`` and ``load_model(folder)`` both accept it. Files are
-    written to temporary names and renamed, so a crash never leaves a half-written export.
-
-    Args:
-        lm_state: LM weights to export instead of ``model.lm.state_dict()`` (e.g. EMA weights).
-        extra: JSON-able facts merged into ``xp.cfg['musicgen_trainer']`` (e.g. training data genres).
-    """
-    from omegaconf import OmegaConf
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    xp_cfg = OmegaConf.to_container(model.lm.cfg, resolve=True)
-    xp_cfg["device"] = "cpu"
-    if extra:
-        xp_cfg.setdefault("musicgen_trainer", {}).update(extra)
-    state = lm_state if lm_state is not None else model.lm.state_dict()
-    lm_pkg = {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in state.items()}}
-    if (xp_cfg.get("musicgen_trainer") or {}).get("text_encoder") == "tiny":
-        t5 = model.lm.condition_provider.conditioners["description"].__dict__["t5"]
-        lm_pkg["text_encoder_state"] = {k: v.cpu() for k, v in t5.state_dict().items()}
-    compression_pkg = _compression_package(model, xp_cfg)
-    atomic_torch_save(lm_pkg, folder / LM_FILE)
-    atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
-    from .exports import write_export_info
-    write_export_info(folder, xp_cfg)
-    return folder
-
-
-def _compression_package(model, xp_cfg: dict) -> dict:
-    """The compression model's package: rebuilt from config for local models, or the
-    pretrained one's own package (copied from the hub cache) for released models."""
-    ours = xp_cfg.get("musicgen_trainer") or {}
-    if ours.get("text_encoder") != "tiny":
-        # A released model (or a fine-tune of one): its compression model is unchanged by
-        # training, so the base's own package (hub cache or export folder) is copied as is.
-        from audiocraft.models.loaders import load_compression_model_ckpt
-        return load_compression_model_ckpt(ours.get("base_model") or model.name)
-    compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
-    return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
 
 
 # --- pretrained (hub) models ----------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The MusicGen fine-tuning loop: ``train(config)``.
+"""One optimiser step, and the state it works on (called by the loop in ``finetune.py``).
 
-One readable loop (nanoGPT-style). ``train_step`` takes the state and the micro-batches of
-one optimiser step and returns a dict of metrics; mixed precision, gradient accumulation and
-data parallelism are handled there, once. accelerate sets up the processes (a plain
+``train_step`` takes the state and the micro-batches of one optimiser step and returns a dict
+of metrics; mixed precision, gradient accumulation and data parallelism are handled there,
+once. ``make_state`` builds the optimiser, schedule, scaler, EMA and DDP wrapper. accelerate sets up the processes (a plain
 ``python train.py`` needs no configuration; ``accelerate launch``/``torchrun`` runs data
 parallel), and the DDP-wrapped LM is what the loss calls, so gradients are synchronised.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .batches import CodeBatch, validation_batches
+from .data import CodeBatch, validation_batches
 from .objective import micro_batch_loss, token_counts
 from .train_config import TrainConfig
 

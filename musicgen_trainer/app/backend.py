@@ -6,6 +6,7 @@ messages shown in the page.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -17,8 +18,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .constants import (APP_MAX_PROMPT_AUDIO_SECONDS, APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS,
-                        APP_MODEL_CACHE, MUSICGEN_CARD, MUSICGEN_MAX_SECONDS)
+from ..generation import GenerationConfig
+from ..runtime import MUSICGEN_CARD, MUSICGEN_MAX_SECONDS
+
+# What one request may ask of the server.
+APP_MAX_SECONDS = 60.0            # longest clip the web app makes
+APP_MAX_PROMPT_CHARS = 500        # longest text prompt the web app accepts
+APP_MAX_UPLOAD_MB = 25            # largest audio-prompt upload the web app accepts
+APP_MAX_PROMPT_AUDIO_SECONDS = 600.0  # longest audio-prompt upload decoded (its end is used)
+APP_MODEL_CACHE = 2               # loaded models kept in memory by the web app (least recently used go)
 
 BASE_GENRES = ("rock", "pop", "jazz", "blues", "classical", "electronic", "hip hop", "ambient",
                "folk", "metal", "funk", "reggae", "country", "lo-fi")
@@ -47,7 +55,7 @@ def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Se
 
     A fine-tune's ``key`` names it relative to ``checkpoints`` (``export:jazzrun/export``), so the
     page never learns where the server keeps its files; ``value`` is the folder itself."""
-    from .exports import export_info, find_exports
+    from ..exports import export_info, find_exports
     choices = []
     if checkpoints:
         root = Path(checkpoints)
@@ -71,7 +79,7 @@ class ModelCache:
 
     def __init__(self, capacity: int = APP_MODEL_CACHE, device: tp.Optional[str] = None,
                  loader: tp.Optional[tp.Callable] = None):
-        from .loading import load_model
+        from ..models import load_model
         self.capacity = max(1, int(capacity))
         self.device = device
         self._load = loader or load_model
@@ -107,38 +115,29 @@ def _free_accelerator_memory() -> None:
 
 @dataclass
 class AppRequest:
-    """One request from the page, validated on construction (ValueError with the reason)."""
+    """One request from the page, validated on construction (ValueError with the reason).
+    ``generation`` carries the sampling settings; a ``seed`` of None or below 0 means a random one."""
     model: str
     allowed_models: tp.Sequence[str]
     prompt: str = ""
     genres: tp.Sequence[str] = ()
-    duration: float = 8.0
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(seed=None))
     max_duration: float = APP_MAX_SECONDS
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    cfg_coef: float = 3.0
-    seed: tp.Optional[int] = None          # None or negative: a random seed
     audio_prompt: tp.Optional[str] = None  # an uploaded file's path
     upload_roots: tp.Sequence[str] = ()    # audio_prompt must lie under one of these
     midi: bool = True
 
     def __post_init__(self):
-        from .generation import GenerationConfig
         if self.model not in self.allowed_models:
             raise ValueError("choose a model from the list")
         self.prompt = " ".join(clean_text(self.prompt or "").split())
         if len(self.prompt) > APP_MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {APP_MAX_PROMPT_CHARS}")
         self.genres = [clean_text(g) for g in (self.genres or [])][:16]
-        if self.duration is None or not math.isfinite(float(self.duration)) \
-                or not 0 < float(self.duration) <= self.max_duration:
+        if not self.generation.duration <= self.max_duration:
             raise ValueError(f"duration must be more than 0 and at most {self.max_duration:g} seconds")
-        if self.seed is None or int(self.seed) < 0:
-            self.seed = secrets.randbelow(2 ** 31)
-        self.generation = GenerationConfig(duration=float(self.duration), top_k=int(self.top_k),
-                                           top_p=float(self.top_p), temperature=float(self.temperature),
-                                           cfg_coef=float(self.cfg_coef), seed=int(self.seed))
+        if self.generation.seed is None or int(self.generation.seed) < 0:
+            self.generation = dataclasses.replace(self.generation, seed=secrets.randbelow(2 ** 31))
         if self.generation.top_k > MUSICGEN_CARD:
             raise ValueError(f"top-k must be at most {MUSICGEN_CARD}")
         if self.audio_prompt:
@@ -172,47 +171,30 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
 
     ``progress(stage, done, total)`` is called while loading and generating.
     """
-    import torch
-
-    from .generation import generate, generate_continuation, prepare_audio_prompt
-    from .outputs import write_outputs
-    from .prompting import build_prompts
+    from ..outputs import ClipRequest, generate_to_files
 
     report = progress or (lambda stage, done, total: None)
     # The upload's length is checked before the model is loaded, from its header where the
     # format has one; only the model's window from its end is ever decoded into memory.
     prompt_input = open_audio_prompt(request.audio_prompt) if request.audio_prompt else None
-    text = build_prompts([request.prompt] if request.prompt else [], request.genres)[0]
 
     report("loading model", 0, 1)
     model = cache.get(request.model)
-    cfg = request.generation
-    kept = None
+    prompt_audio = None
     if prompt_input is not None:
-        audio, rate = read_audio_tail(prompt_input, float(model.max_duration))
-        kept = prepare_audio_prompt(model, torch.from_numpy(audio), rate)[0]
-    started = time.time()
-    step = lambda done, total: report("generating", done, total)  # noqa: E731
-    if kept is not None:
-        wav = generate_continuation(model, kept, model.sample_rate, [text], cfg, progress=step)[0]
-    else:
-        wav = generate(model, [text], cfg, progress=step)[0]
-    elapsed = time.time() - started
-
-    report("writing files", 0, 1)
+        prompt_audio = read_audio_tail(prompt_input, float(model.max_duration))
+    clip = ClipRequest(model_name=request.model, user_prompts=[request.prompt] if request.prompt else [],
+                       generation=request.generation, genres=list(request.genres), prompt_audio=prompt_audio,
+                       prompt_audio_name="upload" if prompt_audio is not None else None, midi=request.midi)
+    text = clip.prompts[0]
     folder = _new_result_folder(Path(out_root))
-    params = {"model": request.model, "prompt": text, "user_prompt": request.prompt,
-              "genres": list(request.genres), **cfg.to_dict(),
-              "audio_prompt_seconds_used": None if kept is None else round(kept.shape[-1] / model.sample_rate, 6),
-              "sample_rate": int(model.sample_rate), "generation_seconds": round(elapsed, 3)}
-    files = write_outputs(folder / f"musicgen_s{cfg.seed}", wav.numpy(), model.sample_rate, params,
-                          midi=request.midi, prompt_audio=None if kept is None else kept.numpy(),
-                          prompt_rate=model.sample_rate, title=text or "(no text)")
-    seconds = wav.shape[-1] / model.sample_rate
-    summary = (f"{seconds:.2f} s of audio in {elapsed:.1f} s · seed {cfg.seed} · "
+    step = lambda done, total: report("generating", done, total)  # noqa: E731
+    result = generate_to_files(model, clip, [folder / f"musicgen_s{request.generation.seed}"], progress=step)
+    files = result.files[0]
+    summary = (f"{result.seconds:.2f} s of audio in {result.generation_seconds:.1f} s · seed {request.generation.seed} · "
                f"prompt: {text or '(none)'}")
-    if kept is not None:
-        summary += f" · continues {kept.shape[-1] / model.sample_rate:.2f} s of your audio"
+    if result.prompt_seconds_used is not None:
+        summary += f" · continues {result.prompt_seconds_used:.2f} s of your audio"
     return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi, summary=summary)
 
 
@@ -227,7 +209,7 @@ def open_audio_prompt(path, max_seconds: tp.Optional[float] = None):
     from contextlib import closing
 
     from dataset_tools.audio_io import AudioDecodeError
-    from dataset_tools.separation_input import open_input
+    from dataset_tools.separation.reader import open_input
 
     limit = APP_MAX_PROMPT_AUDIO_SECONDS if max_seconds is None else float(max_seconds)
     span = f"{limit / 60:g} minutes" if limit >= 60 else f"{limit:g} seconds"

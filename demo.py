@@ -1,4 +1,8 @@
+#!/usr/bin/env python
 """The offline demo behind `make demo`: the whole pipeline on bundled example data, tiny model.
+
+It drives all three packages, so it lives beside train.py and generate.py rather than inside
+one of them. Run ``python demo.py --help``.
 
 1. build a small real music library from music21's corpus (dataset_tools example);
 2. prepare it: WAV segments, captions, manifest (dataset_tools prepare);
@@ -11,7 +15,9 @@ the library (kept, as is the code cache), because step 3 moves files inside the 
 """
 from __future__ import annotations
 
+import argparse
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +51,10 @@ def run_demo(config: DemoConfig) -> list:
     from dataset_tools.options import PrepareOptions
     from dataset_tools.prepare import prepare
 
-    from .cli_generate import GenerateOptions, run
-    from .train_config import TrainConfig
-    from .trainer import train
+    from musicgen_trainer.cli_generate import GenerateOptions, run
+    from musicgen_trainer.finetune import train
+    from musicgen_trainer.generation import GenerationConfig
+    from musicgen_trainer.train_config import TrainConfig
 
     out = config.out
     library, dataset = out / "library", out / "dataset"
@@ -88,7 +95,30 @@ def run_demo(config: DemoConfig) -> list:
 
     _step("5/5 generate from the export (generate.py)")
     files = run(GenerateOptions(model=str(export), prompts=["slow and calm"], genres=["chorale"],
-                                duration=config.duration, seed=0, out=out / "generated"))
+                                generation=GenerationConfig(duration=config.duration, seed=0),
+                                out=out / "generated"))
     wavs = [f.wav for f in files]
     print(f"\ndemo done: {', '.join(str(w) for w in wavs)}")
     return wavs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="demo.py", description="Example library -> prepare -> genre classifier -> "
+                                "fine-tune the tiny model -> generate, all offline, into --out.")
+    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--model", default="tiny", help="model to fine-tune (default: tiny)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of audio to generate (default: 4)")
+    p.add_argument("--steps", type=int, default=30, help="training steps (default: 30)")
+    p.add_argument("--no-classifier", action="store_true", help="skip the genre-classifier step")
+    args = p.parse_args(argv)
+    from dataset_tools.cli import run_command
+    from musicgen_trainer.models import ModelUnavailableError
+
+    def command() -> int:
+        run_demo(DemoConfig(out=Path(args.out), model=args.model, duration=args.duration, train_steps=args.steps,
+                            classifier=not args.no_classifier))
+        return 0
+    return run_command(command, input_errors=(ModelUnavailableError,))
+
+if __name__ == "__main__":
+    sys.exit(main())

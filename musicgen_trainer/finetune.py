@@ -20,13 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints
-from .batches import CropSampler
-from .code_cache import CodeCache
-from .data import Clip, find_clips, split_clips
-from .run_folder import RunFolder, RunFolderError, check_resume, claim_run_folder
+from .data import Clip, CodeCache, CropSampler, find_clips, split_clips
+from .run_folder import (RunFolder, RunFolderError, check_resume, claim_run_folder, load_state, read_record,
+                         resolve_resume, rng_state, set_rng_state)
 from .train_config import TrainConfig
-from .training import (TrainState, export_weights, make_state, prepare_lm_for_training,
+from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
                        resolve_precision, train_step, validation_loss)
 
 logger = logging.getLogger(__name__)
@@ -59,8 +57,8 @@ def _write_samples(state: TrainState, prompts: list, folder: Path, writer) -> No
     """Generate from the text alone (never prompted with training audio) and save WAVs."""
     from dataset_tools.audio_io import write_wav_atomic
 
-    from .cli_generate import slug
     from .generation import GenerationConfig, generate
+    from .outputs import slug
 
     model, cfg = state.model, state.config
     model.lm.eval()
@@ -79,7 +77,7 @@ def _training_state_dict(state: TrainState) -> dict:
     return {"config": state.config.to_dict(), "lm": state.model.lm.state_dict(),
             "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler else None, "ema": state.ema,
-            "rng": checkpoints.rng_state(), "nonfinite_streak": state.nonfinite_streak,
+            "rng": rng_state(), "nonfinite_streak": state.nonfinite_streak,
             "skipped_steps": state.skipped_steps, "world_size": state.accelerator.num_processes,
             "history": state.history[-1000:]}
 
@@ -101,7 +99,7 @@ def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
         state.scaler.load_state_dict(saved["scaler"])
     if state.ema is not None and saved.get("ema"):
         state.ema = {k: v.to(state.accelerator.device) for k, v in saved["ema"].items()}
-    checkpoints.set_rng_state(saved["rng"])
+    set_rng_state(saved["rng"])
     state.step = int(saved["step"])
     state.nonfinite_streak = int(saved.get("nonfinite_streak", 0))
     state.skipped_steps = int(saved.get("skipped_steps", 0))
@@ -119,7 +117,6 @@ def _log(writer, metrics: dict, step: int) -> None:
 
 def _claim(config: TrainConfig, acc) -> RunFolder:
     """The main process checks and records the run folder; the others read its record."""
-    from .run_folder import read_record
     if acc.is_main_process:
         run = claim_run_folder(config, resuming=bool(config.resume))
     acc.wait_for_everyone()
@@ -138,15 +135,16 @@ def train(config: TrainConfig) -> Path:
         DatasetError, ModelUnavailableError, ValueError: bad input, with a one-line message.
         TrainingDiverged: too many non-finite losses in a row (nothing exported).
     """
-    from .loading import export_model, load_model
+    from .exports import export_model
+    from .models import load_model
 
     acc = _accelerator(config)
     device = acc.device
     out = Path(config.out)
     clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
     run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
-    resume_from = checkpoints.resolve_resume(config.resume, run.own_states())
-    saved = checkpoints.load_state(resume_from) if resume_from is not None else None
+    resume_from = resolve_resume(config.resume, run.own_states())
+    saved = load_state(resume_from) if resume_from is not None else None
     if saved is not None:
         check_resume(saved.get("config") or {}, config, str(resume_from))
     torch.manual_seed(config.seed)

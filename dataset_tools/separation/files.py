@@ -21,17 +21,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from musicgen_trainer.constants import AUDIO_EXTENSIONS, SEPARATION_BLOCK_FRAMES
-
-from .audio_io import DISK_ERRNOS, AudioDecodeError, as_os_error
-from .files import PART_SUFFIX, ForeignFileError, entry_exists, refuse_foreign, safe_name, write_text_atomic
-from .separation_input import measure, open_input, output_channels
-from .separation_report import MARKER_FILE, REPORT_FILE, SeparatedFile, is_report
-from .separation_stream import StemStream, stem_picker
+from ..atomic import PART_SUFFIX, write_json_atomic
+from ..audio_io import DISK_ERRNOS, AudioDecodeError, as_os_error
+from ..dataset_format import AUDIO_EXTENSIONS
+from ..files import ForeignFileError, entry_exists, refuse_foreign, safe_name
+from .options import SEPARATION_BLOCK_FRAMES
+from .reader import measure, open_input, output_channels
+from .report import MARKER_FILE, REPORT_FILE, SeparatedFile, is_report
+from .stems import stem_picker
+from .stream import StemStream
 
 if TYPE_CHECKING:
-    from .separation import SeparateOptions
-    from .separation_model import Separator
+    from .model import Separator
+    from .options import SeparateOptions
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -201,6 +203,8 @@ def _separate_file(path, folder, stems, options, separator, settings, label) -> 
                leave=False, disable=not options.progress, dynamic_ncols=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
     try:
+        # Not atomic_path (one file, renamed alone): the stems are renamed together, after the
+        # ledger is saved. ".<stem>.<8 random>.wav.part" is a name files.py cleans up.
         for stem in stems:
             fd, temps[stem] = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".wav{PART_SUFFIX}", dir=folder)
             os.close(fd)
@@ -248,4 +252,4 @@ def _separate_file(path, folder, stems, options, separator, settings, label) -> 
 
 
 def _write_marker(folder: Path, data: dict) -> None:
-    write_text_atomic(folder / MARKER_FILE, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(folder / MARKER_FILE, data)

@@ -9,7 +9,7 @@ Safe by default: it listens on 127.0.0.1 unless ``--host`` or ``--share`` is giv
 only files uploaded through the page, bounds text, upload size and duration, and shows
 errors as messages in the page (tracebacks go to the server's log only). The page names
 fine-tunes by their folder under ``checkpoints/`` (``export:my-run/export``), never by a
-server path, and the app deletes only result folders it made itself (see ``app_backend``).
+server path, and the app deletes only result folders it made itself (see ``backend``).
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ import time
 import typing as tp
 from pathlib import Path
 
-from .constants import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE
+from ..generation import GenerationConfig
+from .backend import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE
 
 logger = logging.getLogger("musicgen_trainer.app")
 
+DEFAULTS = GenerationConfig()  # the page's initial sampling settings
 RESCAN_INTERVAL_S = 5.0  # the checkpoints folder is walked at most once per this many seconds
 
 
@@ -42,8 +44,8 @@ class App:
                  cache_size: int = APP_MODEL_CACHE, pretrained: tp.Optional[tp.Sequence[str]] = None,
                  midi_default: bool = True, rescan_interval: float = RESCAN_INTERVAL_S,
                  clock: tp.Callable[[], float] = time.monotonic):
-        from .app_backend import ModelCache
-        from .loading import PRETRAINED_NAMES
+        from .backend import ModelCache
+        from ..models import PRETRAINED_NAMES
         self.checkpoints = checkpoints
         self.out = Path(out)
         self.max_duration = float(max_duration)
@@ -62,7 +64,7 @@ class App:
         (then the current list is returned as is): however often it is asked, from the page or
         by anyone who can reach the server, the folder is walked at most once per interval,
         one walk at a time."""
-        from .app_backend import list_models
+        from .backend import list_models
         with self._scan_lock:
             now = self.clock()
             if self._scanned_at is not None and now - self._scanned_at < self.rescan_interval:
@@ -114,7 +116,7 @@ class App:
         return max(1.0, min(self.max_duration, 2 * window))
 
     def genre_choices(self, value: str) -> tp.List[str]:
-        from .app_backend import BASE_GENRES
+        from .backend import BASE_GENRES
         choice = self.by_value.get(value)
         return list(choice.genres) if choice and choice.genres else list(BASE_GENRES)
 
@@ -132,7 +134,7 @@ def build_demo(app: App):
     """The Gradio ``Blocks`` page (queue included) for ``app``."""
     import gradio as gr
 
-    from .app_backend import AppRequest, run_request
+    from .backend import AppRequest, run_request
 
     default = app.default_model()
 
@@ -154,18 +156,20 @@ def build_demo(app: App):
                     seed, midi, progress=gr.Progress()):
         from dataset_tools.audio_io import AudioDecodeError
 
-        from .loading import ModelUnavailableError
-        from .transcribe import TranscriptionUnavailable
+        from ..models import ModelUnavailableError
+        from ..media import TranscriptionUnavailable
 
         def report(stage: str, done: int, total: int) -> None:
             progress((done, total), desc=stage, unit="steps" if stage == "generating" else "")
         model = app.value_of(model) or model  # a key from the page; unknown ones fail the allow-list
         try:
+            generation = GenerationConfig(duration=duration, top_k=int(top_k),
+                                          top_p=float(top_p), temperature=float(temperature),
+                                          cfg_coef=float(cfg_coef),
+                                          seed=None if seed is None or int(seed) < 0 else int(seed))
             request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
-                                 genres=genres or [], duration=duration, max_duration=app.duration_limit(model),
-                                 top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
-                                 seed=None if seed is None else int(seed), audio_prompt=audio_prompt,
-                                 upload_roots=_upload_roots(), midi=bool(midi))
+                                 genres=genres or [], generation=generation, max_duration=app.duration_limit(model),
+                                 audio_prompt=audio_prompt, upload_roots=_upload_roots(), midi=bool(midi))
             result = run_request(request, app.cache, app.out, report)
         except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
             raise gr.Error(app.public_text(str(exc)), print_exception=False) from None
@@ -193,15 +197,19 @@ def build_demo(app: App):
                                     elem_id="prompt")
                 genres = gr.CheckboxGroup(choices=app.genre_choices(default), label="Genres",
                                           elem_id="genres")
-                duration = gr.Slider(0.5, app.duration_limit(default), value=min(8.0, app.duration_limit(default)),
+                duration = gr.Slider(0.5, app.duration_limit(default),
+                                     value=min(DEFAULTS.duration, app.duration_limit(default)),
                                      step=0.5, label="Duration (seconds)", elem_id="duration")
                 audio_prompt = gr.Audio(sources=["upload"], type="filepath",
                                         label="Audio prompt (optional): the music continues from its end")
                 with gr.Accordion("Advanced sampling", open=False):
-                    top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0: off)")
-                    top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0: use top-k)")
-                    temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                    cfg_coef = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Guidance (CFG coefficient)")
+                    # Defaults and explanations are GenerationConfig's (the same as generate.py's flags).
+                    top_k = gr.Slider(0, 1000, value=DEFAULTS.top_k, step=1, label="Top-k", info=_help("top_k"))
+                    top_p = gr.Slider(0.0, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top-p", info=_help("top_p"))
+                    temperature = gr.Slider(0.05, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature",
+                                            info=_help("temperature"))
+                    cfg_coef = gr.Slider(0.0, 10.0, value=DEFAULTS.cfg_coef, step=0.1, label="Guidance (CFG coefficient)",
+                                         info=_help("cfg_coef"))
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random; the seed used is shown)")
                 midi = gr.Checkbox(value=app.midi_default, label="Transcribe to MIDI (basic-pitch)")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -260,6 +268,13 @@ def _hub_cached(name: str) -> bool:
         return False
 
 
+def _help(name: str) -> str:
+    """A sampling control's explanation: the GenerationConfig field's help text."""
+    import dataclasses
+    meta = {f.name: f.metadata for f in dataclasses.fields(GenerationConfig)}[name]
+    return (meta.get("cli") or {}).get("help", "")
+
+
 def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,
            max_queue: int = 20, block: bool = True):
     """Queue (one generation at a time, at most ``max_queue`` waiting) and serve."""
@@ -312,23 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Serve the page until Ctrl-C. Exit status: 2 for a bad option or an address it cannot
+    listen on, 1 for a failure while serving, 130 after Ctrl-C (the project's CLI convention)."""
+    from dataset_tools.cli import run_command
     args = build_parser().parse_args(argv)
-    if not 0 < args.max_duration <= 600:
-        print("error: --max-duration must be more than 0 and at most 600 seconds", file=sys.stderr)
-        return 2
-    if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
-        print("note: the app is reachable from other machines; anyone who can reach it can use it",
-              file=sys.stderr)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
-              cache_size=args.cache)
-    try:
-        launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
-    except OSError as exc:  # port in use, bad address
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    return 0
 
+    def command() -> int:
+        if not 0 < args.max_duration <= 600:
+            raise ValueError("--max-duration must be more than 0 and at most 600 seconds")
+        if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
+            print("note: the app is reachable from other machines; anyone who can reach it can use it",
+                  file=sys.stderr)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
+                  cache_size=args.cache)
+        try:
+            launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
+        except OSError as exc:  # port in use, bad address
+            raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        return 0
+    return run_command(command)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Streaming source separation: memory stays flat however long the song is.
 
-The input arrives in decoded blocks (``separation_input``), never as a whole. ``StemStream``
+The input arrives in decoded blocks (``reader``), never as a whole. ``StemStream``
 then
 
 1. downmixes each block to the model's channels (mono is duplicated to stereo, >2
@@ -32,9 +32,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from musicgen_trainer.constants import SEPARATION_MAX_SHIFT_SECONDS
-
-from .separation_input import MixStats, _finite, downmix, output_channels
+from .options import SEPARATION_MAX_SHIFT_SECONDS
+from .reader import MixStats, downmix, finite, output_channels
 
 
 # --- buffers ------------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ class StemStream:
         yield from self.finish()
 
     def push(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        block = _finite(np.asarray(block, dtype=np.float32))
+        block = finite(np.asarray(block, dtype=np.float32))
         if block.ndim != 2 or block.shape[1] != self.in_channels:
             raise ValueError(f"expected [frames, {self.in_channels}] blocks, got {block.shape}")
         self.frames_in += block.shape[0]
@@ -252,41 +251,3 @@ class StemStream:
         n = min(self._mix.size, self._stems.size)
         return [(self._mix.pop(n), self._stems.pop(n))] if n else []
 
-
-# --- which stems to write ---------------------------------------------------------------------------
-
-INSTRUMENTAL = "instrumental"
-INSTRUMENTAL_MODES = ("difference", "sum")
-
-
-def stem_picker(sources: list[str], stems: Iterable[str], instrumental_mode: str = "difference"):
-    """A function ``(mix [C, m], estimates [S, C, m]) -> {stem: [C, m]}`` for ``stems``.
-
-    ``instrumental`` is ``mix - vocals`` (``difference``: the exact complement of the vocals,
-    so ``instrumental + vocals == mix``) or the sum of the other sources (``sum``, what
-    demucs' ``--two-stems`` writes). Raises ValueError for a stem the model lacks.
-    """
-    index = {name: k for k, name in enumerate(sources)}
-    stems = list(stems)
-    if INSTRUMENTAL in stems and "vocals" not in index:
-        raise ValueError(f"'instrumental' needs a model with a vocals stem (this one has "
-                         f"{', '.join(sources)})")
-    for stem in stems:
-        if stem not in index and stem != INSTRUMENTAL:
-            raise ValueError(f"model has no stem {stem!r}: choose from "
-                             f"{', '.join([INSTRUMENTAL, *sources])}")
-    if instrumental_mode not in INSTRUMENTAL_MODES:
-        raise ValueError(f"instrumental mode must be one of {', '.join(INSTRUMENTAL_MODES)}")
-    others = [k for name, k in index.items() if name != "vocals"]
-
-    def pick(mix: np.ndarray, est: np.ndarray) -> dict[str, np.ndarray]:
-        out = {}
-        for stem in stems:
-            if stem != INSTRUMENTAL:
-                out[stem] = est[index[stem]]
-            elif instrumental_mode == "difference":
-                out[stem] = mix - est[index["vocals"]]
-            else:
-                out[stem] = est[others].sum(axis=0)
-        return out
-    return pick

@@ -8,9 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .report import skipped_lines
-
-from .files import write_text_atomic
+from ..atomic import write_json_atomic
+from ..report import skipped_lines
 
 REPORT_FILE = "separate_report.json"
 MARKER_FILE = "separation.json"  # in each song's folder: what made its stems (re-runs skip it)
@@ -95,7 +94,7 @@ class SeparateReport:
 
     def save(self, out: Path | None = None) -> Path:
         path = Path(out or self.out) / REPORT_FILE
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return write_json_atomic(path, self.to_dict())
 
     def summary(self, max_listed: int = 20) -> str:
         """A few lines for the terminal."""

@@ -1,0 +1,74 @@
+"""The audiocraft runtime: import it quietly, pick a device, move a MusicGen between devices.
+
+The lowest layer of musicgen_trainer (no other module of the package is imported here).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import typing as tp
+import warnings
+
+# The released MusicGen models' codec and window (EnCodec 32 kHz, as in the checkpoints).
+MUSICGEN_SAMPLE_RATE = 32_000     # Hz: audio is resampled to this before encoding
+MUSICGEN_FRAME_RATE = 50          # EnCodec frames (LM steps) per second
+MUSICGEN_CODEBOOKS = 4            # residual codebooks per frame (mono models)
+MUSICGEN_CARD = 2048              # codes per codebook; `card` is also the special (masked) token
+MUSICGEN_MAX_SECONDS = 30.0       # context window of the released models
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Silence C-level stderr (TensorFlow's absl banner, printed when tensorboard imports it
+    on audiocraft's import path). Python exceptions still propagate."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real file (e.g. captured by pytest)
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_audiocraft():
+    """Import audiocraft's models once, without the native log noise of its dependencies."""
+    if "audiocraft.models" in sys.modules:
+        return sys.modules["audiocraft.models"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=r".*weight_norm.*deprecated", category=FutureWarning)
+    with native_stderr_silenced():
+        import audiocraft.models
+    return audiocraft.models
+
+
+def default_device(device: tp.Optional[str] = None) -> str:
+    """``device`` if given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device:
+        return str(device)
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def to_device(model, device: str):
+    """Move a MusicGen (LM, compression model and the frozen T5 kept outside the module tree)."""
+    import torch
+    device = torch.device(device)
+    model.lm.to(device)
+    model.compression_model.to(device)
+    for conditioner in model.lm.condition_provider.conditioners.values():
+        t5 = conditioner.__dict__.get("t5")
+        if t5 is not None:
+            conditioner.__dict__["t5"] = t5.to(device)
+        if hasattr(conditioner, "device"):
+            conditioner.device = str(device)
+    model.lm.condition_provider.device = str(device)
+    model.device = device
+    return model
