@@ -12,12 +12,9 @@ Accepted names:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import sys
 import typing as tp
-import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
