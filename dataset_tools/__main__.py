@@ -1,8 +1,9 @@
-"""Command line: ``python -m dataset_tools {prepare,stats,example} ...`` (or ``dataset-tools``).
+"""Command line: ``python -m dataset_tools {prepare,separate,stats,example} ...`` (or ``dataset-tools``).
 
-Only parses arguments and prints; the work is done by ``prepare``, ``dataset_stats`` and
-``build_example``. Each command's flags come from the fields of its options dataclass
-(``PrepareOptions``, ``StatsOptions``, ``ExampleOptions``) through ``dataset_tools.cli``.
+Only parses arguments and prints; the work is done by ``prepare``, ``separation.separate``,
+``dataset_stats`` and ``build_example``. Each command's flags come from the fields of its options
+dataclass (``PrepareOptions``, ``SeparateOptions``, ``StatsOptions``, ``ExampleOptions``) through
+``dataset_tools.cli``.
 Errors follow the project's convention (``cli.run_command``): one ``error: ...`` line, exit
 status 2 for bad input (also for a file in OUT that the command did not write and would have
 to replace), 1 for a run that could not finish (e.g. disk full), never a traceback (unless

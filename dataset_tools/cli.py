@@ -240,6 +240,28 @@ def suppress_defaults(actions: Iterable[argparse.Action]) -> None:
         action.default = argparse.SUPPRESS
 
 
+def options_markdown(cls, exclude: Iterable[str] = (), defaults: dict | None = None) -> str:
+    """A Markdown table of ``cls``'s flags (flag and aliases, default, help): the docs' option
+    tables are generated from the fields too (``scripts/update_docs_options.py``), and a test
+    checks that the docs hold exactly this."""
+    rows = ["| flag | default | what it does |", "| --- | --- | --- |"]
+    defaults = dict(defaults or {})
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in exclude:
+            continue
+        meta = f.metadata.get(_META, {})
+        default = _field_default(f, defaults)
+        shown = "required" if default is dataclasses.MISSING else \
+            "" if default in (None, "") else _shown(default)
+        flags = [f.name.upper() if meta.get("positional") else flag_name(f.name)]
+        if typing.get_type_hints(cls)[f.name] is bool:
+            flags.append("--no-" + f.name.replace("_", "-"))
+        flags += [*meta.get("aliases", ()), *meta.get("const_flags", {})]
+        text = meta.get("help", "").replace("%(default)s", shown).replace("%%", "%").replace("|", "\\|")
+        rows.append(f"| {', '.join(f'`{x}`' for x in flags)} | {shown} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
 def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
     """``cls(...)`` from the parsed flags of ``add_dataclass_options`` (fields not on the command
     line keep their defaults); ``overrides`` win. The dataclass checks the values (ValueError)."""

@@ -2,12 +2,17 @@
 
 The ``SEPARATION_*`` numbers are the defaults of ``python -m dataset_tools separate`` and
 ``prepare --remove-vocals``; they live here, beside the code that uses them.
+
+Each ``SeparateOptions`` field is also the command-line flag of the same name (``--stems``,
+``--subtype``...), with its help text and default here (``dataset_tools.cli``); two flags keep
+their older names as aliases (``--instrumental``, ``--wav-format``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from ..cli import option
 from .stems import INSTRUMENTAL_MODES, stem_picker
 
 SEPARATION_MODEL = "htdemucs"     # demucs' default pretrained model (4 stems, 44.1 kHz stereo)
@@ -20,6 +25,15 @@ SEPARATION_DOWNLOAD_TIMEOUT_S = 60  # a pretrained download whose connection sta
 WAV_FORMATS = ("PCM_16", "PCM_24", "FLOAT")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _STEM = re.compile(r"^[a-z0-9_]+$")
+_GROUP = "separation"  # the --help section of the flags
+
+
+class StemList(tuple):
+    """Stem names; a comma-separated string is split (``--stems instrumental,vocals``). Only
+    splits: ``SeparateOptions`` checks the names (one ``error:`` line, not an argparse usage error)."""
+
+    def __new__(cls, stems=()):
+        return super().__new__(cls, stems.split(",") if isinstance(stems, str) else stems)
 
 
 @dataclass
@@ -42,25 +56,37 @@ class SeparateOptions:
         trust_model_file: load a model file with full pickle (only for files you trust).
         seed: seed of the shift offsets (same seed, same output).
     """
-    stems: tuple = SEPARATION_STEMS
-    model: str = SEPARATION_MODEL
-    device: str = "auto"
-    segment: float | None = None
-    overlap: float = SEPARATION_OVERLAP
-    shifts: int = 0
-    instrumental_mode: str = "difference"
-    subtype: str = "PCM_16"
-    force: bool = False
-    progress: bool = True
-    trust_model_file: bool = False
-    seed: int = 0
+    stems: StemList = option(SEPARATION_STEMS, "comma-separated stems: instrumental (everything but vocals) "
+                             "and/or the model's sources (htdemucs: drums,bass,other,vocals); 'all' = every "
+                             "source", metavar="LIST", group=_GROUP)
+    model: str = option(SEPARATION_MODEL, "pretrained demucs model (downloaded once, then cached: htdemucs, "
+                        "htdemucs_ft, htdemucs_6s, mdx_extra...) or a local model file (.th)",
+                        metavar="NAME|FILE", group=_GROUP)
+    device: str = option("auto", "auto (GPU if available), cpu, cuda, cuda:N, mps", group=_GROUP)
+    segment: float | None = option(None, "model window in seconds (default: the model's, 7.8 for htdemucs, "
+                                   "which pads shorter windows to that; shorter ones save memory with the "
+                                   "mdx models)", metavar="S", group=_GROUP)
+    overlap: float = option(SEPARATION_OVERLAP, "share of each window overlapping the next", metavar="F",
+                            group=_GROUP)
+    shifts: int = option(0, "average N extra randomly offset passes: slightly better, N+1 times slower",
+                         metavar="N", group=_GROUP)
+    instrumental_mode: str = option("difference", "difference: mix minus vocals (exact complement); sum: the "
+                                    "other stems added", choices=INSTRUMENTAL_MODES,
+                                    aliases=("--instrumental",), group=_GROUP)
+    subtype: str = option("PCM_16", "WAV sample format; FLOAT never clips", choices=WAV_FORMATS,
+                          aliases=("--wav-format",), group=_GROUP)
+    force: bool = option(False, "separate again songs already done with these settings", group=_GROUP)
+    progress: bool = option(True, "show progress bars", group=_GROUP)
+    trust_model_file: bool = option(False, "load a --model file that holds arbitrary Python objects (only "
+                                    "files you trust)", group=_GROUP)
+    seed: int = option(0, "seed of the --shifts window offsets (same seed, same output)", metavar="N",
+                       group=_GROUP)
 
     def __post_init__(self):
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
-        stems = self.stems.split(",") if isinstance(self.stems, str) else list(self.stems)
-        stems = [str(s).strip().lower() for s in stems if str(s).strip()]
+        stems = [str(s).strip().lower() for s in StemList(self.stems) if str(s).strip()]
         need(bool(stems), "no stems requested: e.g. --stems instrumental,vocals")
         bad = [s for s in stems if not _STEM.match(s)]
         need(not bad, f"stem names are words like vocals or drums, got {bad[0]!r}" if bad else "")

@@ -111,7 +111,7 @@ class SeparateReport:
         clipped = [f for f in done if any(f.clipped.values())]
         if clipped:
             lines.append(f"  {len(clipped)} file(s) had stem samples beyond full scale, clipped in the WAV "
-                         "(--wav-format FLOAT keeps them)")
+                         "(--subtype FLOAT keeps them)")
         lines += skipped_lines([(f.source, f.reason) for f in self.skipped], max_listed,
                                Path(self.out) / REPORT_FILE, [(f.source, f.reason) for f in self.failed])
         return "\n".join(lines)

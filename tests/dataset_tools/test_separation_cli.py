@@ -342,6 +342,25 @@ def test_arguments_round_trip_to_options():
     assert SeparateOptions().stems == ("instrumental", "vocals") and SeparateOptions().model == "htdemucs"
 
 
+def test_every_option_field_is_a_flag_and_old_spellings_still_parse():
+    import dataclasses
+    from dataset_tools.cli import flag_name
+    parser = add_arguments(argparse.ArgumentParser())
+    flags = {s: a for a in parser._actions for s in a.option_strings}
+    for f in dataclasses.fields(SeparateOptions):
+        assert flags[flag_name(f.name)].dest == f.name and len(flags[flag_name(f.name)].help) > 10, f.name
+    assert options_from_args(parser.parse_args(["a.mp3", "--out", "o"])) == SeparateOptions()  # same defaults
+    old = parser.parse_args(["a.mp3", "--out", "o", "--instrumental", "sum", "--wav-format", "PCM_24",
+                             "--no-progress", "--force", "--trust-model-file", "--stems", "drums,vocals"])
+    new = parser.parse_args(["a.mp3", "--out", "o", "--instrumental-mode", "sum", "--subtype", "PCM_24",
+                             "--no-progress", "--force", "--trust-model-file", "--stems", "drums,vocals"])
+    expected = SeparateOptions(instrumental_mode="sum", subtype="PCM_24", progress=False, force=True,
+                               trust_model_file=True, stems=("drums", "vocals"))
+    assert options_from_args(old) == options_from_args(new) == expected
+    helptext = parser.format_help()
+    assert "--instrumental-mode {difference,sum}, --instrumental" in helptext and "--wav-format" in helptext
+
+
 # --- prepare --remove-vocals (active once the lead wires it into PrepareOptions) ------------------------
 
 def _prepare_has_remove_vocals() -> bool:

@@ -113,3 +113,23 @@ def test_generate_py_entry_point_help():
     assert proc.returncode == 0
     for flag in ("--audio-prompt", "--melody", "--genres", "--midi", "--mp3", "--top-k", "--cfg-coef", "--seed"):
         assert flag in proc.stdout
+
+
+def test_the_command_line_and_the_web_app_write_the_same_json(tmp_path, capsys, tiny_model):
+    """Both go through outputs.generate_to_files: the same parameters, the same keys, the same audio."""
+    from musicgen_trainer.app.backend import AppRequest, ModelCache, run_request
+    from musicgen_trainer.generation import GenerationConfig
+    code, _, err = _run(capsys, "--model", "tiny", "--prompt", "piano", "--genres", "jazz", "--duration", "0.3",
+                        "--seed", "4", "--out", tmp_path / "cli", "--device", "cpu")
+    assert code == 0, err
+    cache = ModelCache(device="cpu", loader=lambda name, device=None: tiny_model)
+    request = AppRequest(model="tiny", allowed_models=["tiny"], prompt="piano", genres=["jazz"], midi=False,
+                         generation=GenerationConfig(duration=0.3, seed=4))
+    app = run_request(request, cache, tmp_path / "app")
+    (cli_json,) = (tmp_path / "cli").glob("*.json")
+    from_cli, from_app = json.loads(cli_json.read_text()), json.loads(app.json.read_text())
+    assert from_cli.keys() == from_app.keys()
+    for key in ("model", "prompt", "user_prompt", "genres", "duration", "top_k", "seed", "sample_rate"):
+        assert from_cli[key] == from_app[key], key
+    assert from_cli["prompt"] == "Jazz music, piano"
+    assert np.array_equal(sf.read(cli_json.with_suffix(".wav"))[0], sf.read(app.wav)[0])
