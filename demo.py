@@ -85,6 +85,9 @@ def run_demo(config: DemoConfig) -> list:
 
     t = _step(f"4/5 fine-tune {config.model} (train.py)")
     run_dir = out / "run"
+    if run_dir.is_dir() and not (run_dir / "run.json").exists() and (run_dir / "config.json").is_file() and \
+            {p.name for p in run_dir.iterdir()} <= {"config.json", "checkpoints", "tensorboard", "samples", "export"}:
+        shutil.rmtree(run_dir)  # the run of a demo from before run folders had a record: the demo's own
     # The demo trains from scratch each time (--overwrite deletes only the last run's files);
     # the code cache is kept.
     export = train(TrainConfig(data=str(dataset), model=config.model, out=str(run_dir), steps=config.train_steps,
@@ -110,15 +113,16 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=4.0, help="seconds of audio to generate (default: 4)")
     p.add_argument("--steps", type=int, default=30, help="training steps (default: 30)")
     p.add_argument("--no-classifier", action="store_true", help="skip the genre-classifier step")
+    from dataset_tools.cli import add_debug_flag, run_command
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    from dataset_tools.cli import run_command
     from musicgen_trainer.models import ModelUnavailableError
 
     def command() -> int:
         run_demo(DemoConfig(out=Path(args.out), model=args.model, duration=args.duration, train_steps=args.steps,
                             classifier=not args.no_classifier))
         return 0
-    return run_command(command, input_errors=(ModelUnavailableError,))
+    return run_command(command, input_errors=(ModelUnavailableError,), debug=args.debug)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,6 +43,7 @@ R = TypeVar("R")
 # (prepare's: <= 5.3 MB), hence the overall cap for many-core machines.
 BACKLOG_PER_WORKER = 16
 MAX_BACKLOG = 128
+MAX_POOL_RESTARTS = 3
 
 
 def default_workers() -> int:
@@ -204,6 +205,7 @@ class _Pipeline:
         self.inflight: dict[Future, tuple[int, Any, Any]] = {}  # future -> (stage, task, input)
         self.suspects: list[tuple[int, Any, Any]] = []
         self.pools: list[_StagePool | None] = [None] * len(stages)
+        self.restarts = [0] * len(stages)  # pools replaced because their workers could not start
 
     def run(self, tasks: Iterable) -> Iterator[tuple[Any, Any]]:
         self.queues[0].extend((task, task) for task in tasks)
@@ -247,6 +249,13 @@ class _Pipeline:
             if not pool.ready.done():
                 continue
             if pool.ready.exception() is not None:
+                # A fork server that died under a crash (CPython's forkserver can lose its
+                # connection when a worker dies mid-start) is restarted by a new pool; give up
+                # only when workers keep failing to start.
+                if isinstance(pool.ready.exception(), OSError) and self.restarts[s] < MAX_POOL_RESTARTS:
+                    self.restarts[s] += 1
+                    broken.add(s)
+                    continue
                 raise RuntimeError(f"worker processes cannot start: {pool.ready.exception()}")
             limit = 2 * self.workers
             if s == 0 and len(self.stages) > 1:
@@ -258,7 +267,7 @@ class _Pipeline:
                 try:
                     with _starting_workers():
                         future = pool.pool.submit(self.stages[s].func, item)
-                except BrokenProcessPool:  # broke since the last wait: not this item's fault
+                except (BrokenProcessPool, OSError):  # broke since the last wait: not this item's fault
                     broken.add(s)
                     break
                 self.inflight[future] = (s, task, item)
@@ -288,7 +297,7 @@ class _Pipeline:
             with _starting_workers():
                 future = pool.submit(self.stages[s].func, item)
             result = future.result()
-        except BrokenProcessPool:
+        except (BrokenProcessPool, OSError):  # OSError: its worker could not even start
             result = self.on_crash(task)
             kill_workers(pool)
         finally:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .files import SEGMENT_SEPARATOR, segment_file_pattern, write_text_atomic
 
@@ -70,6 +70,18 @@ class PrepareState:
             self.records = dict(data["sources"])
             self.pending = set(data.get("pending", []))
         self.top_files = set(data["outputs"]) if "outputs" in data else None
+        # Every path it names must stay inside OUT: a crafted state ("/home/you/notes",
+        # "../x") must not make prepare delete files elsewhere. Such a state is not ours.
+        try:
+            named = list(self.pending) + list(self.top_files or ())
+            for rec in self.records.values():
+                named += [rec["stem"]] if rec.get("stem") else []
+                named += list(record_files(rec))
+            inside = all(_inside_out(p) for p in named)
+        except (TypeError, AttributeError, KeyError):
+            inside = False
+        if not inside:
+            self.records, self.pending, self.top_files, self.foreign = {}, set(), set(), True
 
     def owns_top_file(self, name: str) -> bool:
         return self.top_files is None or name in self.top_files
@@ -174,3 +186,11 @@ def remove_outputs(out: Path, owned: set[str], keep: set[str] = frozenset()) -> 
         except OSError:
             pass
     return removed
+
+
+def _inside_out(rel) -> bool:
+    """A relative POSIX path that stays inside OUT (no root, no drive, no "..")."""
+    if not isinstance(rel, str) or not rel or "\\" in rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and ".." not in path.parts and ":" not in path.parts[0]

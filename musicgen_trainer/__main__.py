@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(func=_show)
+    from dataset_tools.cli import add_debug_flag
+    add_debug_flag(show)
     return parser
 
 
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
 
     from .models import ModelUnavailableError
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args), input_errors=(ModelUnavailableError,))
+    return run_command(lambda: args.func(args), input_errors=(ModelUnavailableError,), debug=args.debug)
 
 
 if __name__ == "__main__":

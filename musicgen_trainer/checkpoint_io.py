@@ -6,7 +6,7 @@ checkpoints/ would run code the moment it is opened. Every file this project rea
 training states, the compression model of a released checkpoint) goes through
 ``load_checkpoint``: torch's weights-only unpickler, which rebuilds tensors, numbers, strings,
 lists, tuples and dicts and refuses every other Python object. Our own files need nothing
-more (training states store RNG states as plain lists, see ``checkpoints.rng_state``), so
+more (training states store RNG states as plain lists, see ``run_folder.rng_state``), so
 there is no allow-list and no "trust this file" switch. audiocraft's released checkpoints
 hold the same kinds of values (weights and a YAML string) and pass too.
 """

@@ -20,7 +20,7 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_tools.cli import add_dataclass_options, dataclass_from_args, option
+from dataset_tools.cli import add_dataclass_options, add_debug_flag, dataclass_from_args, option
 
 from .generation import GenerationConfig
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(p, GenerateOptions, exclude=("generation",))
     add_dataclass_options(p.add_argument_group("sampling"), GenerationConfig,
                           defaults={"seed": None})  # no --seed: a random one, recorded in the JSON
+    add_debug_flag(p)
     return p
 
 
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
         run(options_from_args(args))
         return 0
 
-    return run_command(command, input_errors=(ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable))
+    return run_command(command, input_errors=(ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable),
+                       debug=args.debug)
 
 
 def _read_audio(flag: str, path: Path):

@@ -16,7 +16,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ``TrainConfig`` field (its help text is the field's); flags not typed stay out
     of the namespace, so they override a --config file only when given."""
-    from dataset_tools.cli import add_dataclass_options, suppress_defaults
+    from dataset_tools.cli import add_dataclass_options, add_debug_flag, suppress_defaults
 
     from .train_config import TrainConfig
     p = argparse.ArgumentParser(prog="train.py", description=__doc__,
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     suppress_defaults(add_dataclass_options(p, TrainConfig))
     p.add_argument("--show", action="store_true",
                    help="dry run: print model size, trainable parameters, dataset hours, steps and memory; then exit")
+    add_debug_flag(p)
     return p
 
 
@@ -33,6 +34,7 @@ def config_from_args(args: argparse.Namespace):
     from .train_config import TrainConfig
     values = vars(args).copy()
     values.pop("show", None)
+    values.pop("debug", None)
     config_file = values.pop("config", None)
     if config_file:
         return TrainConfig.from_file(config_file, **values)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
 
     return run_command(command, input_errors=(ModelUnavailableError,),
                        run_errors=(TrainingDiverged, _StoppedWhileWorking),
-                       interrupted_hint="continue with --resume (states are in OUT/checkpoints)")
+                       interrupted_hint="continue with --resume (states are in OUT/checkpoints)", debug=args.debug)
 
 
 if __name__ == "__main__":

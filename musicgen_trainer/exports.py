@@ -5,7 +5,7 @@ An export folder (what ``train.py`` writes, audiocraft's layout) holds ``state_d
 ``caption_examples``, base model, steps and window, in plain JSON. Listing exports (the web
 app does it at start-up and on Rescan) reads only that JSON: no weights file is opened, so a
 booby-trapped download in checkpoints/ is inert until someone loads it, and loading is
-weights-only (``safe_load.py``). An export without the JSON (audiocraft's own, or an older
+weights-only (``checkpoint_io.py``). An export without the JSON (audiocraft's own, or an older
 one of ours) is listed with defaults.
 """
 from __future__ import annotations

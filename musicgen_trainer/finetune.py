@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import Clip, CodeCache, CropSampler, find_clips, split_clips
-from .run_folder import (RunFolder, RunFolderError, check_resume, claim_run_folder, load_state, read_record,
+from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .train_config import TrainConfig
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
@@ -147,6 +147,7 @@ def train(config: TrainConfig) -> Path:
     saved = load_state(resume_from) if resume_from is not None else None
     if saved is not None:
         check_resume(saved.get("config") or {}, config, str(resume_from))
+        check_resume_world(saved, config, acc.num_processes, str(resume_from))
     torch.manual_seed(config.seed)
 
     train_clips, valid_clips = split_clips(clips)
@@ -227,7 +228,8 @@ def train(config: TrainConfig) -> Path:
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}
         if not str(config.model).startswith("tiny"):
-            extra["base_model"] = config.model
+            from .models import resolve_name
+            extra["base_model"] = resolve_name(config.model)  # "small" -> facebook/musicgen-small
         export_model(model, export_dir, lm_state=export_weights(state), extra=extra)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "

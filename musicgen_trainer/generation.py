@@ -82,7 +82,7 @@ def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationCon
     """Generate one clip per text prompt, as one batch.
 
     Args:
-        model: an ``audiocraft.models.MusicGen`` (see ``loading.load_model``).
+        model: an ``audiocraft.models.MusicGen`` (see ``models.load_model``).
         prompts: B text descriptions ("" generates without text).
     Returns:
         float tensor ``[B, C, T]`` on the CPU, T = round(duration * sample_rate).

@@ -118,7 +118,9 @@ RUN_FORMAT = "musicgen_trainer.run"
 OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export")
 # Options that must be the same to resume: the base model, what is trained, and what decides
 # the data order (batches, crops and dropout are drawn from seed, batch size and window).
-RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "grad_accum", "segment_seconds", "seed")
+RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "segment_seconds", "seed")
+# ... and micro-batches per step, all processes together (grad_accum x processes): step n reads
+# micro-batches n*M .. n*M+M-1 whatever the split between processes and accumulation.
 
 
 class RunFolderError(ValueError):
@@ -173,6 +175,11 @@ def claim_run_folder(config, resuming: bool) -> RunFolder:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file, not a folder: choose a folder for the run")
     record = read_record(out)
+    if record is not None and not record.get("states") and not _has_export(out):
+        # A run that stopped before saving anything (a typo in --model, no usable audio, out of
+        # memory at the first step) leaves nothing to continue: a new start replaces its record.
+        remove_run_outputs(out, record)
+        record = None
     if record is not None:
         if getattr(config, "overwrite", False):
             remove_run_outputs(out, record)
@@ -186,8 +193,8 @@ def claim_run_folder(config, resuming: bool) -> RunFolder:
                 f"{out} already holds a training run (model {record.get('model')}, started {started}): "
                 f"add --resume to continue it, --overwrite to start over, or choose another --out")
     elif resuming and list_states(out / "checkpoints"):
-        raise RunFolderError(f"{out} has training states but no {RUN_FILE}: it was not started by this "
-                             f"version of train.py; pass --resume FILE with a state to continue from")
+        raise RunFolderError(f"{out} has training states but no {RUN_FILE}: they come from an older version "
+                             f"of train.py, which this one cannot resume; choose another --out")
     _refuse_foreign(out)
     record = {"format": RUN_FORMAT, "version": 1, "run_id": secrets.token_hex(8),
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "model": str(config.model),
@@ -196,6 +203,10 @@ def claim_run_folder(config, resuming: bool) -> RunFolder:
     out.mkdir(parents=True, exist_ok=True)
     folder.write()
     return folder
+
+
+def _has_export(out: Path) -> bool:
+    return any((Path(out) / "export" / name).exists() for name in ("state_dict.bin", "compression_state_dict.bin"))
 
 
 def read_record(out: Path) -> tp.Optional[dict]:
@@ -209,7 +220,23 @@ def read_record(out: Path) -> tp.Optional[dict]:
                              f"or choose another --out") from None
     if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
         raise RunFolderError(f"{path} was not written by train.py; choose another --out")
+    states = record.get("states", [])
+    # Only plain step_NNNNNNNN.pt names: a crafted record must not make pruning or --overwrite
+    # delete "/home/you/x" or "../../x" (the names are joined onto OUT/checkpoints).
+    if not isinstance(states, list) or not all(isinstance(n, str) and _NAME.match(n) for n in states):
+        raise RunFolderError(f"{path} lists training states that are not step_*.pt files in its checkpoints "
+                             f"folder: it was not written by train.py; choose another --out")
     return record
+
+
+def check_resume_world(saved: dict, config, world: int, what: str) -> None:
+    """Refuse a resume whose micro-batches per step (``grad_accum`` x processes) differ."""
+    old = int(saved.get("world_size", 1)) * int((saved.get("config") or {}).get("grad_accum", config.grad_accum))
+    new = world * config.grad_accum
+    if old != new:
+        raise RunFolderError(f"cannot resume {what}: it ran {old} micro-batches per step (--grad-accum x "
+                             f"processes), this command {new}; use --grad-accum {max(1, old // world)} with "
+                             f"{world} process(es) (or start a new run)")
 
 
 def check_resume(saved: dict, config, what: str) -> None:

@@ -60,7 +60,7 @@ class TrainConfig:
     keep_last: int = option(2, "training states kept on disk", group=LOGGING)
     sample_every: int = option(500, "generate samples from text alone every N steps, 0 = never", group=LOGGING)
     sample_seconds: float = option(5.0, "length of those samples", group=LOGGING)
-    sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several; default: "
+    sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several) (default: "
                                           "captions from the dataset)", group=LOGGING, aliases=("--sample-prompt",),
                                           repeat=True, metavar="TEXT", default_factory=list)
     max_nonfinite: int = option(20, "consecutive non-finite losses before the run stops", group=LOGGING)
@@ -73,6 +73,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(0 <= float(b) < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), e.g. 0.9 0.95; got {' '.join(map(str, self.betas))}")
         # "--freeze emb,linears" and "--freeze emb linears" (and YAML lists) mean the same
         self.freeze = [p.strip() for item in (self.freeze or []) for p in str(item).split(",") if p.strip()]
         self.sample_prompts = list(self.sample_prompts or [])

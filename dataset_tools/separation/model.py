@@ -309,6 +309,11 @@ def _load_pretrained(name: str):
     if missing and is_offline():
         raise SeparatorLoadError(f"pretrained model {name!r} is not downloaded and downloads are off "
                                  f"({'/'.join(OFFLINE_ENV)} is set): {how}")
+    # demucs reads its cache with torch.hub (a full pickle) and checks a file's hash only when
+    # it downloads it: a file copied into the cache by hand is checked here, weights-only with
+    # demucs' model classes allowed, before demucs opens it.
+    for present in (f for f in files if f not in missing):
+        _load_file(cache / present, trust=False)
     from demucs.pretrained import get_model
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(SEPARATION_DOWNLOAD_TIMEOUT_S)  # fail fast on a dead network

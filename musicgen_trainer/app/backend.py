@@ -1,6 +1,6 @@
 """What the web app does, without the page: model list, model cache, request checks, one job.
 
-Kept free of Gradio so it can be tested and reused directly. ``app.py`` lays out the page
+Kept free of Gradio so it can be tested and reused directly. ``page.py`` lays out the page
 and turns the errors raised here (``ValueError`` & co., all one-line messages) into
 messages shown in the page.
 """
@@ -189,7 +189,11 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
     text = clip.prompts[0]
     folder = _new_result_folder(Path(out_root))
     step = lambda done, total: report("generating", done, total)  # noqa: E731
-    result = generate_to_files(model, clip, [folder / f"musicgen_s{request.generation.seed}"], progress=step)
+    try:
+        result = generate_to_files(model, clip, [folder / f"musicgen_s{request.generation.seed}"], progress=step)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # this request's own new folder: a failure leaves none
+        raise
     files = result.files[0]
     summary = (f"{result.seconds:.2f} s of audio in {result.generation_seconds:.1f} s · seed {request.generation.seed} · "
                f"prompt: {text or '(none)'}")

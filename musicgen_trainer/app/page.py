@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest clip a request may ask for, seconds (default {APP_MAX_SECONDS:g})")
     p.add_argument("--cache", type=int, default=APP_MODEL_CACHE, help="models kept loaded (default 2)")
     p.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait (default 20)")
+    from dataset_tools.cli import add_debug_flag
+    add_debug_flag(p)
     return p
 
 
@@ -346,7 +348,7 @@ def main(argv=None) -> int:
         except OSError as exc:  # port in use, bad address
             raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
         return 0
-    return run_command(command)
+    return run_command(command, debug=args.debug)
 
 if __name__ == "__main__":
     sys.exit(main())

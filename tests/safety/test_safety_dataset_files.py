@@ -418,3 +418,47 @@ def test_a_damaged_genre_model_is_called_damaged_not_missing(tmp_path, capsys):
     model.write_bytes(bytes(corrupt))
     with pytest.raises(ModelFolderError, match="is damaged"):
         load_classifier(folder)
+
+
+@pytest.mark.parametrize("stem", ["ABSOLUTE", "../victim/notes"])
+def test_a_crafted_state_cannot_make_prepare_delete_files_outside_out(tmp_path, capsys, stem):
+    """A shared, already-prepared folder may carry a doctored .prepare_state.json: a record of a
+    vanished source whose outputs lie outside OUT. prepare refuses that state and deletes nothing."""
+    src, out = music(tmp_path), tmp_path / "out"
+    assert prepare(src, out, capsys=capsys)[0] == 0
+    victim = user_file(tmp_path / "victim" / "notes.txt", "my notes")
+    stem = str(tmp_path / "victim" / "notes") if stem == "ABSOLUTE" else stem
+    state = json.loads((out / ".prepare_state.json").read_text())
+    state["sources"]["rock/gone.wav"] = {"size": 1, "mtime_ns": 1, "options": "x", "stem": stem,
+                                         "segments": [{"path": stem + ".wav"}]}
+    (out / ".prepare_state.json").write_text(json.dumps(state))
+    code, _, err = prepare(src, out, capsys=capsys)
+    assert code == 2 and ".prepare_state.json" in one_error_line(err)
+    assert victim.read_text() == "my notes"
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_a_booby_trapped_file_in_the_demucs_cache_is_refused(tmp_path, monkeypatch):
+    """demucs reads its cache as a full pickle and checks hashes only when it downloads: a file
+    copied into ~/.cache/torch/hub/checkpoints by hand is checked weights-only first."""
+    import torch
+
+    from dataset_tools.separation import SeparatorLoadError, load_separator
+    from dataset_tools.separation.model import pretrained_files
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    marker = tmp_path / "PAYLOAD_RAN"
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save({"klass": _Payload(marker), "args": (), "kwargs": {}, "state": {}},
+               cache / pretrained_files("htdemucs")[0])
+    with pytest.raises(SeparatorLoadError, match="other than demucs models"):
+        load_separator("htdemucs", "cpu")
+    assert not marker.exists()

@@ -177,3 +177,41 @@ def test_generate_disk_full_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1] == f"error: {os.strerror(errno.ENOSPC)}: {tmp_path / 'o'}"
     assert not list((tmp_path / "o").iterdir())  # no partial files
+
+
+def test_a_crafted_run_record_cannot_make_train_delete_files_elsewhere(tmp_path):
+    """A run folder someone shares may carry a doctored run.json: --overwrite and pruning delete
+    only the step_*.pt files a record lists inside OUT/checkpoints; any other name is refused."""
+    import json as json_module
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "run"
+    out.mkdir()
+    for names in ([str(victim)], ["../../victim.txt"], ["step_00000001.pt", "../x.pt"]):
+        (out / "run.json").write_text(json_module.dumps({"format": "musicgen_trainer.run", "version": 1,
+                                                         "model": "tiny", "states": names}))
+        for kwargs in (dict(overwrite=True), dict(resume="auto")):
+            with pytest.raises(RunFolderError, match="not step_"):
+                claim_run_folder(TrainConfig(data="x", out=str(out), **kwargs), resuming="resume" in kwargs)
+    assert victim.read_text() == "mine"
+
+
+def test_a_run_that_saved_nothing_does_not_lock_its_folder(dataset, tmp_path):
+    """A start that failed before its first state (here: a model name that does not exist) leaves
+    nothing to continue: the next start in that folder just works."""
+    from musicgen_trainer.models import ModelUnavailableError
+    out = tmp_path / "run"
+    with pytest.raises(ModelUnavailableError):
+        train(config(dataset, out, model="facebook/musicgen-smal"))
+    train(config(dataset, out, steps=1))
+    assert json.loads((out / "run.json").read_text())["model"] == "tiny"
+
+
+def test_resume_may_trade_processes_for_accumulation_but_not_change_the_step(dataset, tmp_path):
+    """Step n reads micro-batches n*M..n*M+M-1 (M = --grad-accum x processes): a 2-process run can
+    continue on one process with --grad-accum doubled; another M is refused."""
+    from musicgen_trainer.run_folder import check_resume_world
+    saved = {"world_size": 2, "config": {"grad_accum": 1}}
+    check_resume_world(saved, config(dataset, tmp_path / "x", grad_accum=2), world=1, what="s")
+    with pytest.raises(RunFolderError, match="2 micro-batches per step.*this command 1; use --grad-accum 2"):
+        check_resume_world(saved, config(dataset, tmp_path / "x", grad_accum=1), world=1, what="s")
