@@ -1,10 +1,9 @@
 """Read and write checkpoint files: reading never runs code from them, writing is atomic.
 
-A ``.bin``/``.pt`` file written by ``torch.save`` is a pickle: loaded the old way
-(``weights_only=False``) it can import and call anything, so a booby-trapped download in
-checkpoints/ would run code the moment it is opened. Every file this project reads (exports,
-training states, the compression model of a released checkpoint) goes through
-``load_checkpoint``: torch's weights-only unpickler, which rebuilds tensors, numbers, strings,
+A ``.bin``/``.pt`` file written by ``torch.save`` is a pickle: loaded as a full pickle (torch's
+old default) it can import and call anything, so a booby-trapped download in checkpoints/
+would run code the moment it is opened. Every checkpoint this project reads (exports, training
+states, a released model's two files) is read by, or checked with, ``load_checkpoint`` first: torch's weights-only unpickler, which rebuilds tensors, numbers, strings,
 lists, tuples and dicts and refuses every other Python object. Our own files need nothing
 more (training states store RNG states as plain lists, see ``run_folder.rng_state``), so
 there is no allow-list and no "trust this file" switch. audiocraft's released checkpoints

@@ -213,6 +213,8 @@ def _load_file(path: Path, trust: bool):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if trust:
+                # Only with `separate --trust-model-file`, typed by the user for a whole pickled
+                # demucs model of their own; off by default, nothing turns it on (docs/safety.md).
                 package = torch.load(path, map_location="cpu", weights_only=False)
             else:
                 with torch.serialization.safe_globals(_safe_classes()):
