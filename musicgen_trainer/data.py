@@ -8,6 +8,7 @@ random choice is drawn from ``(seed, index)``, so resume and data parallelism ar
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -235,7 +236,17 @@ STEREO_PREPARE_HINT = "python -m dataset_tools prepare SRC OUT --channels 2"
 
 def file_channels(path: Path) -> int:
     """Channel count from the file's header (libsndfile, else ffprobe); 0 when unreadable
-    (such a file is skipped, with its reason, when it is encoded)."""
+    (such a file is skipped, with its reason, when it is encoded). Remembered per file version:
+    the check before training and the code cache both ask."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return 0
+    return _header_channels(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _header_channels(path: str, size: int, mtime_ns: int) -> int:
     import soundfile as sf
     try:
         return int(sf.info(os.fsencode(path)).channels)
