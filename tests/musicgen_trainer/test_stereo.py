@@ -73,7 +73,7 @@ def test_tiny_stereo_is_built_like_the_released_stereo_models(stereo_model):
     _check_stereo(stereo_model)
     summary = model_summary(stereo_model)
     assert summary["stereo"] and summary["audio_channels"] == 2 and summary["codebooks"] == 8
-    assert "stereo" in format_summary(summary)
+    assert "32000 Hz, stereo" in format_summary(summary)  # not only the name "tiny-stereo"
     assert not model_summary(load_model("tiny", device="cpu"))["stereo"]
 
 
@@ -172,7 +172,7 @@ def test_stereo_train_export_reload_and_generate(stereo_data, tmp_path, capsys, 
 def test_show_says_stereo_and_counts_mono_files(stereo_data, tmp_path):
     from musicgen_trainer.dry_run import describe, format_description
     shown = format_description(describe(_config(stereo_data, tmp_path / "run", tmp_path / "cache")))
-    assert "stereo" in shown.splitlines()[0] and "mono files" not in shown
+    assert shown.splitlines()[0].endswith(", stereo)") and "mono files" not in shown
     sf.write(stereo_data / "jazz" / "mono_take.wav", _tone(1.0, 440.0), RATE)
     try:
         shown = format_description(describe(_config(stereo_data, tmp_path / "run", tmp_path / "cache")))
