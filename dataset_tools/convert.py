@@ -127,12 +127,21 @@ def _decode(task: ConvertTask) -> tuple[np.ndarray, int, dict]:
         from .separation import instrumental, load_separator
         # Separate the stereo mix (better than its mono downmix), then mix down as asked.
         audio, rate = load_audio(task.path, sample_rate=opts.sample_rate, mono=False)
+        facts.update(_mono_copied(audio, opts.channels))
         separator = load_separator(opts.separation_model, opts.separation_device)
         audio = instrumental(to_channels(audio, 2) if audio.shape[0] > 2 else audio, rate, separator)
         facts["vocals_removed"] = True
     else:
         audio, rate = load_audio(task.path, sample_rate=opts.sample_rate, mono=opts.channels == 1)
+        facts.update(_mono_copied(audio, opts.channels))
     return to_channels(audio, opts.channels), rate, facts
+
+
+def _mono_copied(audio: np.ndarray, channels: int) -> dict:
+    """``{"mono_copied": True}`` when a mono source (``[n]`` or ``[1, n]``) becomes a stereo
+    output: both sides are the same, which the report says (a stereo model learns nothing
+    about left and right from such a track)."""
+    return {"mono_copied": True} if channels > 1 and (audio.ndim == 1 or audio.shape[0] == 1) else {}
 
 
 def _decode_and_write(task: ConvertTask) -> ConvertResult | DecodedTrack:

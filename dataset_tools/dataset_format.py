@@ -5,7 +5,7 @@ read it. Everything else lives beside the code that uses it. Importing this is f
 third-party modules).
 """
 
-SAMPLE_RATE = 44_100              # Hz: prepared WAVs, mono 16-bit PCM
+SAMPLE_RATE = 44_100              # Hz: prepared WAVs, 16-bit PCM, mono by default (prepare --channels 2: stereo)
 CHANNELS = 1
 SUBTYPE = "PCM_16"
 SEGMENT_SECONDS = 30.0            # MusicGen's training window: prepare cuts tracks into segments this long

@@ -35,6 +35,7 @@ class PrepareReport:
     failed: list = field(default_factory=list)      # [{"source", "reason"}]: our errors, retried next run
     ignored: list = field(default_factory=list)     # [{"source", "reason"}]: not music files
     repaired: list = field(default_factory=list)    # [{"source", "repairs"}]: MIDI fixes applied
+    mono_copied: list = field(default_factory=list)  # mono sources copied to both sides (--channels 2)
     removed_outputs: int = 0             # files of vanished sources deleted from OUT
     manifests: dict = field(default_factory=dict)   # manifest file -> rows
     workers: int = 1
@@ -61,6 +62,9 @@ class PrepareReport:
                          f"valid tracks; {len(self.unlabelled)} unlabelled track(s) in unlabelled.jsonl")
         skipped = [(item["source"], item["reason"]) for item in self.skipped]
         failed = [(item["source"], item["reason"]) for item in self.failed]
+        if self.mono_copied:
+            lines.append(f"  {len(self.mono_copied)} mono source(s) copied to both channels: identical left and "
+                         f"right (listed under mono_copied in {REPORT_FILE})")
         lines += skipped_lines(skipped, max_skipped, Path(self.out) / REPORT_FILE, failed)
         return "\n".join(lines)
 
@@ -117,6 +121,8 @@ def build_report(*, src, out, options, workers, scan, records, results, up_to_da
         report.seconds += seconds
         if track.get("genre") is None:
             report.unlabelled.append(rel)
+        if track.get("mono_copied"):
+            report.mono_copied.append(rel)
         if track.get("midi_repairs"):
             report.repaired.append({"source": rel, "repairs": track["midi_repairs"]})
         if rel in valid:

@@ -8,6 +8,7 @@ random choice is drawn from ``(seed, index)``, so resume and data parallelism ar
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -165,9 +166,9 @@ def split_clips(clips: tp.Sequence[Clip]) -> tuple[list[Clip], list[Clip]]:
 #
 # Training then reads small integer arrays instead of decoding, resampling and running
 # EnCodec at every step (what most MusicGen trainers do). A cache entry is keyed by the
-# file (absolute path, size, modification time) and by a fingerprint of the compression
-# model's weights and settings, so an edited file or another model re-encodes and nothing
-# stale is ever reused. Entries are written atomically.
+# file (absolute path, size, modification time; for a stereo model also its channel count)
+# and by a fingerprint of the compression model's weights and settings, so an edited file or
+# another model re-encodes and nothing stale is ever reused. Entries are written atomically.
 
 logger = logging.getLogger(__name__)
 
@@ -187,28 +188,34 @@ def compression_fingerprint(compression_model) -> str:
     return h.hexdigest()[:16]
 
 
-def _entry_name(path: Path, fingerprint: str) -> str:
+def _entry_name(path: Path, fingerprint: str, channels: int = 0) -> str:
+    """``channels``: the file's channel count, for stereo models only (0: not part of the key),
+    so an entry made from a mono file copied to both sides is never taken for real stereo."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{fingerprint}"
+    key += f"|{channels}ch" if channels else ""
     return hashlib.sha1(key.encode()).hexdigest() + ".npy"
 
 
 @torch.no_grad()
 def encode_file(compression_model, path: Path) -> np.ndarray:
-    """Decode ``path``, resample to the model's rate, downmix, encode.
+    """Decode ``path``, resample to the model's rate, match the model's channels, encode.
+
+    A mono model gets the mean of all channels; a stereo model gets left and right as they are
+    (surround folded into front left/right, as ``prepare`` does, and a mono file copied to both
+    sides: ``check_stereo_data`` lets that through only when asked to).
 
     Returns:
-        int16 codes ``[K, T]`` with T = frames at ``compression_model.frame_rate``.
+        int16 codes ``[K, T]`` with T = frames at ``compression_model.frame_rate`` (a stereo
+        model's K = 8: its wrapper interleaves the left and right codebooks).
     """
-    from dataset_tools.audio_io import load_audio
+    from dataset_tools.audio_io import load_audio, to_channels
 
     sr = compression_model.sample_rate
     channels = compression_model.channels
     audio, _ = load_audio(path, sample_rate=sr, mono=channels == 1)
-    wav = torch.from_numpy(audio)
-    wav = wav[None] if wav.dim() == 1 else wav
-    if wav.shape[0] != channels:  # mono file for a stereo model, or >2 channels
-        wav = wav.mean(0, keepdim=True).expand(channels, -1) if channels > 1 else wav.mean(0, keepdim=True)
+    wav = torch.from_numpy(to_channels(audio, channels))
+    wav = wav[None] if wav.dim() == 1 else wav  # [C, n]
     device = next(compression_model.parameters()).device
     chunk = ENCODE_CHUNK_SECONDS * sr
     parts = []
@@ -217,6 +224,54 @@ def encode_file(compression_model, path: Path) -> np.ndarray:
         codes, _ = compression_model.encode(piece)           # [1, K, frames]
         parts.append(codes[0].to(torch.int16).cpu())
     return torch.cat(parts, dim=-1).numpy()
+
+
+# --- stereo models -------------------------------------------------------------------------
+
+# A stereo model (facebook/musicgen-stereo-*) fed mono files would learn identical left and
+# right channels: training stops before encoding unless that is asked for explicitly.
+
+STEREO_PREPARE_HINT = "python -m dataset_tools prepare SRC OUT --channels 2"
+
+
+def file_channels(path: Path) -> int:
+    """Channel count from the file's header (libsndfile, else ffprobe); 0 when unreadable
+    (such a file is skipped, with its reason, when it is encoded). Remembered per file version:
+    the check before training and the code cache both ask."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return 0
+    return _header_channels(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _header_channels(path: str, size: int, mtime_ns: int) -> int:
+    import soundfile as sf
+    try:
+        return int(sf.info(os.fsencode(path)).channels)
+    except Exception:  # not a libsndfile format (MP3 on old libsndfile, M4A...), or damaged
+        pass
+    from dataset_tools.audio_io import AudioDecodeError, probe_channels_and_rate
+    try:
+        return probe_channels_and_rate(Path(path))[0]
+    except (AudioDecodeError, OSError, ValueError):
+        return 0
+
+
+def check_stereo_data(clips: tp.Sequence[Clip], model_channels: int, allow_mono: bool = False) -> int:
+    """Refuse mono files for a stereo model (one-line ``DatasetError`` naming how many and the
+    fix), unless ``allow_mono``. Returns the number of mono files (0 for a mono model, which
+    downmixes whatever it gets)."""
+    if model_channels < 2:
+        return 0
+    mono = [c.path for c in clips if file_channels(c.path) == 1]
+    if mono and not allow_mono:
+        raise DatasetError(
+            f"{len(mono)} of {len(clips)} audio files are mono (first: {mono[0]}), but the model is stereo: "
+            f"it would learn identical left and right channels. Prepare the dataset in stereo "
+            f"(`{STEREO_PREPARE_HINT}`), or pass --allow-mono-for-stereo to train on them anyway")
+    return len(mono)
 
 
 def _save_atomic(array: np.ndarray, path: Path) -> None:
@@ -249,7 +304,9 @@ class CodeCache:
         todo = []
         for clip in clips:
             try:
-                entry = self.dir / _entry_name(clip.path, self.fingerprint)
+                # For a stereo model, how the file was laid out decides the entry too.
+                channels = file_channels(clip.path) if self.compression_model.channels > 1 else 0
+                entry = self.dir / _entry_name(clip.path, self.fingerprint, channels)
             except OSError as exc:
                 skipped.append((clip, f"cannot read file: {exc.strerror or exc}"))
                 continue

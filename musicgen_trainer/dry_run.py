@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import typing as tp
 
-from .data import find_clips, split_clips
+from .data import check_stereo_data, find_clips, split_clips
 from .train_config import TrainConfig
 
 
@@ -71,6 +71,8 @@ def describe(config: TrainConfig) -> dict:
         "steps_per_epoch": math.ceil(len(train) / per_step), "total_steps": steps,
         "clips_per_step": per_step, "segment_frames": frames, "precision": precision,
         "device": str(device), "estimated_peak_memory_gib": memory,
+        # a stereo model: files that would reach it mono (training refuses them unless allowed)
+        "mono_files": check_stereo_data(clips, summary["audio_channels"], allow_mono=True),
     }
 
 
@@ -78,7 +80,8 @@ def format_description(d: dict) -> str:
     m = d["model"]
     rows: list[tuple[str, tp.Any]] = [
         ("model", f"{m['name']} ({m['lm_parameters'] / 1e6:.1f} M LM parameters, "
-                  f"{m['text_encoder_parameters_frozen'] / 1e6:.1f} M frozen text encoder)"),
+                  f"{m['text_encoder_parameters_frozen'] / 1e6:.1f} M frozen text encoder"
+                  + (", stereo" if m.get("stereo") else "") + ")"),
         ("trainable parameters", f"{d['trainable_parameters'] / 1e6:.2f} M"
                                  + (f" ({d['frozen_by_option'] / 1e6:.2f} M frozen by --freeze)"
                                     if d["frozen_by_option"] else "")),
@@ -92,5 +95,8 @@ def format_description(d: dict) -> str:
         ("precision", f"{d['precision']} on {d['device']}"),
         ("estimated peak memory", f"{d['estimated_peak_memory_gib']:.1f} GiB per GPU (estimate)"),
     ]
+    if d.get("mono_files"):
+        rows.insert(3, ("mono files", f"{d['mono_files']} (a stereo model refuses them unless "
+                                      f"--allow-mono-for-stereo)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

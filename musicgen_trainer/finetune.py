@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Clip, CodeCache, CropSampler, find_clips, split_clips
+from .data import Clip, CodeCache, CropSampler, check_stereo_data, find_clips, split_clips
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .train_config import TrainConfig
@@ -154,6 +154,10 @@ def train(config: TrainConfig) -> Path:
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config)
+    mono = check_stereo_data(clips, model.audio_channels, config.allow_mono_for_stereo)  # before encoding
+    if mono and acc.is_main_process:
+        print(f"warning: {mono} mono file(s) copied to both channels (--allow-mono-for-stereo): the model "
+              f"learns identical left and right from them")
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
         bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too

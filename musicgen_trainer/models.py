@@ -2,6 +2,8 @@
 
 Accepted names:
 - ``tiny`` (or ``tiny:SEED``): a random tiny MusicGen built offline (see ``tiny.py``);
+- ``tiny-stereo`` (or ``tiny-stereo:SEED``): its stereo variant (2 channels, 8 interleaved
+  codebooks, built the way audiocraft builds ``facebook/musicgen-stereo-*``);
 - ``random:small`` / ``random:medium`` / ``random:large``: random weights with the released
   models' sizes, built offline (benchmarks, memory checks);
 - a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
@@ -21,7 +23,7 @@ from urllib.parse import urlparse
 from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
 from .exports import COMPRESSION_FILE, LM_FILE
 from .runtime import default_device, import_audiocraft
-from .tiny import is_tiny_config, load_tiny_export
+from .tiny import TINY_STEREO_NAME, is_tiny_config, load_tiny_export
 
 PRETRAINED_NAMES = (
     "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
@@ -53,6 +55,8 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
         ModelUnavailableError: with a one-line, user-facing explanation.
     """
     text = str(name)
+    if text == TINY_STEREO_NAME or text.startswith(TINY_STEREO_NAME + ":"):
+        return _load_tiny_stereo(text, default_device(device))
     if text == "tiny" or text.startswith("tiny:"):
         import_audiocraft()
         from .tiny import TinyConfig, build_tiny_musicgen
@@ -74,6 +78,17 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
         raise ModelUnavailableError(f"{text} is not a model folder (expected a folder with "
                                     f"{LM_FILE} and {COMPRESSION_FILE})")
     return _load_pretrained(resolve_name(text), device)
+
+
+def _load_tiny_stereo(text: str, device: str):
+    import_audiocraft()
+    from .tiny import TinyConfig, build_tiny_musicgen
+    seed = text.partition(":")[2]
+    if seed and not seed.isdigit():
+        raise ModelUnavailableError(f"bad tiny model name {text!r}: use '{TINY_STEREO_NAME}' or "
+                                    f"'{TINY_STEREO_NAME}:SEED'")
+    return build_tiny_musicgen(TinyConfig(seed=int(seed or 0), stereo=True), device=device,
+                               name=TINY_STEREO_NAME)
 
 
 # --- export folders -------------------------------------------------------------
@@ -170,7 +185,7 @@ def _with_offline_errors(load: tp.Callable, name: str):
 
 def _load_pretrained(name: str, device: str):
     if "/" not in name:
-        known = ", ".join(["tiny", "random:small", *SHORT_NAMES])
+        known = ", ".join(["tiny", TINY_STEREO_NAME, "random:small", *SHORT_NAMES])
         raise ModelUnavailableError(f"unknown model {name!r}: use one of {known}, a hub name "
                                     f"like facebook/musicgen-small, or an export folder")
     online = _hub_reachable()
@@ -221,6 +236,7 @@ def model_summary(model) -> dict:
         "compression_parameters": count_parameters(model.compression_model),
         "sample_rate": int(model.sample_rate),
         "audio_channels": int(model.audio_channels),
+        "stereo": int(model.audio_channels) == 2,
         "frame_rate": float(model.frame_rate),
         "codebooks": int(lm.n_q),
         "card": int(lm.card),
@@ -241,7 +257,9 @@ def format_summary(summary: dict) -> str:
                            f"dim {summary['lm_dim']}, {summary['lm_layers']} layers"),
         ("text encoder (frozen)", f"{human(summary['text_encoder_parameters_frozen'])} parameters"),
         ("compression model", f"{human(summary['compression_parameters'])} parameters"),
-        ("audio", f"{summary['sample_rate']} Hz, {summary['audio_channels']} channel(s)"),
+        ("audio", f"{summary['sample_rate']} Hz, " + ("stereo (left and right codebooks interleaved)"
+                                                      if summary.get("stereo") else
+                                                      f"{summary['audio_channels']} channel(s)")),
         ("tokens", f"{summary['frame_rate']:g} frames/s x {summary['codebooks']} codebooks of "
                    f"{summary['card']} codes"),
         ("context window", f"{summary['max_duration']:g} s"),

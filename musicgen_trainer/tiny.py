@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from .runtime import MUSICGEN_CARD, MUSICGEN_CODEBOOKS, MUSICGEN_MAX_SECONDS, MUSICGEN_SAMPLE_RATE, to_device
 
 TINY_NAME = "tiny"
+TINY_STEREO_NAME = "tiny-stereo"
 # T5Conditioner only knows hub names: the local encoder borrows the name of the released T5
 # of the same width, so that the exported config is one audiocraft's builder accepts.
 T5_ALIASES = {512: "t5-small", 768: "t5-base", 1024: "t5-large"}
@@ -48,6 +49,7 @@ class TinyConfig:
     max_duration: float = MUSICGEN_MAX_SECONDS
     cfg_dropout: float = 0.3
     word_dropout: float = 0.3
+    stereo: bool = False  # 2 channels, 8 interleaved codebooks, as facebook/musicgen-stereo-*
 
     def __post_init__(self):
         if self.lm_dim % self.lm_heads:
@@ -136,7 +138,7 @@ def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
     export is loadable by ``audiocraft.models.loaders``. The extra ``musicgen_trainer``
     section records what audiocraft cannot know: that T5 is the local tiny one.
     """
-    return OmegaConf.create({
+    xp = OmegaConf.create({
         "sample_rate": MUSICGEN_SAMPLE_RATE,
         "channels": 1,
         "device": "cpu",
@@ -185,6 +187,24 @@ def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
         "musicgen_trainer": {"text_encoder": "tiny", "t5_config": t5_config_dict(cfg),
                              "tiny": asdict(cfg)},
     })
+    return stereo_xp_config(xp) if cfg.stereo else xp
+
+
+def stereo_xp_config(xp: DictConfig) -> DictConfig:
+    """A mono ``xp.cfg`` turned into its stereo variant, as audiocraft's stereo fine-tuning grid
+    (``grids/musicgen/musicgen_stereo_finetune_32khz.py``) makes the released stereo models.
+
+    The codec itself stays mono: on load, ``MusicGen`` wraps it in
+    ``InterleaveStereoCompressionModel`` (because of ``interleave_stereo_codebooks``), which
+    encodes left and right separately and interleaves their codebooks, ``[B, 2 x 4, T]`` ordered
+    L1 R1 L2 R2 ...; the LM predicts the 8 streams with delays 0 0 1 1 2 2 3 3, so each
+    left/right pair of a level shares a delay.
+    """
+    xp.channels = 2
+    xp.transformer_lm.n_q = 2 * MUSICGEN_CODEBOOKS
+    xp.codebooks_pattern.delay.delays = [d for d in range(MUSICGEN_CODEBOOKS) for _ in range(2)]
+    xp.interleave_stereo_codebooks = {"use": True, "per_timestep": False}
+    return xp
 
 
 def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",

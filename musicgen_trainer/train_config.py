@@ -31,6 +31,9 @@ class TrainConfig:
     valid_fraction: float = option(0.1, "validation share when the dataset has no split of its own", group=DATA)
     cache_dir: tp.Optional[str] = option(None, "where encoded codes are cached (default "
                                          "~/.cache/musicgen-finetune/codes)", group=DATA, metavar="DIR")
+    allow_mono_for_stereo: bool = option(False, "let a stereo model train on mono files, copied to both "
+                                         "channels: it then learns identical left and right (default: stop "
+                                         "and say how many files are mono)", group=DATA)
     batch_size: int = option(4, "clips per micro-batch, per GPU", group=OPTIM)
     grad_accum: int = option(1, "micro-batches per update; same result as a larger batch", group=OPTIM)
     steps: tp.Optional[int] = option(None, "optimiser steps (default: --epochs worth)", group=OPTIM)
