@@ -230,7 +230,7 @@ def train(config: TrainConfig) -> Path:
         if not str(config.model).startswith("tiny"):
             from .models import resolve_name
             extra["base_model"] = resolve_name(config.model)  # "small" -> facebook/musicgen-small
-        export_model(model, export_dir, lm_state=export_weights(state), extra=extra)
+        export_model(model, export_dir, lm_state=export_weights(state), extra=extra, dtype=config.export_dtype)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
               f"{state.skipped_steps} skipped; exported to {export_dir}")

@@ -10,7 +10,10 @@ from pathlib import Path
 from dataset_tools.cli import option
 from dataset_tools.dataset_format import SEGMENT_SECONDS
 
+from .runtime import resolve_name
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # as exports.EXPORT_DTYPES (this module imports no torch)
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -58,6 +61,8 @@ class TrainConfig:
     valid_every: int = option(200, "validation interval in steps", group=LOGGING)
     save_every: int = option(500, "full training state interval in steps", group=LOGGING)
     keep_last: int = option(2, "training states kept on disk", group=LOGGING)
+    export_dtype: str = option("fp16", "weight format of the exported LM: fp16 like the released checkpoints "
+                               "(half the size of fp32), bf16, or fp32", group=LOGGING, choices=EXPORT_DTYPES)
     sample_every: int = option(500, "generate samples from text alone every N steps, 0 = never", group=LOGGING)
     sample_seconds: float = option(5.0, "length of those samples", group=LOGGING)
     sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several) (default: "
@@ -78,9 +83,13 @@ class TrainConfig:
         # "--freeze emb,linears" and "--freeze emb linears" (and YAML lists) mean the same
         self.freeze = [p.strip() for item in (self.freeze or []) for p in str(item).split(",") if p.strip()]
         self.sample_prompts = list(self.sample_prompts or [])
+        # Stored, recorded and exported as the full hub name: the hub has no repo called "small".
+        self.model = resolve_name(self.model)
         if not str(self.data):
             raise ValueError("--data is required: a dataset_tools output folder, a data.jsonl, "
                              "or a folder of audio files with .txt captions")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise ValueError(f"export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [
