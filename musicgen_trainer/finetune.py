@@ -153,7 +153,7 @@ def train(config: TrainConfig) -> Path:
     train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
-    prepare_lm_for_training(model, config)
+    prepare_lm_for_training(model, config, precision)
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
         bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too

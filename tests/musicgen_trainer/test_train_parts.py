@@ -183,3 +183,84 @@ def test_freeze_matches_whole_components(tiny_model):
     assert all(p.requires_grad for p in lm.transformer.layers[0].parameters())
     with pytest.raises(ValueError, match="matches no LM parameter"):
         apply_freeze(lm, ["transformer.layers.9"])
+
+
+# --- precision, frozen weights, validation ------------------------------------------
+
+def test_auto_precision_takes_fp16_on_gpus_that_only_emulate_bf16(monkeypatch):
+    """A T4/V100: torch says bf16 is supported (emulated, slow) unless asked for the hardware."""
+    from musicgen_trainer.step import resolve_precision
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+
+
+def _state(model, config, precision="fp32"):
+    """The parts of a TrainState that export_weights / validation_loss read (one CPU process)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from musicgen_trainer.step import make_autocast
+    acc = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"))
+    return SimpleNamespace(model=model, config=config, accelerator=acc, ema=None,
+                           autocast=make_autocast(precision, acc.device) if precision != "fp32"
+                           else contextlib.nullcontext)
+
+
+def test_frozen_weights_kept_in_the_compute_dtype_and_exported_as_loaded():
+    """--freeze with bf16: frozen parameters are stored in bf16 (no fp32 copy on the GPU; the
+    function is called on CUDA only, checked here on CPU tensors); trainable ones stay fp32;
+    the EMA and the export see the right dtypes, and the export holds the base's frozen weights."""
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.step import export_weights, keep_frozen_in_compute_dtype, update_ema
+    model = load_model("tiny", device="cpu")
+    lm = model.lm
+    base = {k: v.clone() for k, v in lm.state_dict().items()}
+    apply_freeze(lm, ["emb", "transformer.layers.0"])
+    frozen = {n for n, p in lm.named_parameters() if not p.requires_grad}
+    assert keep_frozen_in_compute_dtype(lm, "fp32") == 0
+    cast = keep_frozen_in_compute_dtype(lm, "bf16")
+    assert cast == sum(p.numel() for p in lm.parameters() if not p.requires_grad) > 0
+    for name, p in lm.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in frozen else torch.float32), name
+    assert not torch.equal(lm.emb[0].weight.float(), base["emb.0.weight"])  # rounded to bf16
+
+    config = TrainConfig(data="x", ema=True, ema_every=1, freeze=["emb"])
+    state = _state(model, config, "bf16")
+    state.ema = {n: p.detach().float().clone() for n, p in lm.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        lm.linears[0].weight.add_(1.0)  # "training" moved a trainable weight
+    update_ema(state)
+    weights = export_weights(state)
+    assert all(weights[n].dtype == torch.float32 for n in weights)
+    for name in frozen:
+        assert torch.equal(weights[name], base[name]), name  # the base's, not the bf16 rounding
+    assert not torch.equal(weights["linears.0.weight"], base["linears.0.weight"])
+
+
+def test_validation_loss_is_the_training_objective():
+    """On batches with padding (clips shorter than the window), validation computes exactly the
+    training objective (padding fed as the special token), in eval mode with no dropout."""
+    from musicgen_trainer.data import validation_batches
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.objective import micro_batch_loss, token_counts
+    from musicgen_trainer.step import validation_loss
+    model = load_model("tiny", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, 2048, (4, n), generator=g).numpy() for n in (40, 25, 12)]
+    captions = ["jazz piano", "rock", "a much longer caption about strings"]
+    state = _state(model, TrainConfig(data="x", batch_size=3))
+    model.lm.train()
+    got = validation_loss(state, codes, captions, n_frames=40)
+    assert model.lm.training  # the mode it had is restored
+
+    batch = next(validation_batches(codes, captions, 40, 3))
+    assert not batch.frame_valid.all()  # padded
+    model.lm.eval()
+    with torch.no_grad():
+        expected, _ = micro_batch_loss(model.lm, batch.codes, batch.frame_valid, batch.captions,
+                                       token_counts(model.lm, batch.frame_valid))
+    assert got == pytest.approx(expected.item(), rel=1e-5)
