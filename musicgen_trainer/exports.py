@@ -1,4 +1,5 @@
-"""Find exported fine-tunes and read what they were trained on, without loading them.
+"""Write exports exactly as audiocraft's ``utils/export.py`` does (``export_model``); find
+exported fine-tunes and read what they were trained on, without loading them.
 
 An export folder (what ``train.py`` writes, audiocraft's layout) holds ``state_dict.bin``,
 ``compression_state_dict.bin`` and ``export_info.json``: the training data's ``genres``,

@@ -23,6 +23,7 @@ import torch
 from .data import Clip, CodeCache, CropSampler, find_clips, split_clips
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
+from .preflight import captions_warning, disk_space_warning, training_state_bytes
 from .train_config import TrainConfig
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
                        resolve_precision, train_step, validation_loss)
@@ -154,6 +155,10 @@ def train(config: TrainConfig) -> Path:
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config, precision)
+    if acc.is_main_process:  # before hours of training, not at the first save
+        space = disk_space_warning(out, config.keep_last, training_state_bytes(model.lm, config.ema))
+        if space:
+            print(space)
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
         bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too
@@ -163,7 +168,7 @@ def train(config: TrainConfig) -> Path:
         for clip, reason in skipped + skipped_valid:
             print(f"skipped {clip.path}: {reason}")
         if not any(c.caption for c in train_clips):
-            print("warning: no captions found (.json description or .txt): training unconditioned")
+            print(captions_warning(config.data))
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
 

@@ -35,7 +35,8 @@ class TrainConfig:
     cache_dir: tp.Optional[str] = option(None, "where encoded codes are cached (default "
                                          "~/.cache/musicgen-finetune/codes)", group=DATA, metavar="DIR")
     batch_size: int = option(4, "clips per micro-batch, per GPU", group=OPTIM)
-    grad_accum: int = option(1, "micro-batches per update; same result as a larger batch", group=OPTIM)
+    grad_accum: int = option(1, "micro-batches per update: the update of a larger batch (to rounding when captions "
+                           "tokenise to equal lengths: docs/training.md)", group=OPTIM)
     steps: tp.Optional[int] = option(None, "optimiser steps (default: --epochs worth)", group=OPTIM)
     epochs: float = option(10.0, "passes over the training clips when --steps is not given", group=OPTIM)
     lr: float = option(1e-5, "peak learning rate", group=OPTIM)
