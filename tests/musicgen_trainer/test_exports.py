@@ -130,3 +130,15 @@ def test_short_model_name_never_reaches_the_hub(tmp_path, monkeypatch):
     assert export_info(export).base_model == "facebook/musicgen-small"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model"] == "facebook/musicgen-small"
     assert torch.load(export / COMPRESSION_FILE, weights_only=True)["version"] == "1.0.0"  # the base's own
+
+
+def test_a_run_recorded_with_a_short_name_resumes_with_it(tmp_path):
+    """Runs started before names were resolved recorded "small" (and crashed at export): resuming
+    them with --model small (now facebook/musicgen-small) is the same model."""
+    from musicgen_trainer.run_folder import RunFolderError, check_resume
+    from musicgen_trainer.train_config import TrainConfig
+    config = TrainConfig(data="x", model="small")
+    assert config.model == "facebook/musicgen-small"
+    check_resume({"model": "small"}, config, "the run")
+    with pytest.raises(RunFolderError, match="--model facebook/musicgen-medium"):
+        check_resume({"model": "medium"}, config, "the run")
