@@ -19,8 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
-from .exports import COMPRESSION_FILE, LM_FILE
-from .exports import package_config
+from .exports import COMPRESSION_FILE, LM_FILE, package_config
 # PRETRAINED_NAMES and resolve_name are re-exported: callers know them from here.
 from .runtime import PRETRAINED_NAMES, SHORT_NAMES, default_device, import_audiocraft, resolve_name  # noqa: F401
 from .tiny import is_tiny_config, load_tiny_export

@@ -30,8 +30,11 @@ SHORT_NAMES = {name.split("/musicgen-")[1]: name for name in PRETRAINED_NAMES}
 
 def resolve_name(name) -> str:
     """Map short forms (``small``, ``stereo-medium``) to full hub names; other names unchanged.
-    Whatever is recorded or sent to the hub is the full name: the hub has no repo ``small``."""
+    Whatever is recorded or sent to the hub is the full name: the hub has no repo ``small``. An
+    existing folder called ``small`` stays a folder (``load_model`` looks for folders first)."""
     name = str(name).strip()
+    if name in SHORT_NAMES and os.path.exists(os.path.expanduser(name)):
+        return name
     return SHORT_NAMES.get(name, name)
 
 

@@ -13,7 +13,7 @@ from dataset_tools.dataset_format import SEGMENT_SECONDS
 from .runtime import resolve_name
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # as exports.EXPORT_DTYPES (this module imports no torch)
+EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # weight formats of an export (exports.py uses this tuple)
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -35,8 +35,8 @@ class TrainConfig:
     cache_dir: tp.Optional[str] = option(None, "where encoded codes are cached (default "
                                          "~/.cache/musicgen-finetune/codes)", group=DATA, metavar="DIR")
     batch_size: int = option(4, "clips per micro-batch, per GPU", group=OPTIM)
-    grad_accum: int = option(1, "micro-batches per update: the update of a larger batch (to rounding when captions "
-                           "tokenise to equal lengths: docs/training.md)", group=OPTIM)
+    grad_accum: int = option(1, "micro-batches per update: the update of a larger batch (to rounding when "
+                             "captions tokenise to equal lengths: docs/training.md)", group=OPTIM)
     steps: tp.Optional[int] = option(None, "optimiser steps (default: --epochs worth)", group=OPTIM)
     epochs: float = option(10.0, "passes over the training clips when --steps is not given", group=OPTIM)
     lr: float = option(1e-5, "peak learning rate", group=OPTIM)

@@ -142,3 +142,11 @@ def test_a_run_recorded_with_a_short_name_resumes_with_it(tmp_path):
     check_resume({"model": "small"}, config, "the run")
     with pytest.raises(RunFolderError, match="--model facebook/musicgen-medium"):
         check_resume({"model": "medium"}, config, "the run")
+
+
+def test_a_local_folder_named_like_a_short_name_stays_a_folder(tmp_path, monkeypatch):
+    from musicgen_trainer.runtime import resolve_name
+    assert resolve_name("small") == "facebook/musicgen-small"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small").mkdir()
+    assert resolve_name("small") == "small"
