@@ -22,6 +22,7 @@ from dataset_tools.atomic import atomic_path
 
 from .checkpoint_io import atomic_torch_save
 from .runtime import resolve_name
+from .train_config import EXPORT_DTYPES
 from .tiny import is_tiny_config, tiny_export_extras
 
 LM_FILE = "state_dict.bin"
@@ -62,9 +63,8 @@ def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Pa
     return sorted(found)
 
 
-# Weight formats of an export's LM. The released checkpoints are fp16 (half the size of fp32);
-# audiocraft's loader casts them to the model's dtype (fp32 on CPU, fp16 on GPU) when loading.
-from .train_config import EXPORT_DTYPES  # noqa: E402  (declared once, with the option)
+# EXPORT_DTYPES: weight formats of an export's LM. The released checkpoints are fp16 (half the
+# size of fp32); audiocraft's loader casts them to the model's dtype (fp32 on CPU, fp16 on GPU).
 OURS = "musicgen_trainer"  # our section of xp.cfg: base model, training data facts, options
 
 
@@ -170,8 +170,10 @@ def package_config(pkg: dict) -> dict:
     from omegaconf.errors import OmegaConfBaseException
 
     raw = pkg.get("xp.cfg")
+    if isinstance(raw, dict):  # older exports of ours: plain values, never interpolated
+        return raw
     try:
-        cfg = raw if OmegaConf.is_config(raw) else OmegaConf.create(raw) if isinstance(raw, (str, dict)) else None
+        cfg = raw if OmegaConf.is_config(raw) else OmegaConf.create(raw) if isinstance(raw, str) else None
     except (OmegaConfBaseException, ValueError, TypeError):
         return {}
     if cfg is None or not OmegaConf.is_dict(cfg):
@@ -180,6 +182,12 @@ def package_config(pkg: dict) -> dict:
     if OURS in plain:
         plain[OURS] = _section(cfg)
     return plain
+
+
+def config_for_omegaconf(plain: dict) -> dict:
+    """``plain`` (from ``package_config``) with our section's strings escaped again, so that
+    ``OmegaConf.create`` takes it whatever the captions hold (``${`` is text there)."""
+    return {**plain, OURS: _escape(plain[OURS])} if isinstance(plain.get(OURS), dict) else plain
 
 
 def _base_compression_package(model, plain: dict) -> dict:

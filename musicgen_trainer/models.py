@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
-from .exports import COMPRESSION_FILE, LM_FILE, package_config
+from .exports import COMPRESSION_FILE, LM_FILE, config_for_omegaconf, package_config
 # PRETRAINED_NAMES and resolve_name are re-exported: callers know them from here.
 from .runtime import PRETRAINED_NAMES, SHORT_NAMES, default_device, import_audiocraft, resolve_name  # noqa: F401
 from .tiny import is_tiny_config, load_tiny_export
@@ -97,7 +97,7 @@ def _load_export(folder: Path, device: str):
     _check_package(folder / COMPRESSION_FILE, "compression model file")
     if is_tiny_config(xp_config(lm_pkg)):
         try:
-            return load_tiny_export(folder, lm_pkg, xp_config(lm_pkg), device)
+            return load_tiny_export(folder, lm_pkg, config_for_omegaconf(xp_config(lm_pkg)), device)
         except ValueError as exc:
             raise ModelUnavailableError(str(exc)) from None
     from audiocraft.models import MusicGen

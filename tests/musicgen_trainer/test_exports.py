@@ -150,3 +150,15 @@ def test_a_local_folder_named_like_a_short_name_stays_a_folder(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "small").mkdir()
     assert resolve_name("small") == "small"
+
+
+def test_older_exports_with_a_dict_config_still_load(tmp_path, tiny_model):
+    """Exports written before this format stored xp.cfg as a plain (resolved) dict."""
+    folder = export_model(tiny_model, tmp_path / "old", extra={"caption_examples": ["costs ${5"]})
+    assert load_model(folder, device="cpu").lm.n_q == 4  # a caption that is no valid interpolation
+    pkg = torch.load(folder / LM_FILE, weights_only=True)
+    pkg["xp.cfg"] = xp_config(pkg)
+    pkg.pop("version"), pkg.pop("exported")
+    torch.save(pkg, folder / LM_FILE)
+    assert xp_config(pkg)["musicgen_trainer"]["caption_examples"] == ["costs ${5"]
+    assert load_model(folder, device="cpu").lm.n_q == 4
