@@ -156,7 +156,8 @@ def train(config: TrainConfig) -> Path:
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config, precision)
     if acc.is_main_process:  # before hours of training, not at the first save
-        space = disk_space_warning(out, config.keep_last, training_state_bytes(model.lm, config.ema))
+        space = disk_space_warning(out, config.keep_last, training_state_bytes(model.lm, config.ema),
+                                   existing=len(run.own_states()))
         if space:
             print(space)
     cache = CodeCache(model.compression_model, config.cache_dir)

@@ -50,22 +50,29 @@ def disk_free_bytes(path: tp.Union[str, os.PathLike]) -> int:
     return shutil.disk_usage(path).free
 
 
-def disk_space_warning(out: tp.Union[str, os.PathLike], keep_last: int, state_bytes: int) -> tp.Optional[str]:
+def disk_space_warning(out: tp.Union[str, os.PathLike], keep_last: int, state_bytes: int,
+                       existing: int = 0) -> tp.Optional[str]:
     """A one-line warning when ``keep_last + 1`` training states do not fit the free space of
-    ``out``'s filesystem (``keep_last`` kept, one more written before the oldest goes); else None."""
+    ``out``'s filesystem (``keep_last`` kept, one more written before the oldest goes); else None.
+    ``existing``: states of this run already on disk (a resume), which the free space excludes."""
     need = (keep_last + 1) * state_bytes
     free = disk_free_bytes(out)
-    if need <= free:
+    if need - min(existing, keep_last) * state_bytes <= free:
         return None
     return (f"warning: the training states will not fit on the disk of {out}: each is "
-            f"{state_bytes / 1e9:.1f} GB and {keep_last + 1} exist at once (--keep-last {keep_last}, plus "
-            f"the one being written) = {need / 1e9:.1f} GB, but only {free / 1e9:.1f} GB is free. "
+            f"{_size(state_bytes)} and {keep_last + 1} exist at once (--keep-last {keep_last}, plus "
+            f"the one being written) = {_size(need)}, but only {_size(free)} is free. "
             f"Lower --keep-last, free space, or choose an --out on a larger disk")
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
 def disk_usage_line(keep_last: int, state_bytes: int) -> str:
-    return (f"{state_bytes / 1e9:.2f} GB each; up to {keep_last + 1} on disk at once "
-            f"(--keep-last {keep_last} + the one being written) = {(keep_last + 1) * state_bytes / 1e9:.2f} GB")
+    """``--show``'s line about the training states' disk use."""
+    return (f"{_size(state_bytes)} each; up to {keep_last + 1} on disk at once "
+            f"(--keep-last {keep_last} + the one being written) = {_size((keep_last + 1) * state_bytes)}")
 
 
 def captions_warning(data: tp.Union[str, os.PathLike]) -> str:

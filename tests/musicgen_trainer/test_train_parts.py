@@ -376,3 +376,11 @@ def test_accumulation_is_a_larger_batch_only_when_captions_pad_to_the_same_lengt
     mixed = ["jazz", "rock", "a long caption about folk strings", "soul"]
     gap = abs(loss(accumulated, mixed) - loss(big, mixed)) / loss(big, mixed)
     assert 1e-5 < gap < 1e-2, gap
+
+
+def test_disk_warning_counts_the_states_a_resumed_run_already_has(tmp_path, monkeypatch):
+    from musicgen_trainer import preflight
+    monkeypatch.setattr(preflight, "disk_free_bytes", lambda path: 150)
+    assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100) is not None  # needs 300
+    assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=2) is None  # needs 100 more
+    assert "free space" in preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=1)
