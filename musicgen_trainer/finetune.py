@@ -233,9 +233,8 @@ def train(config: TrainConfig) -> Path:
         genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}
-        if not str(config.model).startswith("tiny"):
-            from .models import resolve_name
-            extra["base_model"] = resolve_name(config.model)  # "small" -> facebook/musicgen-small
+        if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
+            extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
         export_model(model, export_dir, lm_state=export_weights(state), extra=extra, dtype=config.export_dtype)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
