@@ -2,8 +2,11 @@
 
 The memory figure is an estimate from arithmetic, not a measurement (see docs/training.md
 for measured figures): fp32 master weights + gradients + AdamW moments for the trainable
-LM parameters, the frozen modules' weights, transformer activations for one micro-batch
-(none kept per layer but one when activation checkpointing is on), and the logits.
+LM parameters (+ the EMA's fp32 shadow with ``--ema``), the frozen modules' weights (frozen LM
+parameters in the compute dtype under bf16/fp16), transformer activations for one
+micro-batch (none kept per layer but one when activation checkpointing is on), and the
+logits. The disk figure is one training state's size (``preflight.training_state_bytes``).
+docs/training.md's GPU tables are ``gpu_tables()``'s output (a test keeps them equal).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import math
 import typing as tp
 
 from .data import check_stereo_data, find_clips, split_clips
+from .preflight import captions_warning, disk_space_warning, disk_usage_line, training_state_bytes
 from .train_config import TrainConfig
 
 
@@ -26,17 +30,74 @@ def clip_seconds(path) -> float:
 
 def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
                         batch: int, frames: int, codebooks: int, card: int, precision: str,
-                        checkpointing: bool) -> float:
+                        checkpointing: bool, ema: bool = False) -> float:
     """Rough peak GPU memory of one training step, in GiB."""
     act_bytes = 4 if precision == "fp32" else 2
-    weights = lm_params * 4 + frozen_other * 4
-    optimiser = trainable * (4 + 8)                     # gradients + AdamW's two moments
+    # Trainable LM parameters in fp32; frozen ones in the compute dtype (step.keep_frozen_in_compute_dtype).
+    weights = trainable * 4 + (lm_params - trainable) * act_bytes + frozen_other * 4
+    optimiser = trainable * (4 + 8 + (4 if ema else 0))  # gradients + AdamW's two moments (+ EMA shadow)
     # Per layer and token: ~34 x dim values saved for backward (self- and cross-attention with
     # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
     per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
     acts = batch * frames * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
     logits = batch * codebooks * frames * card * (act_bytes + 4 + 4)  # logits, fp32 copy, its grad
     return (weights + optimiser + acts + logits) * 1.1 / 2**30  # +10 % allocator overhead
+
+
+# --- docs/training.md's tables ("What fits on your GPU") ------------------------------------
+
+# The released models' sizes: LM parameters (with cross-attention, as in the checkpoints), width,
+# layers; T5-base's encoder and EnCodec 32 kHz are frozen. A test rebuilds the LMs on the meta
+# device and checks these counts.
+RELEASED_LM = {"small": (420_371_456, 1024, 24), "medium": (1_838_737_920, 1536, 48),
+               "large": (3_256_956_928, 2048, 48)}
+T5_BASE_ENCODER = 109_628_544
+ENCODEC_32KHZ = 56_884_674
+TABLE_BATCHES = (1, 2, 4, 8, 16)
+TABLE_GPUS_GB = (12, 16, 24, 40, 48, 80)
+BATCH_LIMIT = 32  # the tables say 32+ beyond
+CUDA_CONTEXT_GIB = 1.0  # what the CUDA context and libraries take before the first tensor
+
+
+def released_estimate(size: str, batch: int, checkpointing: bool, seconds: float = 30.0) -> float:
+    """estimate_memory_gib for a full fine-tune of facebook/musicgen-{size} (bf16 autocast, no EMA)."""
+    params, dim, layers = RELEASED_LM[size]
+    return estimate_memory_gib(params, params, T5_BASE_ENCODER + ENCODEC_32KHZ, dim, layers, batch,
+                               int(seconds * 50), 4, 2048, "bf16", checkpointing)
+
+
+def largest_batch(size: str, checkpointing: bool, gpu_gb: float, limit: int = BATCH_LIMIT) -> int:
+    """The largest batch whose estimate fits a GPU of ``gpu_gb`` GB (0: not even batch 1)."""
+    fits = [b for b in range(1, limit + 1) if released_estimate(size, b, checkpointing) <= gpu_gb - CUDA_CONTEXT_GIB]
+    return max(fits, default=0)
+
+
+def gpu_tables() -> str:
+    """The two markdown tables of docs/training.md's "What fits on your GPU"."""
+    lines = ["| model | checkpointing | " + " | ".join(f"batch {b}" if i == 0 else str(b)
+                                                       for i, b in enumerate(TABLE_BATCHES)) + " |",
+             "| --- | --- |" + " --- |" * len(TABLE_BATCHES)]
+    for size, (params, _, _) in RELEASED_LM.items():
+        label = f"{params / 1e6:.0f} M LM" if params < 1e9 else f"{params / 1e9:.1f} B"
+        for ckpt in (False, True):
+            cells = [f"{released_estimate(size, b, ckpt):.1f}" for b in TABLE_BATCHES]
+            cells[0] += " GiB" if size == "small" and not ckpt else ""
+            name = f"{size} ({label})" if not ckpt else size
+            lines.append(f"| {name} | {'on' if ckpt else 'off'} | " + " | ".join(cells) + " |")
+    lines += ["", "| GPU memory | largest batch that fits (full fine-tune, 30 s clips) |", "| --- | --- |"]
+    for gb in TABLE_GPUS_GB:
+        parts = []
+        for size in RELEASED_LM:
+            plain, ckpt = (largest_batch(size, c, gb) for c in (False, True))
+            plain, ckpt = (f"{b}+" if b == BATCH_LIMIT else b for b in (plain, ckpt))
+            if not ckpt:
+                parts.append(f"{size}: does not fit")
+            elif not plain:
+                parts.append(f"{size}: batch {ckpt} with checkpointing only")
+            else:
+                parts.append(f"{size}: batch {plain} ({ckpt} with checkpointing)")
+        lines.append(f"| {gb} GB | " + "; ".join(parts) + " |")
+    return "\n".join(lines)
 
 
 def describe(config: TrainConfig) -> dict:
@@ -59,7 +120,12 @@ def describe(config: TrainConfig) -> dict:
         summary["lm_parameters"], trainable,
         summary["text_encoder_parameters_frozen"] + summary["compression_parameters"],
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
-        summary["card"], precision, config.activation_checkpointing)
+        summary["card"], precision, config.activation_checkpointing, ema=config.ema)
+    # On CUDA with bf16/fp16, frozen LM parameters are stored in that dtype (2 bytes).
+    state_bytes = training_state_bytes(model.lm, config.ema,
+                                       frozen_bytes=2 if device.type == "cuda" and precision != "fp32" else 4)
+    warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes),
+                            None if any(c.caption for c in clips) else captions_warning(config.data)) if w]
     steps = total_steps(config, len(train), 1)
     per_step = config.batch_size * config.grad_accum
     return {
@@ -70,7 +136,8 @@ def describe(config: TrainConfig) -> dict:
         "captioned": sum(bool(c.caption) for c in clips),
         "steps_per_epoch": math.ceil(len(train) / per_step), "total_steps": steps,
         "clips_per_step": per_step, "segment_frames": frames, "precision": precision,
-        "device": str(device), "estimated_peak_memory_gib": memory,
+        "device": str(device), "estimated_peak_memory_gib": memory, "ema": config.ema,
+        "training_state_bytes": state_bytes, "keep_last": config.keep_last, "warnings": warnings,
         # a stereo model: files that would reach it mono (training refuses them unless allowed)
         "mono_files": check_stereo_data(clips, summary["audio_channels"], allow_mono=True),
     }
@@ -93,10 +160,12 @@ def format_description(d: dict) -> str:
                   f"{d['total_steps']} in total"),
         ("window", f"{d['segment_frames']} frames x {m['codebooks']} codebooks"),
         ("precision", f"{d['precision']} on {d['device']}"),
-        ("estimated peak memory", f"{d['estimated_peak_memory_gib']:.1f} GiB per GPU (estimate)"),
+        ("estimated peak memory", f"{d['estimated_peak_memory_gib']:.1f} GiB per GPU (estimate"
+                                  + (", EMA included" if d["ema"] else "") + ")"),
+        ("training states", disk_usage_line(d["keep_last"], d["training_state_bytes"])),
     ]
     if d.get("mono_files"):
         rows.insert(3, ("mono files", f"{d['mono_files']} (a stereo model refuses them unless "
                                       f"--allow-mono-for-stereo)"))
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join([f"{k:<{width}}  {v}" for k, v in rows] + list(d["warnings"]))

@@ -1,4 +1,5 @@
-"""Find exported fine-tunes and read what they were trained on, without loading them.
+"""Write exports exactly as audiocraft's ``utils/export.py`` does (``export_model``); find
+exported fine-tunes and read what they were trained on, without loading them.
 
 An export folder (what ``train.py`` writes, audiocraft's layout) holds ``state_dict.bin``,
 ``compression_state_dict.bin`` and ``export_info.json``: the training data's ``genres``,
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import typing as tp
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ from pathlib import Path
 from dataset_tools.atomic import atomic_path
 
 from .checkpoint_io import atomic_torch_save
+from .runtime import resolve_name
+from .train_config import EXPORT_DTYPES
 from .tiny import is_tiny_config, tiny_export_extras
 
 LM_FILE = "state_dict.bin"
@@ -59,52 +63,151 @@ def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Pa
     return sorted(found)
 
 
-def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optional[dict] = None,
-                 extra: tp.Optional[dict] = None) -> Path:
-    """Write ``model`` to ``folder`` in audiocraft's layout; returns the folder.
+# EXPORT_DTYPES: weight formats of an export's LM. The released checkpoints are fp16 (half the
+# size of fp32); audiocraft's loader casts them to the model's dtype (fp32 on CPU, fp16 on GPU).
+OURS = "musicgen_trainer"  # our section of xp.cfg: base model, training data facts, options
 
-    ``state_dict.bin`` holds ``{'xp.cfg', 'best_state'}`` (plus, for tiny models, the frozen
-    text encoder's weights) and ``compression_state_dict.bin`` the compression model, so
-    ``MusicGen.get_pretrained(folder)`` and ``load_model(folder)`` both accept it. Files are
-    written to temporary names and renamed, so a crash never leaves a half-written export.
+
+def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optional[dict] = None,
+                 extra: tp.Optional[dict] = None, dtype: str = "fp16") -> Path:
+    """Write ``model`` to ``folder`` exactly as audiocraft's ``utils/export.py`` does; returns the folder.
+
+    ``state_dict.bin`` holds ``{'best_state', 'xp.cfg', 'version', 'exported'}`` with ``xp.cfg``
+    the model's config as YAML, interpolations left unresolved (a released config holds e.g.
+    ``${oc.env:USER}``, which would fail wherever that variable is unset), plus, for tiny
+    models, the frozen text encoder's weights. ``compression_state_dict.bin`` is the base
+    model's own package (released models) or the codec's weights in the same layout (tiny
+    models). ``MusicGen.get_pretrained(folder)`` and ``load_model(folder)`` both accept it. Files
+    are written to temporary names and renamed, so a crash never leaves a half-written export.
 
     Args:
         lm_state: LM weights to export instead of ``model.lm.state_dict()`` (e.g. EMA weights).
         extra: JSON-able facts merged into ``xp.cfg['musicgen_trainer']`` (e.g. training data genres).
+        dtype: ``fp16`` (the released checkpoints' format), ``bf16`` or ``fp32``: the LM's
+            floating-point weights are stored in it. The codec is stored as it is (fp32).
     """
+    import audiocraft
     from omegaconf import OmegaConf
 
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    xp_cfg = OmegaConf.to_container(model.lm.cfg, resolve=True)
-    xp_cfg["device"] = "cpu"
-    if extra:
-        xp_cfg.setdefault("musicgen_trainer", {}).update(extra)
+    cfg = _export_config(model.lm.cfg, extra)
+    plain = package_config({"xp.cfg": cfg})
+    yaml = OmegaConf.to_yaml(cfg)
     state = lm_state if lm_state is not None else model.lm.state_dict()
-    lm_pkg = {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in state.items()}}
-    if is_tiny_config(xp_cfg):
-        lm_pkg.update(tiny_export_extras(model))
-    compression_pkg = _compression_package(model, xp_cfg)
+    lm_pkg = {"best_state": cast_state(state, dtype), "xp.cfg": yaml,
+              "version": audiocraft.__version__, "exported": True}
+    if is_tiny_config(plain):
+        lm_pkg.update({k: cast_state(v, dtype) for k, v in tiny_export_extras(model).items()})
+        compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
+        compression_pkg = {"best_state": cast_state(compression.state_dict(), "fp32"), "xp.cfg": yaml,
+                           "version": audiocraft.__version__, "exported": True}
+    else:
+        compression_pkg = _base_compression_package(model, plain)
     atomic_torch_save(lm_pkg, folder / LM_FILE)
     atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
-    write_export_info(folder, xp_cfg)
+    write_export_info(folder, plain)
     return folder
 
 
-def _compression_package(model, xp_cfg: dict) -> dict:
-    """The compression model's package: rebuilt from config for local models, or the
-    pretrained one's own package (copied from the hub cache) for released models."""
-    ours = xp_cfg.get("musicgen_trainer") or {}
-    if not is_tiny_config(xp_cfg):
-        # A released model (or a fine-tune of one): its compression model is unchanged by
-        # training, so the base's own package (hub cache or export folder) is copied as is.
-        from audiocraft.models.loaders import load_compression_model_ckpt
-        return load_compression_model_ckpt(ours.get("base_model") or model.name)
-    compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
-    return {"xp.cfg": xp_cfg, "best_state": {k: v.detach().cpu() for k, v in compression.state_dict().items()}}
+def cast_state(state: dict, dtype: str) -> dict:
+    """A state dict's floating-point tensors in ``dtype`` (others as they are), detached, on the CPU."""
+    import torch
+    target = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return {k: (v.detach().to("cpu", target) if v.is_floating_point() else v.detach().cpu())
+            for k, v in state.items()}
+
+
+def _escape(value):
+    """Strings of our section made literal for OmegaConf: a caption such as ``costs ${5}`` is
+    not an interpolation (nor a syntax error), and reads back unchanged (``package_config``)."""
+    if isinstance(value, str):
+        # A run of n backslashes before "${" becomes 2n + 1: the n are literal, the last escapes "${".
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape(v) for v in value]
+    return value
+
+
+def _export_config(lm_cfg, extra: tp.Optional[dict]):
+    """The config to export: the model's own (unresolved), device ``cpu``, our facts merged in."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(lm_cfg, resolve=False))  # a copy, interpolations kept
+    OmegaConf.set_struct(cfg, False)
+    cfg.device = "cpu"
+    if extra:
+        ours = _section(cfg)
+        ours.update(extra)
+        cfg[OURS] = _escape(ours)
+    return cfg
+
+
+def _section(cfg) -> dict:
+    """Our section of a config as plain values (escaped strings read back as written)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    node = cfg.get(OURS) if OURS in cfg else None
+    if node is None:
+        return {}
+    if not OmegaConf.is_config(node):
+        return node if isinstance(node, dict) else {}
+    try:  # our strings are escaped, so resolving only un-escapes them
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException:  # a hand-made section with real interpolations
+        return OmegaConf.to_container(node, resolve=False)
+
+
+def package_config(pkg: dict) -> dict:
+    """A package's ``xp.cfg`` as a plain dict, interpolations left unresolved (audiocraft's
+    exports and ours store YAML, older exports of ours a dict); our section as written."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = pkg.get("xp.cfg")
+    if isinstance(raw, dict):  # older exports of ours: plain values, never interpolated
+        return raw
+    try:
+        cfg = raw if OmegaConf.is_config(raw) else OmegaConf.create(raw) if isinstance(raw, str) else None
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return {}
+    if cfg is None or not OmegaConf.is_dict(cfg):
+        return {}
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    if OURS in plain:
+        plain[OURS] = _section(cfg)
+    return plain
+
+
+def config_for_omegaconf(plain: dict) -> dict:
+    """``plain`` (from ``package_config``) with our section's strings escaped again, so that
+    ``OmegaConf.create`` takes it whatever the captions hold (``${`` is text there)."""
+    return {**plain, OURS: _escape(plain[OURS])} if isinstance(plain.get(OURS), dict) else plain
+
+
+def _base_compression_package(model, plain: dict) -> dict:
+    """A released model's (or a fine-tune's) compression package: training leaves the codec
+    unchanged, so the base's own package is copied as is, as audiocraft's
+    ``export_pretrained_compression_model`` does with a package file."""
+    from audiocraft.models.loaders import load_compression_model_ckpt
+    base = (plain.get(OURS) or {}).get("base_model") or model.name
+    return load_compression_model_ckpt(resolve_name(base))  # never a short name: the hub has no repo "small"
 
 
 INFO_FORMAT = "musicgen_trainer.export_info"
+
+
+def _window(xp_cfg: dict) -> float:
+    """The model's window in seconds (30 when the config holds none, or an interpolation)."""
+    try:
+        return float((xp_cfg.get("dataset") or {}).get("segment_duration") or 30.0)
+    except (TypeError, ValueError, AttributeError):
+        return 30.0
 
 
 def write_export_info(folder: tp.Union[str, os.PathLike], xp_cfg: dict) -> Path:
@@ -115,7 +218,7 @@ def write_export_info(folder: tp.Union[str, os.PathLike], xp_cfg: dict) -> Path:
             "caption_examples": [str(c) for c in extra.get("caption_examples") or []],
             "base_model": str(extra.get("base_model") or ""),
             "trained_steps": int(extra.get("trained_steps") or 0),
-            "max_duration": float((xp_cfg.get("dataset") or {}).get("segment_duration") or 30.0)}
+            "max_duration": _window(xp_cfg)}
     path = Path(folder) / EXPORT_INFO_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ import torch
 from .data import Clip, CodeCache, CropSampler, check_stereo_data, find_clips, split_clips
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
+from .preflight import captions_warning, disk_space_warning, training_state_bytes
 from .train_config import TrainConfig
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
                        resolve_precision, train_step, validation_loss)
@@ -153,11 +154,16 @@ def train(config: TrainConfig) -> Path:
     train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
     precision = resolve_precision(config.precision, device)
-    prepare_lm_for_training(model, config)
+    prepare_lm_for_training(model, config, precision)
     mono = check_stereo_data(clips, model.audio_channels, config.allow_mono_for_stereo)  # before encoding
     if mono and acc.is_main_process:
         print(f"warning: {mono} mono file(s) copied to both channels (--allow-mono-for-stereo): the model "
               f"learns identical left and right from them")
+    if acc.is_main_process:  # before hours of training, not at the first save
+        space = disk_space_warning(out, config.keep_last, training_state_bytes(model.lm, config.ema),
+                                   existing=len(run.own_states()))
+        if space:
+            print(space)
     cache = CodeCache(model.compression_model, config.cache_dir)
     with acc.main_process_first():  # the main process encodes; the others then read the cache
         bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too
@@ -167,7 +173,7 @@ def train(config: TrainConfig) -> Path:
         for clip, reason in skipped + skipped_valid:
             print(f"skipped {clip.path}: {reason}")
         if not any(c.caption for c in train_clips):
-            print("warning: no captions found (.json description or .txt): training unconditioned")
+            print(captions_warning(config.data))
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
 
@@ -231,10 +237,9 @@ def train(config: TrainConfig) -> Path:
         genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}
-        if not str(config.model).startswith("tiny"):
-            from .models import resolve_name
-            extra["base_model"] = resolve_name(config.model)  # "small" -> facebook/musicgen-small
-        export_model(model, export_dir, lm_state=export_weights(state), extra=extra)
+        if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
+            extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
+        export_model(model, export_dir, lm_state=export_weights(state), extra=extra, dtype=config.export_dtype)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
               f"{state.skipped_steps} skipped; exported to {export_dir}")

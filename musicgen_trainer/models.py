@@ -21,28 +21,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
-from .exports import COMPRESSION_FILE, LM_FILE
-from .runtime import default_device, import_audiocraft
+from .exports import COMPRESSION_FILE, LM_FILE, config_for_omegaconf, package_config
+# PRETRAINED_NAMES and resolve_name are re-exported: callers know them from here.
+from .runtime import PRETRAINED_NAMES, SHORT_NAMES, default_device, import_audiocraft, resolve_name  # noqa: F401
 from .tiny import TINY_STEREO_NAME, is_tiny_config, load_tiny_export
-
-PRETRAINED_NAMES = (
-    "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
-    "facebook/musicgen-melody", "facebook/musicgen-melody-large",
-    "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium",
-    "facebook/musicgen-stereo-large", "facebook/musicgen-stereo-melody",
-    "facebook/musicgen-stereo-melody-large",
-)
-SHORT_NAMES = {name.split("/musicgen-")[1]: name for name in PRETRAINED_NAMES}
 
 
 class ModelUnavailableError(RuntimeError):
     """The requested model cannot be loaded here (not cached offline, missing files, bad name)."""
-
-
-def resolve_name(name: str) -> str:
-    """Map short forms (``small``, ``stereo-medium``) to full hub names; other names unchanged."""
-    name = str(name).strip()
-    return SHORT_NAMES.get(name, name)
 
 
 def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None):
@@ -113,12 +99,8 @@ def _check_package(path: Path, what: str) -> None:
 
 
 def xp_config(pkg: dict) -> dict:
-    """A package's ``xp.cfg`` as a plain dict: we store a dict, audiocraft's own exports a YAML string."""
-    cfg = pkg.get("xp.cfg")
-    if isinstance(cfg, str):
-        from omegaconf import OmegaConf
-        cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False)
-    return cfg if isinstance(cfg, dict) else {}
+    """A package's ``xp.cfg`` as a plain dict, interpolations left unresolved (see ``exports.package_config``)."""
+    return package_config(pkg)
 
 
 def _load_export(folder: Path, device: str):
@@ -130,7 +112,7 @@ def _load_export(folder: Path, device: str):
     _check_package(folder / COMPRESSION_FILE, "compression model file")
     if is_tiny_config(xp_config(lm_pkg)):
         try:
-            return load_tiny_export(folder, lm_pkg, xp_config(lm_pkg), device)
+            return load_tiny_export(folder, lm_pkg, config_for_omegaconf(xp_config(lm_pkg)), device)
         except ValueError as exc:
             raise ModelUnavailableError(str(exc)) from None
     from audiocraft.models import MusicGen

@@ -6,10 +6,16 @@ with a validity mask. The loss is, for each codebook k, the cross-entropy over i
 positions, then the mean of the K per-codebook values. Padded frames are masked out of the
 loss and fed to the LM as the special token.
 
-To make gradient accumulation and data parallelism *exactly* a larger batch, each
+For gradient accumulation and data parallelism to give the update of one larger batch, each
 micro-batch returns cross-entropy *sums* and the caller divides by the number of valid
 positions of the whole global batch (``normalizer``), which is known before any forward
-pass because validity depends only on the pattern and the padding.
+pass because validity depends only on the pattern and the padding. "Exactly a larger batch"
+means: as audiocraft would train on the concatenated batch, to float rounding, when every
+clip's forward pass is independent of its batch-mates. audiocraft's T5 conditioner breaks that
+slightly: it zero-pads caption embeddings to the batch's longest caption and the
+cross-attention attends to the padding, so with captions of different token lengths the
+accumulated loss differs from the big batch's by ~1e-4 (relative, tiny model); with equal
+lengths it is the same (docs/training.md, "The objective, exactly audiocraft's").
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import torch
 from dataset_tools.atomic import atomic_path
 
 from .checkpoint_io import atomic_torch_save, load_checkpoint
+from .runtime import resolve_name
 
 
 # --- training states -----------------------------------------------------------------------
@@ -245,6 +246,8 @@ def check_resume(saved: dict, config, what: str) -> None:
         if key not in saved:
             continue
         old, new = saved[key], getattr(config, key)
+        if key == "model":  # a run recorded before names were resolved says "small"
+            old, new = resolve_name(old), resolve_name(new)
         if isinstance(old, float) or isinstance(new, float):
             same = old is not None and new is not None and abs(float(old) - float(new)) < 1e-9
         else:

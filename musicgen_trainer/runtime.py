@@ -17,6 +17,26 @@ MUSICGEN_CODEBOOKS = 4            # residual codebooks per frame (mono models)
 MUSICGEN_CARD = 2048              # codes per codebook; `card` is also the special (masked) token
 MUSICGEN_MAX_SECONDS = 30.0       # context window of the released models
 
+# The released checkpoints on the Hugging Face hub, and the short forms the command lines accept.
+PRETRAINED_NAMES = (
+    "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
+    "facebook/musicgen-melody", "facebook/musicgen-melody-large",
+    "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium",
+    "facebook/musicgen-stereo-large", "facebook/musicgen-stereo-melody",
+    "facebook/musicgen-stereo-melody-large",
+)
+SHORT_NAMES = {name.split("/musicgen-")[1]: name for name in PRETRAINED_NAMES}
+
+
+def resolve_name(name) -> str:
+    """Map short forms (``small``, ``stereo-medium``) to full hub names; other names unchanged.
+    Whatever is recorded or sent to the hub is the full name: the hub has no repo ``small``. An
+    existing folder called ``small`` stays a folder (``load_model`` looks for folders first)."""
+    name = str(name).strip()
+    if name in SHORT_NAMES and os.path.exists(os.path.expanduser(name)):
+        return name
+    return SHORT_NAMES.get(name, name)
+
 
 @contextlib.contextmanager
 def native_stderr_silenced():

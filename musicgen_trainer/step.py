@@ -54,7 +54,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Plain is_bf16_supported() is also True on T4/V100, which only emulate bf16 (slowly):
+        # ask for the hardware. Those cards get fp16 with a gradient scaler.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "fp32"
 
 
@@ -110,13 +112,18 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
 
 
-def prepare_lm_for_training(model, config: TrainConfig) -> None:
+def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32") -> None:
     """Train mode with audiocraft's own dropouts off: condition and word dropout are drawn by
-    our sampler, deterministically, so runs resume and parallelise exactly."""
+    our sampler, deterministically, so runs resume and parallelise exactly. Parameters frozen
+    by ``config.freeze`` are kept in the compute dtype on CUDA (``keep_frozen_in_compute_dtype``)."""
     lm = model.lm
     # audiocraft loads released LMs in fp16 on GPUs: train fp32 master weights (autocast
     # supplies the bf16/fp16 compute), or AdamW's small updates round away.
     lm.float()
+    if config.freeze:
+        apply_freeze(lm, config.freeze)
+        if next(lm.parameters()).device.type == "cuda":  # on the CPU, fp32 costs little and is safest
+            keep_frozen_in_compute_dtype(lm, precision)
     lm.train()
     lm.cfg_dropout.p = 0.0
     for conditioner in lm.condition_provider.conditioners.values():
@@ -125,6 +132,31 @@ def prepare_lm_for_training(model, config: TrainConfig) -> None:
     if config.activation_checkpointing:
         lm.transformer.checkpointing = "torch"
     model.compression_model.eval()
+
+
+FROZEN_BASE = "_musicgen_frozen_base"  # lm attribute: name -> the frozen weights as loaded (CPU)
+
+
+def keep_frozen_in_compute_dtype(lm, precision: str) -> int:
+    """Store the frozen LM parameters in the compute dtype (bf16/fp16) instead of fp32.
+
+    They receive no updates, so fp32 master copies buy nothing and cost 2 bytes per parameter
+    (a frozen half of musicgen-medium: 1.8 GB); autocast computes in that dtype anyway. The
+    weights as loaded are kept on the CPU (``lm._musicgen_frozen_base``): exports write the
+    base's frozen weights, not their bf16 rounding. Returns the number of parameters cast.
+    """
+    if precision not in ("bf16", "fp16"):
+        return 0
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    base = lm.__dict__.setdefault(FROZEN_BASE, {})
+    cast = 0
+    for name, param in lm.named_parameters():
+        if param.requires_grad or param.dtype == dtype:
+            continue
+        base.setdefault(name, param.detach().to("cpu", copy=True))
+        param.data = param.data.to(dtype)
+        cast += param.numel()
+    return cast
 
 
 def make_state(model, config: TrainConfig, accelerator, total_steps: int,
@@ -227,36 +259,44 @@ def update_ema(state: TrainState) -> None:
 
 def export_weights(state: TrainState) -> dict:
     """The LM state dict to export: EMA weights when enabled, else the current ones."""
-    weights = {k: v.detach().clone() for k, v in state.model.lm.state_dict().items()}
+    lm = state.model.lm
+    weights = {k: v.detach().clone() for k, v in lm.state_dict().items()}
     if state.ema is not None:
         for name, shadow in state.ema.items():
             weights[name] = shadow.to(weights[name].dtype)
+    # Frozen weights kept in bf16/fp16 while training: export the base's own, in fp32 like the rest.
+    for name, base in lm.__dict__.get(FROZEN_BASE, {}).items():
+        weights[name] = base.clone()
     return weights
 
 
 @torch.no_grad()
 def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Optional[float]:
-    """Exact mean loss over the fixed validation batches (eval mode, real captions)."""
-    from .objective import codebook_ce_sums, conditions_for, predict, valid_positions
+    """Mean loss over the fixed validation batches (eval mode, real captions, no dropout).
+
+    It is the training objective itself (``micro_batch_loss``: padded frames enter the LM as
+    the special token, exactly as in training), its per-codebook sums over all validation
+    batches divided by their valid-position counts, then the mean over codebooks.
+    """
     if not codes:
         return None
     acc, lm = state.accelerator, state.model.lm
+    was_training = lm.training
     lm.eval()
-    sums = counts = None
-    for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
-        if i % acc.num_processes != acc.process_index:
-            continue
-        batch = batch.to(acc.device)
-        with state.autocast():
-            logits, mask = predict(lm, batch.codes, conditions_for(batch.captions))
-        mask = mask & batch.frame_valid[:, None, :]
-        s = codebook_ce_sums(logits, batch.codes, mask)
-        c = valid_positions(lm, batch.frame_valid).sum(dim=(0, 2)).float()
-        sums, counts = (s, c) if sums is None else (sums + s, counts + c)
-    lm.train()
-    if sums is None:
-        sums = torch.zeros(lm.n_q, device=acc.device)
-        counts = torch.zeros(lm.n_q, device=acc.device)
+    sums = torch.zeros(lm.n_q, device=acc.device)
+    counts = torch.zeros(lm.n_q, device=acc.device)
+    ones = torch.ones(lm.n_q, device=acc.device)  # normaliser 1: micro_batch_loss returns the sums
+    try:
+        for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
+            if i % acc.num_processes != acc.process_index:
+                continue
+            batch = batch.to(acc.device)
+            with state.autocast():
+                _, batch_sums = micro_batch_loss(lm, batch.codes, batch.frame_valid, batch.captions, ones)
+            sums += batch_sums
+            counts += token_counts(lm, batch.frame_valid).to(acc.device)
+    finally:
+        lm.train(was_training)
     if acc.num_processes > 1:
         sums, counts = acc.reduce(sums, reduction="sum"), acc.reduce(counts, reduction="sum")
     return (sums / counts.clamp_min(1)).mean().item()

@@ -10,7 +10,10 @@ from pathlib import Path
 from dataset_tools.cli import option
 from dataset_tools.dataset_format import SEGMENT_SECONDS
 
+from .runtime import resolve_name
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # weight formats of an export (exports.py uses this tuple)
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -35,7 +38,8 @@ class TrainConfig:
                                          "channels: it then learns identical left and right (default: stop "
                                          "and say how many files are mono)", group=DATA)
     batch_size: int = option(4, "clips per micro-batch, per GPU", group=OPTIM)
-    grad_accum: int = option(1, "micro-batches per update; same result as a larger batch", group=OPTIM)
+    grad_accum: int = option(1, "micro-batches per update: the update of a larger batch (to rounding when "
+                             "captions tokenise to equal lengths: docs/training.md)", group=OPTIM)
     steps: tp.Optional[int] = option(None, "optimiser steps (default: --epochs worth)", group=OPTIM)
     epochs: float = option(10.0, "passes over the training clips when --steps is not given", group=OPTIM)
     lr: float = option(1e-5, "peak learning rate", group=OPTIM)
@@ -61,6 +65,8 @@ class TrainConfig:
     valid_every: int = option(200, "validation interval in steps", group=LOGGING)
     save_every: int = option(500, "full training state interval in steps", group=LOGGING)
     keep_last: int = option(2, "training states kept on disk", group=LOGGING)
+    export_dtype: str = option("fp16", "weight format of the exported LM: fp16 like the released checkpoints "
+                               "(half the size of fp32), bf16, or fp32", group=LOGGING, choices=EXPORT_DTYPES)
     sample_every: int = option(500, "generate samples from text alone every N steps, 0 = never", group=LOGGING)
     sample_seconds: float = option(5.0, "length of those samples", group=LOGGING)
     sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several) (default: "
@@ -81,9 +87,13 @@ class TrainConfig:
         # "--freeze emb,linears" and "--freeze emb linears" (and YAML lists) mean the same
         self.freeze = [p.strip() for item in (self.freeze or []) for p in str(item).split(",") if p.strip()]
         self.sample_prompts = list(self.sample_prompts or [])
+        # Stored, recorded and exported as the full hub name: the hub has no repo called "small".
+        self.model = resolve_name(self.model)
         if not str(self.data):
             raise ValueError("--data is required: a dataset_tools output folder, a data.jsonl, "
                              "or a folder of audio files with .txt captions")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise ValueError(f"export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [

@@ -11,7 +11,7 @@ import torch
 
 from musicgen_trainer.generation import GenerationConfig, generate
 from musicgen_trainer.exports import COMPRESSION_FILE, LM_FILE, export_model
-from musicgen_trainer.models import ModelUnavailableError, load_model
+from musicgen_trainer.models import ModelUnavailableError, load_model, xp_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,13 +25,15 @@ def _logits(model, codes, captions):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_model):
-    return export_model(tiny_model, tmp_path_factory.mktemp("export") / "tiny-export")
+    # fp32: the round trip below is checked bit for bit (fp16, the default: test_exports.py)
+    return export_model(tiny_model, tmp_path_factory.mktemp("export") / "tiny-export", dtype="fp32")
 
 
 def test_export_writes_audiocraft_layout(exported):
     assert (exported / LM_FILE).is_file() and (exported / COMPRESSION_FILE).is_file()
     pkg = torch.load(exported / LM_FILE, weights_only=False)
-    assert {"xp.cfg", "best_state"} <= set(pkg)
+    assert {"xp.cfg", "best_state", "version", "exported"} <= set(pkg)
+    assert isinstance(pkg["xp.cfg"], str)  # YAML, as audiocraft's utils/export.py writes it
     assert not [p for p in exported.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -59,9 +61,10 @@ def test_export_loads_with_audiocrafts_own_loader(tiny_model, exported, monkeypa
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     pkg = torch.load(exported / LM_FILE, weights_only=False)
+    t5_config = xp_config(pkg)["musicgen_trainer"]["t5_config"]
 
     def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**pkg["xp.cfg"]["musicgen_trainer"]["t5_config"]))
+        model = T5EncoderModel(T5Config(**t5_config))
         model.load_state_dict(pkg["text_encoder_state"])
         return model
 

@@ -183,3 +183,204 @@ def test_freeze_matches_whole_components(tiny_model):
     assert all(p.requires_grad for p in lm.transformer.layers[0].parameters())
     with pytest.raises(ValueError, match="matches no LM parameter"):
         apply_freeze(lm, ["transformer.layers.9"])
+
+
+# --- precision, frozen weights, validation ------------------------------------------
+
+def test_auto_precision_takes_fp16_on_gpus_that_only_emulate_bf16(monkeypatch):
+    """A T4/V100: torch says bf16 is supported (emulated, slow) unless asked for the hardware."""
+    from musicgen_trainer.step import resolve_precision
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+
+
+def _state(model, config, precision="fp32"):
+    """The parts of a TrainState that export_weights / validation_loss read (one CPU process)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from musicgen_trainer.step import make_autocast
+    acc = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"))
+    return SimpleNamespace(model=model, config=config, accelerator=acc, ema=None,
+                           autocast=make_autocast(precision, acc.device) if precision != "fp32"
+                           else contextlib.nullcontext)
+
+
+def test_frozen_weights_kept_in_the_compute_dtype_and_exported_as_loaded():
+    """--freeze with bf16: frozen parameters are stored in bf16 (no fp32 copy on the GPU; the
+    function is called on CUDA only, checked here on CPU tensors); trainable ones stay fp32;
+    the EMA and the export see the right dtypes, and the export holds the base's frozen weights."""
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.step import export_weights, keep_frozen_in_compute_dtype, update_ema
+    model = load_model("tiny", device="cpu")
+    lm = model.lm
+    base = {k: v.clone() for k, v in lm.state_dict().items()}
+    apply_freeze(lm, ["emb", "transformer.layers.0"])
+    frozen = {n for n, p in lm.named_parameters() if not p.requires_grad}
+    assert keep_frozen_in_compute_dtype(lm, "fp32") == 0
+    cast = keep_frozen_in_compute_dtype(lm, "bf16")
+    assert cast == sum(p.numel() for p in lm.parameters() if not p.requires_grad) > 0
+    for name, p in lm.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in frozen else torch.float32), name
+    assert not torch.equal(lm.emb[0].weight.float(), base["emb.0.weight"])  # rounded to bf16
+
+    config = TrainConfig(data="x", ema=True, ema_every=1, freeze=["emb"])
+    state = _state(model, config, "bf16")
+    state.ema = {n: p.detach().float().clone() for n, p in lm.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        lm.linears[0].weight.add_(1.0)  # "training" moved a trainable weight
+    update_ema(state)
+    weights = export_weights(state)
+    assert all(weights[n].dtype == torch.float32 for n in weights)
+    for name in frozen:
+        assert torch.equal(weights[name], base[name]), name  # the base's, not the bf16 rounding
+    assert not torch.equal(weights["linears.0.weight"], base["linears.0.weight"])
+
+
+def test_validation_loss_is_the_training_objective():
+    """On batches with padding (clips shorter than the window), validation computes exactly the
+    training objective (padding fed as the special token), in eval mode with no dropout."""
+    from musicgen_trainer.data import validation_batches
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.objective import micro_batch_loss, token_counts
+    from musicgen_trainer.step import validation_loss
+    model = load_model("tiny", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    codes = [torch.randint(0, 2048, (4, n), generator=g).numpy() for n in (40, 25, 12)]
+    captions = ["jazz piano", "rock", "a much longer caption about strings"]
+    state = _state(model, TrainConfig(data="x", batch_size=3))
+    model.lm.train()
+    got = validation_loss(state, codes, captions, n_frames=40)
+    assert model.lm.training  # the mode it had is restored
+
+    batch = next(validation_batches(codes, captions, 40, 3))
+    assert not batch.frame_valid.all()  # padded
+    model.lm.eval()
+    with torch.no_grad():
+        expected, _ = micro_batch_loss(model.lm, batch.codes, batch.frame_valid, batch.captions,
+                                       token_counts(model.lm, batch.frame_valid))
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- --show: memory, disk, captions ----------------------------------------------------
+
+def test_state_size_estimate_disk_and_caption_warnings_in_a_real_run(tmp_path, monkeypatch, capsys):
+    """A raw library (audio, no captions) with --ema and --freeze: the run warns that captions
+    come from `dataset_tools prepare` (naming the folder), warns before training when the states
+    will not fit the disk, and the state it writes has the size training_state_bytes predicts."""
+    from musicgen_trainer import preflight
+    from musicgen_trainer.finetune import train
+    from musicgen_trainer.models import load_model
+    library = tmp_path / "library"
+    for i in range(2):
+        _wav(library / f"song{i}.wav", seconds=1.0, sr=32000, freq=220.0 * (i + 1))
+    monkeypatch.setattr(preflight, "disk_free_bytes", lambda path: 10**6)  # 1 MB free
+    config = TrainConfig(data=str(library), model="tiny", out=str(tmp_path / "run"), steps=1, batch_size=2,
+                         segment_seconds=1.0, valid_fraction=0.0, sample_every=0, progress=False, device="cpu",
+                         cache_dir=str(tmp_path / "cache"), ema=True, freeze=["emb"], keep_last=2)
+    train(config)
+    out = capsys.readouterr().out
+    assert f"no captions found in {library}" in out
+    assert f"python -m dataset_tools prepare {library} {library}-prepared" in out
+    assert "manifest.jsonl" in out and ".json/.txt" in out
+    assert "will not fit on the disk" in out and "--keep-last 2" in out
+
+    lm = load_model("tiny", device="cpu").lm
+    apply_freeze(lm, ["emb"])
+    predicted = preflight.training_state_bytes(lm, ema=True)
+    written = run_folder.list_states(tmp_path / "run" / "checkpoints")[-1].stat().st_size
+    assert 0.8 < written / predicted < 1.2, (written, predicted)
+    assert preflight.training_state_bytes(lm, ema=False) < predicted  # the EMA is counted
+
+
+def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatch):
+    from musicgen_trainer import preflight
+    from musicgen_trainer.dry_run import describe, estimate_memory_gib, format_description
+    _wav(tmp_path / "data" / "a.wav")
+    (tmp_path / "data" / "a.txt").write_text("a caption")
+    config = dict(data=str(tmp_path / "data"), model="tiny", out=str(tmp_path / "run"), device="cpu")
+    monkeypatch.setattr(preflight, "disk_free_bytes", lambda path: 10**12)
+    plain = describe(TrainConfig(**config))
+    assert plain["warnings"] == []
+    monkeypatch.setattr(preflight, "disk_free_bytes", lambda path: 10**6)
+    ema = describe(TrainConfig(**config, ema=True))
+    extra = ema["trainable_parameters"] * 4 * 1.1 / 2**30  # the fp32 EMA shadow on the GPU
+    assert ema["estimated_peak_memory_gib"] - plain["estimated_peak_memory_gib"] == pytest.approx(extra)
+    assert ema["training_state_bytes"] - plain["training_state_bytes"] == ema["trainable_parameters"] * 4
+    text = format_description(ema)
+    assert "EMA included" in text and "training states" in text and "will not fit on the disk" in text
+    # frozen LM parameters are counted in the compute dtype under bf16
+    kw = dict(lm_params=1000, frozen_other=0, lm_dim=8, layers=1, batch=1, frames=1, codebooks=1, card=1,
+              checkpointing=False)
+    full, half = estimate_memory_gib(trainable=1000, precision="bf16", **kw), \
+        estimate_memory_gib(trainable=0, precision="bf16", **kw)
+    assert (full - half) * 2**30 / 1.1 == pytest.approx(1000 * (16 - 2))
+
+
+def test_docs_gpu_tables_are_the_estimate():
+    """docs/training.md's "What fits on your GPU" tables are gpu_tables()'s output: if this
+    fails, paste `python -c "from musicgen_trainer.dry_run import gpu_tables; print(gpu_tables())"`."""
+    from pathlib import Path
+
+    from musicgen_trainer.dry_run import RELEASED_LM, gpu_tables, released_estimate
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text(encoding="utf-8")
+    table = text.split("<!-- gpu-tables -->\n")[1].split("\n<!-- /gpu-tables -->")[0]
+    assert table == gpu_tables()
+    # the disk sizes quoted under the tables: 12 bytes per parameter (16 with the EMA)
+    for size, (params, _, _) in RELEASED_LM.items():
+        assert f"{params * 12 / 1e9:.{1 if size == 'small' else 0}f} GB" in text.split("Disk:")[1]
+    assert "12 GB | small: batch 1 " in table and released_estimate("small", 2, False) > 11  # batch 2 does not fit 12 GB
+
+
+def test_released_sizes_are_the_architectures():
+    """The counts the tables use: the LMs rebuilt (on the meta device: no memory) from the
+    released models' sizes, and T5-base's encoder (our local T5 has a 384-token vocabulary)."""
+    from musicgen_trainer.dry_run import RELEASED_LM, T5_BASE_ENCODER
+    from musicgen_trainer.models import count_parameters
+    from musicgen_trainer.tiny import build_lm_from_config, random_preset, tiny_xp_config
+    for size, (params, dim, layers) in RELEASED_LM.items():
+        with torch.device("meta"):
+            lm = build_lm_from_config(tiny_xp_config(random_preset(size)), device="meta")
+        assert (count_parameters(lm), lm.dim, len(lm.transformer.layers)) == (params, dim, layers)
+    t5 = lm.condition_provider.conditioners["description"].__dict__["t5"]
+    assert count_parameters(t5) + (32128 - 384) * 768 == T5_BASE_ENCODER
+
+
+# --- accumulation vs one larger batch ----------------------------------------------------
+
+def test_accumulation_is_a_larger_batch_only_when_captions_pad_to_the_same_length():
+    """audiocraft zero-pads T5's outputs to the batch's longest caption and its cross-attention
+    attends to that padding, so an item's loss depends on its batch's longest caption. Captions
+    of equal token length: 2 micro-batches of 2 give the loss of one batch of 4 (to rounding).
+    Different lengths: a small but real difference (documented in docs/training.md), the same
+    one audiocraft's own training has between batch compositions."""
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.objective import micro_batch_loss, token_counts
+    lm = load_model("tiny", device="cpu").lm.eval()  # eval: no dropout
+    codes = torch.randint(0, 2048, (4, 4, 24), generator=torch.Generator().manual_seed(0))
+    frame_valid = torch.ones(4, 24, dtype=torch.bool)
+    counts = token_counts(lm, frame_valid)
+
+    def loss(groups, captions):
+        with torch.no_grad():
+            return sum(micro_batch_loss(lm, codes[g], frame_valid[g], [captions[i] for i in g], counts)[0]
+                       for g in groups).item()
+
+    big, accumulated = [[0, 1, 2, 3]], [[0, 1], [2, 3]]
+    same = ["jazz", "rock", "folk", "soul"]  # byte-level tokens: 4 + </s> each
+    assert loss(accumulated, same) == pytest.approx(loss(big, same), rel=1e-6)
+    mixed = ["jazz", "rock", "a long caption about folk strings", "soul"]
+    gap = abs(loss(accumulated, mixed) - loss(big, mixed)) / loss(big, mixed)
+    assert 1e-5 < gap < 1e-2, gap
+
+
+def test_disk_warning_counts_the_states_a_resumed_run_already_has(tmp_path, monkeypatch):
+    from musicgen_trainer import preflight
+    monkeypatch.setattr(preflight, "disk_free_bytes", lambda path: 150)
+    assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100) is not None  # needs 300
+    assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=2) is None  # needs 100 more
+    assert "free space" in preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=1)

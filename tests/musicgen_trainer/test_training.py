@@ -38,7 +38,7 @@ def dataset(tmp_path_factory):
 def _config(data, out, cache, **kw):
     base = dict(data=str(data), model="tiny", out=str(out), cache_dir=str(cache), batch_size=2,
                 segment_seconds=1.0, lr=2e-3, warmup_steps=2, sample_every=0, valid_every=3,
-                save_every=1000, progress=False, device="cpu")
+                save_every=1000, progress=False, device="cpu", export_dtype="fp32")  # exports compared exactly
     base.update(kw)
     return TrainConfig(**base)
 
@@ -171,7 +171,8 @@ def test_two_process_data_parallel_matches_accumulation(dataset, tmp_path):
     """torchrun with 2 CPU processes (gloo) == 1 process with --grad-accum 2."""
     common = ["--data", str(dataset), "--model", "tiny", "--steps", "3", "--batch-size", "2",
               "--segment-seconds", "1", "--lr", "1e-3", "--warmup-steps", "1", "--sample-every", "0",
-              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"]
+              "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress",
+              "--export-dtype", "fp32"]
     single = _run([sys.executable, "train.py", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
