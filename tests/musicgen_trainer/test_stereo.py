@@ -144,10 +144,12 @@ def test_stereo_train_export_reload_and_generate(stereo_data, tmp_path, capsys, 
     from audiocraft.models import MusicGen
     from audiocraft.modules import conditioners
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    from musicgen_trainer.exports import package_config
     pkg = torch.load(export / LM_FILE, weights_only=False)
+    t5_config = package_config(pkg)["musicgen_trainer"]["t5_config"]
 
     def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**pkg["xp.cfg"]["musicgen_trainer"]["t5_config"]))
+        model = T5EncoderModel(T5Config(**t5_config))
         model.load_state_dict(pkg["text_encoder_state"])
         return model
 
