@@ -2,6 +2,8 @@
 
 Accepted names:
 - ``tiny`` (or ``tiny:SEED``): a random tiny MusicGen built offline (see ``tiny.py``);
+- ``tiny-melody`` (or ``tiny-melody:SEED``): the same with musicgen-melody's chroma conditioning
+  (a small random stem separator instead of htdemucs), built offline;
 - ``random:small`` / ``random:medium`` / ``random:large``: random weights with the released
   models' sizes, built offline (benchmarks, memory checks);
 - a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
@@ -53,6 +55,13 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
         ModelUnavailableError: with a one-line, user-facing explanation.
     """
     text = str(name)
+    if text == "tiny-melody" or text.startswith("tiny-melody:"):
+        import_audiocraft()
+        from .tiny import TinyConfig, build_tiny_melody_musicgen
+        seed = text.partition(":")[2]
+        if seed and not seed.isdigit():
+            raise ModelUnavailableError(f"bad tiny model name {text!r}: use 'tiny-melody' or 'tiny-melody:SEED'")
+        return build_tiny_melody_musicgen(TinyConfig(seed=int(seed or 0)), device=default_device(device), name=text)
     if text == "tiny" or text.startswith("tiny:"):
         import_audiocraft()
         from .tiny import TinyConfig, build_tiny_musicgen
@@ -170,7 +179,7 @@ def _with_offline_errors(load: tp.Callable, name: str):
 
 def _load_pretrained(name: str, device: str):
     if "/" not in name:
-        known = ", ".join(["tiny", "random:small", *SHORT_NAMES])
+        known = ", ".join(["tiny", "tiny-melody", "random:small", *SHORT_NAMES])
         raise ModelUnavailableError(f"unknown model {name!r}: use one of {known}, a hub name "
                                     f"like facebook/musicgen-small, or an export folder")
     online = _hub_reachable()

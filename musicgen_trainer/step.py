@@ -111,14 +111,16 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def prepare_lm_for_training(model, config: TrainConfig) -> None:
-    """Train mode with audiocraft's own dropouts off: condition and word dropout are drawn by
-    our sampler, deterministically, so runs resume and parallelise exactly."""
+    """Train mode with audiocraft's own dropouts off: condition, word and (melody models)
+    self_wav attribute dropout are drawn by our sampler, deterministically, so runs resume and
+    parallelise exactly."""
     lm = model.lm
     # audiocraft loads released LMs in fp16 on GPUs: train fp32 master weights (autocast
     # supplies the bf16/fp16 compute), or AdamW's small updates round away.
     lm.float()
     lm.train()
     lm.cfg_dropout.p = 0.0
+    lm.att_dropout.p = {}  # the sampler draws it (melody.melody_dropout_rate reads the config's rate)
     for conditioner in lm.condition_provider.conditioners.values():
         if hasattr(conditioner, "word_dropout"):
             conditioner.word_dropout = 0.0
@@ -167,7 +169,7 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
         with sync:
             with state.autocast():
                 loss, shares = micro_batch_loss(lm, mb.codes, mb.frame_valid, mb.captions, counts,
-                                                forward=state.forward)
+                                                forward=state.forward, melody=mb.melody)
             # DDP averages gradients over processes; each process's share must count fully.
             scaled = loss * world
             (state.scaler.scale(scaled) if state.scaler else scaled).backward()
@@ -235,20 +237,21 @@ def export_weights(state: TrainState) -> dict:
 
 
 @torch.no_grad()
-def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Optional[float]:
-    """Exact mean loss over the fixed validation batches (eval mode, real captions)."""
-    from .objective import codebook_ce_sums, conditions_for, predict, valid_positions
+def validation_loss(state: TrainState, codes, captions, n_frames: int, melody=None) -> tp.Optional[float]:
+    """Exact mean loss over the fixed validation batches (eval mode, real captions; for melody
+    models ``melody``, a ``melody.MelodyCrops``, gives the clips' chroma)."""
+    from .objective import codebook_ce_sums, lm_conditions, predict, valid_positions
     if not codes:
         return None
     acc, lm = state.accelerator, state.model.lm
     lm.eval()
     sums = counts = None
-    for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
+    for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size, melody)):
         if i % acc.num_processes != acc.process_index:
             continue
         batch = batch.to(acc.device)
         with state.autocast():
-            logits, mask = predict(lm, batch.codes, conditions_for(batch.captions))
+            logits, mask = predict(lm, batch.codes, lm_conditions(lm, batch.captions, batch.melody))
         mask = mask & batch.frame_valid[:, None, :]
         s = codebook_ce_sums(logits, batch.codes, mask)
         c = valid_positions(lm, batch.frame_valid).sum(dim=(0, 2)).float()
