@@ -141,7 +141,8 @@ class MelodyCrops:
         # The chroma of silence, for frames past a clip's end: audiocraft pads a short clip
         # with zeros to the window, and those frames are the chroma of silence.
         with torch.no_grad():
-            self.silence = conditioner.chroma(torch.zeros(1, self.nfft))[0, 0].numpy()
+            zeros = torch.zeros(1, self.nfft, device=conditioner.chroma.fbanks.device)
+            self.silence = conditioner.chroma(zeros)[0, 0].float().cpu().numpy()
 
     def crop(self, index: int, start: int, n_frames: int) -> np.ndarray:
         """Chroma of the window of ``n_frames`` codes from code frame ``start`` of clip ``index``.
