@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import Clip, CodeCache, CropSampler, find_clips, split_clips
+from .melody import prepare_melody
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .train_config import TrainConfig
@@ -166,7 +167,6 @@ def train(config: TrainConfig) -> Path:
             print("warning: no captions found (.json description or .txt): training unconditioned")
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
-    from .melody import prepare_melody
     with acc.main_process_first():  # melody models: each clip's chroma, computed once (melody.py)
         train_melody, valid_melody = prepare_melody(model, train_clips, valid_clips, config.cache_dir,
                                                     progress=config.progress and acc.is_main_process)

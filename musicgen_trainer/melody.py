@@ -12,7 +12,10 @@ next to the codes (``ChromaCache``: keyed by file and by a fingerprint of the se
 chroma settings, so a changed file or model recomputes). ``MelodyCrops`` cuts the frames that
 match a code crop, and ``condition_tensors`` turns them into the LM's condition tensors
 (``lm(sequence, [], condition_tensors=...)``), exactly as the conditioner's ``forward`` would
-from the crop's audio. Non-melody models never reach this module.
+from the crop's audio. For a clip longer than the window, demucs has separated the whole clip
+rather than the crop alone (as audiocraft's own chroma cache does), so the stems of a crop can
+differ slightly from separating it alone; for a clip no longer than the window they are the
+same computation. Non-melody models never reach this module.
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
     """Load a MusicGen model (``audiocraft.models.MusicGen``) in eval mode.
 
     Args:
-        name: ``tiny`` / ``tiny:SEED``, an export folder, or a hub name (see module doc).
+        name: ``tiny`` / ``tiny:SEED``, ``tiny-melody`` / ``tiny-melody:SEED``, an export folder, or a
+            hub name (see module doc).
         device: ``cuda``, ``cpu``...; defaults to CUDA when available.
     Raises:
         ModelUnavailableError: with a one-line, user-facing explanation.

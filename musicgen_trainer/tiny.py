@@ -13,6 +13,9 @@ Same structure as the released models, random weights, a few million parameters:
 Everything is deterministic for a given seed. The frozen T5 is not part of the LM state
 dict (audiocraft keeps it out on purpose), so exports of tiny models carry its weights
 separately (``tiny_export_extras``, written by ``exports.export_model``).
+
+``tiny-melody`` (last section) adds musicgen-melody's chroma conditioning, over a small random
+demucs separator whose weights exports carry the same way.
 """
 from __future__ import annotations
 
