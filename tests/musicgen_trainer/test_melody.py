@@ -286,6 +286,35 @@ def test_fine_tune_generates_with_and_without_a_melody(exported, tmp_path, capsy
         assert len(list(out.glob("*.wav"))) == 1
 
 
+def test_resume_continues_exactly(dataset, tmp_path, monkeypatch):
+    """A melody run killed after step 2 and resumed gives the uninterrupted run's losses: the
+    melody crops and their dropout come from (seed, index), the chroma from the cache."""
+    import musicgen_trainer.finetune as finetune
+    from musicgen_trainer import run_folder
+
+    def history(out):
+        return run_folder.load_state(run_folder.list_states(Path(out) / "checkpoints")[-1])["history"]
+
+    cache = tmp_path / "cache"
+    train(_config(dataset, tmp_path / "full", cache, steps=4, save_every=2))
+    real_step = finetune.train_step
+
+    def crash_after_two(state, micro):
+        if state.step == 2:
+            raise KeyboardInterrupt
+        return real_step(state, micro)
+
+    monkeypatch.setattr(finetune, "train_step", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(dataset, tmp_path / "cut", cache, steps=4, save_every=2))
+    monkeypatch.setattr(finetune, "train_step", real_step)
+    train(_config(dataset, tmp_path / "cut", cache, steps=4, save_every=2, resume="auto"))
+    uninterrupted, resumed = history(tmp_path / "full"), history(tmp_path / "cut")
+    assert [h["step"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted, resumed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
 def test_memorisation_through_the_melody_condition(tmp_path, monkeypatch):
     """Two 1 s clips with the SAME caption and different melodies: after training, generating
     with each clip as the melody (top-k 1, no guidance) gives that clip's codes. Only the
