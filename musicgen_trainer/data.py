@@ -351,15 +351,19 @@ class CodeBatch:
 
     codes: ``[B, K, T]`` long; frame_valid: ``[B, T]`` bool (False on padding);
     captions: B strings, or ``None`` for the null condition (classifier-free guidance dropout).
+    melody: melody models only: chroma crops ``[B, T_chroma, n_chroma]`` float (``melody.py``),
+    ``None`` for the null melody (dropped); always ``None`` for other models.
     """
     codes: torch.Tensor
     frame_valid: torch.Tensor
     captions: list
     dropped: bool = False
+    melody: tp.Optional[torch.Tensor] = None
 
     def to(self, device) -> "CodeBatch":
+        melody = None if self.melody is None else self.melody.to(device, non_blocking=True)
         return CodeBatch(self.codes.to(device, non_blocking=True),
-                         self.frame_valid.to(device, non_blocking=True), self.captions, self.dropped)
+                         self.frame_valid.to(device, non_blocking=True), self.captions, self.dropped, melody)
 
 
 def word_dropout(caption: str, p: float, rng: np.random.Generator) -> str:
@@ -385,16 +389,20 @@ class CropSampler:
     """Training micro-batches: ``micro_batch(i)`` for i = 0, 1, 2, ...
 
     Clips are visited in a fresh permutation each epoch; each visit takes a random window
-    of ``n_frames`` (the whole clip, padded, when shorter).
+    of ``n_frames`` (the whole clip, padded, when shorter). For melody models, ``melody``
+    (``melody.MelodyCrops``) gives each crop's chroma, and the micro-batch's melody is dropped
+    with ``melody.dropout`` (audiocraft's attribute dropout), drawn from ``(seed, index)`` too.
     """
 
     def __init__(self, codes: tp.Sequence[np.ndarray], captions: tp.Sequence[str], n_frames: int,
-                 batch_size: int, seed: int = 0, cond_dropout: float = 0.3, word_dropout_p: float = 0.3):
+                 batch_size: int, seed: int = 0, cond_dropout: float = 0.3, word_dropout_p: float = 0.3,
+                 melody=None):
         if not codes:
             raise ValueError("no training clips")
         self.codes, self.captions = list(codes), list(captions)
         self.n_frames, self.batch_size, self.seed = n_frames, batch_size, seed
         self.cond_dropout, self.word_dropout_p = cond_dropout, word_dropout_p
+        self.melody = melody
         self._perm_epoch, self._perm = -1, None
 
     def __len__(self) -> int:
@@ -408,29 +416,47 @@ class CropSampler:
 
     def item(self, visit: int) -> tuple[np.ndarray, str]:
         """The ``visit``-th clip visit: (codes crop ``[K, <=n_frames]``, caption)."""
+        codes, caption, _, _ = self._visit(visit)
+        return codes, caption
+
+    def _visit(self, visit: int) -> tuple[np.ndarray, str, int, int]:
+        """(codes crop, caption, clip index, crop start frame) of the ``visit``-th clip visit."""
         epoch, position = divmod(visit, len(self.codes))
         index = int(self._permutation(epoch)[position])
         codes = self.codes[index]
         rng = np.random.default_rng([self.seed, 1, visit])
         start = int(rng.integers(0, max(0, codes.shape[-1] - self.n_frames) + 1))
         caption = word_dropout(self.captions[index], self.word_dropout_p, rng)
-        return codes[:, start:start + self.n_frames], caption
+        return codes[:, start:start + self.n_frames], caption, index, start
 
     def micro_batch(self, index: int) -> CodeBatch:
         first = index * self.batch_size
-        items = [self.item(first + j) for j in range(self.batch_size)]
+        items = [self._visit(first + j) for j in range(self.batch_size)]
         # One draw per micro-batch, as audiocraft's ClassifierFreeGuidanceDropout does.
         dropped = bool(np.random.default_rng([self.seed, 2, index]).random() < self.cond_dropout)
-        captions = [None if dropped else c for _, c in items]
-        return collate([c for c, _ in items], captions, self.n_frames, dropped)
+        captions = [None if dropped else item[1] for item in items]
+        batch = collate([item[0] for item in items], captions, self.n_frames, dropped)
+        if self.melody is not None:
+            # One draw per micro-batch for self_wav, as audiocraft's AttributeDropout does;
+            # guidance dropout nullifies it with the caption.
+            melody_dropped = np.random.default_rng([self.seed, 3, index]).random() < self.melody.dropout
+            if not (dropped or melody_dropped):
+                batch.melody = torch.from_numpy(np.stack(
+                    [self.melody.crop(clip, start, self.n_frames) for _, _, clip, start in items]))
+        return batch
 
     def epoch_of(self, micro_batch_index: int) -> float:
         return micro_batch_index * self.batch_size / len(self.codes)
 
 
 def validation_batches(codes: tp.Sequence[np.ndarray], captions: tp.Sequence[str], n_frames: int,
-                       batch_size: int) -> tp.Iterator[CodeBatch]:
-    """Fixed validation batches: the first window of every clip, real captions, no dropout."""
+                       batch_size: int, melody=None) -> tp.Iterator[CodeBatch]:
+    """Fixed validation batches: the first window of every clip, real captions (and melody,
+    for melody models: ``melody.MelodyCrops``), no dropout."""
     for start in range(0, len(codes), batch_size):
         crops = [c[:, :n_frames] for c in codes[start:start + batch_size]]
-        yield collate(crops, list(captions[start:start + batch_size]), n_frames)
+        batch = collate(crops, list(captions[start:start + batch_size]), n_frames)
+        if melody is not None:
+            batch.melody = torch.from_numpy(np.stack(
+                [melody.crop(i, 0, n_frames) for i in range(start, start + len(crops))]))
+        yield batch

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .data import Clip, CodeCache, CropSampler, check_stereo_data, find_clips, split_clips
+from .melody import prepare_melody
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .preflight import captions_warning, disk_space_warning, training_state_bytes
@@ -176,10 +177,13 @@ def train(config: TrainConfig) -> Path:
             print(captions_warning(config.data))
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
+    with acc.main_process_first():  # melody models: each clip's chroma, computed once (melody.py)
+        train_melody, valid_melody = prepare_melody(model, train_clips, valid_clips, config.cache_dir,
+                                                    progress=config.progress and acc.is_main_process)
 
     n_frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
     sampler = CropSampler(train_codes, [c.caption for c in train_clips], n_frames, config.batch_size,
-                          config.seed, config.cond_dropout, config.word_dropout)
+                          config.seed, config.cond_dropout, config.word_dropout, melody=train_melody)
     steps = total_steps(config, len(train_codes), acc.num_processes)
     state = make_state(model, config, acc, steps, precision)
     if saved is not None:
@@ -219,7 +223,7 @@ def train(config: TrainConfig) -> Path:
                             tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
             if valid_codes and (state.step % config.valid_every == 0 or state.step == steps):
-                vloss = validation_loss(state, valid_codes, valid_captions, n_frames)
+                vloss = validation_loss(state, valid_codes, valid_captions, n_frames, valid_melody)
                 state.history[-1]["valid_loss"] = vloss
                 if writer:
                     writer.add_scalar("loss/valid", vloss, state.step)

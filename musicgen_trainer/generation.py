@@ -19,6 +19,7 @@ called after each language-model step, ``total`` being all the steps of the requ
 from __future__ import annotations
 
 import math
+import random
 import sys
 import typing as tp
 from dataclasses import asdict, dataclass
@@ -262,13 +263,18 @@ def _run(model, config: GenerationConfig, progress: Progress, total_frames: int,
         report(done[0])
 
     model.set_custom_progress_callback(on_step)
+    # Melody models separate the melody with demucs, which shifts it by a random.randint offset:
+    # Python's RNG is seeded too (and restored), or the same seed would not give the same output.
+    python_rng = random.getstate()
     try:
         with torch.random.fork_rng(devices=_cuda_devices()):
             if config.seed is not None:
                 torch.manual_seed(int(config.seed))
+                random.seed(int(config.seed))
             with torch.no_grad():
                 return call()
     finally:
+        random.setstate(python_rng)
         model.set_custom_progress_callback(None)
         close()
 

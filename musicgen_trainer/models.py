@@ -4,6 +4,8 @@ Accepted names:
 - ``tiny`` (or ``tiny:SEED``): a random tiny MusicGen built offline (see ``tiny.py``);
 - ``tiny-stereo`` (or ``tiny-stereo:SEED``): its stereo variant (2 channels, 8 interleaved
   codebooks, built the way audiocraft builds ``facebook/musicgen-stereo-*``);
+- ``tiny-melody`` (or ``tiny-melody:SEED``): the same with musicgen-melody's chroma conditioning
+  (a small random stem separator instead of htdemucs), built offline;
 - ``random:small`` / ``random:medium`` / ``random:large``: random weights with the released
   models' sizes, built offline (benchmarks, memory checks);
 - a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
@@ -35,7 +37,8 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
     """Load a MusicGen model (``audiocraft.models.MusicGen``) in eval mode.
 
     Args:
-        name: ``tiny`` / ``tiny:SEED``, an export folder, or a hub name (see module doc).
+        name: ``tiny`` / ``tiny:SEED``, ``tiny-melody`` / ``tiny-melody:SEED``, an export folder, or a
+            hub name (see module doc).
         device: ``cuda``, ``cpu``...; defaults to CUDA when available.
     Raises:
         ModelUnavailableError: with a one-line, user-facing explanation.
@@ -43,6 +46,13 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
     text = str(name)
     if text == TINY_STEREO_NAME or text.startswith(TINY_STEREO_NAME + ":"):
         return _load_tiny_stereo(text, default_device(device))
+    if text == "tiny-melody" or text.startswith("tiny-melody:"):
+        import_audiocraft()
+        from .tiny import TinyConfig, build_tiny_melody_musicgen
+        seed = text.partition(":")[2]
+        if seed and not seed.isdigit():
+            raise ModelUnavailableError(f"bad tiny model name {text!r}: use 'tiny-melody' or 'tiny-melody:SEED'")
+        return build_tiny_melody_musicgen(TinyConfig(seed=int(seed or 0)), device=default_device(device), name=text)
     if text == "tiny" or text.startswith("tiny:"):
         import_audiocraft()
         from .tiny import TinyConfig, build_tiny_musicgen
@@ -167,7 +177,7 @@ def _with_offline_errors(load: tp.Callable, name: str):
 
 def _load_pretrained(name: str, device: str):
     if "/" not in name:
-        known = ", ".join(["tiny", TINY_STEREO_NAME, "random:small", *SHORT_NAMES])
+        known = ", ".join(["tiny", "tiny-melody", TINY_STEREO_NAME, "random:small", *SHORT_NAMES])
         raise ModelUnavailableError(f"unknown model {name!r}: use one of {known}, a hub name "
                                     f"like facebook/musicgen-small, or an export folder")
     online = _hub_reachable()

@@ -52,13 +52,14 @@ def token_counts(lm, frame_valid: torch.Tensor) -> torch.Tensor:
     return valid_positions(lm, frame_valid).sum(dim=(0, 2)).float()
 
 
-def predict(lm, codes: torch.Tensor, conditions: list, forward: tp.Optional[tp.Callable] = None):
+def predict(lm, codes: torch.Tensor, conditions: tp.Union[list, dict], forward: tp.Optional[tp.Callable] = None):
     """``lm.compute_predictions`` through ``forward`` (e.g. the DDP wrapper's, so that
     gradients are synchronised; audiocraft's method always calls the bare module).
 
     Args:
         codes: ``[B, K, T]`` long.
-        conditions: B ``ConditioningAttributes``.
+        conditions: B ``ConditioningAttributes``, or condition tensors (a dict, as
+            ``melody.condition_tensors`` builds them).
     Returns:
         logits ``[B, K, T, card]`` (NaN where invalid) and mask ``[B, K, T]``.
     """
@@ -67,7 +68,10 @@ def predict(lm, codes: torch.Tensor, conditions: list, forward: tp.Optional[tp.C
     pattern = lm.pattern_provider.get_pattern(T)
     sequence, _, _ = pattern.build_pattern_sequence(codes.contiguous(), lm.special_token_id,
                                                     keep_only_valid_steps=True)
-    logits = forward(sequence, conditions)                     # [B, K, S, card]
+    if isinstance(conditions, dict):
+        logits = forward(sequence, [], condition_tensors=conditions)  # [B, K, S, card]
+    else:
+        logits = forward(sequence, conditions)                 # [B, K, S, card]
     logits = logits.permute(0, 3, 1, 2)                        # [B, card, K, S]
     logits, _, mask = pattern.revert_pattern_logits(logits, float("nan"), keep_only_valid_steps=True)
     return logits.permute(0, 2, 3, 1), mask[None].expand(B, -1, -1)
@@ -96,14 +100,27 @@ def conditions_for(captions: tp.Sequence[tp.Optional[str]]) -> list:
     return [ConditioningAttributes(text={"description": c}) for c in captions]
 
 
+def lm_conditions(lm, captions: tp.Sequence[tp.Optional[str]],
+                  melody: tp.Optional[torch.Tensor] = None) -> tp.Union[list, dict]:
+    """What ``predict`` feeds the LM: ``conditions_for(captions)`` for text models; for melody
+    models, condition tensors with the chroma crops ``melody`` ``[B, T, n_chroma]`` (None: the
+    null melody), see ``melody.py``."""
+    from .melody import condition_tensors, melody_conditioner
+    if melody_conditioner(lm) is not None:
+        return condition_tensors(lm, captions, melody)
+    return conditions_for(captions)
+
+
 def micro_batch_loss(lm, codes: torch.Tensor, frame_valid: torch.Tensor,
                      captions: tp.Sequence[tp.Optional[str]], normalizer: torch.Tensor,
-                     forward: tp.Optional[tp.Callable] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     forward: tp.Optional[tp.Callable] = None,
+                     melody: tp.Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """This micro-batch's share of the global-batch loss.
 
     Args:
         codes: ``[B, K, T]``; frame_valid: ``[B, T]``; normalizer: ``[K]`` valid counts of the
             whole global batch (all micro-batches, all processes).
+        melody: melody models: chroma crops ``[B, T_chroma, n_chroma]``, None for the null melody.
     Returns:
         (loss, per_codebook): scalar to backpropagate, and ``[K]`` detached shares of each
         codebook's mean cross-entropy. Summed over the micro-batches of a global batch they
@@ -113,7 +130,7 @@ def micro_batch_loss(lm, codes: torch.Tensor, frame_valid: torch.Tensor,
     # through the delay pattern, codebook k of the last real frames sees codebook 0 up to k
     # frames ahead, so padding must carry no fake audio codes.
     inputs = codes.masked_fill(~frame_valid[:, None, :], lm.special_token_id)
-    logits, mask = predict(lm, inputs, conditions_for(captions), forward)
+    logits, mask = predict(lm, inputs, lm_conditions(lm, captions, melody), forward)
     mask = mask & frame_valid[:, None, :]
     per_codebook = codebook_ce_sums(logits, codes, mask) / normalizer.clamp_min(1.0)
     return per_codebook.mean(), per_codebook.detach()

@@ -78,15 +78,17 @@ def default_device(device: tp.Optional[str] = None) -> str:
 
 
 def to_device(model, device: str):
-    """Move a MusicGen (LM, compression model and the frozen T5 kept outside the module tree)."""
+    """Move a MusicGen (LM, compression model, and the frozen T5 and demucs that audiocraft keeps
+    outside the module tree)."""
     import torch
     device = torch.device(device)
     model.lm.to(device)
     model.compression_model.to(device)
     for conditioner in model.lm.condition_provider.conditioners.values():
-        t5 = conditioner.__dict__.get("t5")
-        if t5 is not None:
-            conditioner.__dict__["t5"] = t5.to(device)
+        for frozen in ("t5", "demucs"):  # demucs: the melody models' stem separator
+            module = conditioner.__dict__.get(frozen)
+            if module is not None:
+                conditioner.__dict__[frozen] = module.to(device)
         if hasattr(conditioner, "device"):
             conditioner.device = str(device)
     model.lm.condition_provider.device = str(device)

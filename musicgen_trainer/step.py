@@ -113,9 +113,10 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32") -> None:
-    """Train mode with audiocraft's own dropouts off: condition and word dropout are drawn by
-    our sampler, deterministically, so runs resume and parallelise exactly. Parameters frozen
-    by ``config.freeze`` are kept in the compute dtype on CUDA (``keep_frozen_in_compute_dtype``)."""
+    """Train mode with audiocraft's own dropouts off: condition, word and (melody models)
+    self_wav attribute dropout are drawn by our sampler, deterministically, so runs resume and
+    parallelise exactly. Parameters frozen by ``config.freeze`` are kept in the compute dtype on
+    CUDA (``keep_frozen_in_compute_dtype``)."""
     lm = model.lm
     # audiocraft loads released LMs in fp16 on GPUs: train fp32 master weights (autocast
     # supplies the bf16/fp16 compute), or AdamW's small updates round away.
@@ -126,6 +127,7 @@ def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32")
             keep_frozen_in_compute_dtype(lm, precision)
     lm.train()
     lm.cfg_dropout.p = 0.0
+    lm.att_dropout.p = {}  # the sampler draws it (melody.melody_dropout_rate reads the config's rate)
     for conditioner in lm.condition_provider.conditioners.values():
         if hasattr(conditioner, "word_dropout"):
             conditioner.word_dropout = 0.0
@@ -199,7 +201,7 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
         with sync:
             with state.autocast():
                 loss, shares = micro_batch_loss(lm, mb.codes, mb.frame_valid, mb.captions, counts,
-                                                forward=state.forward)
+                                                forward=state.forward, melody=mb.melody)
             # DDP averages gradients over processes; each process's share must count fully.
             scaled = loss * world
             (state.scaler.scale(scaled) if state.scaler else scaled).backward()
@@ -271,8 +273,9 @@ def export_weights(state: TrainState) -> dict:
 
 
 @torch.no_grad()
-def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Optional[float]:
-    """Mean loss over the fixed validation batches (eval mode, real captions, no dropout).
+def validation_loss(state: TrainState, codes, captions, n_frames: int, melody=None) -> tp.Optional[float]:
+    """Mean loss over the fixed validation batches (eval mode, real captions, no dropout; for
+    melody models ``melody``, a ``melody.MelodyCrops``, gives the clips' chroma).
 
     It is the training objective itself (``micro_batch_loss``: padded frames enter the LM as
     the special token, exactly as in training), its per-codebook sums over all validation
@@ -287,12 +290,13 @@ def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Opt
     counts = torch.zeros(lm.n_q, device=acc.device)
     ones = torch.ones(lm.n_q, device=acc.device)  # normaliser 1: micro_batch_loss returns the sums
     try:
-        for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
+        for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size, melody)):
             if i % acc.num_processes != acc.process_index:
                 continue
             batch = batch.to(acc.device)
             with state.autocast():
-                _, batch_sums = micro_batch_loss(lm, batch.codes, batch.frame_valid, batch.captions, ones)
+                _, batch_sums = micro_batch_loss(lm, batch.codes, batch.frame_valid, batch.captions, ones,
+                                                 melody=batch.melody)
             sums += batch_sums
             counts += token_counts(lm, batch.frame_valid).to(acc.device)
     finally:

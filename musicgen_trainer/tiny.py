@@ -13,6 +13,9 @@ Same structure as the released models, random weights, a few million parameters:
 Everything is deterministic for a given seed. The frozen T5 is not part of the LM state
 dict (audiocraft keeps it out on purpose), so exports of tiny models carry its weights
 separately (``tiny_export_extras``, written by ``exports.export_model``).
+
+``tiny-melody`` (last section) adds musicgen-melody's chroma conditioning, over a small random
+demucs separator whose weights exports carry the same way.
 """
 from __future__ import annotations
 
@@ -208,11 +211,11 @@ def stereo_xp_config(xp: DictConfig) -> DictConfig:
 
 
 def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
-                         t5_state: tp.Optional[dict] = None):
+                         t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None):
     """Build audiocraft's ``LMModel`` from an ``xp.cfg`` whose text encoder is the tiny T5.
 
-    Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioner, which
-    audiocraft would download from the hub.
+    Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioners, which
+    audiocraft would download from the hub (T5; for tiny-melody also the demucs separator).
     """
     from audiocraft.models import builders
     from audiocraft.models.lm import LMModel
@@ -227,7 +230,12 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
         output_dim=kwargs["dim"], device=device,
         t5_config=OmegaConf.to_container(xp_cfg.musicgen_trainer.t5_config),
         word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state)
-    provider = ConditioningProvider({"description": conditioner}, device=device)
+    conditioners = {"description": conditioner}
+    if "self_wav" in xp_cfg.conditioners:  # tiny-melody (see the section below)
+        conditioners["self_wav"] = tiny_chroma_conditioner(xp_cfg, kwargs["dim"], device, demucs_state)
+    # In the config's order, as audiocraft's builder does.
+    conditioners = {name: conditioners[name] for name in xp_cfg.conditioners}
+    provider = ConditioningProvider(conditioners, device=device)
     cfg_free = xp_cfg.classifier_free_guidance
     lm = LMModel(
         pattern_provider=builders.get_codebooks_pattern_provider(kwargs["n_q"], xp_cfg.codebooks_pattern),
@@ -277,8 +285,13 @@ def is_tiny_config(xp_cfg: dict) -> bool:
 def tiny_export_extras(model) -> dict:
     """What a tiny export carries beside audiocraft's keys: the frozen local T5's weights,
     which audiocraft keeps out of the LM state dict (a released T5 is re-downloaded instead)."""
-    t5 = model.lm.condition_provider.conditioners["description"].__dict__["t5"]
-    return {"text_encoder_state": {k: v.cpu() for k, v in t5.state_dict().items()}}
+    conditioners = model.lm.condition_provider.conditioners
+    t5 = conditioners["description"].__dict__["t5"]
+    extras = {"text_encoder_state": {k: v.cpu() for k, v in t5.state_dict().items()}}
+    if "self_wav" in conditioners:  # tiny-melody: its random stem separator, also outside the LM
+        demucs = conditioners["self_wav"].__dict__["demucs"]
+        extras["demucs_state"] = {k: v.cpu() for k, v in demucs.state_dict().items()}
+    return extras
 
 
 def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
@@ -292,13 +305,143 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
         raise ValueError(f"{folder} is a tiny-model export without its text encoder weights")
     xp_cfg = OmegaConf.create(xp_cfg)
     xp_cfg.device = "cpu"
-    lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"])
+    if "self_wav" in xp_cfg.conditioners and "demucs_state" not in lm_pkg:
+        raise ValueError(f"{folder} is a tiny-melody export without its stem separator weights")
     try:
+        lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"],
+                                  demucs_state=lm_pkg.get("demucs_state"))
         lm.load_state_dict(lm_pkg["best_state"])
         compression_model = load_compression_model(str(folder), device="cpu")
     except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder} holds weights that do not match its config: {first}") from None
+    as_get_pretrained_does(lm)
     model = MusicGen(TINY_NAME, compression_model, lm.eval())
     model.name = str(folder)
+    return to_device(model, device)
+
+
+# --- tiny melody model ("tiny-melody") -----------------------------------------------------
+#
+# musicgen-melody's shape at tiny size: a ``ChromaStemConditioner`` for the ``self_wav``
+# attribute (the chroma of the vocals + other stems of a clip, projected and prepended to the
+# LM input), attribute dropout of ``self_wav`` as in audiocraft's chroma2music config. The
+# released conditioner downloads htdemucs; the tiny one separates with a small random
+# ``demucs.htdemucs.HTDemucs`` (same sources), built from the seed and, like T5, kept out of
+# the LM state dict (exports carry its weights as ``demucs_state``).
+
+TINY_MELODY_NAME = "tiny-melody"
+# cac=False with 0 Wiener iterations: each stem is a ratio mask of the mix's spectrogram, so the
+# pitches of the input survive random weights (with cac=True a random net outputs noise and
+# every clip's chroma is the same).
+TINY_DEMUCS = dict(sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44100,
+                   channels=4, depth=2, nfft=512, t_layers=1, t_heads=1, dconv_comp=2, segment=2,
+                   cac=False, wiener_iters=0)
+MELODY_ATTRIBUTE_DROPOUT = 0.5  # audiocraft's chroma2music: self_wav dropped half the time
+
+
+def tiny_melody_xp_config(cfg: TinyConfig) -> DictConfig:
+    """``tiny_xp_config`` with musicgen-melody's conditioning: ``self_wav`` chroma (n_chroma 12,
+    radix2_exp 14, argmax) prepended to the input, the caption by cross-attention."""
+    xp = tiny_xp_config(cfg)
+    xp.attribute_dropout = {"args": {"active_on_eval": False}, "text": {},
+                            "wav": {"self_wav": MELODY_ATTRIBUTE_DROPOUT}}
+    xp.fuser.prepend = ["self_wav"]
+    xp.conditioners = {
+        "self_wav": {"model": "chroma_stem", "chroma_stem": {
+            "sample_rate": MUSICGEN_SAMPLE_RATE, "n_chroma": 12, "radix2_exp": 14, "argmax": True,
+            "match_len_on_eval": False, "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}},
+        "description": OmegaConf.to_container(xp.conditioners.description)}
+    xp.musicgen_trainer.demucs_config = dict(TINY_DEMUCS)
+    return xp
+
+
+def tiny_demucs(config: dict, seed: int, state: tp.Optional[dict] = None):
+    """A random ``HTDemucs`` (eval mode, frozen) built from ``seed``, or loaded from ``state``."""
+    from demucs.htdemucs import HTDemucs
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = HTDemucs(**config)
+    if state is not None:
+        model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def _make_chroma_conditioner_class():
+    from audiocraft.modules.chroma import ChromaExtractor
+    from audiocraft.modules.conditioners import ChromaStemConditioner, WaveformConditioner
+    from audiocraft.utils.autocast import TorchAutocast
+
+    class TinyChromaStemConditioner(ChromaStemConditioner):
+        """``ChromaStemConditioner`` whose stem separator is given instead of downloaded.
+
+        Only ``__init__`` differs (the same attributes as audiocraft's, no evaluation wavs,
+        no embedding cache): separation, chroma, length matching and the trainable output
+        projection are audiocraft's own code.
+        """
+
+        def __init__(self, output_dim: int, sample_rate: int, n_chroma: int, radix2_exp: int,
+                     duration: float, demucs, match_len_on_eval: bool = True,
+                     device: str = "cpu", **kwargs):
+            WaveformConditioner.__init__(self, dim=n_chroma, output_dim=output_dim, device=device)
+            self.autocast = TorchAutocast(enabled=device != "cpu", device_type=self.device, dtype=torch.float32)
+            self.sample_rate = sample_rate
+            self.match_len_on_eval = match_len_on_eval
+            if match_len_on_eval:
+                self._use_masking = False
+            self.duration = duration
+            self.__dict__["demucs"] = demucs.to(device)
+            sources = list(demucs.sources)
+            self.stem_indices = torch.LongTensor([sources.index("vocals"), sources.index("other")]).to(device)
+            self.chroma = ChromaExtractor(sample_rate=sample_rate, n_chroma=n_chroma, radix2_exp=radix2_exp,
+                                          **kwargs).to(device)
+            self.chroma_len = self._get_chroma_len()
+            self.eval_wavs = None
+            self.cache = None
+
+    return TinyChromaStemConditioner
+
+
+_CHROMA_CONDITIONER_CLASS = None
+
+
+def tiny_chroma_conditioner(xp_cfg: DictConfig, output_dim: int, device: str,
+                            demucs_state: tp.Optional[dict] = None):
+    """The tiny melody model's ``self_wav`` conditioner, as ``xp_cfg`` describes it."""
+    global _CHROMA_CONDITIONER_CLASS
+    if _CHROMA_CONDITIONER_CLASS is None:
+        _CHROMA_CONDITIONER_CLASS = _make_chroma_conditioner_class()
+    ours = xp_cfg.musicgen_trainer
+    demucs = tiny_demucs(OmegaConf.to_container(ours.demucs_config), int(ours.tiny.seed), demucs_state)
+    args = OmegaConf.to_container(xp_cfg.conditioners.self_wav.chroma_stem)
+    for unused in ("eval_wavs", "n_eval_wavs", "cache_path"):  # released-model dataset options
+        args.pop(unused, None)
+    return _CHROMA_CONDITIONER_CLASS(output_dim=output_dim, duration=float(xp_cfg.dataset.segment_duration),
+                                     demucs=demucs, device=device, **args)
+
+
+def as_get_pretrained_does(lm) -> None:
+    """What ``MusicGen.get_pretrained`` sets on a melody LM after building it: the chroma is
+    repeated or cut to the training window's length, and never masked."""
+    if "self_wav" in lm.condition_provider.conditioners:
+        lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
+        lm.condition_provider.conditioners["self_wav"]._use_masking = False
+
+
+def build_tiny_melody_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "cpu",
+                               name: str = TINY_MELODY_NAME):
+    """A randomly initialised tiny melody MusicGen (weights depend only on ``config.seed``)."""
+    from audiocraft.models import MusicGen, builders
+
+    config = config or TinyConfig()
+    xp_cfg = tiny_melody_xp_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
+        lm = build_lm_from_config(xp_cfg, device="cpu")
+    as_get_pretrained_does(lm)
+    model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=max(config.max_duration, 30.0))
+    if config.max_duration < 30.0:
+        model.max_duration = config.max_duration
+        model.set_generation_params(duration=config.max_duration, extend_stride=config.max_duration / 2)
     return to_device(model, device)

@@ -1,0 +1,235 @@
+"""Melody models (musicgen-melody, -melody-large, -stereo-melody): the training clip's chroma.
+
+audiocraft trains a melody model with the clip itself as its ``self_wav`` condition: the
+``ChromaStemConditioner`` separates the clip with demucs, keeps the vocals + other stems,
+takes their chroma (``[T, 12]`` frames, hop ``2**radix2_exp / 4`` samples at 32 kHz), projects
+it (``output_proj``, trained) and the fuser prepends it to the LM input. Half the batches
+(``attribute_dropout.wav.self_wav``) drop it, and classifier-free guidance dropout drops it
+with the caption.
+
+Here the chroma of every clip is computed once, by the conditioner's own code, and cached
+next to the codes (``ChromaCache``: keyed by file and by a fingerprint of the separator and
+chroma settings, so a changed file or model recomputes). ``MelodyCrops`` cuts the frames that
+match a code crop, and ``condition_tensors`` turns them into the LM's condition tensors
+(``lm(sequence, [], condition_tensors=...)``), exactly as the conditioner's ``forward`` would
+from the crop's audio. For a clip longer than the window, demucs has separated the whole clip
+rather than the crop alone (as audiocraft's own chroma cache does), so the stems of a crop can
+differ slightly from separating it alone; for a clip no longer than the window they are the
+same computation. Non-melody models never reach this module.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DEFAULT_CACHE_DIR, Clip, _entry_name, _save_atomic
+
+logger = logging.getLogger(__name__)
+
+MELODY_ATTRIBUTE = "self_wav"
+CHROMA_SHIFT_SEED = 0  # demucs' apply_model shifts the audio by a random.randint offset: fixed here
+
+
+def melody_conditioner(lm):
+    """The LM's ``ChromaStemConditioner``, or None for a model without melody conditioning."""
+    conditioners = lm.condition_provider.conditioners
+    return conditioners[MELODY_ATTRIBUTE] if MELODY_ATTRIBUTE in conditioners else None
+
+
+def melody_dropout_rate(lm) -> float:
+    """audiocraft's attribute-dropout probability of ``self_wav`` for this model (0.5 for the
+    released melody models), read from its config: training turns the module itself off."""
+    from omegaconf import OmegaConf
+    cfg = getattr(lm, "cfg", None)
+    value = OmegaConf.select(cfg, f"attribute_dropout.wav.{MELODY_ATTRIBUTE}") if cfg is not None else None
+    if value is None:
+        value = lm.att_dropout.p.get("wav", {}).get(MELODY_ATTRIBUTE, 0.0)
+    return float(value)
+
+
+@contextlib.contextmanager
+def seeded_python_random(seed: int = CHROMA_SHIFT_SEED):
+    """Python's global ``random`` seeded inside, restored after: demucs draws its time shift
+    from it, so the same audio gives the same stems (and chroma) every time."""
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+def chroma_fingerprint(conditioner) -> str:
+    """Hash of what the chroma depends on: the separator's weights and stems, the chroma
+    extractor's settings and filter bank (16 hex chars)."""
+    demucs, chroma = conditioner.__dict__["demucs"], conditioner.chroma
+    h = hashlib.sha1()
+    h.update(f"{type(demucs).__name__}|{list(demucs.sources)}|{demucs.samplerate}|{demucs.audio_channels}|"
+             f"{conditioner.stem_indices.tolist()}|{conditioner.sample_rate}|{chroma.n_chroma}|{chroma.nfft}|"
+             f"{chroma.winlen}|{chroma.winhop}|{chroma.argmax}|{chroma.norm}|{CHROMA_SHIFT_SEED}".encode())
+    tensors = sorted(demucs.state_dict().items()) + [("fbanks", chroma.fbanks)]
+    for name, tensor in tensors:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def clip_chroma(conditioner, path: Path) -> np.ndarray:
+    """The chroma of a whole file as the conditioner computes it from the decoded clip at its
+    sample rate (mono, as audiocraft's condition provider makes it).
+
+    Returns:
+        float32 ``[T, n_chroma]``, T = 1 + samples // hop.
+    """
+    from dataset_tools.audio_io import load_audio
+    audio, _ = load_audio(path, sample_rate=conditioner.sample_rate, mono=True)
+    wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None]  # [1, 1, n]
+    with seeded_python_random():
+        chroma = conditioner._compute_wav_embedding(wav.to(conditioner.device), conditioner.sample_rate)
+    return chroma[0].float().cpu().numpy()
+
+
+class ChromaCache:
+    """Chroma of a dataset's clips for one melody conditioner, beside the code cache:
+    ``<cache_dir>/chroma-<fingerprint>/<entry>.npy`` with the code cache's entry keys."""
+
+    def __init__(self, conditioner, cache_dir: tp.Union[str, Path, None] = None):
+        self.conditioner = conditioner
+        self.fingerprint = chroma_fingerprint(conditioner)
+        self.dir = Path(cache_dir or DEFAULT_CACHE_DIR) / f"chroma-{self.fingerprint}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def entry(self, clip: Clip) -> Path:
+        return self.dir / _entry_name(clip.path, self.fingerprint)
+
+    def chroma_for(self, clips: tp.Sequence[Clip], progress: bool = True) -> list:
+        """``[T, n_chroma]`` float32 arrays (memory-mapped), computing the missing ones.
+        ``clips`` are ones the code cache could read."""
+        from tqdm.auto import tqdm
+        entries = [self.entry(clip) for clip in clips]
+        missing = sum(not e.exists() for e in entries)
+        bar = tqdm(total=missing, desc="melody chroma (once)", unit="file", disable=not progress or not missing)
+        out = []
+        for clip, entry in zip(clips, entries):
+            if not entry.exists():
+                _save_atomic(clip_chroma(self.conditioner, clip.path), entry)
+                bar.update(1)
+            out.append(np.load(entry, mmap_mode="r"))
+        bar.close()
+        return out
+
+
+class MelodyCrops:
+    """Chroma frames matching code crops, for ``CropSampler`` and validation batches.
+
+    Args:
+        chromas: per clip, ``[T, n_chroma]`` (``ChromaCache.chroma_for``), in the codes' order.
+        frame_rate: the codes' frames per second (50).
+        dropout: probability that a micro-batch's ``self_wav`` is dropped (the sampler draws it).
+    """
+
+    def __init__(self, chromas: tp.Sequence[np.ndarray], conditioner, frame_rate: float, dropout: float = 0.0):
+        self.chromas = list(chromas)
+        self.frame_rate, self.dropout = float(frame_rate), float(dropout)
+        self.sample_rate = conditioner.sample_rate
+        self.hop, self.nfft = conditioner.chroma.winhop, conditioner.chroma.nfft
+        # The chroma of silence, for frames past a clip's end: audiocraft pads a short clip
+        # with zeros to the window, and those frames are the chroma of silence.
+        with torch.no_grad():
+            zeros = torch.zeros(1, self.nfft, device=conditioner.chroma.fbanks.device)
+            self.silence = conditioner.chroma(zeros)[0, 0].float().cpu().numpy()
+
+    def crop(self, index: int, start: int, n_frames: int) -> np.ndarray:
+        """Chroma of the window of ``n_frames`` codes from code frame ``start`` of clip ``index``.
+
+        Returns:
+            float32 ``[1 + max(window samples, nfft) // hop, n_chroma]``: the frames the
+            conditioner computes from that window's audio (centred STFT frames, frame j at
+            ``start`` seconds + j hops), silence past the clip's end.
+        """
+        samples = int(round(n_frames * self.sample_rate / self.frame_rate))
+        length = 1 + max(samples, self.nfft) // self.hop
+        first = int(round(start / self.frame_rate * self.sample_rate / self.hop))
+        full = self.chromas[index]
+        out = np.empty((length, full.shape[-1]), dtype=np.float32)
+        part = np.asarray(full[first:first + length], dtype=np.float32)
+        out[:len(part)] = part
+        out[len(part):] = self.silence
+        return out
+
+
+def _match_length(conditioner, chroma: torch.Tensor) -> torch.Tensor:
+    """``ChromaStemConditioner._get_wav_embedding``'s last step: repeat or cut the chroma to
+    the training window's frame count (always on for models loaded by ``MusicGen``)."""
+    if not conditioner.match_len_on_eval:
+        return chroma
+    target = conditioner.chroma_len
+    if chroma.shape[1] < target:
+        chroma = chroma.repeat(1, -(-target // chroma.shape[1]), 1)
+    return chroma[:, :target]
+
+
+def null_chroma(conditioner, batch: int) -> torch.Tensor:
+    """The chroma of the null melody (dropout, or generation without a melody): what the
+    conditioner computes from audiocraft's null wav. ``[batch, T, n_chroma]``."""
+    from audiocraft.modules.conditioners import WavCondition
+    device = conditioner.output_proj.weight.device
+    null = WavCondition(torch.zeros(1, 1, 1, device=device), torch.zeros(1, dtype=torch.long, device=device),
+                        [conditioner.sample_rate], [None], [None])
+    with torch.no_grad():
+        chroma = conditioner._get_wav_embedding(null)
+    return chroma.expand(batch, -1, -1)
+
+
+def melody_tensors(conditioner, chroma: tp.Optional[torch.Tensor], batch: int) -> tuple:
+    """The conditioner's ``forward`` from chroma instead of audio.
+
+    Args:
+        chroma: ``[B, T, n_chroma]`` crops (``MelodyCrops.crop``), or None for the null melody.
+    Returns:
+        (embeddings ``[B, T', dim]``, mask ``[B, T']``), T' the matched length; the projection
+        carries gradients.
+    """
+    # MusicGen.get_pretrained (and our loaders) turn masking off on melody models: every chroma
+    # frame counts, so no lengths are needed.
+    assert not conditioner._use_masking, "melody conditioner with masking: load the model with load_model"
+    chroma = null_chroma(conditioner, batch) if chroma is None else _match_length(conditioner, chroma)
+    embeds = conditioner.output_proj(chroma.to(conditioner.output_proj.weight))
+    mask = torch.ones_like(embeds[..., 0])
+    return embeds * mask.unsqueeze(-1), mask
+
+
+def condition_tensors(lm, captions: tp.Sequence[tp.Optional[str]], chroma: tp.Optional[torch.Tensor]) -> dict:
+    """Condition tensors of a melody LM for captions (None: null caption) and chroma crops
+    (None: null melody), in the order the condition provider produces them (text, then wav),
+    which is the order the fuser concatenates them in."""
+    provider = lm.condition_provider
+    out = {}
+    for name in provider.text_conditions:
+        if name != "description":  # the only text attribute of the released models (and of conditions_for)
+            raise ValueError(f"melody models with a {name!r} text condition are not supported")
+        text = provider.conditioners[name]
+        out[name] = text(text.tokenize(list(captions)))
+    out[MELODY_ATTRIBUTE] = melody_tensors(provider.conditioners[MELODY_ATTRIBUTE], chroma, len(captions))
+    return out
+
+
+def prepare_melody(model, train_clips, valid_clips, cache_dir, progress: bool = True):
+    """(train crops with audiocraft's self_wav dropout rate, valid crops without dropout) for a
+    melody model, computing missing chroma; (None, None) for other models."""
+    conditioner = melody_conditioner(model.lm)
+    if conditioner is None:
+        return None, None
+    cache = ChromaCache(conditioner, cache_dir)
+    train = MelodyCrops(cache.chroma_for(train_clips, progress), conditioner, model.frame_rate,
+                        melody_dropout_rate(model.lm))
+    valid = MelodyCrops(cache.chroma_for(valid_clips, progress), conditioner, model.frame_rate)
+    return train, valid
