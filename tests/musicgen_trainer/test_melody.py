@@ -48,7 +48,8 @@ def dataset(tmp_path_factory):
 def _config(data, out, cache, **kw):
     base = dict(data=str(data), model="tiny-melody", out=str(out), cache_dir=str(cache), batch_size=2,
                 segment_seconds=1.0, lr=2e-3, warmup_steps=1, sample_every=0, valid_every=3, save_every=1000,
-                progress=False, device="cpu", valid_fraction=0.0)
+                progress=False, device="cpu", valid_fraction=0.0,
+                export_dtype="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -229,20 +230,22 @@ def test_export_reloads_with_load_model_and_audiocrafts_loader(exported, monkeyp
 
     from musicgen_trainer.tiny import tiny_demucs
     ours = load_model(exported, device="cpu")
+    from musicgen_trainer.exports import package_config
     pkg = torch.load(exported / LM_FILE, weights_only=True)
+    ours_cfg = package_config(pkg)["musicgen_trainer"]
     assert "demucs_state" in pkg
     trained = pkg["best_state"]
     for name, value in ours.lm.state_dict().items():
         torch.testing.assert_close(value, trained[name])
 
     def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**pkg["xp.cfg"]["musicgen_trainer"]["t5_config"]))
+        model = T5EncoderModel(T5Config(**ours_cfg["t5_config"]))
         model.load_state_dict(pkg["text_encoder_state"])
         return model
 
     def tiny_htdemucs(name, *args, **kwargs):
         assert name == "htdemucs"
-        return tiny_demucs(pkg["xp.cfg"]["musicgen_trainer"]["demucs_config"], 0, pkg["demucs_state"])
+        return tiny_demucs(ours_cfg["demucs_config"], 0, pkg["demucs_state"])
 
     monkeypatch.setattr(conditioners.T5Tokenizer, "from_pretrained", lambda *a, **k: ByT5Tokenizer())
     monkeypatch.setattr(conditioners.T5EncoderModel, "from_pretrained", tiny_t5)
