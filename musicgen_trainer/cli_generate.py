@@ -31,8 +31,8 @@ GENERATION_MAX_BATCH = 64         # prompts in one generate.py call
 class GenerateOptions:
     """One generate.py request, validated on construction (ValueError with a readable reason).
     Each field is the flag of the same name; the sampling settings are ``generation``'s."""
-    model: str = option("facebook/musicgen-small", "hub name (facebook/musicgen-small...), 'tiny', or an export "
-                        "folder from train.py")
+    model: str = option("facebook/musicgen-small", "hub name (facebook/musicgen-small...), 'tiny' (or "
+                        "tiny-melody, tiny-stereo), or an export folder from train.py")
     prompts: tp.List[str] = option(help="text prompt; repeat the flag for several (one output each, generated "
                                    "as a batch)", aliases=("--prompt",), repeat=True, metavar="TEXT",
                                    default_factory=list)

@@ -27,7 +27,7 @@ class TrainConfig:
     data: str = option("", "dataset_tools output folder, audiocraft data.jsonl, or folder of audio + .txt",
                        group=DATA, metavar="PATH")
     model: str = option("facebook/musicgen-small", "base model: a hub name (facebook/musicgen-small, -medium, "
-                        "...), tiny, tiny-melody, or an export folder", group=DATA)
+                        "...), tiny, tiny-melody, tiny-stereo, or an export folder", group=DATA)
     out: str = option("checkpoints/run", "run folder for checkpoints, logs, samples and the export", group=DATA,
                       metavar="DIR")
     segment_seconds: float = option(SEGMENT_SECONDS, "training window in seconds", group=DATA, metavar="S")
