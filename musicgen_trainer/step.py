@@ -30,14 +30,15 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainState:
     model: tp.Any                      # audiocraft MusicGen; model.lm is trained
-    forward: tp.Callable               # the LM's forward (DDP-wrapped when distributed)
+    forward: tp.Callable               # the LM's forward (DDP-wrapped when data parallel; the LM itself,
+                                       # sharded in place, under FSDP)
     optimizer: torch.optim.Optimizer
     scheduler: tp.Any
     scaler: tp.Optional[torch.amp.GradScaler]
     autocast: tp.Callable[[], tp.ContextManager]
     accelerator: tp.Any
     config: TrainConfig
-    ema: tp.Optional[dict] = None      # parameter name -> float32 shadow
+    ema: tp.Optional[dict] = None      # parameter name -> float32 shadow (this process's shard under FSDP)
     step: int = 0
     nonfinite_streak: int = 0
     skipped_steps: int = 0
@@ -46,6 +47,11 @@ class TrainState:
     @property
     def trainable(self) -> list:
         return [p for p in self.model.lm.parameters() if p.requires_grad]
+
+    @property
+    def sharded(self) -> bool:
+        from .distributed import is_sharded
+        return is_sharded(self.model.lm)
 
 
 # --- setup --------------------------------------------------------------------------
@@ -97,7 +103,7 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> tp.Callable[[int], float
     return factor
 
 
-def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(lm, config: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
     decay, no_decay = [], []
     for name, p in lm.named_parameters():
@@ -107,7 +113,7 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for all parameters (CUDA, and CPU in current torch).
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
 
 
 def prepare_lm_for_training(model, config: TrainConfig) -> None:
@@ -129,15 +135,32 @@ def prepare_lm_for_training(model, config: TrainConfig) -> None:
 
 def make_state(model, config: TrainConfig, accelerator, total_steps: int,
                precision: tp.Optional[str] = None) -> TrainState:
-    """Optimiser, schedule, scaler, EMA and (when distributed) the DDP wrapper for ``model.lm``,
-    which must already be on ``accelerator.device`` and prepared for training."""
+    """Optimiser, schedule, scaler, EMA and (when distributed) the DDP wrapper or FSDP sharding
+    of ``model.lm``, which must already be on ``accelerator.device`` and prepared for training.
+
+    The LM is wrapped or sharded first and the optimiser built after, on the parameters the
+    wrapper trains (FSDP replaces them with shards)."""
     lm = model.lm
     precision = precision or resolve_precision(config.precision, accelerator.device)
     apply_freeze(lm, config.freeze)
-    optimizer = make_optimizer(lm, config)
+    sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
+    if sharded:
+        from .distributed import shard_lm
+        shard_lm(lm)
+        forward = lm
+    else:
+        forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
+    scaler = None
+    if precision == "fp16" and sharded:
+        # Each process sees only its gradient shard: the sharded scaler agrees on inf/NaN over
+        # all processes (else one would step and another skip). It does not work with the fused
+        # AdamW (shape mismatch of its found-inf tensor), hence the foreach one.
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        scaler = ShardedGradScaler(accelerator.device.type)
+    elif precision == "fp16":
+        scaler = torch.amp.GradScaler(accelerator.device.type)
+    optimizer = make_optimizer(lm, config, fused=not (sharded and scaler is not None))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
-    scaler = torch.amp.GradScaler(accelerator.device.type) if precision == "fp16" else None
-    forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
     ema = {n: p.detach().float().clone() for n, p in lm.named_parameters() if p.requires_grad} \
         if config.ema else None
     return TrainState(model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
@@ -163,12 +186,14 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
     per_codebook = torch.zeros_like(counts)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or world == 1 else acc.no_sync(state.forward)
+        # FSDP reduce-scatters every micro-batch: skipping the sync would keep whole unsharded
+        # gradients, the memory sharding exists to save; the sum is the same.
+        sync = contextlib.nullcontext() if last or world == 1 or state.sharded else acc.no_sync(state.forward)
         with sync:
             with state.autocast():
                 loss, shares = micro_batch_loss(lm, mb.codes, mb.frame_valid, mb.captions, counts,
                                                 forward=state.forward)
-            # DDP averages gradients over processes; each process's share must count fully.
+            # DDP and FSDP average gradients over processes; each process's share must count fully.
             scaled = loss * world
             (state.scaler.scale(scaled) if state.scaler else scaled).backward()
         loss_total += loss.detach()
@@ -195,7 +220,12 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
         if state.scaler:
             state.scaler.unscale_(state.optimizer)
         clip = state.config.grad_clip if state.config.grad_clip > 0 else float("inf")
+        # Under FSDP the gradients are DTensor shards and this is the global norm (a replicated
+        # DTensor), so every process clips by the same factor, as without sharding.
         grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, clip)
+        if state.sharded:
+            from .distributed import local_value
+            grad_norm = local_value(grad_norm)
         metrics["grad_norm"] = grad_norm.item()
         if state.scaler:
             scale_before = state.scaler.get_scale()
@@ -225,11 +255,22 @@ def update_ema(state: TrainState) -> None:
                 state.ema[name].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
 
 
-def export_weights(state: TrainState) -> dict:
-    """The LM state dict to export: EMA weights when enabled, else the current ones."""
-    weights = {k: v.detach().clone() for k, v in state.model.lm.state_dict().items()}
-    if state.ema is not None:
-        for name, shadow in state.ema.items():
+def export_weights(state: TrainState, keep: bool = True) -> dict:
+    """The LM state dict to export: EMA weights when enabled, else the current ones.
+
+    Under FSDP the full weights are gathered, so every process must call it; they are returned
+    where ``keep`` (the main process) and ``{}`` elsewhere."""
+    if state.sharded:
+        from .distributed import full_model_state, full_tensors
+        weights = full_model_state(state.model.lm, keep)
+        ema = full_tensors(state.ema, keep) if state.ema is not None else None
+        if not keep:
+            return {}
+    else:
+        weights = {k: v.detach().clone() for k, v in state.model.lm.state_dict().items()}
+        ema = state.ema
+    if ema is not None:
+        for name, shadow in ema.items():
             weights[name] = shadow.to(weights[name].dtype)
     return weights
 
@@ -243,10 +284,17 @@ def validation_loss(state: TrainState, codes, captions, n_frames: int) -> tp.Opt
     acc, lm = state.accelerator, state.model.lm
     lm.eval()
     sums = counts = None
-    for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size)):
-        if i % acc.num_processes != acc.process_index:
+    batches = list(validation_batches(codes, captions, n_frames, state.config.batch_size))
+    # Under FSDP every forward is collective: each process runs the same number of them (a
+    # process short of batches repeats the first one and does not count it).
+    world = acc.num_processes
+    n = math.ceil(len(batches) / world) * world if state.sharded else len(batches)
+    for i in range(acc.process_index, n, world):
+        if i >= len(batches):
+            with state.autocast():
+                predict(lm, batches[0].to(acc.device).codes, conditions_for(batches[0].captions))
             continue
-        batch = batch.to(acc.device)
+        batch = batches[i].to(acc.device)
         with state.autocast():
             logits, mask = predict(lm, batch.codes, conditions_for(batch.captions))
         mask = mask & batch.frame_valid[:, None, :]

@@ -49,6 +49,10 @@ class TrainConfig:
                             choices=PRECISIONS)
     activation_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower",
                                             group=MEMORY)
+    sharding: str = option("none", "fsdp: shard the LM's weights, gradients and optimiser state over the processes "
+                           "of a torchrun/accelerate launch (FSDP), for models whose full training state does not "
+                           "fit one GPU (medium, large on 24-40 GB cards); none: each process holds the whole LM "
+                           "(data parallel), faster when it fits", group=MEMORY, choices=("none", "fsdp"))
     freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
                                   "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
     ema: bool = option(False, "keep an EMA of the weights and export it", group=MEMORY)
@@ -81,6 +85,8 @@ class TrainConfig:
         if not str(self.data):
             raise ValueError("--data is required: a dataset_tools output folder, a data.jsonl, "
                              "or a folder of audio files with .txt captions")
+        if self.sharding not in ("none", "fsdp"):
+            raise ValueError(f"sharding must be none or fsdp, got {self.sharding!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [
