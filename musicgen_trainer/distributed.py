@@ -87,7 +87,7 @@ def is_sharded(lm) -> bool:
     return isinstance(lm, FSDPModule)
 
 
-def shard_lm(lm) -> None:
+def shard_lm(lm, device: torch.device) -> None:
     """FSDP2 full sharding of an audiocraft ``LMModel``, in place (names and module unchanged).
 
     One FSDP unit per transformer layer (its weights are gathered just before its forward and
@@ -96,10 +96,15 @@ def shard_lm(lm) -> None:
     keeps its own copy). Gradients are reduce-scattered and averaged over processes, like DDP's.
     Call before building the optimiser: the optimiser must hold the sharded parameters.
     """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    # The mesh on the accelerator's device type (fully_shard would pick CUDA whenever it exists,
+    # also for a --device cpu run on a GPU machine).
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in lm.transformer.layers:
-        fully_shard(layer)
-    fully_shard(lm)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(lm, mesh=mesh)
 
 
 def local_value(t: torch.Tensor) -> torch.Tensor:

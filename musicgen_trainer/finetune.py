@@ -100,6 +100,7 @@ def _training_state_dict(state: TrainState, keep: bool = True) -> dict:
             "scaler": state.scaler.state_dict() if state.scaler else None, "ema": ema,
             "rng": rng_state(), "nonfinite_streak": state.nonfinite_streak,
             "skipped_steps": state.skipped_steps, "world_size": state.accelerator.num_processes,
+            "sharded": state.sharded,
             "history": state.history[-1000:]}
 
 
@@ -174,10 +175,15 @@ def train(config: TrainConfig) -> Path:
     clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
     run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
     resume_from = resolve_resume(config.resume, run.own_states())
-    saved = load_state(resume_from) if resume_from is not None else None
+    saved = load_state(resume_from, mmap=acc.num_processes > 1) if resume_from is not None else None
     if saved is not None:
         check_resume(saved.get("config") or {}, config, str(resume_from))
         check_resume_world(saved, config, acc.num_processes, str(resume_from))
+        if bool(saved.get("sharded")) != (config.sharding == "fsdp" and acc.num_processes > 1):
+            # the optimiser state is keyed by parameter names when sharded, by index otherwise
+            was = "a sharded (--sharding fsdp)" if saved.get("sharded") else "an unsharded"
+            raise ValueError(f"{resume_from} was saved by {was} run: resume it the same way (--sharding fsdp "
+                             f"takes effect with several processes only)")
     torch.manual_seed(config.seed)
 
     train_clips, valid_clips = split_clips(clips)

@@ -60,10 +60,13 @@ def save_state(folder: Path, step: int, state: dict) -> Path:
     return path
 
 
-def load_state(path: Path) -> dict:
+def load_state(path: Path, mmap: bool = False) -> dict:
     """A training state written by train.py; ``CheckpointError``/``ValueError`` (one line) otherwise.
-    Loaded weights-only: a state that holds other Python objects is refused, never run."""
-    state = load_checkpoint(path, "training state")
+    Loaded weights-only: a state that holds other Python objects is refused, never run.
+    ``mmap``: map the file instead of reading it. Every process of a distributed run loads the
+    state: mapped, its tens of GB (medium, large) exist once in the page cache instead of once
+    per process (the mapping is private: writes to the tensors never reach the file)."""
+    state = load_checkpoint(path, "training state", mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a training state written by train.py")
     if state.get("version") != STATE_VERSION:

@@ -2,9 +2,11 @@
 
 ``train_step`` takes the state and the micro-batches of one optimiser step and returns a dict
 of metrics; mixed precision, gradient accumulation and data parallelism are handled there,
-once. ``make_state`` builds the optimiser, schedule, scaler, EMA and DDP wrapper. accelerate sets up the processes (a plain
+once. ``make_state`` builds the DDP wrapper (or shards the LM with FSDP, ``--sharding fsdp``), then
+the optimiser, schedule, scaler and EMA. accelerate sets up the processes (a plain
 ``python train.py`` needs no configuration; ``accelerate launch``/``torchrun`` runs data
-parallel), and the DDP-wrapped LM is what the loss calls, so gradients are synchronised.
+parallel), and the wrapped LM is what the loss calls, so gradients are synchronised
+(distributed.py: which launches run, and FSDP).
 """
 from __future__ import annotations
 
@@ -146,7 +148,7 @@ def make_state(model, config: TrainConfig, accelerator, total_steps: int,
     sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
     if sharded:
         from .distributed import shard_lm
-        shard_lm(lm)
+        shard_lm(lm, accelerator.device)
         forward = lm
     else:
         forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
