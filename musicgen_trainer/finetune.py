@@ -264,18 +264,20 @@ def train(config: TrainConfig) -> Path:
         if writer:
             writer.flush()
     export_dir = out / "export"
-    if state.sharded:  # gather on every process; the main one writes
+    if acc.is_main_process or state.sharded:  # under FSDP every process gathers, the main one writes
         final_state = _training_state_dict(state, keep=acc.is_main_process)
+        if acc.is_main_process:
+            run.save_state(state.step, final_state, config.keep_last)
+        del final_state  # before gathering the export's copy (host RAM of the main process)
         weights = export_weights(state, keep=acc.is_main_process)
     if acc.is_main_process:
-        run.save_state(state.step, final_state if state.sharded else _training_state_dict(state), config.keep_last)
         genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}
         if not str(config.model).startswith("tiny"):
             from .models import resolve_name
             extra["base_model"] = resolve_name(config.model)  # "small" -> facebook/musicgen-small
-        export_model(model, export_dir, lm_state=weights if state.sharded else export_weights(state), extra=extra)
+        export_model(model, export_dir, lm_state=weights, extra=extra)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
               f"{state.skipped_steps} skipped; exported to {export_dir}")
