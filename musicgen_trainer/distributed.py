@@ -18,9 +18,10 @@ FSDP here is torch's FSDP2 (``fully_shard``), applied by us rather than by
 ``accelerator.prepare_model``: accelerate switches to FSDP only on accelerator devices (on CPU it
 stays DDP), so its path could not be tested without GPUs, while ``fully_shard`` runs the same on
 CPU (gloo) and GPUs (NCCL). FSDP2 also keeps the LM's parameter names and module (parameters
-become DTensors), so the optimiser, EMA and freezing code are the same as without sharding. FSDP1
-was not used: it flattens parameters (optimiser, EMA and state dicts need special handling) and
-is deprecated in torch.
+become DTensors), so the optimiser, EMA and freezing code are the same as without sharding, and
+``torch.distributed.checkpoint``'s state-dict helpers gather and scatter full state dicts. FSDP1
+(``FullyShardedDataParallel``) was not tried: FSDP2 did everything needed on CPU/gloo with torch
+2.10, and FSDP1 wraps modules in flat parameters with their own state-dict and optimiser APIs.
 """
 from __future__ import annotations
 
@@ -36,7 +37,6 @@ import torch
 # NCCL's default (10 min) kills such runs; a genuinely hung run now takes this long to fail.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=3)
 
-SHARDINGS = ("none", "fsdp")
 SUPPORTED = "one process, data parallel (torchrun/accelerate launch) or --sharding fsdp"
 
 # accelerate's environment switches (set by `accelerate launch` from a config file or flags)
@@ -69,7 +69,7 @@ def check_launch(sharding: str) -> None:
 def make_accelerator(config):
     """The accelerator for ``config``: explicit precision "no" and a long collective timeout;
     refused (one-line ``ValueError``) for an unsupported distributed type."""
-    check_launch(getattr(config, "sharding", "none"))
+    check_launch(config.sharding)
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
     acc = Accelerator(cpu=config.device == "cpu", mixed_precision="no",

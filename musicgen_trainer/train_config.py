@@ -11,6 +11,7 @@ from dataset_tools.cli import option
 from dataset_tools.dataset_format import SEGMENT_SECONDS
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SHARDINGS = ("none", "fsdp")
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -52,7 +53,7 @@ class TrainConfig:
     sharding: str = option("none", "fsdp: shard the LM's weights, gradients and optimiser state over the processes "
                            "of a torchrun/accelerate launch (FSDP), for models whose full training state does not "
                            "fit one GPU (medium, large on 24-40 GB cards); none: each process holds the whole LM "
-                           "(data parallel), faster when it fits", group=MEMORY, choices=("none", "fsdp"))
+                           "(data parallel), faster when it fits", group=MEMORY, choices=SHARDINGS)
     freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
                                   "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
     ema: bool = option(False, "keep an EMA of the weights and export it", group=MEMORY)
@@ -85,8 +86,8 @@ class TrainConfig:
         if not str(self.data):
             raise ValueError("--data is required: a dataset_tools output folder, a data.jsonl, "
                              "or a folder of audio files with .txt captions")
-        if self.sharding not in ("none", "fsdp"):
-            raise ValueError(f"sharding must be none or fsdp, got {self.sharding!r}")
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [
