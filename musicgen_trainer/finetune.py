@@ -284,4 +284,7 @@ def train(config: TrainConfig) -> Path:
         if writer:
             writer.close()
     acc.wait_for_everyone()
+    # Close the process group before the interpreter exits (torch asks for it; its threads are
+    # otherwise torn down in whatever order exit happens). No-op in a single process.
+    acc.end_training()
     return export_dir
