@@ -4,6 +4,7 @@ Examples:
     python train.py --data datasets/prepared --model facebook/musicgen-small --out checkpoints/my-run
     python train.py --config my-run.yaml --resume auto          # continue where it stopped
     accelerate launch train.py --data ... --out ...             # data parallel on several GPUs
+    torchrun --nproc_per_node 4 train.py --sharding fsdp ...    # medium/large: sharded over 4 GPUs
     python train.py --data ... --model tiny --show              # dry run: sizes, hours, memory
 
 Options given on the command line override those of --config (YAML or JSON, same names).

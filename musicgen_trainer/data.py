@@ -334,6 +334,13 @@ class CodeCache:
             logger.warning("skipped %s: %s", clip.path, reason)
         return codes, kept, skipped
 
+    def is_cached(self, clip: Clip) -> bool:
+        """Whether ``clip``'s codes are on disk already (False when the file cannot be read)."""
+        try:
+            return (self.dir / _entry_name(clip.path, self.fingerprint)).exists()
+        except OSError:
+            return False
+
 
 # --- batches -------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from .melody import prepare_melody
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .preflight import captions_warning, disk_space_warning, training_state_bytes
+from .distributed import encode_clips
 from .train_config import TrainConfig
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
                        resolve_precision, train_step, validation_loss)
@@ -33,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 
 def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-    return Accelerator(cpu=config.device == "cpu")
+    """Built with our precision ("no": step.py's autocast is the only one) and refused for
+    launches we do not run (DeepSpeed, ...): see distributed.py."""
+    from .distributed import make_accelerator
+    return make_accelerator(config)
 
 
 def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
@@ -55,8 +58,9 @@ def default_prompts(train: tp.Sequence[Clip], valid: tp.Sequence[Clip], n: int =
     return prompts or ["music"]
 
 
-def _write_samples(state: TrainState, prompts: list, folder: Path, writer) -> None:
-    """Generate from the text alone (never prompted with training audio) and save WAVs."""
+def _write_samples(state: TrainState, prompts: list, folder: Path, writer, write: bool = True) -> None:
+    """Generate from the text alone (never prompted with training audio) and save WAVs (where
+    ``write``: under FSDP every process generates, in step, and the main one writes)."""
     from dataset_tools.audio_io import write_wav_atomic
 
     from .generation import GenerationConfig, generate
@@ -64,23 +68,41 @@ def _write_samples(state: TrainState, prompts: list, folder: Path, writer) -> No
 
     model, cfg = state.model, state.config
     model.lm.eval()
+    if state.sharded:  # the condition provider runs outside the LM's forward: gather the root first
+        model.lm.unshard()
     try:
         wavs = generate(model, prompts, GenerationConfig(duration=min(cfg.sample_seconds, model.max_duration),
                                                          seed=cfg.seed))
     finally:
+        if state.sharded:
+            model.lm.reshard()
         model.lm.train()
+    if not write:
+        return
     for i, (prompt, wav) in enumerate(zip(prompts, wavs)):
         write_wav_atomic(folder / f"{i:02d}_{slug(prompt)}.wav", wav.numpy(), model.sample_rate)
         if writer is not None:
             writer.add_audio(f"samples/{i:02d}", wav.mean(0), state.step, sample_rate=model.sample_rate)
 
 
-def _training_state_dict(state: TrainState) -> dict:
-    return {"config": state.config.to_dict(), "lm": state.model.lm.state_dict(),
-            "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler else None, "ema": state.ema,
+def _training_state_dict(state: TrainState, keep: bool = True) -> dict:
+    """The state to save (``{}`` where not ``keep``). Under FSDP every process must call it: the
+    full weights, optimiser state (keyed by parameter names) and EMA are gathered."""
+    if state.sharded:
+        from .distributed import full_model_state, full_optimizer_state, full_tensors
+        lm = full_model_state(state.model.lm, keep)
+        optimizer = full_optimizer_state(state.model.lm, state.optimizer, keep)
+        ema = full_tensors(state.ema, keep) if state.ema is not None else None
+    else:
+        lm, optimizer, ema = state.model.lm.state_dict(), state.optimizer.state_dict(), state.ema
+    if not keep:
+        return {}
+    return {"config": state.config.to_dict(), "lm": lm,
+            "optimizer": optimizer, "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler else None, "ema": ema,
             "rng": rng_state(), "nonfinite_streak": state.nonfinite_streak,
             "skipped_steps": state.skipped_steps, "world_size": state.accelerator.num_processes,
+            "sharded": state.sharded,
             "history": state.history[-1000:]}
 
 
@@ -90,8 +112,12 @@ def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
         raise ValueError(f"{path} is at step {saved['step']}, past this run's {total} steps: "
                          f"pass a larger --steps (or --epochs) to train on")
     try:
-        state.model.lm.load_state_dict(saved["lm"])
-        state.optimizer.load_state_dict(saved["optimizer"])
+        if state.sharded:
+            from .distributed import load_full_state
+            load_full_state(state.model.lm, state.optimizer, saved["lm"], saved["optimizer"])
+        else:
+            state.model.lm.load_state_dict(saved["lm"])
+            state.optimizer.load_state_dict(saved["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{path} does not fit this model ({state.config.model}): it was trained "
@@ -99,7 +125,10 @@ def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
     state.scheduler.load_state_dict(saved["scheduler"])
     if state.scaler and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
-    if state.ema is not None and saved.get("ema"):
+    if state.ema is not None and saved.get("ema") and state.sharded:
+        from .distributed import shard_like
+        state.ema = shard_like(saved["ema"], state.model.lm)
+    elif state.ema is not None and saved.get("ema"):
         state.ema = {k: v.to(state.accelerator.device) for k, v in saved["ema"].items()}
     set_rng_state(saved["rng"])
     state.step = int(saved["step"])
@@ -142,14 +171,21 @@ def train(config: TrainConfig) -> Path:
 
     acc = _accelerator(config)
     device = acc.device
+    if config.sharding == "fsdp" and acc.num_processes == 1:
+        print("note: --sharding fsdp in a single process has nothing to shard: training unsharded")
     out = Path(config.out)
     clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
     run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
     resume_from = resolve_resume(config.resume, run.own_states())
-    saved = load_state(resume_from) if resume_from is not None else None
+    saved = load_state(resume_from, mmap=acc.num_processes > 1) if resume_from is not None else None
     if saved is not None:
         check_resume(saved.get("config") or {}, config, str(resume_from))
         check_resume_world(saved, config, acc.num_processes, str(resume_from))
+        if bool(saved.get("sharded")) != (config.sharding == "fsdp" and acc.num_processes > 1):
+            # the optimiser state is keyed by parameter names when sharded, by index otherwise
+            was = "a sharded (--sharding fsdp)" if saved.get("sharded") else "an unsharded"
+            raise ValueError(f"{resume_from} was saved by {was} run: resume it the same way (--sharding fsdp "
+                             f"takes effect with several processes only)")
     torch.manual_seed(config.seed)
 
     train_clips, valid_clips = split_clips(clips)
@@ -166,10 +202,10 @@ def train(config: TrainConfig) -> Path:
         if space:
             print(space)
     cache = CodeCache(model.compression_model, config.cache_dir)
-    with acc.main_process_first():  # the main process encodes; the others then read the cache
-        bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too
-        train_codes, train_clips, skipped = cache.codes_for(train_clips, progress=bars)
-        valid_codes, valid_clips, skipped_valid = cache.codes_for(valid_clips, progress=bars)
+    bars = config.progress and acc.is_main_process  # --no-progress hides the encoding bars too
+    # Every process encodes its share of what is not cached yet, then all read all codes.
+    train_codes, train_clips, skipped = encode_clips(cache, train_clips, acc, bars)
+    valid_codes, valid_clips, skipped_valid = encode_clips(cache, valid_clips, acc, bars)
     if acc.is_main_process:
         for clip, reason in skipped + skipped_valid:
             print(f"skipped {clip.path}: {reason}")
@@ -177,9 +213,15 @@ def train(config: TrainConfig) -> Path:
             print(captions_warning(config.data))
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
-    with acc.main_process_first():  # melody models: each clip's chroma, computed once (melody.py)
-        train_melody, valid_melody = prepare_melody(model, train_clips, valid_clips, config.cache_dir,
-                                                    progress=config.progress and acc.is_main_process)
+    # Melody models: each clip's chroma, computed once (melody.py); like the codes, every process
+    # computes its share of what is not cached yet, then all read all.
+    if acc.num_processes > 1:
+        world, rank = acc.num_processes, acc.process_index
+        prepare_melody(model, train_clips[rank::world], valid_clips[rank::world], config.cache_dir,
+                       progress=False)
+        acc.wait_for_everyone()
+    train_melody, valid_melody = prepare_melody(model, train_clips, valid_clips, config.cache_dir,
+                                                progress=config.progress and acc.is_main_process)
 
     n_frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
     sampler = CropSampler(train_codes, [c.caption for c in train_clips], n_frames, config.batch_size,
@@ -227,27 +269,41 @@ def train(config: TrainConfig) -> Path:
                 state.history[-1]["valid_loss"] = vloss
                 if writer:
                     writer.add_scalar("loss/valid", vloss, state.step)
-            if acc.is_main_process and config.sample_every and state.step % config.sample_every == 0:
-                _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer)
-            if state.step % config.save_every == 0 and state.step < steps and acc.is_main_process:
-                run.save_state(state.step, _training_state_dict(state), config.keep_last)
+            if config.sample_every and state.step % config.sample_every == 0 and \
+                    (acc.is_main_process or state.sharded):
+                _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer,
+                               write=acc.is_main_process)
+            if state.step % config.save_every == 0 and state.step < steps and \
+                    (acc.is_main_process or state.sharded):
+                saving = _training_state_dict(state, keep=acc.is_main_process)  # gathers under FSDP
+                if acc.is_main_process:
+                    run.save_state(state.step, saving, config.keep_last)
+                del saving
     finally:
         bar.close()
         if writer:
             writer.flush()
     export_dir = out / "export"
+    if acc.is_main_process or state.sharded:  # under FSDP every process gathers, the main one writes
+        final_state = _training_state_dict(state, keep=acc.is_main_process)
+        if acc.is_main_process:
+            run.save_state(state.step, final_state, config.keep_last)
+        del final_state  # before gathering the export's copy (host RAM of the main process)
+        weights = export_weights(state, keep=acc.is_main_process)
     if acc.is_main_process:
-        run.save_state(state.step, _training_state_dict(state), config.keep_last)
         genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
         extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
                  "caption_examples": prompts}
         if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
             extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
-        export_model(model, export_dir, lm_state=export_weights(state), extra=extra, dtype=config.export_dtype)
+        export_model(model, export_dir, lm_state=weights, extra=extra, dtype=config.export_dtype)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
               f"{state.skipped_steps} skipped; exported to {export_dir}")
         if writer:
             writer.close()
     acc.wait_for_everyone()
+    # Close the process group before the interpreter exits (torch asks for it; its threads are
+    # otherwise torn down in whatever order exit happens). No-op in a single process.
+    acc.end_training()
     return export_dir

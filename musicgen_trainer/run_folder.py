@@ -61,10 +61,13 @@ def save_state(folder: Path, step: int, state: dict) -> Path:
     return path
 
 
-def load_state(path: Path) -> dict:
+def load_state(path: Path, mmap: bool = False) -> dict:
     """A training state written by train.py; ``CheckpointError``/``ValueError`` (one line) otherwise.
-    Loaded weights-only: a state that holds other Python objects is refused, never run."""
-    state = load_checkpoint(path, "training state")
+    Loaded weights-only: a state that holds other Python objects is refused, never run.
+    ``mmap``: map the file instead of reading it. Every process of a distributed run loads the
+    state: mapped, its tens of GB (medium, large) exist once in the page cache instead of once
+    per process (the mapping is private: writes to the tensors never reach the file)."""
+    state = load_checkpoint(path, "training state", mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a training state written by train.py")
     if state.get("version") != STATE_VERSION:
@@ -119,7 +122,8 @@ RUN_FORMAT = "musicgen_trainer.run"
 OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export")
 # Options that must be the same to resume: the base model, what is trained, and what decides
 # the data order (batches, crops and dropout are drawn from seed, batch size and window).
-RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "segment_seconds", "seed")
+RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "segment_seconds", "seed",
+                     "sharding")  # sharded states hold the optimiser keyed by names, unsharded by index
 # ... and micro-batches per step, all processes together (grad_accum x processes): step n reads
 # micro-batches n*M .. n*M+M-1 whatever the split between processes and accumulation.
 

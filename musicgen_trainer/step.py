@@ -2,9 +2,11 @@
 
 ``train_step`` takes the state and the micro-batches of one optimiser step and returns a dict
 of metrics; mixed precision, gradient accumulation and data parallelism are handled there,
-once. ``make_state`` builds the optimiser, schedule, scaler, EMA and DDP wrapper. accelerate sets up the processes (a plain
+once. ``make_state`` builds the DDP wrapper (or shards the LM with FSDP, ``--sharding fsdp``), then
+the optimiser, schedule, scaler and EMA. accelerate sets up the processes (a plain
 ``python train.py`` needs no configuration; ``accelerate launch``/``torchrun`` runs data
-parallel), and the DDP-wrapped LM is what the loss calls, so gradients are synchronised.
+parallel), and the wrapped LM is what the loss calls, so gradients are synchronised
+(distributed.py: which launches run, and FSDP).
 """
 from __future__ import annotations
 
@@ -30,14 +32,15 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainState:
     model: tp.Any                      # audiocraft MusicGen; model.lm is trained
-    forward: tp.Callable               # the LM's forward (DDP-wrapped when distributed)
+    forward: tp.Callable               # the LM's forward (DDP-wrapped when data parallel; the LM itself,
+                                       # sharded in place, under FSDP)
     optimizer: torch.optim.Optimizer
     scheduler: tp.Any
     scaler: tp.Optional[torch.amp.GradScaler]
     autocast: tp.Callable[[], tp.ContextManager]
     accelerator: tp.Any
     config: TrainConfig
-    ema: tp.Optional[dict] = None      # parameter name -> float32 shadow
+    ema: tp.Optional[dict] = None      # parameter name -> float32 shadow (this process's shard under FSDP)
     step: int = 0
     nonfinite_streak: int = 0
     skipped_steps: int = 0
@@ -46,6 +49,11 @@ class TrainState:
     @property
     def trainable(self) -> list:
         return [p for p in self.model.lm.parameters() if p.requires_grad]
+
+    @property
+    def sharded(self) -> bool:
+        from .distributed import is_sharded
+        return is_sharded(self.model.lm)
 
 
 # --- setup --------------------------------------------------------------------------
@@ -99,7 +107,7 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> tp.Callable[[int], float
     return factor
 
 
-def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(lm, config: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
     decay, no_decay = [], []
     for name, p in lm.named_parameters():
@@ -109,7 +117,7 @@ def make_optimizer(lm, config: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for all parameters (CUDA, and CPU in current torch).
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
 
 
 def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32") -> None:
@@ -123,7 +131,8 @@ def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32")
     lm.float()
     if config.freeze:
         apply_freeze(lm, config.freeze)
-        if next(lm.parameters()).device.type == "cuda":  # on the CPU, fp32 costs little and is safest
+        # On the CPU fp32 costs little and is safest; FSDP2 shards parameters of one dtype per unit.
+        if next(lm.parameters()).device.type == "cuda" and config.sharding != "fsdp":
             keep_frozen_in_compute_dtype(lm, precision)
     lm.train()
     lm.cfg_dropout.p = 0.0
@@ -163,15 +172,32 @@ def keep_frozen_in_compute_dtype(lm, precision: str) -> int:
 
 def make_state(model, config: TrainConfig, accelerator, total_steps: int,
                precision: tp.Optional[str] = None) -> TrainState:
-    """Optimiser, schedule, scaler, EMA and (when distributed) the DDP wrapper for ``model.lm``,
-    which must already be on ``accelerator.device`` and prepared for training."""
+    """Optimiser, schedule, scaler, EMA and (when distributed) the DDP wrapper or FSDP sharding
+    of ``model.lm``, which must already be on ``accelerator.device`` and prepared for training.
+
+    The LM is wrapped or sharded first and the optimiser built after, on the parameters the
+    wrapper trains (FSDP replaces them with shards)."""
     lm = model.lm
     precision = precision or resolve_precision(config.precision, accelerator.device)
     apply_freeze(lm, config.freeze)
-    optimizer = make_optimizer(lm, config)
+    sharded = config.sharding == "fsdp" and accelerator.num_processes > 1
+    if sharded:
+        from .distributed import shard_lm
+        shard_lm(lm, accelerator.device)
+        forward = lm
+    else:
+        forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
+    scaler = None
+    if precision == "fp16" and sharded:
+        # Each process sees only its gradient shard: the sharded scaler agrees on inf/NaN over
+        # all processes (else one would step and another skip). It does not work with the fused
+        # AdamW (shape mismatch of its found-inf tensor), hence the foreach one.
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        scaler = ShardedGradScaler(accelerator.device.type)
+    elif precision == "fp16":
+        scaler = torch.amp.GradScaler(accelerator.device.type)
+    optimizer = make_optimizer(lm, config, fused=not (sharded and scaler is not None))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
-    scaler = torch.amp.GradScaler(accelerator.device.type) if precision == "fp16" else None
-    forward = accelerator.prepare_model(lm) if accelerator.num_processes > 1 else lm
     ema = {n: p.detach().float().clone() for n, p in lm.named_parameters() if p.requires_grad} \
         if config.ema else None
     return TrainState(model=model, forward=forward, optimizer=optimizer, scheduler=scheduler,
@@ -197,12 +223,14 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
     per_codebook = torch.zeros_like(counts)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or world == 1 else acc.no_sync(state.forward)
+        # FSDP reduce-scatters every micro-batch: skipping the sync would keep whole unsharded
+        # gradients, the memory sharding exists to save; the sum is the same.
+        sync = contextlib.nullcontext() if last or world == 1 or state.sharded else acc.no_sync(state.forward)
         with sync:
             with state.autocast():
                 loss, shares = micro_batch_loss(lm, mb.codes, mb.frame_valid, mb.captions, counts,
                                                 forward=state.forward, melody=mb.melody)
-            # DDP averages gradients over processes; each process's share must count fully.
+            # DDP and FSDP average gradients over processes; each process's share must count fully.
             scaled = loss * world
             (state.scaler.scale(scaled) if state.scaler else scaled).backward()
         loss_total += loss.detach()
@@ -229,7 +257,12 @@ def train_step(state: TrainState, micro_batches: tp.Sequence[CodeBatch]) -> dict
         if state.scaler:
             state.scaler.unscale_(state.optimizer)
         clip = state.config.grad_clip if state.config.grad_clip > 0 else float("inf")
+        # Under FSDP the gradients are DTensor shards and this is the global norm (a replicated
+        # DTensor), so every process clips by the same factor, as without sharding.
         grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, clip)
+        if state.sharded:
+            from .distributed import local_value
+            grad_norm = local_value(grad_norm)
         metrics["grad_norm"] = grad_norm.item()
         if state.scaler:
             scale_before = state.scaler.get_scale()
@@ -259,12 +292,23 @@ def update_ema(state: TrainState) -> None:
                 state.ema[name].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
 
 
-def export_weights(state: TrainState) -> dict:
-    """The LM state dict to export: EMA weights when enabled, else the current ones."""
+def export_weights(state: TrainState, keep: bool = True) -> dict:
+    """The LM state dict to export: EMA weights when enabled, else the current ones.
+
+    Under FSDP the full weights are gathered, so every process must call it; they are returned
+    where ``keep`` (the main process) and ``{}`` elsewhere."""
     lm = state.model.lm
-    weights = {k: v.detach().clone() for k, v in lm.state_dict().items()}
-    if state.ema is not None:
-        for name, shadow in state.ema.items():
+    if state.sharded:
+        from .distributed import full_model_state, full_tensors
+        weights = full_model_state(lm, keep)
+        ema = full_tensors(state.ema, keep) if state.ema is not None else None
+        if not keep:
+            return {}
+    else:
+        weights = {k: v.detach().clone() for k, v in lm.state_dict().items()}
+        ema = state.ema
+    if ema is not None:
+        for name, shadow in ema.items():
             weights[name] = shadow.to(weights[name].dtype)
     # Frozen weights kept in bf16/fp16 while training: export the base's own, in fp32 like the rest.
     for name, base in lm.__dict__.get(FROZEN_BASE, {}).items():
@@ -289,16 +333,20 @@ def validation_loss(state: TrainState, codes, captions, n_frames: int, melody=No
     sums = torch.zeros(lm.n_q, device=acc.device)
     counts = torch.zeros(lm.n_q, device=acc.device)
     ones = torch.ones(lm.n_q, device=acc.device)  # normaliser 1: micro_batch_loss returns the sums
+    batches = list(validation_batches(codes, captions, n_frames, state.config.batch_size, melody))
+    # Under FSDP every forward is collective: each process runs the same number of them (a
+    # process short of batches repeats the first one and does not count it).
+    world = acc.num_processes
+    n = math.ceil(len(batches) / world) * world if state.sharded else len(batches)
     try:
-        for i, batch in enumerate(validation_batches(codes, captions, n_frames, state.config.batch_size, melody)):
-            if i % acc.num_processes != acc.process_index:
-                continue
-            batch = batch.to(acc.device)
+        for i in range(acc.process_index, n, world):
+            batch = batches[i if i < len(batches) else 0].to(acc.device)
             with state.autocast():
                 _, batch_sums = micro_batch_loss(lm, batch.codes, batch.frame_valid, batch.captions, ones,
                                                  melody=batch.melody)
-            sums += batch_sums
-            counts += token_counts(lm, batch.frame_valid).to(acc.device)
+            if i < len(batches):
+                sums += batch_sums
+                counts += token_counts(lm, batch.frame_valid).to(acc.device)
     finally:
         lm.train(was_training)
     if acc.num_processes > 1:

@@ -14,6 +14,7 @@ from .runtime import resolve_name
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # weight formats of an export (exports.py uses this tuple)
+SHARDINGS = ("none", "fsdp")
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -56,6 +57,10 @@ class TrainConfig:
                             choices=PRECISIONS)
     activation_checkpointing: bool = option(False, "recompute activations: less memory, ~30%% slower",
                                             group=MEMORY)
+    sharding: str = option("none", "fsdp: shard the LM's weights, gradients and optimiser state over the processes "
+                           "of a torchrun/accelerate launch (FSDP), for models whose full training state does not "
+                           "fit one GPU (medium, large on 24-40 GB cards); none: each process holds the whole LM "
+                           "(data parallel), faster when it fits", group=MEMORY, choices=SHARDINGS)
     freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
                                   "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
     ema: bool = option(False, "keep an EMA of the weights and export it", group=MEMORY)
@@ -94,6 +99,8 @@ class TrainConfig:
                              "or a folder of audio files with .txt captions")
         if self.export_dtype not in EXPORT_DTYPES:
             raise ValueError(f"export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.export_dtype!r}")
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [
