@@ -190,6 +190,9 @@ def train(config: TrainConfig) -> Path:
 
     train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
+    if config.sharding == "fsdp" and acc.num_processes > 1:
+        from .distributed import check_shardable
+        check_shardable(model.lm)  # before any encoding
     precision = resolve_precision(config.precision, device)
     prepare_lm_for_training(model, config, precision)
     mono = check_stereo_data(clips, model.audio_channels, config.allow_mono_for_stereo)  # before encoding

@@ -196,3 +196,14 @@ def test_unsupported_launches_stop_at_once(setup, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="add --sharding fsdp"):
         check_launch("none")
     check_launch("fsdp")
+
+
+def test_fsdp_refuses_melody_models_before_any_work():
+    """Melody models' condition tensors use LM parameters outside the sharded forward (melody.py):
+    --sharding fsdp refuses them in one line rather than train them with wrong gradients."""
+    from musicgen_trainer.distributed import check_shardable
+    from musicgen_trainer.models import load_model
+    check_shardable(load_model("tiny", device="cpu").lm)
+    with pytest.raises(ValueError, match="does not support melody models") as err:
+        check_shardable(load_model("tiny-melody", device="cpu").lm)
+    assert "\n" not in str(err.value)
