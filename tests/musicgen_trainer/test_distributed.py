@@ -57,7 +57,7 @@ def setup(tmp_path_factory):
     common = ["--data", str(data), "--model", "tiny", "--steps", "3", "--batch-size", "1", "--segment-seconds", "1",
               "--lr", "1e-3", "--warmup-steps", "1", "--sample-every", "0", "--valid-fraction", "0.5",
               "--valid-every", "2", "--save-every", "2", "--ema", "--ema-every", "1",
-              "--cache-dir", str(root / "cache"), "--device", "cpu", "--no-progress"]
+              "--cache-dir", str(root / "cache"), "--device", "cpu", "--no-progress", "--export-dtype", "fp32"]
     return root, common
 
 

@@ -205,7 +205,7 @@ def _state(model, config, precision="fp32"):
 
     from musicgen_trainer.step import make_autocast
     acc = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"))
-    return SimpleNamespace(model=model, config=config, accelerator=acc, ema=None,
+    return SimpleNamespace(model=model, config=config, accelerator=acc, ema=None, sharded=False,
                            autocast=make_autocast(precision, acc.device) if precision != "fp32"
                            else contextlib.nullcontext)
 
