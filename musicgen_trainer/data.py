@@ -269,9 +269,35 @@ def check_stereo_data(clips: tp.Sequence[Clip], model_channels: int, allow_mono:
     if mono and not allow_mono:
         raise DatasetError(
             f"{len(mono)} of {len(clips)} audio files are mono (first: {mono[0]}), but the model is stereo: "
-            f"it would learn identical left and right channels. Prepare the dataset in stereo "
-            f"(`{STEREO_PREPARE_HINT}`), or pass --allow-mono-for-stereo to train on them anyway")
+            f"it would learn identical left and right channels. Prepare stereo sources in stereo "
+            f"(`{STEREO_PREPARE_HINT}`; mono sources stay mono, copied to both sides), or pass "
+            f"--allow-mono-for-stereo to train on them anyway")
     return len(mono)
+
+
+def identical_channels(codes: np.ndarray) -> bool:
+    """Whether a stereo model's codes ``[2K, T]`` (left and right codebooks interleaved, as
+    audiocraft's ``InterleaveStereoCompressionModel`` lays them out) encode the same audio on both
+    sides. The codec is deterministic, so a dual-mono file (e.g. a mono source that
+    ``prepare --channels 2`` copied to both sides) gives exactly equal left and right codes."""
+    return codes.shape[0] >= 2 and bool(np.array_equal(codes[0::2], codes[1::2]))
+
+
+def check_dual_mono(clips: tp.Sequence[Clip], codes: tp.Sequence[np.ndarray], model_channels: int,
+                    allow_mono: bool = False) -> int:
+    """After encoding, for a stereo model: refuse files whose left and right are the same (one-line
+    ``DatasetError``), unless ``allow_mono``. The header check (``check_stereo_data``) cannot see
+    them: they are 2-channel files. Returns how many there are."""
+    if model_channels < 2:
+        return 0
+    same = [c.path for c, k in zip(clips, codes) if identical_channels(k)]
+    if same and not allow_mono:
+        raise DatasetError(
+            f"{len(same)} of {len(clips)} stereo files have identical left and right channels (first: {same[0]}; "
+            f"e.g. mono sources that prepare --channels 2 copied to both sides): the stereo model would learn "
+            f"identical channels from them. Use stereo recordings, or pass --allow-mono-for-stereo to train on "
+            f"them anyway")
+    return len(same)
 
 
 def _save_atomic(array: np.ndarray, path: Path) -> None:
@@ -304,9 +330,7 @@ class CodeCache:
         todo = []
         for clip in clips:
             try:
-                # For a stereo model, how the file was laid out decides the entry too.
-                channels = file_channels(clip.path) if self.compression_model.channels > 1 else 0
-                entry = self.dir / _entry_name(clip.path, self.fingerprint, channels)
+                entry = self._entry(clip)
             except OSError as exc:
                 skipped.append((clip, f"cannot read file: {exc.strerror or exc}"))
                 continue
@@ -337,9 +361,15 @@ class CodeCache:
     def is_cached(self, clip: Clip) -> bool:
         """Whether ``clip``'s codes are on disk already (False when the file cannot be read)."""
         try:
-            return (self.dir / _entry_name(clip.path, self.fingerprint)).exists()
+            return self._entry(clip).exists()
         except OSError:
             return False
+
+    def _entry(self, clip: Clip) -> Path:
+        """The cache file of ``clip``'s codes (``OSError`` when the file cannot be read)."""
+        # For a stereo model, how the file was laid out decides the entry too.
+        channels = file_channels(clip.path) if self.compression_model.channels > 1 else 0
+        return self.dir / _entry_name(clip.path, self.fingerprint, channels)
 
 
 # --- batches -------------------------------------------------------------------------------

@@ -100,7 +100,9 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
     lm_pkg = {"best_state": cast_state(state, dtype), "xp.cfg": yaml,
               "version": audiocraft.__version__, "exported": True}
     if is_tiny_config(plain):
-        lm_pkg.update({k: cast_state(v, dtype) for k, v in tiny_export_extras(model).items()})
+        # The frozen local T5 / stem separator stay fp32: rounding them would change the reloaded
+        # model's text embeddings and chroma (and the chroma cache's fingerprint).
+        lm_pkg.update({k: cast_state(v, "fp32") for k, v in tiny_export_extras(model).items()})
         compression = getattr(model.compression_model, "model", model.compression_model)  # unwrap stereo wrapper
         compression_pkg = {"best_state": cast_state(compression.state_dict(), "fp32"), "xp.cfg": yaml,
                            "version": audiocraft.__version__, "exported": True}

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .data import Clip, CodeCache, CropSampler, check_stereo_data, find_clips, split_clips
+from .data import Clip, CodeCache, CropSampler, check_dual_mono, check_stereo_data, find_clips, split_clips
 from .melody import prepare_melody
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .preflight import captions_warning, disk_space_warning, training_state_bytes
 from .distributed import encode_clips
 from .train_config import TrainConfig
-from .step import (TrainState, export_weights, make_state, prepare_lm_for_training,
+from .step import (TrainState, export_weights, make_state, prepare_lm_for_training, resolve_dropouts,
                        resolve_precision, train_step, validation_loss)
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,17 @@ def _training_state_dict(state: TrainState, keep: bool = True) -> dict:
             "history": state.history[-1000:]}
 
 
+def _load_trained_weights(lm, weights: dict) -> None:
+    """Load a state's LM weights except the frozen ones (--freeze), which never change: those keep
+    the base model's own values (a state saved with them in bf16/fp16 must not round them when
+    the run resumes in another precision or on another device)."""
+    frozen = {name for name, p in lm.named_parameters() if not p.requires_grad}
+    result = lm.load_state_dict({k: v for k, v in weights.items() if k not in frozen}, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise KeyError(f"weights do not match: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
 def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
     """Load a training state into ``state``; one-line ``ValueError`` when it does not fit."""
     if int(saved["step"]) > total:
@@ -116,7 +127,7 @@ def _restore(state: TrainState, saved: dict, path: Path, total: int) -> None:
             from .distributed import load_full_state
             load_full_state(state.model.lm, state.optimizer, saved["lm"], saved["optimizer"])
         else:
-            state.model.lm.load_state_dict(saved["lm"])
+            _load_trained_weights(state.model.lm, saved["lm"])
             state.optimizer.load_state_dict(saved["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
@@ -194,6 +205,7 @@ def train(config: TrainConfig) -> Path:
         from .distributed import check_shardable
         check_shardable(model.lm)  # before any encoding
     precision = resolve_precision(config.precision, device)
+    cond_dropout, word_dropout = resolve_dropouts(config, model.lm)  # before audiocraft's are switched off
     prepare_lm_for_training(model, config, precision)
     mono = check_stereo_data(clips, model.audio_channels, config.allow_mono_for_stereo)  # before encoding
     if mono and acc.is_main_process:
@@ -216,6 +228,11 @@ def train(config: TrainConfig) -> Path:
             print(captions_warning(config.data))
     if not train_codes:
         raise ValueError(f"no usable training audio in {config.data} ({len(skipped)} file(s) skipped)")
+    dual = check_dual_mono(train_clips + valid_clips, train_codes + valid_codes, model.audio_channels,
+                           config.allow_mono_for_stereo)  # 2-channel files with left == right
+    if dual and acc.is_main_process:
+        print(f"warning: {dual} stereo file(s) have identical left and right (--allow-mono-for-stereo): the "
+              f"model learns identical channels from them")
     # Melody models: each clip's chroma, computed once (melody.py); like the codes, every process
     # computes its share of what is not cached yet, then all read all.
     if acc.num_processes > 1:
@@ -228,7 +245,7 @@ def train(config: TrainConfig) -> Path:
 
     n_frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
     sampler = CropSampler(train_codes, [c.caption for c in train_clips], n_frames, config.batch_size,
-                          config.seed, config.cond_dropout, config.word_dropout, melody=train_melody)
+                          config.seed, cond_dropout, word_dropout, melody=train_melody)
     steps = total_steps(config, len(train_codes), acc.num_processes)
     state = make_state(model, config, acc, steps, precision)
     if saved is not None:
@@ -241,6 +258,8 @@ def train(config: TrainConfig) -> Path:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**config.to_dict(), "precision_used": precision,
+                                                     "cond_dropout_used": cond_dropout,
+                                                     "word_dropout_used": word_dropout,
                                                      "total_steps": steps}, indent=2) + "\n")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"))

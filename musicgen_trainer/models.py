@@ -126,6 +126,8 @@ def _load_export(folder: Path, device: str):
         except ValueError as exc:
             raise ModelUnavailableError(str(exc)) from None
     from audiocraft.models import MusicGen
+    if "self_wav" in (xp_config(lm_pkg).get("conditioners") or {}):  # a melody model's fine-tune
+        _check_melody_separator(str(folder))
     return _with_offline_errors(lambda: MusicGen.get_pretrained(str(folder), device=device), str(folder))
 
 
@@ -170,7 +172,9 @@ def _with_offline_errors(load: tp.Callable, name: str):
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as exc:
         raise ModelUnavailableError(_unavailable_message(name)) from exc
     except OSError as exc:  # transformers wraps missing-cache errors for t5 in OSError
-        if "connect" in str(exc).lower() or "offline" in str(exc).lower() or "cache" in str(exc).lower():
+        from urllib.error import URLError  # e.g. demucs downloading htdemucs for a melody model
+        text = str(exc).lower()
+        if isinstance(exc, URLError) or "connect" in text or "offline" in text or "cache" in text:
             raise ModelUnavailableError(_unavailable_message(name)) from exc
         raise
 
@@ -192,7 +196,22 @@ def _load_pretrained(name: str, device: str):
     from audiocraft.models import MusicGen
     device = default_device(device)
     _with_offline_errors(lambda: _check_hub_files(name), name)
+    if "melody" in name:
+        _check_melody_separator(name)
     return _with_offline_errors(lambda: MusicGen.get_pretrained(name, device=device), name)
+
+
+def _check_melody_separator(name: str) -> None:
+    """Melody models build htdemucs inside audiocraft's chroma conditioner, from torch hub's cache
+    (not the Hugging Face one): check it the way the separation tools do (weights-only, and one
+    line when it is missing offline) before audiocraft lets demucs open it."""
+    from dataset_tools.separation.errors import SeparatorLoadError
+    from dataset_tools.separation.model import check_pretrained_cache
+    try:
+        check_pretrained_cache("htdemucs")
+    except SeparatorLoadError as exc:
+        raise ModelUnavailableError(f"{name} needs the htdemucs stem separator for its melody conditioning: {exc}") \
+            from None
 
 
 def _check_hub_files(name: str) -> None:

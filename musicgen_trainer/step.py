@@ -120,6 +120,19 @@ def make_optimizer(lm, config: TrainConfig, fused: bool = True) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
 
 
+def resolve_dropouts(config: TrainConfig, lm) -> tp.Tuple[float, float]:
+    """(caption dropout, T5 word dropout) for the sampler: the options when given, else the rates
+    the model was trained with (its config, as audiocraft built it: e.g. 0.3/0.3 for the text
+    models' base config, 0.2/0.2 in the melody grid). Call before ``prepare_lm_for_training``,
+    which switches audiocraft's own dropout modules off."""
+    cond = config.cond_dropout if config.cond_dropout is not None else float(lm.cfg_dropout.p)
+    word = config.word_dropout
+    if word is None:
+        word = next((float(c.word_dropout) for c in lm.condition_provider.conditioners.values()
+                     if hasattr(c, "word_dropout")), 0.0)
+    return cond, word
+
+
 def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32") -> None:
     """Train mode with audiocraft's own dropouts off: condition, word and (melody models)
     self_wav attribute dropout are drawn by our sampler, deterministically, so runs resume and

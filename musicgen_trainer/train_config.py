@@ -49,9 +49,12 @@ class TrainConfig:
     weight_decay: float = option(0.1, "AdamW weight decay", group=OPTIM)
     betas: tp.Tuple[float, float] = option((0.9, 0.95), "AdamW betas", group=OPTIM, metavar="B")
     grad_clip: float = option(1.0, "gradient-norm clipping, 0 to disable", group=OPTIM)
-    cond_dropout: float = option(0.3, "caption dropout for classifier-free guidance (audiocraft's 0.3: keep it, "
-                                 "or guidance at inference has nothing to contrast)", group=OPTIM)
-    word_dropout: float = option(0.3, "T5 word dropout", group=OPTIM)
+    cond_dropout: tp.Optional[float] = option(None, "caption dropout for classifier-free guidance (default: the "
+                                              "rate in the model's config, what audiocraft trained it with; keep "
+                                              "it above 0, or guidance at inference has nothing to contrast)",
+                                              group=OPTIM, metavar="P")
+    word_dropout: tp.Optional[float] = option(None, "T5 word dropout (default: the rate in the model's config)",
+                                              group=OPTIM, metavar="P")
     seed: int = option(0, "seed for data order, crops and dropout", group=OPTIM)
     precision: str = option("auto", "auto: bf16 on GPUs that support it, else fp16; fp32 on CPU", group=MEMORY,
                             choices=PRECISIONS)
@@ -112,8 +115,8 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (0 <= self.lr_min_ratio <= 1, "lr_min_ratio must be between 0 and 1"),
-            (0 <= self.cond_dropout < 1, "cond_dropout must be in [0, 1)"),
-            (0 <= self.word_dropout < 1, "word_dropout must be in [0, 1)"),
+            (self.cond_dropout is None or 0 <= self.cond_dropout < 1, "cond_dropout must be in [0, 1)"),
+            (self.word_dropout is None or 0 <= self.word_dropout < 1, "word_dropout must be in [0, 1)"),
             (0 <= self.valid_fraction < 1, "valid_fraction must be in [0, 1)"),
             (0 < self.ema_decay < 1, "ema_decay must be between 0 and 1"),
             (self.ema_every >= 1, "ema_every must be >= 1"),

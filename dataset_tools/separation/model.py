@@ -299,6 +299,23 @@ def is_offline() -> bool:
     return any(os.environ.get(var, "").strip().lower() in _TRUE for var in OFFLINE_ENV)
 
 
+def check_pretrained_cache(name: str = SEPARATION_MODEL) -> None:
+    """For code that lets demucs load ``name`` itself (audiocraft's melody conditioner calls
+    ``demucs.pretrained.get_model('htdemucs')``): a cached checkpoint is read weights-only first
+    (demucs unpickles it whole), and with downloads off a missing one is one ``SeparatorLoadError``
+    line instead of a network error. Online, a missing file is left for demucs to download (it
+    checks the download's hash)."""
+    files = pretrained_files(name) or []
+    cache = hub_checkpoint_dir()
+    missing = [f for f in files if not (cache / f).is_file()]
+    if missing and is_offline():
+        raise SeparatorLoadError(f"demucs model {name!r} is not downloaded and downloads are off "
+                                 f"({'/'.join(OFFLINE_ENV)} is set): connect to the internet once (it is then "
+                                 f"cached in {cache}, or set TORCH_HOME), or copy {', '.join(missing)} there")
+    for present in (f for f in files if f not in missing):
+        _load_file(cache / present, trust=False)
+
+
 def _load_pretrained(name: str):
     files = pretrained_files(name)
     if files is None:

@@ -118,6 +118,27 @@ def test_stereo_model_refuses_mono_data_before_encoding(tmp_path):
     assert (export / LM_FILE).is_file()
 
 
+def test_dual_mono_stereo_files_are_refused_after_encoding(tmp_path):
+    """A 2-channel file with the same signal on both sides (what prepare --channels 2 makes of a
+    mono source) passes the header check; its codes show it, and training stops unless allowed."""
+    data = tmp_path / "dual"
+    data.mkdir()
+    for i in range(2):
+        tone = _tone(1.0, 220.0 * (i + 1))
+        sf.write(data / f"dual_{i}.wav", np.stack([tone, tone], axis=1), RATE)
+        (data / f"dual_{i}.txt").write_text(f"take {i}")
+    sf.write(data / "real.wav", _stereo(1.0, 220.0, 330.0), RATE)
+    (data / "real.txt").write_text("real stereo")
+    with pytest.raises(DatasetError) as err:
+        train(_config(data, tmp_path / "run", tmp_path / "cache", valid_fraction=0.0))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("2 of 3 stereo files have identical left and right")
+    assert "--allow-mono-for-stereo" in message
+    export = train(_config(data, tmp_path / "run", tmp_path / "cache", valid_fraction=0.0, steps=1,
+                           allow_mono_for_stereo=True))
+    assert (export / LM_FILE).is_file()
+
+
 def test_cache_entries_depend_on_the_files_channel_count(stereo_model, tmp_path, monkeypatch):
     """A stereo model's cache entry of a mono file (copied to both sides) is never reused for a
     stereo file at the same path, size and time."""

@@ -1,6 +1,7 @@
 """The trainer's parts: config, data discovery and split, code cache, checkpoints, schedule."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -384,3 +385,39 @@ def test_disk_warning_counts_the_states_a_resumed_run_already_has(tmp_path, monk
     assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100) is not None  # needs 300
     assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=2) is None  # needs 100 more
     assert "free space" in preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=1)
+
+
+def test_dropouts_default_to_the_models_own_rates():
+    """--cond-dropout/--word-dropout default to what the model was trained with (its config: e.g.
+    0.2/0.2 in audiocraft's melody grid), not a fixed 0.3; given options win."""
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.step import prepare_lm_for_training, resolve_dropouts
+    lm = load_model("tiny", device="cpu").lm
+    assert resolve_dropouts(TrainConfig(data="x"), lm) == (pytest.approx(0.3), pytest.approx(0.3))
+    lm.cfg_dropout.p = 0.2
+    lm.condition_provider.conditioners["description"].word_dropout = 0.2
+    assert resolve_dropouts(TrainConfig(data="x"), lm) == (pytest.approx(0.2), pytest.approx(0.2))
+    assert resolve_dropouts(TrainConfig(data="x", cond_dropout=0.1, word_dropout=0.0), lm) == (0.1, 0.0)
+    with pytest.raises(ValueError, match="cond_dropout"):
+        TrainConfig(data="x", cond_dropout=1.0)
+    prepare_lm_for_training(SimpleNamespace(lm=lm, compression_model=torch.nn.Identity()), TrainConfig(data="x"))
+    assert lm.cfg_dropout.p == 0.0  # audiocraft's own is off: our sampler draws it
+
+
+def test_resume_keeps_the_base_models_frozen_weights():
+    """A state saved with frozen weights rounded to bf16 (kept in the compute dtype on CUDA) does
+    not round them when loaded: frozen weights never change, so the base's own stay."""
+    from musicgen_trainer.finetune import _load_trained_weights
+    from musicgen_trainer.models import load_model
+    lm = load_model("tiny", device="cpu").lm
+    apply_freeze(lm, ["emb"])
+    base = lm.emb[0].weight.detach().clone()
+    saved = {k: v.clone() for k, v in lm.state_dict().items()}
+    saved["emb.0.weight"] = saved["emb.0.weight"].to(torch.bfloat16)
+    saved["linears.0.weight"] = saved["linears.0.weight"] + 1.0  # a trained weight: loaded
+    _load_trained_weights(lm, saved)
+    assert torch.equal(lm.emb[0].weight, base)
+    assert torch.equal(lm.linears[0].weight, saved["linears.0.weight"])
+    del saved["linears.0.weight"]
+    with pytest.raises(KeyError, match="linears.0.weight"):
+        _load_trained_weights(lm, saved)

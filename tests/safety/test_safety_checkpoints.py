@@ -143,3 +143,37 @@ def test_listing_a_foreign_export_uses_defaults(clean_export, tmp_path):
     assert info.genres == [] and info.max_duration == 30.0
     (folder / "export_info.json").write_text('{"format": "something else"}')
     assert export_info(folder).genres == []
+
+
+def _melody_export(folder: Path) -> Path:
+    """The two files of a (non-tiny) melody model's export: enough for load_model to see that
+    audiocraft will build htdemucs for it (its config has a self_wav conditioner)."""
+    from omegaconf import OmegaConf
+    folder.mkdir(parents=True)
+    cfg = OmegaConf.to_yaml(OmegaConf.create({"conditioners": {"self_wav": {"model": "chroma_stem"}},
+                                              "fuser": {"prepend": ["self_wav", "description"]}}))
+    torch.save({"xp.cfg": cfg, "best_state": {}}, folder / LM_FILE)
+    torch.save({"xp.cfg": cfg, "best_state": {}}, folder / COMPRESSION_FILE)
+    return folder
+
+
+def test_melody_models_check_the_cached_stem_separator(tmp_path, monkeypatch):
+    """audiocraft's melody conditioner lets demucs unpickle htdemucs from torch hub's cache: a
+    booby-trapped file there is refused (weights-only) before, and offline a missing one is one
+    line naming it, not a network error after loading."""
+    from dataset_tools.separation.model import hub_checkpoint_dir, pretrained_files
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    export = _melody_export(tmp_path / "my-melody-finetune")
+    with pytest.raises(ModelUnavailableError) as err:
+        load_model(export, device="cpu")
+    assert "\n" not in str(err.value) and "htdemucs" in str(err.value) and "not downloaded" in str(err.value)
+
+    cache = hub_checkpoint_dir()
+    cache.mkdir(parents=True)
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"klass": Payload(marker), "state": {}}, cache / pretrained_files("htdemucs")[0])
+    with pytest.raises(ModelUnavailableError) as err:
+        load_model(export, device="cpu")
+    assert "\n" not in str(err.value) and "htdemucs" in str(err.value)
+    assert not marker.exists()
