@@ -34,6 +34,9 @@ from .data import DEFAULT_CACHE_DIR, Clip, _entry_name, _save_atomic
 logger = logging.getLogger(__name__)
 
 MELODY_ATTRIBUTE = "self_wav"
+# lm attribute: audiocraft's attribute-dropout probabilities as loaded, kept by
+# step.prepare_lm_for_training before it switches the module off
+ATT_DROPOUT_AS_LOADED = "_musicgen_att_dropout_p"
 CHROMA_SHIFT_SEED = 0  # demucs' apply_model shifts the audio by a random.randint offset: fixed here
 
 
@@ -45,12 +48,19 @@ def melody_conditioner(lm):
 
 def melody_dropout_rate(lm) -> float:
     """audiocraft's attribute-dropout probability of ``self_wav`` for this model (0.5 for the
-    released melody models), read from its config: training turns the module itself off."""
+    released melody models): from its config's ``attribute_dropout.wav.self_wav``, else from its
+    ``AttributeDropout`` module as loaded (``step.prepare_lm_for_training`` empties the module,
+    so it keeps a copy of what it held). A model that sets none gets 0 with a warning."""
     from omegaconf import OmegaConf
     cfg = getattr(lm, "cfg", None)
     value = OmegaConf.select(cfg, f"attribute_dropout.wav.{MELODY_ATTRIBUTE}") if cfg is not None else None
     if value is None:
-        value = lm.att_dropout.p.get("wav", {}).get(MELODY_ATTRIBUTE, 0.0)
+        loaded = getattr(lm, ATT_DROPOUT_AS_LOADED, None)
+        loaded = lm.att_dropout.p if loaded is None else loaded
+        value = dict(loaded.get("wav", {})).get(MELODY_ATTRIBUTE)
+    if value is None:
+        logger.warning("the model sets no self_wav attribute dropout: its melody is never dropped in training")
+        return 0.0
     return float(value)
 
 
