@@ -5,7 +5,9 @@ for measured figures): fp32 master weights + gradients + AdamW moments for the t
 LM parameters (+ the EMA's fp32 shadow with ``--ema``), the frozen modules' weights (frozen LM
 parameters in the compute dtype under bf16/fp16), transformer activations for one
 micro-batch (none kept per layer but one when activation checkpointing is on), and the
-logits. The disk figure is one training state's size (``preflight.training_state_bytes``).
+logits. Models whose fuser prepends conditions to the input (the melody models: the chroma's
+``chroma_len`` positions, 235 for 30 s, and the caption's T5 tokens) run the transformer over
+those positions too, and keep their frozen stem separator (demucs) on the GPU. The disk figure is one training state's size (``preflight.training_state_bytes``).
 docs/training.md's GPU tables are ``gpu_tables()``'s output (a test keeps them equal).
 """
 from __future__ import annotations
@@ -30,8 +32,10 @@ def clip_seconds(path) -> float:
 
 def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
                         batch: int, frames: int, codebooks: int, card: int, precision: str,
-                        checkpointing: bool, ema: bool = False) -> float:
-    """Rough peak GPU memory of one training step, in GiB."""
+                        checkpointing: bool, ema: bool = False, prefix: int = 0) -> float:
+    """Rough peak GPU memory of one training step, in GiB. ``prefix``: condition positions the
+    fuser prepends to the ``frames`` audio positions (the transformer runs over both; the
+    logits are the audio positions' only)."""
     act_bytes = 4 if precision == "fp32" else 2
     # Trainable LM parameters in fp32; frozen ones in the compute dtype (step.keep_frozen_in_compute_dtype).
     weights = trainable * 4 + (lm_params - trainable) * act_bytes + frozen_other * 4
@@ -39,7 +43,7 @@ def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_di
     # Per layer and token: ~34 x dim values saved for backward (self- and cross-attention with
     # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
     per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
-    acts = batch * frames * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
+    acts = batch * (frames + prefix) * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
     logits = batch * codebooks * frames * card * (act_bytes + 4 + 4)  # logits, fp32 copy, its grad
     return (weights + optimiser + acts + logits) * 1.1 / 2**30  # +10 % allocator overhead
 
@@ -100,6 +104,26 @@ def gpu_tables() -> str:
     return "\n".join(lines)
 
 
+def condition_prefix(lm, captions: tp.Sequence[str]) -> tuple[int, int]:
+    """(positions the fuser prepends to the LM input, parameters of frozen modules the prepended
+    conditioners keep on the device) for one training micro-batch; (0, 0) for models that
+    cross-attend to their conditions. Melody models: ``chroma_len`` chroma positions (the
+    match-length chroma, 235 for 30 s) + the longest caption's T5 tokens (a batch is padded to
+    its longest), and the demucs separator's weights."""
+    positions = separator = 0
+    for name in lm.fuser.fuse2cond.get("prepend", []):
+        conditioner = lm.condition_provider.conditioners[name]
+        if hasattr(conditioner, "chroma_len"):
+            positions += int(conditioner.chroma_len)
+        tokenizer = getattr(conditioner, "t5_tokenizer", None)
+        if tokenizer is not None:
+            positions += max([len(tokenizer(c or "").input_ids) for c in captions] or [1])
+        demucs = conditioner.__dict__.get("demucs")
+        if demucs is not None:
+            separator += sum(t.numel() for t in list(demucs.parameters()) + list(demucs.buffers()))
+    return positions, separator
+
+
 def describe(config: TrainConfig) -> dict:
     from .models import load_model, model_summary
     from .finetune import total_steps
@@ -116,11 +140,12 @@ def describe(config: TrainConfig) -> dict:
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(config.precision, device)
     frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
+    prefix, separator = condition_prefix(model.lm, [c.caption for c in train])
     memory = estimate_memory_gib(
         summary["lm_parameters"], trainable,
-        summary["text_encoder_parameters_frozen"] + summary["compression_parameters"],
+        summary["text_encoder_parameters_frozen"] + summary["compression_parameters"] + separator,
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
-        summary["card"], precision, config.activation_checkpointing, ema=config.ema)
+        summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix)
     # On CUDA with bf16/fp16, frozen LM parameters are stored in that dtype (2 bytes).
     state_bytes = training_state_bytes(model.lm, config.ema,
                                        frozen_bytes=2 if device.type == "cuda" and precision != "fp32" else 4)
@@ -136,6 +161,7 @@ def describe(config: TrainConfig) -> dict:
         "captioned": sum(bool(c.caption) for c in clips),
         "steps_per_epoch": math.ceil(len(train) / per_step), "total_steps": steps,
         "clips_per_step": per_step, "segment_frames": frames, "precision": precision,
+        "condition_prefix": prefix, "separator_parameters": separator,
         "device": str(device), "estimated_peak_memory_gib": memory, "ema": config.ema,
         "training_state_bytes": state_bytes, "keep_last": config.keep_last, "warnings": warnings,
         # a stereo model: files that would reach it mono (training refuses them unless allowed)
@@ -158,7 +184,9 @@ def format_description(d: dict) -> str:
         ("genres", ", ".join(d["genres"]) or "(none)"),
         ("steps", f"{d['steps_per_epoch']} per epoch at {d['clips_per_step']} clips/step, "
                   f"{d['total_steps']} in total"),
-        ("window", f"{d['segment_frames']} frames x {m['codebooks']} codebooks"),
+        ("window", f"{d['segment_frames']} frames x {m['codebooks']} codebooks"
+                   + (f", after {d['condition_prefix']} prepended condition positions"
+                      if d.get("condition_prefix") else "")),
         ("precision", f"{d['precision']} on {d['device']}"),
         ("estimated peak memory", f"{d['estimated_peak_memory_gib']:.1f} GiB per GPU (estimate"
                                   + (", EMA included" if d["ema"] else "") + ")"),

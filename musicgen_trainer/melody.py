@@ -1,21 +1,39 @@
 """Melody models (musicgen-melody, -melody-large, -stereo-melody): the training clip's chroma.
 
-audiocraft trains a melody model with the clip itself as its ``self_wav`` condition: the
-``ChromaStemConditioner`` separates the clip with demucs, keeps the vocals + other stems,
-takes their chroma (``[T, 12]`` frames, hop ``2**radix2_exp / 4`` samples at 32 kHz), projects
-it (``output_proj``, trained) and the fuser prepends it to the LM input. Half the batches
-(``attribute_dropout.wav.self_wav``) drop it, and classifier-free guidance dropout drops it
-with the caption.
+As audiocraft's solver does, a melody model trains with the clip itself as its ``self_wav``
+condition: the ``ChromaStemConditioner`` separates the clip with demucs, keeps the vocals +
+other stems, takes their chroma (``[T, 12]`` frames, hop ``2**radix2_exp / 4`` samples at
+32 kHz), projects it (``output_proj``, trained) and the fuser prepends it, with the caption's
+T5 tokens, to the LM input. Half the micro-batches (``attribute_dropout.wav.self_wav``) drop
+it, and classifier-free guidance dropout drops it with the caption.
+
+The condition tensors are computed with the conditioner settings ``MusicGen.get_pretrained``
+applies (``match_len_on_eval=True``, no masking), not with the solver's (chroma2music:
+``match_len_on_eval`` false, masking on), so that training sees exactly the condition the
+exported model gets at generation (``get_pretrained`` + ``generate``/``generate_with_chroma``):
+
+- a crop's chroma is repeated or cut to ``conditioner.chroma_len`` frames (the model's own
+  window: 235 for 30 s), as at generation; the solver feeds the window's frames as they are;
+- a dropped melody is the null wav's chroma (one-hot pitch class 0) repeated to
+  ``chroma_len`` frames and projected: 235 frames of ``output_proj(one-hot)`` for the released
+  models, as ``generate`` without a melody; the solver masks it to one zero vector;
+- frames past a short clip's end hold the projected chroma of silence (one-hot pitch class 0);
+  the solver masks them to zero vectors.
 
 Here the chroma of every clip is computed once, by the conditioner's own code, and cached
 next to the codes (``ChromaCache``: keyed by file and by a fingerprint of the separator and
 chroma settings, so a changed file or model recomputes). ``MelodyCrops`` cuts the frames that
 match a code crop, and ``condition_tensors`` turns them into the LM's condition tensors
-(``lm(sequence, [], condition_tensors=...)``), exactly as the conditioner's ``forward`` would
-from the crop's audio. For a clip longer than the window, demucs has separated the whole clip
-rather than the crop alone (as audiocraft's own chroma cache does), so the stems of a crop can
-differ slightly from separating it alone; for a clip no longer than the window they are the
-same computation. Non-melody models never reach this module.
+(``lm(sequence, [], condition_tensors=...)``), as the conditioner's ``forward`` (get_pretrained's
+settings) would from audio whose stems are the crop of the whole clip's stems. demucs separates
+the whole clip, never a window of it: for a clip longer than the window, as audiocraft's own
+chroma cache does (the stems of a crop can differ slightly from separating it alone); for a
+clip no longer than the window, the clip alone, whereas audiocraft's solver separates (and
+takes the chroma of) the clip zero-padded to the window. So a short clip's chroma can differ
+from the solver's: the frames whose STFT window straddles the clip's end are silence here but
+the padded clip's tail there, and demucs normalises its input by its mean and standard
+deviation, which the padding changes (a 0.6 s tone in a 1 s window on tiny-melody: the 2 frames
+after the clip's last one differ, of 8). Non-melody models never reach this module.
 """
 from __future__ import annotations
 
@@ -34,6 +52,9 @@ from .data import DEFAULT_CACHE_DIR, Clip, _entry_name, _save_atomic
 logger = logging.getLogger(__name__)
 
 MELODY_ATTRIBUTE = "self_wav"
+# lm attribute: audiocraft's attribute-dropout probabilities as loaded, kept by
+# step.prepare_lm_for_training before it switches the module off
+ATT_DROPOUT_AS_LOADED = "_musicgen_att_dropout_p"
 CHROMA_SHIFT_SEED = 0  # demucs' apply_model shifts the audio by a random.randint offset: fixed here
 
 
@@ -45,12 +66,19 @@ def melody_conditioner(lm):
 
 def melody_dropout_rate(lm) -> float:
     """audiocraft's attribute-dropout probability of ``self_wav`` for this model (0.5 for the
-    released melody models), read from its config: training turns the module itself off."""
+    released melody models): from its config's ``attribute_dropout.wav.self_wav``, else from its
+    ``AttributeDropout`` module as loaded (``step.prepare_lm_for_training`` empties the module,
+    so it keeps a copy of what it held). A model that sets none gets 0 with a warning."""
     from omegaconf import OmegaConf
     cfg = getattr(lm, "cfg", None)
     value = OmegaConf.select(cfg, f"attribute_dropout.wav.{MELODY_ATTRIBUTE}") if cfg is not None else None
     if value is None:
-        value = lm.att_dropout.p.get("wav", {}).get(MELODY_ATTRIBUTE, 0.0)
+        loaded = getattr(lm, ATT_DROPOUT_AS_LOADED, None)
+        loaded = lm.att_dropout.p if loaded is None else loaded
+        value = dict(loaded.get("wav", {})).get(MELODY_ATTRIBUTE)
+    if value is None:
+        logger.warning("the model sets no self_wav attribute dropout: its melody is never dropped in training")
+        return 0.0
     return float(value)
 
 
@@ -141,8 +169,8 @@ class MelodyCrops:
         self.frame_rate, self.dropout = float(frame_rate), float(dropout)
         self.sample_rate = conditioner.sample_rate
         self.hop, self.nfft = conditioner.chroma.winhop, conditioner.chroma.nfft
-        # The chroma of silence, for frames past a clip's end: audiocraft pads a short clip
-        # with zeros to the window, and those frames are the chroma of silence.
+        # Frames past a clip's end: the chroma of silence (the window's zero padding) under
+        # get_pretrained's settings (audiocraft's solver masks them to zero vectors instead).
         with torch.no_grad():
             zeros = torch.zeros(1, self.nfft, device=conditioner.chroma.fbanks.device)
             self.silence = conditioner.chroma(zeros)[0, 0].float().cpu().numpy()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import CodeBatch, validation_batches
+from .melody import ATT_DROPOUT_AS_LOADED
 from .objective import micro_batch_loss, token_counts
 from .train_config import TrainConfig
 
@@ -149,6 +150,8 @@ def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32")
             keep_frozen_in_compute_dtype(lm, precision)
     lm.train()
     lm.cfg_dropout.p = 0.0
+    if not hasattr(lm, ATT_DROPOUT_AS_LOADED):  # melody.melody_dropout_rate falls back to it
+        setattr(lm, ATT_DROPOUT_AS_LOADED, {k: dict(v) for k, v in lm.att_dropout.p.items()})
     lm.att_dropout.p = {}  # the sampler draws it (melody.melody_dropout_rate reads the config's rate)
     for conditioner in lm.condition_provider.conditioners.values():
         if hasattr(conditioner, "word_dropout"):

@@ -14,8 +14,9 @@ Everything is deterministic for a given seed. The frozen T5 is not part of the L
 dict (audiocraft keeps it out on purpose), so exports of tiny models carry its weights
 separately (``tiny_export_extras``, written by ``exports.export_model``).
 
-``tiny-melody`` (last section) adds musicgen-melody's chroma conditioning, over a small random
-demucs separator whose weights exports carry the same way.
+``tiny-melody`` (last section) adds musicgen-melody's chroma conditioning and layout (chroma and
+caption prepended to the input, no cross-attention), over a small random demucs separator whose
+weights exports carry the same way.
 """
 from __future__ import annotations
 
@@ -224,7 +225,9 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
 
     kwargs = dict_from_config(xp_cfg.transformer_lm)
     kwargs.pop("q_modeling", None)
-    kwargs["cross_attention"] = True
+    # As audiocraft's builder: cross-attention layers when the config asks for them or the fuser
+    # cross-attends to a condition (tiny: the caption); none for tiny-melody, which prepends both.
+    kwargs["cross_attention"] = bool(kwargs.get("cross_attention")) or len(xp_cfg.fuser.cross) > 0
     t5_cfg = xp_cfg.conditioners.description.t5
     conditioner = tiny_text_conditioner(
         output_dim=kwargs["dim"], device=device,
@@ -323,9 +326,12 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
 
 # --- tiny melody model ("tiny-melody") -----------------------------------------------------
 #
-# musicgen-melody's shape at tiny size: a ``ChromaStemConditioner`` for the ``self_wav``
-# attribute (the chroma of the vocals + other stems of a clip, projected and prepended to the
-# LM input), attribute dropout of ``self_wav`` as in audiocraft's chroma2music config. The
+# musicgen-melody's shape at tiny size, as audiocraft's chroma2music conditioner config (which
+# grids/musicgen/musicgen_melody_32khz.py trains with) sets it: a ``ChromaStemConditioner`` for
+# the ``self_wav`` attribute (the chroma of the vocals + other stems of a clip, projected), the
+# fuser prepending ``[self_wav, description]`` to the LM input and cross-attending to nothing, so
+# the transformer has no cross-attention layers (``transformer_lm.cross_attention`` false, as
+# in the released checkpoints), and attribute dropout of ``self_wav`` at 0.5. The
 # released conditioner downloads htdemucs; the tiny one separates with a small random
 # ``demucs.htdemucs.HTDemucs`` (same sources), built from the seed and, like T5, kept out of
 # the LM state dict (exports carry its weights as ``demucs_state``).
@@ -342,11 +348,14 @@ MELODY_ATTRIBUTE_DROPOUT = 0.5  # audiocraft's chroma2music: self_wav dropped ha
 
 def tiny_melody_xp_config(cfg: TinyConfig) -> DictConfig:
     """``tiny_xp_config`` with musicgen-melody's conditioning: ``self_wav`` chroma (n_chroma 12,
-    radix2_exp 14, argmax) prepended to the input, the caption by cross-attention."""
+    radix2_exp 14, argmax) and the caption both prepended to the input (input = [chroma frames,
+    caption tokens, audio tokens]), no cross-attention."""
     xp = tiny_xp_config(cfg)
     xp.attribute_dropout = {"args": {"active_on_eval": False}, "text": {},
                             "wav": {"self_wav": MELODY_ATTRIBUTE_DROPOUT}}
-    xp.fuser.prepend = ["self_wav"]
+    xp.fuser.prepend = ["self_wav", "description"]
+    xp.fuser.cross = []
+    xp.transformer_lm.cross_attention = False
     xp.conditioners = {
         "self_wav": {"model": "chroma_stem", "chroma_stem": {
             "sample_rate": MUSICGEN_SAMPLE_RATE, "n_chroma": 12, "radix2_exp": 14, "argmax": True,

@@ -74,7 +74,15 @@ def test_tiny_melody_has_the_released_melody_shape(melody_model):
     lm = melody_model.lm
     conditioner = melody_conditioner(lm)
     assert isinstance(conditioner, ChromaStemConditioner)
-    assert lm.fuser.fuse2cond["prepend"] == ["self_wav"] and lm.fuser.fuse2cond["cross"] == ["description"]
+    # audiocraft's chroma2music config (musicgen_melody_32khz's conditioner): the chroma and the
+    # caption both prepended, nothing cross-attended, so no cross-attention layers.
+    assert lm.fuser.fuse2cond["prepend"] == ["self_wav", "description"] and lm.fuser.fuse2cond["cross"] == []
+    assert all(layer.cross_attention is None for layer in lm.transformer.layers)
+    assert not any("cross_attention" in name for name in lm.state_dict())
+    assert not lm.cfg.transformer_lm.cross_attention
+    with_text = load_model("tiny", device="cpu").lm  # the text-only tiny model keeps its cross-attention
+    assert with_text.fuser.fuse2cond["cross"] == ["description"]
+    assert all(layer.cross_attention is not None for layer in with_text.transformer.layers)
     assert conditioner.chroma.n_chroma == 12 and conditioner.chroma.winhop == 2 ** 14 // 4 and conditioner.chroma.argmax
     assert conditioner.match_len_on_eval and not conditioner._use_masking  # as MusicGen.get_pretrained sets
     assert melody_dropout_rate(lm) == 0.5
@@ -102,6 +110,28 @@ def test_audiocrafts_attribute_dropout_is_off_in_training():
         kept = model.lm.att_dropout([sample])[0]
         assert kept.wav["self_wav"].wav.shape[-1] == SR
         model.lm.att_dropout(conditions_for(["x"]))
+
+
+def test_melody_dropout_rate_survives_training_preparation_without_the_config_key(caplog):
+    """Before: without attribute_dropout in lm.cfg the rate fell back to lm.att_dropout.p, which
+    prepare_lm_for_training has emptied by then, so such a model silently trained with 0."""
+    from omegaconf import OmegaConf
+    model = load_model("tiny-melody", device="cpu")
+    cfg = OmegaConf.to_container(model.lm.cfg)
+    del cfg["attribute_dropout"]
+    model.lm.cfg = OmegaConf.create(cfg)
+    prepare_lm_for_training(model, TrainConfig(data="x", model="tiny-melody"))
+    prepare_lm_for_training(model, TrainConfig(data="x", model="tiny-melody"))  # a second call keeps it
+    assert model.lm.att_dropout.p == {}
+    assert melody_dropout_rate(model.lm) == 0.5
+    model.lm.cfg = None
+    assert melody_dropout_rate(model.lm) == 0.5
+    # A model that sets none anywhere: 0, said aloud.
+    bare = load_model("tiny-melody", device="cpu").lm
+    bare.cfg, bare.att_dropout.p = None, {}
+    with caplog.at_level("WARNING", logger="musicgen_trainer.melody"):
+        assert melody_dropout_rate(bare) == 0.0
+    assert "never dropped" in caplog.text
 
 
 # --- the cached chroma condition --------------------------------------------------------------

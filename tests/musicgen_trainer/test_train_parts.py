@@ -322,6 +322,35 @@ def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatc
     assert (full - half) * 2**30 / 1.1 == pytest.approx(1000 * (16 - 2))
 
 
+def test_show_counts_the_melody_models_prepended_conditions_and_separator(tmp_path, monkeypatch):
+    """Before: --show's estimate ignored what a melody model puts in front of the audio tokens
+    (the chroma's chroma_len positions and the caption's T5 tokens) and its frozen demucs."""
+    from musicgen_trainer import dry_run
+    from musicgen_trainer.melody import melody_conditioner
+    from musicgen_trainer.models import load_model
+    _wav(tmp_path / "data" / "a.wav")
+    (tmp_path / "data" / "a.txt").write_text("a caption")
+    config = TrainConfig(data=str(tmp_path / "data"), model="tiny-melody", out=str(tmp_path / "run"),
+                         device="cpu", segment_seconds=1.0, batch_size=2)
+    d = dry_run.describe(config)
+    conditioner = melody_conditioner(load_model("tiny-melody", device="cpu").lm)
+    demucs = conditioner.__dict__["demucs"]
+    # 235 chroma positions (the model's 30 s window) + ByT5's 9 bytes of "a caption" and </s>
+    assert d["condition_prefix"] == conditioner.chroma_len + 10 == 235 + 10
+    assert d["separator_parameters"] == sum(t.numel() for t in [*demucs.parameters(), *demucs.buffers()]) > 0
+    m = d["model"]
+    without = dry_run.estimate_memory_gib(
+        m["lm_parameters"], d["trainable_parameters"], m["text_encoder_parameters_frozen"] + m["compression_parameters"],
+        m["lm_dim"], m["lm_layers"], 2, 50, m["codebooks"], m["card"], d["precision"], False)
+    per_position = 34 * m["lm_dim"] * 4 * m["lm_layers"]  # fp32 activations per layer and position
+    grown = (2 * d["condition_prefix"] * per_position + d["separator_parameters"] * 4) * 1.1 / 2**30
+    assert d["estimated_peak_memory_gib"] - without == pytest.approx(grown, rel=1e-6)
+    assert "after 245 prepended condition positions" in dry_run.format_description(d)
+    plain = dry_run.describe(TrainConfig(data=str(tmp_path / "data"), model="tiny", out=str(tmp_path / "run"),
+                                         device="cpu"))
+    assert plain["condition_prefix"] == plain["separator_parameters"] == 0  # cross-attention: nothing prepended
+
+
 def test_docs_gpu_tables_are_the_estimate():
     """docs/training.md's "What fits on your GPU" tables are gpu_tables()'s output: if this
     fails, paste `python -c "from musicgen_trainer.dry_run import gpu_tables; print(gpu_tables())"`."""
