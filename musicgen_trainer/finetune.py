@@ -233,15 +233,17 @@ def train(config: TrainConfig) -> Path:
     if dual and acc.is_main_process:
         print(f"warning: {dual} stereo file(s) have identical left and right (--allow-mono-for-stereo): the "
               f"model learns identical channels from them")
+    window = min(config.segment_seconds, model.max_duration)  # the training window, seconds
     # Melody models: each clip's chroma, computed once (melody.py); like the codes, every process
     # computes its share of what is not cached yet, then all read all.
     if acc.num_processes > 1:
         world, rank = acc.num_processes, acc.process_index
         prepare_melody(model, train_clips[rank::world], valid_clips[rank::world], config.cache_dir,
-                       progress=False)
+                       progress=False, window_seconds=window)
         acc.wait_for_everyone()
     train_melody, valid_melody = prepare_melody(model, train_clips, valid_clips, config.cache_dir,
-                                                progress=config.progress and acc.is_main_process)
+                                                progress=config.progress and acc.is_main_process,
+                                                window_seconds=window)
 
     n_frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
     sampler = CropSampler(train_codes, [c.caption for c in train_clips], n_frames, config.batch_size,

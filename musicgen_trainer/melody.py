@@ -25,15 +25,14 @@ next to the codes (``ChromaCache``: keyed by file and by a fingerprint of the se
 chroma settings, so a changed file or model recomputes). ``MelodyCrops`` cuts the frames that
 match a code crop, and ``condition_tensors`` turns them into the LM's condition tensors
 (``lm(sequence, [], condition_tensors=...)``), as the conditioner's ``forward`` (get_pretrained's
-settings) would from audio whose stems are the crop of the whole clip's stems. demucs separates
-the whole clip, never a window of it: for a clip longer than the window, as audiocraft's own
-chroma cache does (the stems of a crop can differ slightly from separating it alone); for a
-clip no longer than the window, the clip alone, whereas audiocraft's solver separates (and
-takes the chroma of) the clip zero-padded to the window. So a short clip's chroma can differ
-from the solver's: the frames whose STFT window straddles the clip's end are silence here but
-the padded clip's tail there, and demucs normalises its input by its mean and standard
-deviation, which the padding changes (a 0.6 s tone in a 1 s window on tiny-melody: the 2 frames
-after the clip's last one differ, of 8). Non-melody models never reach this module.
+settings) would from audio whose stems are the crop of the whole clip's stems. A clip no longer
+than the training window is separated as audiocraft's solver separates it: zero-padded to the
+window (its dataset pads short segments; demucs normalises its input by the padded clip's mean
+and standard deviation, and the frames at the clip's end see the padding), so for prepared
+datasets (segments no longer than the window) the chroma is the solver's. A clip longer than the
+window is separated whole, never a window of it, as audiocraft's own chroma cache does (the stems
+of a crop can differ slightly from separating that crop alone). Non-melody models never reach
+this module.
 """
 from __future__ import annotations
 
@@ -110,15 +109,19 @@ def chroma_fingerprint(conditioner) -> str:
 
 
 @torch.no_grad()
-def clip_chroma(conditioner, path: Path) -> np.ndarray:
+def clip_chroma(conditioner, path: Path, min_samples: int = 0) -> np.ndarray:
     """The chroma of a whole file as the conditioner computes it from the decoded clip at its
-    sample rate (mono, as audiocraft's condition provider makes it).
+    sample rate (mono, as audiocraft's condition provider makes it), zero-padded to
+    ``min_samples`` first when shorter (a clip shorter than the training window, as audiocraft's
+    dataset pads it).
 
     Returns:
-        float32 ``[T, n_chroma]``, T = 1 + samples // hop.
+        float32 ``[T, n_chroma]``, T = 1 + max(samples, min_samples) // hop.
     """
     from dataset_tools.audio_io import load_audio
     audio, _ = load_audio(path, sample_rate=conditioner.sample_rate, mono=True)
+    if audio.shape[-1] < min_samples:
+        audio = np.pad(audio, (0, min_samples - audio.shape[-1]))
     wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None]  # [1, 1, n]
     with seeded_python_random():
         chroma = conditioner._compute_wav_embedding(wav.to(conditioner.device), conditioner.sample_rate)
@@ -129,14 +132,24 @@ class ChromaCache:
     """Chroma of a dataset's clips for one melody conditioner, beside the code cache:
     ``<cache_dir>/chroma-<fingerprint>/<entry>.npy`` with the code cache's entry keys."""
 
-    def __init__(self, conditioner, cache_dir: tp.Union[str, Path, None] = None):
+    def __init__(self, conditioner, cache_dir: tp.Union[str, Path, None] = None, window_samples: int = 0):
         self.conditioner = conditioner
         self.fingerprint = chroma_fingerprint(conditioner)
+        self.window_samples = int(window_samples)  # clips shorter than this are zero-padded to it
         self.dir = Path(cache_dir or DEFAULT_CACHE_DIR) / f"chroma-{self.fingerprint}"
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def _padded(self, clip: Clip) -> bool:
+        """Whether ``clip`` is (or may be: unknown length) shorter than the window."""
+        if not self.window_samples:
+            return False
+        seconds = _header_seconds(clip.path)
+        return seconds is None or seconds * self.conditioner.sample_rate < self.window_samples
+
     def entry(self, clip: Clip) -> Path:
-        return self.dir / _entry_name(clip.path, self.fingerprint)
+        # A short clip's chroma depends on the window it is padded to; a long one's does not.
+        key = f"{self.fingerprint}|pad{self.window_samples}" if self._padded(clip) else self.fingerprint
+        return self.dir / _entry_name(clip.path, key)
 
     def chroma_for(self, clips: tp.Sequence[Clip], progress: bool = True) -> list:
         """``[T, n_chroma]`` float32 arrays (memory-mapped), computing the missing ones.
@@ -148,11 +161,22 @@ class ChromaCache:
         out = []
         for clip, entry in zip(clips, entries):
             if not entry.exists():
-                _save_atomic(clip_chroma(self.conditioner, clip.path), entry)
+                pad = self.window_samples if self._padded(clip) else 0
+                _save_atomic(clip_chroma(self.conditioner, clip.path, pad), entry)
                 bar.update(1)
             out.append(np.load(entry, mmap_mode="r"))
         bar.close()
         return out
+
+
+def _header_seconds(path: Path) -> tp.Optional[float]:
+    """A file's duration from its header (None when the header cannot tell)."""
+    import soundfile as sf
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate if info.samplerate else None
+    except Exception:  # not a libsndfile format (mp3 via ffmpeg...): unknown
+        return None
 
 
 class MelodyCrops:
@@ -250,13 +274,15 @@ def condition_tensors(lm, captions: tp.Sequence[tp.Optional[str]], chroma: tp.Op
     return out
 
 
-def prepare_melody(model, train_clips, valid_clips, cache_dir, progress: bool = True):
+def prepare_melody(model, train_clips, valid_clips, cache_dir, progress: bool = True,
+                   window_seconds: float = 0.0):
     """(train crops with audiocraft's self_wav dropout rate, valid crops without dropout) for a
-    melody model, computing missing chroma; (None, None) for other models."""
+    melody model, computing missing chroma (clips shorter than ``window_seconds``, the training
+    window, zero-padded to it first); (None, None) for other models."""
     conditioner = melody_conditioner(model.lm)
     if conditioner is None:
         return None, None
-    cache = ChromaCache(conditioner, cache_dir)
+    cache = ChromaCache(conditioner, cache_dir, int(round(window_seconds * conditioner.sample_rate)))
     train = MelodyCrops(cache.chroma_for(train_clips, progress), conditioner, model.frame_rate,
                         melody_dropout_rate(model.lm))
     valid = MelodyCrops(cache.chroma_for(valid_clips, progress), conditioner, model.frame_rate)

@@ -168,6 +168,29 @@ def test_cached_chroma_conditions_the_lm_as_audiocrafts_conditioner(melody_model
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_short_clips_are_separated_zero_padded_to_the_window(melody_model, tmp_path):
+    """As audiocraft's solver (its dataset pads a short segment with zeros to the window): a 0.6 s
+    clip in a 1 s window gets the chroma of the clip zero-padded to 1 s (demucs' normalisation and
+    the frames at the clip's end see the padding); the window is part of a short clip's cache key,
+    not of a long one's."""
+    from dataset_tools.audio_io import load_audio
+    conditioner = melody_conditioner(melody_model.lm)
+    (tmp_path / "data").mkdir()
+    sf.write(tmp_path / "data" / "short.wav", _tone(0.6, [262.0, 392.0]), SR)
+    sf.write(tmp_path / "data" / "long.wav", _tone(2.0, [220.0]), SR)
+    short, long = sorted(find_clips(tmp_path / "data", valid_fraction=0.0), key=lambda c: c.path.name)[::-1]
+    cache = ChromaCache(conditioner, tmp_path / "cache", window_samples=32000)
+    got = np.array(cache.chroma_for([short], progress=False)[0])
+    audio, _ = load_audio(short.path, sample_rate=32000, mono=True)
+    padded = torch.from_numpy(np.pad(audio, (0, 32000 - len(audio))))[None, None]
+    with seeded_python_random():
+        expected = conditioner._compute_wav_embedding(padded, 32000)[0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.shape == (1 + 32000 // 4096, 12)
+    other_window = ChromaCache(conditioner, tmp_path / "cache", window_samples=48000)
+    assert other_window.entry(short) != cache.entry(short) and other_window.entry(long) == cache.entry(long)
+
+
 def test_chroma_crops_follow_the_code_crop(melody_model):
     """A crop starting at code frame s takes the chroma frames of the crop's audio: frame j of
     the crop is frame round(s * 640 / 4096) + j of the whole clip (here on the chroma extractor
@@ -193,7 +216,7 @@ def test_chroma_cache_hits_and_recomputes_changed_files_and_models(melody_model,
     clips = find_clips(tmp_path / "data", valid_fraction=0.0)
     computed = []
     real = melody.clip_chroma
-    monkeypatch.setattr(melody, "clip_chroma", lambda c, p: computed.append(p) or real(c, p))
+    monkeypatch.setattr(melody, "clip_chroma", lambda c, p, pad=0: computed.append(p) or real(c, p, pad))
     cache = ChromaCache(melody_conditioner(melody_model.lm), tmp_path / "cache")
     first = np.array(cache.chroma_for(clips, progress=False)[0])
     assert first.argmax(-1).tolist() == [9] * 8 and len(computed) == 1  # A: chroma bin 9
