@@ -57,7 +57,8 @@ def child(model_name: str, mode: str, data: Path, batch: int, steps: int, second
     import torch
 
     from dataset_tools.audio_io import load_audio
-    from musicgen_trainer.data import CodeCache, CropSampler, collate, find_clips
+    from musicgen_trainer.data import CropSampler, collate, find_clips
+    from musicgen_trainer.code_cache import CodeCache
     from musicgen_trainer.models import load_model
     from musicgen_trainer.train_config import TrainConfig
     from musicgen_trainer.step import make_state, prepare_lm_for_training, resolve_precision, train_step

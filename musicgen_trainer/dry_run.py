@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import typing as tp
 
-from .data import check_stereo_data, find_clips, split_clips
+from .data import find_clips, split_clips
+
+from .code_cache import check_stereo_data
 from .preflight import captions_warning, disk_space_warning, disk_usage_line, training_state_bytes
 from .train_config import TrainConfig
 

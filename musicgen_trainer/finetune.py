@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .data import Clip, CodeCache, CropSampler, check_dual_mono, check_stereo_data, find_clips, split_clips
+from .data import Clip, CropSampler, find_clips, split_clips
+
+from .code_cache import check_dual_mono, check_stereo_data, CodeCache
 from .melody import prepare_melody
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)

@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DEFAULT_CACHE_DIR, Clip, _entry_name, _save_atomic
+from .data import Clip
+
+from .code_cache import _entry_name, _save_atomic, DEFAULT_CACHE_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 
-from dt_helpers import MIN_SECONDS, RATE, SEGMENT_SECONDS, tone, write_audio
+from dt_helpers import MIN_SECONDS, SEGMENT_SECONDS, tone, write_audio
 
 from dataset_tools.options import PrepareOptions
 from dataset_tools.prepare import prepare

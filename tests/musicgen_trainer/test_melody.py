@@ -14,7 +14,7 @@ from musicgen_trainer.data import CropSampler, find_clips
 from musicgen_trainer.exports import LM_FILE
 from musicgen_trainer.finetune import train
 from musicgen_trainer.generation import GenerationConfig, generate, generate_with_melody
-from musicgen_trainer.melody import (ChromaCache, MelodyCrops, clip_chroma, condition_tensors, melody_conditioner,
+from musicgen_trainer.melody import (ChromaCache, MelodyCrops, condition_tensors, melody_conditioner,
                                      melody_dropout_rate, seeded_python_random)
 from musicgen_trainer.models import load_model
 from musicgen_trainer.objective import conditions_for, micro_batch_loss, token_counts
@@ -376,7 +376,7 @@ def test_memorisation_through_the_melody_condition(tmp_path, monkeypatch):
     with each clip as the melody (top-k 1, no guidance) gives that clip's codes. Only the
     cached chroma tells the clips apart, so data, chroma cache, projection, export and
     generation's melody path line up."""
-    from musicgen_trainer.data import CodeCache
+    from musicgen_trainer.code_cache import CodeCache
     from musicgen_trainer.objective import valid_positions
     data = tmp_path / "two"
     data.mkdir()

@@ -9,7 +9,8 @@ import soundfile as sf
 import torch
 
 from musicgen_trainer import cli_generate
-from musicgen_trainer.data import DatasetError, CodeCache, encode_file, find_clips
+from musicgen_trainer.data import DatasetError, find_clips
+from musicgen_trainer.code_cache import CodeCache, encode_file
 from musicgen_trainer.exports import LM_FILE
 from musicgen_trainer.finetune import train
 from musicgen_trainer.models import format_summary, load_model, model_summary
@@ -142,13 +143,13 @@ def test_dual_mono_stereo_files_are_refused_after_encoding(tmp_path):
 def test_cache_entries_depend_on_the_files_channel_count(stereo_model, tmp_path, monkeypatch):
     """A stereo model's cache entry of a mono file (copied to both sides) is never reused for a
     stereo file at the same path, size and time."""
-    from musicgen_trainer import data as data_module
+    from musicgen_trainer import code_cache as data_module
     sf.write(tmp_path / "a.wav", _tone(1.0, 220.0), RATE)
     clips = find_clips(tmp_path)
     cache = CodeCache(stereo_model.compression_model, tmp_path / "cache")
     (mono_codes,), _, _ = cache.codes_for(clips, progress=False)
     assert np.array_equal(mono_codes[0::2], mono_codes[1::2])
-    monkeypatch.setattr(data_module, "file_channels", lambda path: 2, raising=False)  # as if the header said stereo
+    monkeypatch.setattr(data_module, "file_channels", lambda path: 2)  # as if the header said stereo
     monkeypatch.setattr(data_module, "encode_file", lambda model, path: np.ones((8, 3), np.int16))
     (codes,), _, _ = cache.codes_for(clips, progress=False)
     assert codes.shape == (8, 3)  # encoded again, not the mono entry

@@ -9,7 +9,8 @@ import soundfile as sf
 import torch
 
 from musicgen_trainer import run_folder
-from musicgen_trainer.data import CodeCache, DatasetError, find_clips, split_clips
+from musicgen_trainer.data import DatasetError, find_clips, split_clips
+from musicgen_trainer.code_cache import CodeCache
 from musicgen_trainer.train_config import TrainConfig
 from musicgen_trainer.step import apply_freeze, lr_lambda
 
@@ -112,7 +113,7 @@ def test_dataset_errors(tmp_path):
 # --- code cache ------------------------------------------------------------------------
 
 def test_code_cache_encodes_once_and_reencodes_changed_files(tmp_path, tiny_model, monkeypatch):
-    import musicgen_trainer.data as cc
+    import musicgen_trainer.code_cache as cc
     a = _wav(tmp_path / "data" / "a.wav", seconds=1.0)
     bad = tmp_path / "data" / "broken.wav"
     bad.write_bytes(b"RIFF....WAVEfmt garbage")

@@ -51,7 +51,8 @@ def test_memorisation_reproduces_training_codes(tmp_path):
     """Train on two 1 s clips until the loss is ~0, export, load the export, generate with
     the same captions and top-k 1: the generated codes are the training codes. This checks
     that data, delay pattern, conditioning, export and generation line up."""
-    from musicgen_trainer.data import CodeCache, find_clips
+    from musicgen_trainer.data import find_clips
+    from musicgen_trainer.code_cache import CodeCache
     from musicgen_trainer.models import load_model
     from musicgen_trainer.objective import valid_positions
 
