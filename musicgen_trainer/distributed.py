@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import types
 import typing as tp
 
 import torch
@@ -87,20 +88,6 @@ def is_sharded(lm) -> bool:
     return isinstance(lm, FSDPModule)
 
 
-def check_shardable(lm) -> None:
-    """``ValueError`` (one line) for LMs that --sharding fsdp cannot train exactly yet.
-
-    Melody models: their condition tensors (chroma and caption projections) are computed from
-    the LM's own trainable projections *before* its forward (melody.py); under FSDP2 those
-    parameters are sharded there, and gathering them by hand gave gradients that differ from
-    DDP's (measured on tiny-melody: grad norm 5.14 vs 5.23 at step 1). Refused rather than
-    trained wrong."""
-    from .melody import melody_conditioner
-    if melody_conditioner(lm) is not None:
-        raise ValueError("--sharding fsdp does not support melody models yet: train them with plain data "
-                         "parallelism (drop --sharding) and --activation-checkpointing to save memory")
-
-
 def shard_lm(lm, device: torch.device) -> None:
     """FSDP2 full sharding of an audiocraft ``LMModel``, in place (names and module unchanged).
 
@@ -112,14 +99,20 @@ def shard_lm(lm, device: torch.device) -> None:
     """
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    check_shardable(lm)
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from .melody import melody_conditioner
+    from .objective import CONDITIONED_FORWARD, forward_with_condition_tensors
     # The mesh on the accelerator's device type (fully_shard would pick CUDA whenever it exists,
     # also for a --device cpu run on a GPU machine).
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in lm.transformer.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(lm, mesh=mesh)
+    if melody_conditioner(lm) is not None:
+        # Condition tensors made and used inside one gathered call (objective.CONDITIONED_FORWARD).
+        setattr(lm, CONDITIONED_FORWARD, types.MethodType(forward_with_condition_tensors, lm))
+        register_fsdp_forward_method(lm, CONDITIONED_FORWARD)
 
 
 def local_value(t: torch.Tensor) -> torch.Tensor:

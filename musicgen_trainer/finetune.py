@@ -203,9 +203,6 @@ def train(config: TrainConfig) -> Path:
 
     train_clips, valid_clips = split_clips(clips)
     model = load_model(config.model, device=str(device))
-    if config.sharding == "fsdp" and acc.num_processes > 1:
-        from .distributed import check_shardable
-        check_shardable(model.lm)  # before any encoding
     precision = resolve_precision(config.precision, device)
     cond_dropout, word_dropout = resolve_dropouts(config, model.lm)  # before audiocraft's are switched off
     prepare_lm_for_training(model, config, precision)

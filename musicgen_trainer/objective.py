@@ -68,7 +68,9 @@ def predict(lm, codes: torch.Tensor, conditions: tp.Union[list, dict], forward: 
     pattern = lm.pattern_provider.get_pattern(T)
     sequence, _, _ = pattern.build_pattern_sequence(codes.contiguous(), lm.special_token_id,
                                                     keep_only_valid_steps=True)
-    if isinstance(conditions, dict):
+    if callable(conditions):  # condition tensors made inside the sharded forward (FSDP)
+        logits = getattr(lm, CONDITIONED_FORWARD)(sequence, conditions)  # [B, K, S, card]
+    elif isinstance(conditions, dict):
         logits = forward(sequence, [], condition_tensors=conditions)  # [B, K, S, card]
     else:
         logits = forward(sequence, conditions)                 # [B, K, S, card]
@@ -100,6 +102,21 @@ def conditions_for(captions: tp.Sequence[tp.Optional[str]]) -> list:
     return [ConditioningAttributes(text={"description": c}) for c in captions]
 
 
+# Melody models' condition tensors are made with the LM's own trainable projections, outside
+# ``LMModel.forward``. Under FSDP2 those weights are sharded outside the root unit's forward, so
+# ``distributed.shard_lm`` gives a sharded melody LM this method, registered as an FSDP forward
+# method (its parameters gathered around it, gradients reduce-scattered after): it makes the
+# condition tensors and runs the forward inside one gathered call.
+CONDITIONED_FORWARD = "forward_with_condition_tensors"
+
+
+def forward_with_condition_tensors(lm, sequence: torch.Tensor, make_conditions: tp.Callable[[], dict]):
+    """``LMModel.forward`` with condition tensors made by ``make_conditions()`` first (bound as a
+    method of a sharded melody LM, see ``CONDITIONED_FORWARD``)."""
+    from audiocraft.models.lm import LMModel
+    return LMModel.forward(lm, sequence, [], condition_tensors=make_conditions())
+
+
 def lm_conditions(lm, captions: tp.Sequence[tp.Optional[str]],
                   melody: tp.Optional[torch.Tensor] = None) -> tp.Union[list, dict]:
     """What ``predict`` feeds the LM: ``conditions_for(captions)`` for text models; for melody
@@ -107,6 +124,8 @@ def lm_conditions(lm, captions: tp.Sequence[tp.Optional[str]],
     null melody), see ``melody.py``."""
     from .melody import condition_tensors, melody_conditioner
     if melody_conditioner(lm) is not None:
+        if hasattr(lm, CONDITIONED_FORWARD):  # sharded: computed inside the forward, see below
+            return lambda: condition_tensors(lm, captions, melody)
         return condition_tensors(lm, captions, melody)
     return conditions_for(captions)
 

@@ -198,12 +198,24 @@ def test_unsupported_launches_stop_at_once(setup, tmp_path, monkeypatch):
     check_launch("fsdp")
 
 
-def test_fsdp_refuses_melody_models_before_any_work():
-    """Melody models' condition tensors use LM parameters outside the sharded forward (melody.py):
-    --sharding fsdp refuses them in one line rather than train them with wrong gradients."""
-    from musicgen_trainer.distributed import check_shardable
-    from musicgen_trainer.models import load_model
-    check_shardable(load_model("tiny", device="cpu").lm)
-    with pytest.raises(ValueError, match="does not support melody models") as err:
-        check_shardable(load_model("tiny-melody", device="cpu").lm)
-    assert "\n" not in str(err.value)
+def test_fsdp_trains_melody_models_like_one_process(setup):
+    """A melody model's condition tensors are made with LM weights outside its forward: sharded,
+    they are made inside one gathered FSDP call (objective.CONDITIONED_FORWARD), so the losses,
+    gradient norms, validation losses and export equal one process with --grad-accum 2."""
+    root, common = setup
+    melody = [a if a != "tiny" else "tiny-melody" for a in common]
+    i = melody.index("--save-every")
+    melody[i + 1] = "10"
+    one = _run([sys.executable, "train.py", *melody, "--grad-accum", "2", "--out", str(root / "melody_one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run([*TORCHRUN, "train.py", *melody, "--sharding", "fsdp", "--out", str(root / "melody_fsdp")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _state(root / "melody_one")["history"], _state(root / "melody_fsdp")["history"]
+    assert len(a) == len(b) == 3 and any("valid_loss" in h for h in b)
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+        assert x.get("valid_loss", 0.0) == pytest.approx(y.get("valid_loss", 0.0), rel=1e-5)
+    exported_one, exported_two = _export(root / "melody_one"), _export(root / "melody_fsdp")
+    for key in exported_one:
+        torch.testing.assert_close(exported_one[key], exported_two[key], rtol=1e-5, atol=1e-6)
