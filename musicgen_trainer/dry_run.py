@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import typing as tp
+from dataclasses import asdict, dataclass
 
 from .data import find_clips, split_clips
 
@@ -32,22 +33,55 @@ def clip_seconds(path) -> float:
         return 0.0
 
 
-def estimate_memory_gib(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
-                        batch: int, frames: int, codebooks: int, card: int, precision: str,
-                        checkpointing: bool, ema: bool = False, prefix: int = 0) -> float:
-    """Rough peak GPU memory of one training step, in GiB. ``prefix``: condition positions the
-    fuser prepends to the ``frames`` audio positions (the transformer runs over both; the
-    logits are the audio positions' only)."""
+ALLOCATOR_OVERHEAD = 0.10  # the caching allocator's fragmentation and workspace, on top of the tensors
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated peak memory of one training step on one GPU, in bytes per component."""
+    weights: float       # LM (trainable fp32, frozen in the compute dtype) + frozen T5, EnCodec, separator
+    gradients: float     # fp32, trainable parameters only
+    optimizer: float     # AdamW's two fp32 moments per trainable parameter
+    ema: float           # the EMA's fp32 shadow (--ema)
+    activations: float   # what backward keeps per layer and position (one layer's input with checkpointing)
+    logits: float        # the logits, their fp32 copy for the loss, and its gradient
+
+    @property
+    def total_gib(self) -> float:
+        return sum(vars(self).values()) * (1 + ALLOCATOR_OVERHEAD) / 2**30
+
+    def breakdown(self) -> str:
+        """One line: each component in GiB."""
+        names = {"weights": "weights", "gradients": "gradients", "optimizer": "optimiser states", "ema": "EMA",
+                 "activations": "activations", "logits": "logits"}
+        parts = [f"{label} {getattr(self, key) / 2**30:.2f}" for key, label in names.items()
+                 if key != "ema" or self.ema]
+        return ", ".join(parts) + f" GiB, +{ALLOCATOR_OVERHEAD:.0%} allocator"
+
+
+def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
+                    batch: int, frames: int, codebooks: int, card: int, precision: str,
+                    checkpointing: bool, ema: bool = False, prefix: int = 0,
+                    frozen_lm_bytes: tp.Optional[int] = None) -> MemoryEstimate:
+    """Peak GPU memory of one training step, by component. ``prefix``: condition positions the
+    fuser prepends to the ``frames`` audio positions (the transformer runs over both; the logits
+    are the audio positions' only). ``frozen_lm_bytes``: bytes per frozen LM parameter (default:
+    the compute dtype's, as ``step.keep_frozen_in_compute_dtype`` stores them on CUDA)."""
     act_bytes = 4 if precision == "fp32" else 2
-    # Trainable LM parameters in fp32; frozen ones in the compute dtype (step.keep_frozen_in_compute_dtype).
-    weights = trainable * 4 + (lm_params - trainable) * act_bytes + frozen_other * 4
-    optimiser = trainable * (4 + 8 + (4 if ema else 0))  # gradients + AdamW's two moments (+ EMA shadow)
+    frozen_lm_bytes = act_bytes if frozen_lm_bytes is None else frozen_lm_bytes
+    weights = trainable * 4 + (lm_params - trainable) * frozen_lm_bytes + frozen_other * 4
     # Per layer and token: ~34 x dim values saved for backward (self- and cross-attention with
     # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
     per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
     acts = batch * (frames + prefix) * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
-    logits = batch * codebooks * frames * card * (act_bytes + 4 + 4)  # logits, fp32 copy, its grad
-    return (weights + optimiser + acts + logits) * 1.1 / 2**30  # +10 % allocator overhead
+    return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * 8,
+                          ema=trainable * 4 if ema else 0, activations=acts,
+                          logits=batch * codebooks * frames * card * (act_bytes + 4 + 4))
+
+
+def estimate_memory_gib(*args, **kwargs) -> float:
+    """``estimate_memory(...).total_gib``: the rough peak GPU memory of one training step, in GiB."""
+    return estimate_memory(*args, **kwargs).total_gib
 
 
 # --- docs/training.md's tables ("What fits on your GPU") ------------------------------------
@@ -143,14 +177,16 @@ def describe(config: TrainConfig) -> dict:
     precision = resolve_precision(config.precision, device)
     frames = int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate))
     prefix, separator = condition_prefix(model.lm, [c.caption for c in train])
-    memory = estimate_memory_gib(
+    # On CUDA with bf16/fp16 (and not sharded), frozen LM parameters are stored in that dtype (2 bytes).
+    frozen_bytes = 2 if device.type == "cuda" and precision != "fp32" and config.sharding != "fsdp" else 4
+    estimate = estimate_memory(
         summary["lm_parameters"], trainable,
         summary["text_encoder_parameters_frozen"] + summary["compression_parameters"] + separator,
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
-        summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix)
-    # On CUDA with bf16/fp16, frozen LM parameters are stored in that dtype (2 bytes).
-    state_bytes = training_state_bytes(model.lm, config.ema,
-                                       frozen_bytes=2 if device.type == "cuda" and precision != "fp32" else 4)
+        summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix,
+        frozen_lm_bytes=frozen_bytes)
+    memory = estimate.total_gib
+    state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes)
     warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes),
                             None if any(c.caption for c in clips) else captions_warning(config.data)) if w]
     steps = total_steps(config, len(train), 1)
@@ -164,7 +200,8 @@ def describe(config: TrainConfig) -> dict:
         "steps_per_epoch": math.ceil(len(train) / per_step), "total_steps": steps,
         "clips_per_step": per_step, "segment_frames": frames, "precision": precision,
         "condition_prefix": prefix, "separator_parameters": separator,
-        "device": str(device), "estimated_peak_memory_gib": memory, "ema": config.ema,
+        "device": str(device), "estimated_peak_memory_gib": memory, "memory_breakdown": asdict(estimate),
+        "memory_breakdown_line": estimate.breakdown(), "ema": config.ema,
         "training_state_bytes": state_bytes, "keep_last": config.keep_last, "warnings": warnings,
         # a stereo model: files that would reach it mono (training refuses them unless allowed)
         "mono_files": check_stereo_data(clips, summary["audio_channels"], allow_mono=True),
@@ -192,6 +229,7 @@ def format_description(d: dict) -> str:
         ("precision", f"{d['precision']} on {d['device']}"),
         ("estimated peak memory", f"{d['estimated_peak_memory_gib']:.1f} GiB per GPU (estimate"
                                   + (", EMA included" if d["ema"] else "") + ")"),
+        ("  of which", d["memory_breakdown_line"]),
         ("training states", disk_usage_line(d["keep_last"], d["training_state_bytes"])),
     ]
     if d.get("mono_files"):

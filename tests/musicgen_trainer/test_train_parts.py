@@ -315,6 +315,14 @@ def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatc
     assert ema["training_state_bytes"] - plain["training_state_bytes"] == ema["trainable_parameters"] * 4
     text = format_description(ema)
     assert "EMA included" in text and "training states" in text and "will not fit on the disk" in text
+    # the estimate is printed by component, and the components make the total
+    parts = ema["memory_breakdown"]
+    assert set(parts) == {"weights", "gradients", "optimizer", "ema", "activations", "logits"}
+    assert sum(parts.values()) * 1.1 / 2**30 == pytest.approx(ema["estimated_peak_memory_gib"])
+    assert parts["ema"] == parts["gradients"] == ema["trainable_parameters"] * 4
+    assert parts["optimizer"] == ema["trainable_parameters"] * 8
+    assert "of which" in text and "optimiser states" in text and "EMA" in ema["memory_breakdown_line"]
+    assert "EMA" not in plain["memory_breakdown_line"]
     # frozen LM parameters are counted in the compute dtype under bf16
     kw = dict(lm_params=1000, frozen_other=0, lm_dim=8, layers=1, batch=1, frames=1, codebooks=1, card=1,
               checkpointing=False)
