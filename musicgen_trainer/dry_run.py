@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from .data import find_clips, split_clips
 
 from .code_cache import check_stereo_data
+from .optimizers import STATE_BYTES
 from .preflight import captions_warning, disk_space_warning, disk_usage_line, training_state_bytes
 from .train_config import TrainConfig
 
@@ -62,11 +63,13 @@ class MemoryEstimate:
 def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
                     batch: int, frames: int, codebooks: int, card: int, precision: str,
                     checkpointing: bool, ema: bool = False, prefix: int = 0,
-                    frozen_lm_bytes: tp.Optional[int] = None) -> MemoryEstimate:
+                    frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0) -> MemoryEstimate:
     """Peak GPU memory of one training step, by component. ``prefix``: condition positions the
     fuser prepends to the ``frames`` audio positions (the transformer runs over both; the logits
     are the audio positions' only). ``frozen_lm_bytes``: bytes per frozen LM parameter (default:
-    the compute dtype's, as ``step.keep_frozen_in_compute_dtype`` stores them on CUDA)."""
+    the compute dtype's, as ``step.keep_frozen_in_compute_dtype`` stores them on CUDA).
+    ``optimizer_bytes``: optimiser state per trainable parameter (``optimizers.STATE_BYTES``: 8
+    for AdamW's two fp32 moments, ~2 for the 8-bit ones)."""
     act_bytes = 4 if precision == "fp32" else 2
     frozen_lm_bytes = act_bytes if frozen_lm_bytes is None else frozen_lm_bytes
     weights = trainable * 4 + (lm_params - trainable) * frozen_lm_bytes + frozen_other * 4
@@ -74,7 +77,7 @@ def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: i
     # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
     per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
     acts = batch * (frames + prefix) * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
-    return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * 8,
+    return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * optimizer_bytes,
                           ema=trainable * 4 if ema else 0, activations=acts,
                           logits=batch * codebooks * frames * card * (act_bytes + 4 + 4))
 
@@ -184,9 +187,10 @@ def describe(config: TrainConfig) -> dict:
         summary["text_encoder_parameters_frozen"] + summary["compression_parameters"] + separator,
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
         summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix,
-        frozen_lm_bytes=frozen_bytes)
+        frozen_lm_bytes=frozen_bytes, optimizer_bytes=STATE_BYTES[config.optimizer])
     memory = estimate.total_gib
-    state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes)
+    state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes,
+                                       optimizer_bytes=STATE_BYTES[config.optimizer])
     warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes),
                             None if any(c.caption for c in clips) else captions_warning(config.data)) if w]
     steps = total_steps(config, len(train), 1)

@@ -24,6 +24,7 @@ from .data import Clip, CropSampler, find_clips, split_clips
 
 from .code_cache import check_dual_mono, check_stereo_data, CodeCache
 from .melody import prepare_melody
+from .optimizers import STATE_BYTES
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
 from .preflight import captions_warning, disk_space_warning, training_state_bytes
@@ -211,7 +212,8 @@ def train(config: TrainConfig) -> Path:
         print(f"warning: {mono} mono file(s) copied to both channels (--allow-mono-for-stereo): the model "
               f"learns identical left and right from them")
     if acc.is_main_process:  # before hours of training, not at the first save
-        space = disk_space_warning(out, config.keep_last, training_state_bytes(model.lm, config.ema),
+        state_bytes = training_state_bytes(model.lm, config.ema, optimizer_bytes=STATE_BYTES[config.optimizer])
+        space = disk_space_warning(out, config.keep_last, state_bytes,
                                    existing=len(run.own_states()))
         if space:
             print(space)

@@ -20,7 +20,8 @@ EMA_BYTES = 4               # fp32 shadow per trainable parameter
 METADATA_BYTES = 1 << 18    # options, RNG states, metrics history, the zip container's headers
 
 
-def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None) -> int:
+def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None,
+                         optimizer_bytes: float = ADAM_MOMENTS_BYTES) -> int:
     """Bytes of one training state of ``lm`` on disk, from its real contents.
 
     Args:
@@ -28,6 +29,7 @@ def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None) -
         ema: whether the state carries an EMA of the trainable parameters.
         frozen_bytes: bytes per frozen parameter in the run (2 when they are kept in bf16/fp16
             on CUDA); default: as they are stored in ``lm`` now.
+        optimizer_bytes: optimiser state per trainable parameter (``optimizers.STATE_BYTES``).
     """
     trainable = total = 0
     for param in lm.parameters():
@@ -38,8 +40,8 @@ def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None) -
             total += param.numel() * (frozen_bytes or param.element_size())
     param_ids = {id(p) for p in lm.parameters()}
     total += sum(b.numel() * b.element_size() for b in lm.buffers() if id(b) not in param_ids)
-    total += trainable * (ADAM_MOMENTS_BYTES + (EMA_BYTES if ema else 0))
-    return total + METADATA_BYTES
+    total += trainable * (optimizer_bytes + (EMA_BYTES if ema else 0))
+    return int(total) + METADATA_BYTES
 
 
 def disk_free_bytes(path: tp.Union[str, os.PathLike]) -> int:

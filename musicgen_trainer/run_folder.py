@@ -123,6 +123,7 @@ OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export")
 # Options that must be the same to resume: the base model, what is trained, and what decides
 # the data order (batches, crops and dropout are drawn from seed, batch size and window).
 RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "segment_seconds", "seed",
+                     "optimizer",  # its saved state has another layout
                      "sharding")  # sharded states hold the optimiser keyed by names, unsharded by index
 # ... and micro-batches per step, all processes together (grad_accum x processes): step n reads
 # micro-batches n*M .. n*M+M-1 whatever the split between processes and accumulation.

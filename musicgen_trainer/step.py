@@ -109,7 +109,9 @@ def lr_lambda(config: TrainConfig, total_steps: int) -> tp.Callable[[int], float
 
 
 def make_optimizer(lm, config: TrainConfig, fused: bool = True) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
+    """``config.optimizer`` (AdamW, or its 8-bit-state variants: optimizers.py); no weight decay
+    on biases, norms and embeddings (1-D or embedding tables)."""
+    from .optimizers import build_optimizer
     decay, no_decay = [], []
     for name, p in lm.named_parameters():
         if not p.requires_grad:
@@ -117,8 +119,8 @@ def make_optimizer(lm, config: TrainConfig, fused: bool = True) -> torch.optim.O
         (no_decay if p.dim() < 2 or name.startswith("emb") else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for all parameters (CUDA, and CPU in current torch).
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+    device = next(lm.parameters()).device
+    return build_optimizer(config.optimizer, groups, config.lr, config.betas, device, fused=fused)
 
 
 def resolve_dropouts(config: TrainConfig, lm) -> tp.Tuple[float, float]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from dataset_tools.cli import option
 from dataset_tools.dataset_format import SEGMENT_SECONDS
 
+from .optimizers import OPTIMIZERS
 from .runtime import resolve_name
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -48,6 +49,9 @@ class TrainConfig:
     lr_min_ratio: float = option(0.1, "the cosine decays to lr x this", group=OPTIM)
     weight_decay: float = option(0.1, "AdamW weight decay", group=OPTIM)
     betas: tp.Tuple[float, float] = option((0.9, 0.95), "AdamW betas", group=OPTIM, metavar="B")
+    optimizer: str = option("adamw", "adamw (fp32 states, 8 bytes per trainable parameter), adamw8bit (bitsandbytes: "
+                            "8-bit states, ~2 bytes; same update in fp32) or paged-adamw8bit (CUDA: 8-bit states "
+                            "paged to CPU RAM when the GPU runs short)", group=OPTIM, choices=OPTIMIZERS)
     grad_clip: float = option(1.0, "gradient-norm clipping, 0 to disable", group=OPTIM)
     cond_dropout: tp.Optional[float] = option(None, "caption dropout for classifier-free guidance (default: the "
                                               "rate in the model's config, what audiocraft trained it with; keep "
@@ -104,6 +108,11 @@ class TrainConfig:
             raise ValueError(f"export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         if self.sharding not in SHARDINGS:
             raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer != "adamw" and self.sharding == "fsdp":
+            raise ValueError(f"--optimizer {self.optimizer} does not run on FSDP-sharded parameters: use it "
+                             f"without --sharding fsdp, or --optimizer adamw with it")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         checks = [

@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore")
 
 MODULES = ["torch", "torchaudio", "xformers.ops", "transformers", "audiocraft.models",
            "accelerate", "librosa", "soundfile", "pydub", "music21", "gradio", "keras",
-           "demucs.htdemucs", "demucs.pretrained", "basic_pitch"]
+           "demucs.htdemucs", "demucs.pretrained", "demucs.audio", "basic_pitch", "bitsandbytes"]
 
 
 def main() -> int:
