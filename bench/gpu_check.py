@@ -44,6 +44,10 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
 # (model, batch, seconds per crop, measured steps): 30 s crops as users train.
 STEP_PLAN = [("random:small", 2, 30.0, 4), ("random:medium", 2, 30.0, 3)]
 SMOKE_STEP_PLAN = [("tiny", 2, 1.0, 2)]
+# Memory modes, bf16: (model, batch, seconds, steps, optimizer, activation checkpointing).
+MODE_PLAN = [("random:small", 2, 30.0, 3, "adamw8bit", False), ("random:small", 2, 30.0, 3, "adamw", True),
+             ("random:medium", 2, 30.0, 2, "adamw8bit", True)]
+SMOKE_MODE_PLAN = [("tiny", 2, 1.0, 2, "adamw8bit", True)]
 
 
 class SingleProcess:
@@ -66,8 +70,9 @@ def peak_tflops(device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def check_step(model_name: str, batch: int, seconds: float, steps: int, precision: str, device: str) -> dict:
-    """Training steps on synthetic codes: peak memory, tokens/s, MFU."""
+def check_step(model_name: str, batch: int, seconds: float, steps: int, precision: str, device: str,
+               optimizer: str = "adamw", checkpointing: bool = False) -> dict:
+    """Training steps on synthetic codes: peak memory (next to --show's estimate), tokens/s, MFU."""
     import torch
 
     from musicgen_trainer.data import collate
@@ -82,7 +87,8 @@ def check_step(model_name: str, batch: int, seconds: float, steps: int, precisio
         torch.cuda.reset_peak_memory_stats()
     model = load_model(model_name, device=device)
     config = TrainConfig(data="unused", model=model_name, batch_size=batch, segment_seconds=seconds,
-                         precision=precision, warmup_steps=1)
+                         precision=precision, warmup_steps=1, optimizer=optimizer,
+                         activation_checkpointing=checkpointing)
     prepare_lm_for_training(model, config)
     state = make_state(model, config, acc, total_steps=steps + 2, precision=precision)
     lm = model.lm
@@ -110,7 +116,17 @@ def check_step(model_name: str, batch: int, seconds: float, steps: int, precisio
     positions = batch * (frames + lm.n_q - 1) * steps  # sequence steps the transformer ran
     flops = positions * (6 * n_params + 12 * layers * dim * (frames + lm.n_q - 1))
     peak = peak_tflops(acc.device)
-    result = {"check": "step", "model": model_name, "precision": precision, "batch": batch, "seconds": seconds,
+    from musicgen_trainer.dry_run import estimate_memory
+    from musicgen_trainer.models import model_summary
+    from musicgen_trainer.optimizers import STATE_BYTES
+    summary = model_summary(model)
+    planner = estimate_memory(summary["lm_parameters"], sum(p.numel() for p in lm.parameters() if p.requires_grad),
+                              summary["text_encoder_parameters_frozen"] + summary["compression_parameters"],
+                              summary["lm_dim"], summary["lm_layers"], batch, frames, summary["codebooks"],
+                              summary["card"], precision, checkpointing, optimizer_bytes=STATE_BYTES[optimizer])
+    result = {"check": "step", "model": model_name, "precision": precision, "optimizer": optimizer,
+              "checkpointing": checkpointing, "planner_gib": planner.total_gib,
+              "batch": batch, "seconds": seconds,
               "steps": steps, "s_per_step": elapsed / steps, "tokens_per_s": tokens / elapsed,
               "tflops": flops / elapsed / 1e12, "mfu": (flops / elapsed / 1e12 / peak) if peak else None,
               "losses": losses, "skipped": skipped, "lm_parameters": n_params}
@@ -227,9 +243,10 @@ def _fmt(r: dict) -> str:
     if r["check"] == "step":
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
         mem = f"{r['peak_cuda_gib']:.1f} GiB" if "peak_cuda_gib" in r else "n/a"
-        return (f"| step | {r['model']} {r['precision']} b{r['batch']}x{r['seconds']:g}s | {r['s_per_step']:.2f} s/step, "
-                f"{r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.1f} TFLOP/s, MFU {mfu}, peak {mem}, "
-                f"skipped {r['skipped']} |")
+        mode = r["optimizer"] + (" +ckpt" if r["checkpointing"] else "")
+        return (f"| step | {r['model']} {r['precision']} {mode} b{r['batch']}x{r['seconds']:g}s | "
+                f"{r['s_per_step']:.2f} s/step, {r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.1f} TFLOP/s, "
+                f"MFU {mfu}, peak {mem} (--show estimate {r['planner_gib']:.1f} GiB), skipped {r['skipped']} |")
     if r["check"] == "generate":
         return (f"| generate | {r['model']} {r['seconds_of_audio']:g} s | {r['wall_s']:.1f} s "
                 f"({r['realtime_factor']:.2f}x real time, {r['frames_per_s']:.1f} frames/s) |")
@@ -260,6 +277,11 @@ def main() -> int:
             for precision in precisions:
                 plan.append(("step", lambda m=model, b=batch, s=seconds, n=steps, p=precision:
                              check_step(m, b, s, n, p, device), {"model": model, "precision": precision}))
+        precision = "fp32" if args.smoke else "bf16"
+        for model, batch, seconds, steps, opt, ckpt in (SMOKE_MODE_PLAN if args.smoke else MODE_PLAN):
+            plan.append(("step", lambda m=model, b=batch, s=seconds, n=steps, o=opt, c=ckpt:
+                         check_step(m, b, s, n, precision, device, o, c),
+                         {"model": model, "precision": precision, "optimizer": opt}))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
