@@ -150,7 +150,8 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
         model = load_with_adapter(options.model, options.lora, device=options.device)
     else:
         model = load_model(options.model, device=options.device)
-    log(f"model {options.model}: {model.sample_rate} Hz, {model.audio_channels} channel(s), "
+    adapter = f" + LoRA adapter {options.lora}" if options.lora else ""
+    log(f"model {options.model}{adapter}: {model.sample_rate} Hz, {model.audio_channels} channel(s), "
         f"{model.max_duration:g} s window (loaded in {time.time() - started:.1f} s)")
     if is_export(options.model) and options.genres:
         known = export_info(options.model).genres

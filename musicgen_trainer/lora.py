@@ -19,6 +19,7 @@ the merged export is an ordinary audiocraft checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import typing as tp
 from pathlib import Path
@@ -33,6 +34,11 @@ EXTRA_FILE = "extra_weights.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 HEADS_PREFIX = "linears."  # the per-codebook output heads
+
+
+# peft imports bitsandbytes when installed, whose CPU backend logs a warning about an optional
+# kernels package at import: noise for LoRA in fp32/bf16, which never uses its 4-bit kernels.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def resolved_alpha(rank: int, alpha: tp.Optional[float]) -> float:

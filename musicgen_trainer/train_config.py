@@ -73,8 +73,8 @@ class TrainConfig:
     lora_alpha: tp.Optional[float] = option(None, "LoRA alpha: adapters are scaled by alpha / rank (default: 2 x rank)",
                                             group=MEMORY)
     lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input", group=MEMORY, metavar="P")
-    lora_targets: tp.List[str] = option(help="nn.Linear module names that get adapters (commas or spaces) (default: "
-                                        "out_proj,linear1,linear2: attention output projections and feed-forward)",
+    lora_targets: tp.List[str] = option(help="nn.Linear module names that get adapters (commas or spaces); the default: "
+                                        "attention output projections and feed-forward layers",
                                         group=MEMORY, metavar="NAME", default_factory=lambda: list(LORA_TARGETS))
     lora_train_heads: bool = option(False, "with --lora, also train the output heads (linears.*) in full",
                                     group=MEMORY)

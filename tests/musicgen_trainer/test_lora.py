@@ -123,18 +123,20 @@ def test_lora_resume_continues_the_same_losses(two_clips, tmp_path):
 
 
 def test_memorisation_with_lora_reproduces_training_codes(two_clips, tmp_path):
-    """As test_training's memorisation test, with adapters only: >= 99 % of the tokens back."""
+    """As test_training's memorisation test, with LoRA: >= 99 % of the tokens back. The tiny model's
+    output heads are random projections from 64 dimensions (released models' are trained): with
+    them frozen even full training of the whole transformer plateaus (loss ~4.3), so they train
+    too here (--lora-train-heads); embeddings, norms and attention input projections stay frozen."""
     from musicgen_trainer.code_cache import CodeCache
     from musicgen_trainer.data import find_clips
     from musicgen_trainer.models import load_model
     from musicgen_trainer.objective import valid_positions
 
-    config = _config(two_clips, tmp_path / "run", tmp_path / "cache", steps=300, lr=1e-2, warmup_steps=10,
+    config = _config(two_clips, tmp_path / "run", tmp_path / "cache", steps=500, lr=1e-2, warmup_steps=10,
                      word_dropout=0.0, weight_decay=0.0, lora=32, lora_train_heads=True)
     export = train(config)
     history = _last_state(tmp_path / "run")["history"]
-    print([round(h["loss"], 3) for h in history[::20]])
-    assert history[-1]["loss"] < 0.2 < history[0]["loss"]
+    assert history[-1]["loss"] < 0.05 < history[0]["loss"]
     model = load_model(export, device="cpu")
     clips = find_clips(two_clips, valid_fraction=0.0)
     codes, kept, _ = CodeCache(model.compression_model, tmp_path / "cache").codes_for(clips, progress=False)
@@ -144,7 +146,6 @@ def test_memorisation_with_lora_reproduces_training_codes(two_clips, tmp_path):
     reference = torch.from_numpy(np.stack([np.asarray(c, dtype=np.int64) for c in codes]))
     mask = valid_positions(model.lm, torch.ones(2, 50, dtype=torch.bool))
     agreement = (tokens == reference)[mask].float().mean().item()
-    print(agreement)
     assert agreement >= 0.99, agreement
 
 
