@@ -183,3 +183,33 @@ def test_generate_cli_applies_the_adapter(lora_run, tmp_path, capsys):
     capsys.readouterr()
     a, b = sf.read(next((tmp_path / "a").glob("*.wav")))[0], sf.read(next((tmp_path / "b").glob("*.wav")))[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_lora_two_process_data_parallel_matches_accumulation(two_clips, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and --lora == 1 process with --grad-accum 2: losses, adapter, export."""
+    import os
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--data", str(two_clips), "--model", "tiny", "--steps", "3", "--batch-size", "1", "--lora", "4",
+              "--segment-seconds", "1", "--lr", "5e-3", "--warmup-steps", "1", "--sample-every", "0",
+              "--valid-fraction", "0", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress",
+              "--export-dtype", "fp32"]
+    single = subprocess.run([sys.executable, "train.py", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")],
+                            cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "train.py", *common, "--out", str(tmp_path / "two")],
+                         cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = _last_state(tmp_path / "one")["history"], _last_state(tmp_path / "two")["history"]
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
