@@ -213,3 +213,31 @@ def test_lora_two_process_data_parallel_matches_accumulation(two_clips, tmp_path
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_base_in_bf16_with_fp32_adapters_trains(tiny_model):
+    """What prepare_lm_for_training does on GPU with --lora (here on the CPU): the frozen base is cast
+    to bf16, the adapters stay fp32 master weights, a bf16-autocast backward reaches only them."""
+    import copy
+    from musicgen_trainer.lora import apply_lora, merged_state_dict
+    from musicgen_trainer.step import FROZEN_BASE, keep_frozen_in_compute_dtype
+    lm = copy.deepcopy(tiny_model.lm).float()
+    apply_lora(lm, 4)
+    assert keep_frozen_in_compute_dtype(lm, "bf16") > 0
+    dtypes = {n: p.dtype for n, p in lm.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if ".lora_" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if ".lora_" not in n)
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    codes = torch.randint(0, 2048, (2, 4, 10), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lm.compute_predictions(codes, [ConditioningAttributes(text={"description": "jazz"})] * 2)
+    out.logits.float().logsumexp(-1).mean().backward()
+    assert all((p.grad is not None) == (".lora_" in n) for n, p in lm.named_parameters())
+    assert all(p.grad.dtype == torch.float32 for n, p in lm.named_parameters() if p.grad is not None)
+    # The export merges into the base as loaded (fp32), not its bf16 rounding.
+    base = lm.__dict__[FROZEN_BASE]
+    weights = {**lm.state_dict(), **base}
+    merged = merged_state_dict(lm, weights)
+    torch.testing.assert_close(merged["transformer.layers.0.linear1.weight"],
+                               tiny_model.lm.state_dict()["transformer.layers.0.linear1.weight"])  # B is 0
+    assert merged["transformer.layers.0.linear1.weight"].dtype == torch.float32
