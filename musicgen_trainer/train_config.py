@@ -150,6 +150,14 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.lora is None:  # a LoRA option without --lora would be silently ignored
+            given = [flag for flag, on in (("--lora-alpha", self.lora_alpha is not None),
+                                           ("--lora-dropout", self.lora_dropout != 0),
+                                           ("--lora-targets", list(self.lora_targets) != list(LORA_TARGETS)),
+                                           ("--lora-train-heads", self.lora_train_heads),
+                                           ("--lora-train-condition-proj", self.lora_train_condition_proj)) if on]
+            if given:
+                raise ValueError(f"{', '.join(given)} without --lora RANK: pass --lora (e.g. --lora 16) or drop them")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

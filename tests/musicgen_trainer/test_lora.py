@@ -154,6 +154,7 @@ def test_memorisation_with_lora_reproduces_training_codes(two_clips, tmp_path):
     (dict(lora=-2), "must be >= 1, got -2"),
     (dict(lora=4, lora_dropout=1.0), "lora_dropout must be in"),
     (dict(lora=4, sharding="fsdp"), "--lora with --sharding fsdp"),
+    (dict(lora_train_heads=True), "--lora-train-heads without --lora RANK"),
 ])
 def test_bad_lora_options_are_one_line_errors(kw, message, tmp_path):
     with pytest.raises(ValueError, match=message) as info:
@@ -168,6 +169,13 @@ def test_adapter_of_another_base_or_not_an_adapter_is_one_line_error(lora_run, t
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="not an adapter folder"):
         load_with_adapter("tiny", lora_run / "export", device="cpu")
+    import shutil
+    edited = shutil.copytree(lora_run / "adapter", tmp_path / "edited")
+    record = json.loads((edited / "musicgen_lora.json").read_text())
+    (edited / "musicgen_lora.json").write_text(json.dumps({**record, "rank": 8}))  # tensors are rank 4
+    with pytest.raises(ValueError, match=r"does not fit this base model: .*lora_A.weight is \(4, 64\)") as info:
+        load_with_adapter("tiny", edited, device="cpu")
+    assert "\n" not in str(info.value)
     code = cli_generate.main(["--model", "tiny-melody", "--lora", str(lora_run / "adapter"), "--prompt", "x",
                               "--duration", "0.2", "--out", str(tmp_path)])
     err = capsys.readouterr().err
