@@ -7,6 +7,7 @@ Examples:
   python generate.py --model checkpoints/my-run/export --genres jazz --prompt "piano trio" --duration 10 --midi
   python generate.py --model facebook/musicgen-small --prompt "lo-fi hip hop" --prompt "epic orchestra" --seed 1
   python generate.py --model checkpoints/my-run/export --audio-prompt riff.wav --genres rock,blues --duration 20
+  python generate.py --model facebook/musicgen-small --lora checkpoints/my-lora-run/adapter --prompt "jazz"
   python generate.py --model facebook/musicgen-melody --melody hum.wav --prompt "string quartet"
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ class GenerateOptions:
     Each field is the flag of the same name; the sampling settings are ``generation``'s."""
     model: str = option("facebook/musicgen-small", "hub name (facebook/musicgen-small...), 'tiny' (or "
                         "tiny-melody, tiny-stereo), or an export folder from train.py")
+    lora: tp.Optional[Path] = option(None, "LoRA adapter folder (a --lora run's OUT/adapter) to apply to --model, "
+                                     "which must be the base it was trained on", metavar="DIR")
     prompts: tp.List[str] = option(help="text prompt; repeat the flag for several (one output each, generated "
                                    "as a batch)", aliases=("--prompt",), repeat=True, metavar="TEXT",
                                    default_factory=list)
@@ -142,8 +145,13 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
     prompts = request.prompts
 
     started = time.time()
-    model = load_model(options.model, device=options.device)
-    log(f"model {options.model}: {model.sample_rate} Hz, {model.audio_channels} channel(s), "
+    if options.lora:  # the adapter merged into the base at load time (lora.py)
+        from .lora import load_with_adapter
+        model = load_with_adapter(options.model, options.lora, device=options.device)
+    else:
+        model = load_model(options.model, device=options.device)
+    adapter = f" + LoRA adapter {options.lora}" if options.lora else ""
+    log(f"model {options.model}{adapter}: {model.sample_rate} Hz, {model.audio_channels} channel(s), "
         f"{model.max_duration:g} s window (loaded in {time.time() - started:.1f} s)")
     if is_export(options.model) and options.genres:
         known = export_info(options.model).genres

@@ -8,6 +8,8 @@ Layout of ``config.out``::
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
     export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout)
+    adapter/               with --lora: the adapter alone (peft's files + musicgen_lora.json, lora.py);
+                           export/ then holds the base with the adapter merged in
 """
 from __future__ import annotations
 
@@ -321,6 +323,12 @@ def train(config: TrainConfig) -> Path:
                  "caption_examples": prompts}
         if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
             extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
+        if config.lora:  # the adapter alone, then the merged weights as the ordinary export
+            from .lora import merged_state_dict, save_adapter
+            adapter_dir = save_adapter(model.lm, weights, out / "adapter", config,
+                                       extra={"trained_steps": state.step})
+            weights = merged_state_dict(model.lm, weights)
+            extra["lora"] = str(adapter_dir)
         export_model(model, export_dir, lm_state=weights, extra=extra, dtype=config.export_dtype)
         last = state.history[-1] if state.history else {}
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "

@@ -119,11 +119,14 @@ def set_rng_state(state: dict) -> None:
 RUN_FILE = "run.json"
 RUN_FORMAT = "musicgen_trainer.run"
 # What train.py writes directly in OUT (a foreign file of one of these names stops a new run).
-OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export")
+OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export", "adapter")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "extra_weights.safetensors",
+                 "musicgen_lora.json")  # OUT/adapter/ of a --lora run (lora.py)
 # Options that must be the same to resume: the base model, what is trained, and what decides
 # the data order (batches, crops and dropout are drawn from seed, batch size and window).
 RESUME_MUST_MATCH = ("model", "freeze", "batch_size", "segment_seconds", "seed",
                      "optimizer",  # its saved state has another layout
+                     "lora", "lora_alpha", "lora_targets", "lora_train_heads", "lora_train_condition_proj",
                      "sharding")  # sharded states hold the optimiser keyed by names, unsharded by index
 # ... and micro-batches per step, all processes together (grad_accum x processes): step n reads
 # micro-batches n*M .. n*M+M-1 whatever the split between processes and accumulation.
@@ -276,6 +279,7 @@ def _refuse_foreign(out: Path) -> None:
     would write. A user's other files in OUT (or in its sub-folders, under other names) stay."""
     in_the_way = [out / "config.json", out / "export" / "state_dict.bin",
                   out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
+    in_the_way += [out / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
     in_the_way += list_states(out / "checkpoints")
     in_the_way += sorted((out / "samples").glob("step_*")) if (out / "samples").is_dir() else []
@@ -291,13 +295,14 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     ours = [out / "checkpoints" / name for name in record.get("states", [])]
     ours += [out / "config.json", out / "export" / "state_dict.bin",
              out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
+    ours += [out / "adapter" / name for name in ADAPTER_FILES]
     ours += list((out / "tensorboard").glob("events.out.tfevents.*"))
     ours += [p for d in (out / "samples").glob("step_*") for p in d.glob("*.wav")]
     for path in ours:
         if path.is_file() and not path.is_symlink():
             path.unlink()
     for folder in [*sorted((out / "samples").glob("step_*")), out / "samples", out / "tensorboard",
-                   out / "checkpoints", out / "export"]:
+                   out / "checkpoints", out / "export", out / "adapter"]:
         try:
             folder.rmdir()  # only when empty: a user's file inside keeps its folder
         except OSError:

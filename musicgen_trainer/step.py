@@ -145,7 +145,10 @@ def prepare_lm_for_training(model, config: TrainConfig, precision: str = "fp32")
     # audiocraft loads released LMs in fp16 on GPUs: train fp32 master weights (autocast
     # supplies the bf16/fp16 compute), or AdamW's small updates round away.
     lm.float()
-    if config.freeze:
+    if config.lora:  # adapters in place; the base is frozen (lora.py)
+        from .lora import apply_lora_from_config
+        apply_lora_from_config(lm, config)
+    if config.freeze or config.lora:
         apply_freeze(lm, config.freeze)
         # On the CPU fp32 costs little and is safest; FSDP2 shards parameters of one dtype per unit.
         if next(lm.parameters()).device.type == "cuda" and config.sharding != "fsdp":

@@ -16,6 +16,7 @@ from .runtime import resolve_name
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # weight formats of an export (exports.py uses this tuple)
 SHARDINGS = ("none", "fsdp")
+LORA_TARGETS = ("out_proj", "linear1", "linear2")  # lora.DEFAULT_TARGETS (peft imported only when used)
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -70,6 +71,19 @@ class TrainConfig:
                            "(data parallel), faster when it fits", group=MEMORY, choices=SHARDINGS)
     freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
                                   "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
+    lora: tp.Optional[int] = option(None, "LoRA rank: train low-rank adapters (peft) on the transformer's linears "
+                                    "instead of all weights; only they get gradients and AdamW state, the frozen base "
+                                    "stays in bf16/fp16 on GPU (default: full fine-tuning)", group=MEMORY, metavar="RANK")
+    lora_alpha: tp.Optional[float] = option(None, "LoRA alpha: adapters are scaled by alpha / rank (default: 2 x rank)",
+                                            group=MEMORY)
+    lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input", group=MEMORY, metavar="P")
+    lora_targets: tp.List[str] = option(help="nn.Linear module names that get adapters (commas or spaces); the default: "
+                                        "attention output projections and feed-forward layers",
+                                        group=MEMORY, metavar="NAME", default_factory=lambda: list(LORA_TARGETS))
+    lora_train_heads: bool = option(False, "with --lora, also train the output heads (linears.*) in full",
+                                    group=MEMORY)
+    lora_train_condition_proj: bool = option(False, "with --lora, also train the conditioner's output projection "
+                                             "(text embedding -> LM width) in full", group=MEMORY)
     ema: bool = option(False, "keep an EMA of the weights and export it", group=MEMORY)
     ema_decay: float = option(0.99, "EMA decay, applied every --ema-every steps", group=MEMORY)
     ema_every: int = option(10, "steps between EMA updates", group=MEMORY)
@@ -99,6 +113,7 @@ class TrainConfig:
         # "--freeze emb,linears" and "--freeze emb linears" (and YAML lists) mean the same
         self.freeze = [p.strip() for item in (self.freeze or []) for p in str(item).split(",") if p.strip()]
         self.sample_prompts = list(self.sample_prompts or [])
+        self.lora_targets = [p.strip() for item in (self.lora_targets or []) for p in str(item).split(",") if p.strip()]
         # Stored, recorded and exported as the full hub name: the hub has no repo called "small".
         self.model = resolve_name(self.model)
         if not str(self.data):
@@ -133,10 +148,25 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
             (self.max_nonfinite >= 1, "max_nonfinite must be >= 1"),
             (self.sample_seconds > 0, "sample_seconds must be > 0"),
+            (self.lora is None or self.lora >= 1, f"--lora is the adapters' rank and must be >= 1, got {self.lora} "
+                                                  f"(leave it out for full fine-tuning)"),
+            (self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (bool(self.lora_targets), "lora_targets must name at least one linear layer"),
+            (not (self.lora and self.sharding == "fsdp"), "--lora with --sharding fsdp is not supported: LoRA's "
+                                                          "training state is small, train with data parallel"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.lora is None:  # a LoRA option without --lora would be silently ignored
+            given = [flag for flag, on in (("--lora-alpha", self.lora_alpha is not None),
+                                           ("--lora-dropout", self.lora_dropout != 0),
+                                           ("--lora-targets", list(self.lora_targets) != list(LORA_TARGETS)),
+                                           ("--lora-train-heads", self.lora_train_heads),
+                                           ("--lora-train-condition-proj", self.lora_train_condition_proj)) if on]
+            if given:
+                raise ValueError(f"{', '.join(given)} without --lora RANK: pass --lora (e.g. --lora 16) or drop them")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,249 @@
+"""LoRA fine-tuning with peft: adapters on the LM's transformer linears, adapter folders, merging.
+
+``apply_lora(lm, ...)`` injects peft's LoRA layers into audiocraft's ``LMModel`` in place (the LM
+stays callable exactly as before: ``lm(sequence, conditions)``, ``lm.compute_predictions``,
+DDP wrapping) and leaves only the adapters (plus, by option, the output heads and the
+conditioner's output projection) trainable. The targets are ``nn.Linear`` modules found by name:
+by default each layer's attention output projections (``out_proj``, self and cross attention) and
+feed-forward ``linear1`` / ``linear2``. The attention's input projection is a raw parameter
+(``in_proj_weight``, used through ``F.linear``): peft's ``target_parameters`` can adapt it only
+by replacing the whole attention module with a wrapper, which audiocraft's streaming attention
+does not survive cleanly, so it stays frozen.
+
+An adapter folder holds peft's ``adapter_model.safetensors`` + ``adapter_config.json``, the
+extra trained weights (``extra_weights.safetensors``: heads / condition projection when trained)
+and ``musicgen_lora.json`` (the base model's name and our options), so loading never guesses
+the base. ``merged_state_dict`` folds ``W + scaling * B @ A`` into the base's own key names:
+the merged export is an ordinary audiocraft checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import typing as tp
+from pathlib import Path
+
+import torch
+
+from .train_config import LORA_TARGETS as DEFAULT_TARGETS  # one list of defaults
+
+ADAPTER_NAME = "default"  # peft's adapter name inside the LM
+OURS_FILE = "musicgen_lora.json"
+EXTRA_FILE = "extra_weights.safetensors"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+HEADS_PREFIX = "linears."  # the per-codebook output heads
+
+
+# peft imports bitsandbytes when installed, whose CPU backend logs a warning about an optional
+# kernels package at import: noise for LoRA in fp32/bf16, which never uses its 4-bit kernels.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def resolved_alpha(rank: int, alpha: tp.Optional[float]) -> float:
+    """``alpha`` or, when unset, ``2 x rank`` (adapter scaling alpha / rank = 2)."""
+    return float(alpha) if alpha is not None else 2.0 * rank
+
+
+def extra_trainable(name: str, train_heads: bool, train_condition_proj: bool) -> bool:
+    """Whether a base parameter trains alongside the adapters (``--lora-train-heads`` and
+    ``--lora-train-condition-proj``)."""
+    if train_heads and name.startswith(HEADS_PREFIX):
+        return True
+    return train_condition_proj and name.startswith("condition_provider.") and ".output_proj." in name
+
+
+def apply_lora(lm, rank: int, alpha: tp.Optional[float] = None, dropout: float = 0.0,
+               targets: tp.Sequence[str] = DEFAULT_TARGETS, train_heads: bool = False,
+               train_condition_proj: bool = False) -> int:
+    """Inject LoRA adapters (rank ``rank``) into ``lm`` in place; returns the trainable parameter count.
+
+    The adapters are created on the device of the layer they adapt, in fp32 (the base may be in
+    fp16 on GPU; the adapters are the master weights). ``lora_B`` starts at zero, so the LM's
+    output is unchanged until it trains.
+
+    Raises:
+        ValueError: rank < 1, or ``targets`` match no ``nn.Linear`` of the LM (one line).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(r=int(rank), lora_alpha=resolved_alpha(rank, alpha), lora_dropout=float(dropout),
+                        target_modules=list(targets), bias="none")
+    try:
+        inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
+    except ValueError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"--lora-targets {','.join(targets)}: no matching linear layer in the LM ({first})") from None
+    for name, param in lm.named_parameters():
+        if is_adapter_param(name):
+            param.data = param.data.float()
+            param.requires_grad_(True)
+        else:
+            param.requires_grad_(extra_trainable(name, train_heads, train_condition_proj))
+    return sum(p.numel() for p in lm.parameters() if p.requires_grad)
+
+
+def is_adapter_param(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_layers(lm) -> tp.Dict[str, tp.Any]:
+    """Module name -> peft LoRA layer, for every adapted linear of ``lm``."""
+    from peft.tuners.lora import LoraLayer
+    return {name: m for name, m in lm.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_state_dict(lm, weights: tp.Optional[dict] = None) -> dict:
+    """The LM state dict with every adapter folded into its base weight, under the base's names.
+
+    ``weights``: the adapted LM's state dict to merge (e.g. EMA or exported weights; default
+    ``lm.state_dict()``). For each adapted linear ``P``: ``P.weight = P.base_layer.weight +
+    scaling * lora_B [out, r] @ lora_A [r, in]``, computed in fp32, stored in the base's dtype.
+    """
+    weights = dict(lm.state_dict() if weights is None else weights)
+    merged = {}
+    for prefix, layer in lora_layers(lm).items():
+        a = weights[f"{prefix}.lora_A.{ADAPTER_NAME}.weight"].float()
+        b = weights[f"{prefix}.lora_B.{ADAPTER_NAME}.weight"].float()
+        base = weights[f"{prefix}.base_layer.weight"]
+        merged[f"{prefix}.weight"] = (base.float() + layer.scaling[ADAPTER_NAME] * (b @ a)).to(base.dtype)
+    for key, value in weights.items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        merged.setdefault(key, value)
+    return merged
+
+
+def merge_in_place(lm) -> None:
+    """Fold the adapters into ``lm``'s weights and remove peft's wrappers: a plain audiocraft LM."""
+    weights = merged_state_dict(lm)
+    for name, layer in lora_layers(lm).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = lm.get_submodule(parent_name) if parent_name else lm
+        setattr(parent, child, layer.get_base_layer())
+    lm.__dict__.pop("peft_config", None)
+    lm.load_state_dict(weights)
+
+
+def _options(config) -> dict:
+    return {"rank": config.lora, "alpha": resolved_alpha(config.lora, config.lora_alpha),
+            "dropout": config.lora_dropout, "targets": list(config.lora_targets),
+            "train_heads": config.lora_train_heads, "train_condition_proj": config.lora_train_condition_proj}
+
+
+def apply_lora_from_config(lm, config) -> int:
+    """``apply_lora`` with a ``TrainConfig``'s ``--lora*`` options."""
+    o = _options(config)
+    return apply_lora(lm, o["rank"], o["alpha"], o["dropout"], o["targets"], o["train_heads"],
+                      o["train_condition_proj"])
+
+
+def save_adapter(lm, weights: dict, folder: tp.Union[str, os.PathLike], config, extra: tp.Optional[dict] = None) -> Path:
+    """Write the adapter folder from ``weights`` (the adapted LM's state dict, e.g. with EMA).
+
+    Files: peft's ``adapter_model.safetensors`` (adapter weights, keys as peft's
+    ``get_peft_model_state_dict`` names them) and ``adapter_config.json``; ``extra_weights.safetensors``
+    (heads / condition projection, when trained); ``musicgen_lora.json`` (base model, options, shapes)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter = get_peft_model_state_dict(lm, state_dict=weights, adapter_name=ADAPTER_NAME)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.items()}, str(folder / PEFT_WEIGHTS))
+    peft_config = lm.peft_config[ADAPTER_NAME]
+    peft_config.base_model_name_or_path = config.model
+    peft_config.save_pretrained(str(folder))
+    o = _options(config)
+    trained_extra = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()
+                     if ".lora_" not in k and extra_trainable(k, o["train_heads"], o["train_condition_proj"])}
+    if trained_extra:
+        save_file(trained_extra, str(folder / EXTRA_FILE))
+    record = {"base_model": config.model, "base_model_path": _real_folder(config.model), **o,
+              "shapes": {k: list(v.shape) for k, v in adapter.items()}, **(extra or {})}
+    (folder / OURS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def _real_folder(name: str) -> tp.Optional[str]:
+    """The resolved path when the base model is a folder (an export), else None (a hub/tiny name)."""
+    path = Path(str(name)).expanduser()
+    return str(path.resolve()) if path.is_dir() else None
+
+
+def read_adapter_record(folder: tp.Union[str, os.PathLike]) -> dict:
+    """``musicgen_lora.json`` of an adapter folder; one-line ``ValueError`` when it is not one."""
+    folder = Path(folder)
+    for name in (OURS_FILE, PEFT_WEIGHTS, PEFT_CONFIG):
+        if not (folder / name).is_file():
+            raise ValueError(f"--lora {folder}: not an adapter folder (no {name}; train.py --lora writes OUT/adapter)")
+    try:
+        return json.loads((folder / OURS_FILE).read_text())
+    except ValueError as exc:
+        raise ValueError(f"--lora {folder}: unreadable {OURS_FILE} ({exc})") from None
+
+
+def check_base(record: dict, base: str, folder) -> None:
+    """One-line ``ValueError`` when the adapter was trained on another base model than ``base``."""
+    from .runtime import resolve_name
+    recorded = record.get("base_model")
+    same = resolve_name(recorded) == resolve_name(base)
+    real = _real_folder(base)
+    if real is not None or record.get("base_model_path"):
+        same = real is not None and real == record.get("base_model_path")
+    if not same:
+        raise ValueError(f"--lora {folder} was trained on base model {recorded!r}, not {str(base)!r}: "
+                         f"pass --model {recorded}")
+
+
+def apply_adapter(lm, folder: tp.Union[str, os.PathLike], base: str, merge: bool = True) -> dict:
+    """Apply the adapter folder onto ``lm`` (the base model ``base``); returns its record.
+
+    ``merge``: fold it into the weights (a plain LM, as fast as the base), else keep peft's layers.
+    Raises ValueError (one line): not an adapter folder, another base model, or shapes that differ.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    record = read_adapter_record(folder)
+    check_base(record, base, folder)
+    apply_lora(lm, int(record["rank"]), record["alpha"], 0.0, record["targets"])
+    weights = load_file(str(folder / PEFT_WEIGHTS))
+    expected = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
+    for key, value in weights.items():
+        full = key.replace(".weight", f".{ADAPTER_NAME}.weight")
+        if expected.get(full) != tuple(value.shape):
+            raise ValueError(f"--lora {folder} does not fit this base model: {key} is {tuple(value.shape)}, "
+                             f"the model has {expected.get(full)}")
+    device = next(lm.parameters()).device
+    result = set_peft_model_state_dict(lm, {k: v.to(device) for k, v in weights.items()}, adapter_name=ADAPTER_NAME)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"--lora {folder} does not fit this base model: {result.unexpected_keys[:2]} unknown")
+    if (folder / EXTRA_FILE).is_file():
+        extra = load_file(str(folder / EXTRA_FILE))
+        params = dict(lm.named_parameters())
+        with torch.no_grad():
+            for key, value in extra.items():
+                if key not in params or params[key].shape != value.shape:
+                    raise ValueError(f"--lora {folder} does not fit this base model: {key}")
+                params[key].copy_(value.to(params[key].dtype))
+    lm.requires_grad_(False)
+    if merge:
+        merge_in_place(lm)
+    return record
+
+
+def load_with_adapter(base: str, adapter: tp.Union[str, os.PathLike], device: tp.Optional[str] = None,
+                      merge: bool = True):
+    """``load_model(base)`` with the adapter folder applied (``apply_adapter``)."""
+    from .models import load_model
+    read_adapter_record(adapter)  # a wrong folder fails before the (slow) model load
+    model = load_model(base, device=device)
+    apply_adapter(model.lm, adapter, str(base), merge=merge)
+    model.lm.eval()
+    return model
