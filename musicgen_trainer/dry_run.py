@@ -170,6 +170,9 @@ def describe(config: TrainConfig) -> dict:
 
     clips = find_clips(config.data, config.valid_fraction, config.seed)
     model = load_model(config.model, device="cpu")
+    if config.lora:  # adapters as training adds them: only they (and what --lora-train-* asks) train
+        from .lora import apply_lora_from_config
+        apply_lora_from_config(model.lm, config)
     summary = model_summary(model)
     frozen = apply_freeze(model.lm, config.freeze)
     trainable = sum(p.numel() for p in model.lm.parameters() if p.requires_grad)
@@ -196,7 +199,7 @@ def describe(config: TrainConfig) -> dict:
     steps = total_steps(config, len(train), 1)
     per_step = config.batch_size * config.grad_accum
     return {
-        "model": summary, "trainable_parameters": trainable, "frozen_by_option": frozen,
+        "model": summary, "trainable_parameters": trainable, "frozen_by_option": frozen, "lora": config.lora,
         "train_clips": len(train), "valid_clips": len(valid),
         "train_hours": sum(seconds) / 3600, "unknown_durations": sum(s == 0 for s in seconds),
         "genres": sorted({c.genre for c in clips if c.genre}),
@@ -219,6 +222,7 @@ def format_description(d: dict) -> str:
                   f"{m['text_encoder_parameters_frozen'] / 1e6:.1f} M frozen text encoder"
                   + (", stereo" if m.get("stereo") else "") + ")"),
         ("trainable parameters", f"{d['trainable_parameters'] / 1e6:.2f} M"
+                                 + (f" (LoRA rank {d['lora']} adapters; the base is frozen)" if d.get("lora") else "")
                                  + (f" ({d['frozen_by_option'] / 1e6:.2f} M frozen by --freeze)"
                                     if d["frozen_by_option"] else "")),
         ("dataset", f"{d['train_clips']} training clips ({d['train_hours']:.2f} h"

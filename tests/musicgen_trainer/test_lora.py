@@ -249,3 +249,17 @@ def test_frozen_base_in_bf16_with_fp32_adapters_trains(tiny_model):
     torch.testing.assert_close(merged["transformer.layers.0.linear1.weight"],
                                tiny_model.lm.state_dict()["transformer.layers.0.linear1.weight"])  # B is 0
     assert merged["transformer.layers.0.linear1.weight"].dtype == torch.float32
+
+
+def test_show_counts_only_the_adapters_as_trainable(two_clips):
+    """--show with --lora: gradients and optimiser states for the adapters only, a smaller state."""
+    from musicgen_trainer.dry_run import describe, format_description
+    common = dict(data=str(two_clips), model="tiny", device="cpu", batch_size=2, segment_seconds=1.0)
+    full = describe(TrainConfig(**common))
+    lora = describe(TrainConfig(**common, lora=8))
+    assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 20
+    parts, full_parts = lora["memory_breakdown"], full["memory_breakdown"]
+    assert parts["gradients"] == lora["trainable_parameters"] * 4 and parts["optimizer"] == lora["trainable_parameters"] * 8
+    assert parts["optimizer"] < full_parts["optimizer"] / 20
+    assert lora["training_state_bytes"] < full["training_state_bytes"]
+    assert "LoRA rank 8" in format_description(lora)
