@@ -44,10 +44,11 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4":
 # (model, batch, seconds per crop, measured steps): 30 s crops as users train.
 STEP_PLAN = [("random:small", 2, 30.0, 4), ("random:medium", 2, 30.0, 3)]
 SMOKE_STEP_PLAN = [("tiny", 2, 1.0, 2)]
-# Memory modes, bf16: (model, batch, seconds, steps, optimizer, activation checkpointing).
-MODE_PLAN = [("random:small", 2, 30.0, 3, "adamw8bit", False), ("random:small", 2, 30.0, 3, "adamw", True),
-             ("random:medium", 2, 30.0, 2, "adamw8bit", True)]
-SMOKE_MODE_PLAN = [("tiny", 2, 1.0, 2, "adamw8bit", True)]
+# Memory modes, bf16: (model, batch, seconds, steps, optimizer, activation checkpointing, LoRA rank).
+MODE_PLAN = [("random:small", 2, 30.0, 3, "adamw8bit", False, 0), ("random:small", 2, 30.0, 3, "adamw", False, 16),
+             ("random:medium", 2, 30.0, 2, "adamw8bit", True, 0), ("random:medium", 2, 30.0, 2, "adamw", True, 16),
+             ("random:large", 1, 30.0, 2, "adamw", True, 16)]
+SMOKE_MODE_PLAN = [("tiny", 2, 1.0, 2, "adamw8bit", True, 0), ("tiny", 2, 1.0, 2, "adamw", False, 8)]
 
 
 class SingleProcess:
@@ -71,7 +72,7 @@ def peak_tflops(device) -> float | None:
 
 
 def check_step(model_name: str, batch: int, seconds: float, steps: int, precision: str, device: str,
-               optimizer: str = "adamw", checkpointing: bool = False) -> dict:
+               optimizer: str = "adamw", checkpointing: bool = False, lora: int = 0) -> dict:
     """Training steps on synthetic codes: peak memory (next to --show's estimate), tokens/s, MFU."""
     import torch
 
@@ -88,7 +89,7 @@ def check_step(model_name: str, batch: int, seconds: float, steps: int, precisio
     model = load_model(model_name, device=device)
     config = TrainConfig(data="unused", model=model_name, batch_size=batch, segment_seconds=seconds,
                          precision=precision, warmup_steps=1, optimizer=optimizer,
-                         activation_checkpointing=checkpointing)
+                         activation_checkpointing=checkpointing, lora=lora or None)
     prepare_lm_for_training(model, config)
     state = make_state(model, config, acc, total_steps=steps + 2, precision=precision)
     lm = model.lm
@@ -125,7 +126,7 @@ def check_step(model_name: str, batch: int, seconds: float, steps: int, precisio
                               summary["lm_dim"], summary["lm_layers"], batch, frames, summary["codebooks"],
                               summary["card"], precision, checkpointing, optimizer_bytes=STATE_BYTES[optimizer])
     result = {"check": "step", "model": model_name, "precision": precision, "optimizer": optimizer,
-              "checkpointing": checkpointing, "planner_gib": planner.total_gib,
+              "checkpointing": checkpointing, "lora": lora, "planner_gib": planner.total_gib,
               "batch": batch, "seconds": seconds,
               "steps": steps, "s_per_step": elapsed / steps, "tokens_per_s": tokens / elapsed,
               "tflops": flops / elapsed / 1e12, "mfu": (flops / elapsed / 1e12 / peak) if peak else None,
@@ -243,7 +244,7 @@ def _fmt(r: dict) -> str:
     if r["check"] == "step":
         mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
         mem = f"{r['peak_cuda_gib']:.1f} GiB" if "peak_cuda_gib" in r else "n/a"
-        mode = r["optimizer"] + (" +ckpt" if r["checkpointing"] else "")
+        mode = r["optimizer"] + (" +ckpt" if r["checkpointing"] else "") + (f" LoRA r{r['lora']}" if r["lora"] else "")
         return (f"| step | {r['model']} {r['precision']} {mode} b{r['batch']}x{r['seconds']:g}s | "
                 f"{r['s_per_step']:.2f} s/step, {r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.1f} TFLOP/s, "
                 f"MFU {mfu}, peak {mem} (--show estimate {r['planner_gib']:.1f} GiB), skipped {r['skipped']} |")
@@ -278,10 +279,10 @@ def main() -> int:
                 plan.append(("step", lambda m=model, b=batch, s=seconds, n=steps, p=precision:
                              check_step(m, b, s, n, p, device), {"model": model, "precision": precision}))
         precision = "fp32" if args.smoke else "bf16"
-        for model, batch, seconds, steps, opt, ckpt in (SMOKE_MODE_PLAN if args.smoke else MODE_PLAN):
-            plan.append(("step", lambda m=model, b=batch, s=seconds, n=steps, o=opt, c=ckpt:
-                         check_step(m, b, s, n, precision, device, o, c),
-                         {"model": model, "precision": precision, "optimizer": opt}))
+        for model, batch, seconds, steps, opt, ckpt, rank in (SMOKE_MODE_PLAN if args.smoke else MODE_PLAN):
+            plan.append(("step", lambda m=model, b=batch, s=seconds, n=steps, o=opt, c=ckpt, r=rank:
+                         check_step(m, b, s, n, precision, device, o, c, r),
+                         {"model": model, "precision": precision, "optimizer": opt, "lora": rank}))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
