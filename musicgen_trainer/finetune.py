@@ -31,7 +31,7 @@ from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_w
                          resolve_resume, rng_state, set_rng_state)
 from .preflight import captions_warning, disk_space_warning, training_state_bytes
 from .distributed import encode_clips
-from .train_config import TrainConfig
+from .train_config import TrainConfig, total_steps
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training, resolve_dropouts,
                        resolve_precision, train_step, validation_loss)
 
@@ -45,11 +45,6 @@ def _accelerator(config: TrainConfig):
     return make_accelerator(config)
 
 
-def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
-    if config.steps:
-        return config.steps
-    per_step = config.batch_size * config.grad_accum * world
-    return max(1, math.ceil(config.epochs * n_train / per_step))
 
 
 def default_prompts(train: tp.Sequence[Clip], valid: tp.Sequence[Clip], n: int = 3) -> list:
@@ -191,6 +186,14 @@ def train(config: TrainConfig) -> Path:
         print("note: --sharding fsdp in a single process has nothing to shard: training unsharded")
     out = Path(config.out)
     clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
+    model = None
+    if config.gpu_memory:  # the plan decides options the run folder and a resume check record
+        from .planner import apply_plan
+        model = model or load_model(config.model, device=str(device))
+        config, plan_line = apply_plan(config, model, resolve_precision(config.precision, device),
+                                       [c.caption for c in clips])
+        if acc.is_main_process:
+            print(plan_line)
     run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
     resume_from = resolve_resume(config.resume, run.own_states())
     saved = load_state(resume_from, mmap=acc.num_processes > 1) if resume_from is not None else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,10 @@ class TrainConfig:
                            "(data parallel), faster when it fits", group=MEMORY, choices=SHARDINGS)
     freeze: tp.List[str] = option(help="LM parameter prefixes to keep frozen, e.g. emb,linears (commas or "
                                   "spaces)", group=MEMORY, metavar="PREFIX", default_factory=list)
+    gpu_memory: tp.Optional[float] = option(None, "GB of GPU memory to plan for: picks the largest micro-batch that "
+                                            "fits (keeping batch x grad-accum), then activation checkpointing, 8-bit "
+                                            "states, LoRA, only as needed, and says why (--show prints the plan)",
+                                            group=MEMORY, metavar="GB")
     lora: tp.Optional[int] = option(None, "LoRA rank: train low-rank adapters (peft) on the transformer's linears "
                                     "instead of all weights; only they get gradients and AdamW state, the frozen base "
                                     "stays in bf16/fp16 on GPU (default: full fine-tuning)", group=MEMORY, metavar="RANK")
@@ -151,6 +156,7 @@ class TrainConfig:
             (self.lora is None or self.lora >= 1, f"--lora is the adapters' rank and must be >= 1, got {self.lora} "
                                                   f"(leave it out for full fine-tuning)"),
             (self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be > 0"),
+            (self.gpu_memory is None or self.gpu_memory > 0, "gpu_memory must be > 0 (GB)"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
             (bool(self.lora_targets), "lora_targets must name at least one linear layer"),
             (not (self.lora and self.sharding == "fsdp"), "--lora with --sharding fsdp is not supported: LoRA's "
@@ -210,3 +216,12 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:  # a value of the wrong kind (e.g. batch_size: "four")
             raise ValueError(f"--config {path}: {exc}") from None
+
+
+def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
+    """Optimiser steps of a run: ``--steps``, else ``--epochs`` over ``n_train`` clips at
+    ``batch x grad-accum x processes`` clips per step."""
+    if config.steps:
+        return config.steps
+    per_step = config.batch_size * config.grad_accum * world
+    return max(1, math.ceil(config.epochs * n_train / per_step))
