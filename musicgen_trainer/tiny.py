@@ -260,15 +260,23 @@ def build_tiny_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "c
 
     The global RNG state is left untouched; the weights depend only on ``config.seed``.
     """
+    config = config or TinyConfig()
+    return _build_from_xp_config(tiny_xp_config(config), config, device, name)
+
+
+def _build_from_xp_config(xp_cfg: DictConfig, config: TinyConfig, device: str, name: str,
+                          finish_lm: tp.Optional[tp.Callable] = None):
+    """A random ``MusicGen`` from a tiny ``xp.cfg`` (weights depend only on ``config.seed``);
+    ``finish_lm(lm)`` adjusts the LM before it is wrapped (e.g. melody loading settings)."""
     from audiocraft.models import MusicGen, builders
 
-    config = config or TinyConfig()
-    xp_cfg = tiny_xp_config(config)
     # Built on the CPU so that the weights are the same whatever the device.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
         lm = build_lm_from_config(xp_cfg, device="cpu")
+    if finish_lm is not None:
+        finish_lm(lm)
     # MusicGen's constructor sets audiocraft's default 18 s extension stride, which must be
     # shorter than the window: build with a 30 s window, then set the requested one.
     model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=max(config.max_duration, 30.0))
@@ -440,17 +448,5 @@ def as_get_pretrained_does(lm) -> None:
 def build_tiny_melody_musicgen(config: tp.Optional[TinyConfig] = None, device: str = "cpu",
                                name: str = TINY_MELODY_NAME):
     """A randomly initialised tiny melody MusicGen (weights depend only on ``config.seed``)."""
-    from audiocraft.models import MusicGen, builders
-
     config = config or TinyConfig()
-    xp_cfg = tiny_melody_xp_config(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        compression_model = builders.get_compression_model(copy.deepcopy(xp_cfg))
-        lm = build_lm_from_config(xp_cfg, device="cpu")
-    as_get_pretrained_does(lm)
-    model = MusicGen(name, compression_model.eval(), lm.eval(), max_duration=max(config.max_duration, 30.0))
-    if config.max_duration < 30.0:
-        model.max_duration = config.max_duration
-        model.set_generation_params(duration=config.max_duration, extend_stride=config.max_duration / 2)
-    return to_device(model, device)
+    return _build_from_xp_config(tiny_melody_xp_config(config), config, device, name, as_get_pretrained_does)

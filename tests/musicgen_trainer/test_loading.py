@@ -11,7 +11,8 @@ import torch
 
 from musicgen_trainer.generation import GenerationConfig, generate
 from musicgen_trainer.exports import COMPRESSION_FILE, LM_FILE, export_model
-from musicgen_trainer.models import ModelUnavailableError, load_model, xp_config
+from musicgen_trainer.models import ModelUnavailableError, load_model
+from mt_helpers import supply_tiny_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,19 +58,7 @@ def test_export_loads_with_audiocrafts_own_loader(tiny_model, exported, monkeypa
     from the export instead (it is not part of the LM state dict, by audiocraft's design).
     """
     from audiocraft.models import MusicGen
-    from audiocraft.modules import conditioners
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    pkg = torch.load(exported / LM_FILE, weights_only=False)
-    t5_config = xp_config(pkg)["musicgen_trainer"]["t5_config"]
-
-    def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**t5_config))
-        model.load_state_dict(pkg["text_encoder_state"])
-        return model
-
-    monkeypatch.setattr(conditioners.T5Tokenizer, "from_pretrained", lambda *a, **k: ByT5Tokenizer())
-    monkeypatch.setattr(conditioners.T5EncoderModel, "from_pretrained", tiny_t5)
+    supply_tiny_modules(monkeypatch, exported)
     theirs = MusicGen.get_pretrained(str(exported), device="cpu")
     assert theirs.sample_rate == 32000 and theirs.lm.n_q == 4
     codes = torch.randint(0, 2048, (1, 4, 25))

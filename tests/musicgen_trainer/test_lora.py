@@ -10,6 +10,7 @@ import torch
 from musicgen_trainer import cli_generate, run_folder
 from musicgen_trainer.finetune import train
 from musicgen_trainer.train_config import TrainConfig
+from mt_helpers import train_stopped_after
 
 
 def _tone(seconds, freq, sr=32000):
@@ -96,23 +97,10 @@ def test_merged_export_equals_adapter_applied_at_load(lora_run, tiny_model):
 
 
 def test_lora_resume_continues_the_same_losses(two_clips, tmp_path):
-    import musicgen_trainer.finetune as finetune
     cache = tmp_path / "cache"
     train(_config(two_clips, tmp_path / "full", cache, steps=4, save_every=2))
     uninterrupted = _last_state(tmp_path / "full")["history"]
-    real_step = finetune.train_step
-
-    def crash_after_two(state, micro):
-        if state.step == 2:
-            raise KeyboardInterrupt
-        return real_step(state, micro)
-
-    finetune.train_step = crash_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(_config(two_clips, tmp_path / "cut", cache, steps=4, save_every=2))
-    finally:
-        finetune.train_step = real_step
+    train_stopped_after(2, _config(two_clips, tmp_path / "cut", cache, steps=4, save_every=2))
     train(_config(two_clips, tmp_path / "cut", cache, steps=4, save_every=2, resume="auto"))
     resumed = _last_state(tmp_path / "cut")["history"]
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]

@@ -11,7 +11,6 @@ import torch
 
 import musicgen_trainer.melody as melody_module
 from musicgen_trainer.data import CropSampler, find_clips
-from musicgen_trainer.exports import LM_FILE
 from musicgen_trainer.finetune import train
 from musicgen_trainer.generation import GenerationConfig, generate, generate_with_melody
 from musicgen_trainer.melody import (ChromaCache, MelodyCrops, condition_tensors, melody_conditioner,
@@ -20,6 +19,7 @@ from musicgen_trainer.models import load_model
 from musicgen_trainer.objective import conditions_for, micro_batch_loss, token_counts
 from musicgen_trainer.step import prepare_lm_for_training
 from musicgen_trainer.train_config import TrainConfig
+from mt_helpers import supply_tiny_modules, train_stopped_after
 
 SR = 32000
 
@@ -275,34 +275,16 @@ def test_export_reloads_with_load_model_and_audiocrafts_loader(exported, monkeyp
     """The fine-tune's export (LM + its tiny stem separator) reloads with load_model and with
     audiocraft's MusicGen.get_pretrained (T5 and htdemucs supplied from the export, as the
     tiny-model loading test does), with equal logits under a melody condition."""
-    import demucs.pretrained
     from audiocraft.models import MusicGen
-    from audiocraft.modules import conditioners
     from audiocraft.modules.conditioners import ConditioningAttributes
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-    from musicgen_trainer.tiny import tiny_demucs
     ours = load_model(exported, device="cpu")
-    from musicgen_trainer.exports import package_config
-    pkg = torch.load(exported / LM_FILE, weights_only=True)
-    ours_cfg = package_config(pkg)["musicgen_trainer"]
+    pkg = supply_tiny_modules(monkeypatch, exported)
     assert "demucs_state" in pkg
     trained = pkg["best_state"]
     for name, value in ours.lm.state_dict().items():
         torch.testing.assert_close(value, trained[name])
 
-    def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**ours_cfg["t5_config"]))
-        model.load_state_dict(pkg["text_encoder_state"])
-        return model
-
-    def tiny_htdemucs(name, *args, **kwargs):
-        assert name == "htdemucs"
-        return tiny_demucs(ours_cfg["demucs_config"], 0, pkg["demucs_state"])
-
-    monkeypatch.setattr(conditioners.T5Tokenizer, "from_pretrained", lambda *a, **k: ByT5Tokenizer())
-    monkeypatch.setattr(conditioners.T5EncoderModel, "from_pretrained", tiny_t5)
-    monkeypatch.setattr(demucs.pretrained, "get_model", tiny_htdemucs)
     theirs = MusicGen.get_pretrained(str(exported), device="cpu")
     assert type(melody_conditioner(theirs.lm)).__name__ == "ChromaStemConditioner"
 
@@ -345,7 +327,6 @@ def test_fine_tune_generates_with_and_without_a_melody(exported, tmp_path, capsy
 def test_resume_continues_exactly(dataset, tmp_path, monkeypatch):
     """A melody run killed after step 2 and resumed gives the uninterrupted run's losses: the
     melody crops and their dropout come from (seed, index), the chroma from the cache."""
-    import musicgen_trainer.finetune as finetune
     from musicgen_trainer import run_folder
 
     def history(out):
@@ -353,17 +334,7 @@ def test_resume_continues_exactly(dataset, tmp_path, monkeypatch):
 
     cache = tmp_path / "cache"
     train(_config(dataset, tmp_path / "full", cache, steps=4, save_every=2))
-    real_step = finetune.train_step
-
-    def crash_after_two(state, micro):
-        if state.step == 2:
-            raise KeyboardInterrupt
-        return real_step(state, micro)
-
-    monkeypatch.setattr(finetune, "train_step", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(dataset, tmp_path / "cut", cache, steps=4, save_every=2))
-    monkeypatch.setattr(finetune, "train_step", real_step)
+    train_stopped_after(2, _config(dataset, tmp_path / "cut", cache, steps=4, save_every=2))
     train(_config(dataset, tmp_path / "cut", cache, steps=4, save_every=2, resume="auto"))
     uninterrupted, resumed = history(tmp_path / "full"), history(tmp_path / "cut")
     assert [h["step"] for h in resumed] == [1, 2, 3, 4]

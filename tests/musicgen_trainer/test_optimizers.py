@@ -13,6 +13,7 @@ from musicgen_trainer.models import load_model
 from musicgen_trainer.optimizers import STATE_BYTES, check_optimizer
 from musicgen_trainer.step import make_state, prepare_lm_for_training, train_step
 from musicgen_trainer.train_config import TrainConfig
+from mt_helpers import train_stopped_after
 
 
 class OneProcess:
@@ -50,23 +51,11 @@ def test_adamw8bit_keeps_8bit_states_and_learns():
 def test_adamw8bit_run_resumes_exactly(dataset, tmp_path):
     """A run stopped after step 2 and resumed has the uninterrupted run's losses: the 8-bit states
     (plain uint8/float tensors) go through the weights-only training state."""
-    import musicgen_trainer.finetune as finetune
     common = dict(data=str(dataset), model="tiny", cache_dir=str(tmp_path / "cache"), steps=4, save_every=2,
                   batch_size=2, segment_seconds=1.0, lr=1e-3, warmup_steps=1, sample_every=0, valid_fraction=0.0,
                   device="cpu", progress=False, optimizer="adamw8bit")
     train(TrainConfig(out=str(tmp_path / "whole"), **common))
-    real_step = finetune.train_step
-
-    def stop_after_two(state, micro):
-        if state.step == 2:
-            raise KeyboardInterrupt
-        return real_step(state, micro)
-    finetune.train_step = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(TrainConfig(out=str(tmp_path / "cut"), **common))
-    finally:
-        finetune.train_step = real_step
+    train_stopped_after(2, TrainConfig(out=str(tmp_path / "cut"), **common))
     train(TrainConfig(out=str(tmp_path / "cut"), resume="auto", **common))
 
     def history(name):

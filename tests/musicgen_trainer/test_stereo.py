@@ -15,6 +15,7 @@ from musicgen_trainer.exports import LM_FILE
 from musicgen_trainer.finetune import train
 from musicgen_trainer.models import format_summary, load_model, model_summary
 from musicgen_trainer.train_config import TrainConfig
+from mt_helpers import supply_tiny_modules
 
 RATE = 44100
 
@@ -164,19 +165,7 @@ def test_stereo_train_export_reload_and_generate(stereo_data, tmp_path, capsys, 
     # audiocraft's own loader rebuilds the stereo wrapper from the export's config
     # (its T5 download is replaced by the export's frozen tiny T5, see test_loading.py).
     from audiocraft.models import MusicGen
-    from audiocraft.modules import conditioners
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-    from musicgen_trainer.exports import package_config
-    pkg = torch.load(export / LM_FILE, weights_only=False)
-    t5_config = package_config(pkg)["musicgen_trainer"]["t5_config"]
-
-    def tiny_t5(name, *args, **kwargs):
-        model = T5EncoderModel(T5Config(**t5_config))
-        model.load_state_dict(pkg["text_encoder_state"])
-        return model
-
-    monkeypatch.setattr(conditioners.T5Tokenizer, "from_pretrained", lambda *a, **k: ByT5Tokenizer())
-    monkeypatch.setattr(conditioners.T5EncoderModel, "from_pretrained", tiny_t5)
+    supply_tiny_modules(monkeypatch, export)
     theirs = MusicGen.get_pretrained(str(export), device="cpu")
     _check_stereo(theirs)
     codes = torch.randint(0, 2048, (1, 8, 20))

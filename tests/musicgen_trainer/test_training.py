@@ -14,6 +14,7 @@ import torch
 from musicgen_trainer import run_folder
 from musicgen_trainer.train_config import TrainConfig
 from musicgen_trainer.finetune import train
+from mt_helpers import train_stopped_after
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,21 +93,7 @@ def test_resume_continues_exactly(dataset, tmp_path):
     uninterrupted = _history(tmp_path / "full")
 
     # Same run, "killed" after step 3 (the state of step 3 is on disk), then resumed.
-    import musicgen_trainer.finetune as finetune
-    real_step = finetune.train_step
-
-    def crash_after_three(state, micro):
-        if state.step == 3:
-            raise KeyboardInterrupt
-        return real_step(state, micro)
-
-    interrupted = _config(dataset, tmp_path / "cut", cache, steps=6, save_every=3)
-    finetune.train_step = crash_after_three
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(interrupted)
-    finally:
-        finetune.train_step = real_step
+    train_stopped_after(3, _config(dataset, tmp_path / "cut", cache, steps=6, save_every=3))
     assert [p.name for p in run_folder.list_states(tmp_path / "cut" / "checkpoints")] == ["step_00000003.pt"]
     assert not (tmp_path / "cut" / "export").exists()
     train(_config(dataset, tmp_path / "cut", cache, steps=6, save_every=3, resume="auto"))
