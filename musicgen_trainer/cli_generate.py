@@ -138,6 +138,7 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
     melody = _read_audio("--melody", options.melody) if options.melody else None
     request = ClipRequest(model_name=str(options.model), user_prompts=list(options.prompts),
                           generation=options.generation, genres=options.genres, bpm=options.bpm, key=options.key,
+                          lora_adapter=str(options.lora) if options.lora else None,
                           prompt_audio=prompt_audio, prompt_seconds=options.prompt_seconds, melody=melody,
                           prompt_audio_name=str(options.audio_prompt) if options.audio_prompt else None,
                           melody_name=str(options.melody) if options.melody else None,

@@ -165,6 +165,7 @@ class ClipRequest:
     model_name: str
     user_prompts: tp.List[str]
     generation: GenerationConfig
+    lora_adapter: tp.Optional[str] = None  # how the JSON names the LoRA adapter applied at load time, if any
     genres: tp.List[str] = field(default_factory=list)
     bpm: tp.Optional[float] = None
     key: tp.Optional[str] = None
@@ -234,6 +235,7 @@ def clip_record(model, request: ClipRequest, index: int, elapsed: float,
     prompts = request.prompts
     return {
         "model": request.model_name,
+        "lora_adapter": request.lora_adapter,
         "prompt": prompts[index],
         "user_prompt": request.user_prompts[index] if index < len(request.user_prompts) else "",
         "genres": list(request.genres), "bpm": request.bpm, "key": request.key,

@@ -1,4 +1,4 @@
-"""What the web app does, without the page: model list, model cache, request checks, one job.
+"""What the web app does, without the page: model and adapter lists, model cache, request checks, one job.
 
 Kept free of Gradio so it can be tested and reused directly. ``page.py`` lays out the page
 and turns the errors raised here (``ValueError`` & co., all one-line messages) into
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..generation import GenerationConfig
 from ..runtime import MUSICGEN_CARD, MUSICGEN_MAX_SECONDS
+from .adapters import NO_ADAPTER, AdapterChoice, check_adapter_base, list_adapters, load_with_adapter  # noqa: F401
 
 # What one request may ask of the server.
 APP_MAX_SECONDS = 60.0            # longest clip the web app makes
@@ -71,35 +72,43 @@ def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Se
 
 
 class ModelCache:
-    """Loaded models by name, the ``capacity`` most recently used kept (thread-safe).
+    """Loaded models by (name, adapter folder or None), the ``capacity`` most recently used kept
+    (thread-safe).
 
     Loading is the slow part of a request (seconds to minutes); a cached model is reused
-    as is, so a request costs its generation only.
+    as is, so a request costs its generation only. A base with a LoRA adapter merged in is
+    another model than the base alone: each has its own entry.
     """
 
     def __init__(self, capacity: int = APP_MODEL_CACHE, device: tp.Optional[str] = None,
-                 loader: tp.Optional[tp.Callable] = None):
+                 loader: tp.Optional[tp.Callable] = None, adapter_loader: tp.Optional[tp.Callable] = None):
         from ..models import load_model
         self.capacity = max(1, int(capacity))
         self.device = device
         self._load = loader or load_model
-        self._models: "OrderedDict[str, tp.Any]" = OrderedDict()
+        self._load_adapted = adapter_loader or load_with_adapter  # lora.load_with_adapter: safetensors only
+        self._models: "OrderedDict[tp.Tuple[str, tp.Optional[str]], tp.Any]" = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str):
+    def get(self, name: str, adapter: tp.Optional[str] = None):
+        key = (name, adapter)
         with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
             while len(self._models) >= self.capacity:  # free memory before loading the next one
                 self._models.popitem(last=False)
                 _free_accelerator_memory()
-            model = self._load(name, device=self.device)
-            self._models[name] = model
+            if adapter is None:
+                model = self._load(name, device=self.device)
+            else:
+                model = self._load_adapted(name, adapter, device=self.device)
+            self._models[key] = model
             return model
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._models
+    def __contains__(self, item) -> bool:
+        """``name`` (the base alone) or ``(name, adapter folder)``."""
+        return (item if isinstance(item, tuple) else (item, None)) in self._models
 
 
 def _free_accelerator_memory() -> None:
@@ -126,10 +135,19 @@ class AppRequest:
     audio_prompt: tp.Optional[str] = None  # an uploaded file's path
     upload_roots: tp.Sequence[str] = ()    # audio_prompt must lie under one of these
     midi: bool = True
+    adapter: tp.Optional[str] = None       # a listed LoRA adapter's folder (AdapterChoice.value), or None
+    allowed_adapters: tp.Sequence[AdapterChoice] = ()
 
     def __post_init__(self):
         if self.model not in self.allowed_models:
             raise ValueError("choose a model from the list")
+        self.adapter_choice = None
+        if self.adapter:
+            listed = {a.value: a for a in self.allowed_adapters}
+            if self.adapter not in listed:
+                raise ValueError("choose a LoRA adapter from the list")
+            self.adapter_choice = listed[self.adapter]
+            check_adapter_base(self.adapter_choice, self.model)
         self.prompt = " ".join(clean_text(self.prompt or "").split())
         if len(self.prompt) > APP_MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt is {len(self.prompt)} characters long; the limit is {APP_MAX_PROMPT_CHARS}")
@@ -179,11 +197,13 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
     prompt_input = open_audio_prompt(request.audio_prompt) if request.audio_prompt else None
 
     report("loading model", 0, 1)
-    model = cache.get(request.model)
+    model = cache.get(request.model, request.adapter or None)
     prompt_audio = None
     if prompt_input is not None:
         prompt_audio = read_audio_tail(prompt_input, float(model.max_duration))
+    adapter = request.adapter_choice.key if request.adapter_choice else None
     clip = ClipRequest(model_name=request.model, user_prompts=[request.prompt] if request.prompt else [],
+                       lora_adapter=adapter,
                        generation=request.generation, genres=list(request.genres), prompt_audio=prompt_audio,
                        prompt_audio_name="upload" if prompt_audio is not None else None, midi=request.midi)
     text = clip.prompts[0]
@@ -197,6 +217,8 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
     files = result.files[0]
     summary = (f"{result.seconds:.2f} s of audio in {result.generation_seconds:.1f} s · seed {request.generation.seed} · "
                f"prompt: {text or '(none)'}")
+    if adapter:
+        summary += f" · LoRA adapter {adapter}"
     if result.prompt_seconds_used is not None:
         summary += f" · continues {result.prompt_seconds_used:.2f} s of your audio"
     return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi, summary=summary)

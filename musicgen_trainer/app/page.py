@@ -1,6 +1,7 @@
 """The web app: ``python -m musicgen_trainer.app`` then open http://127.0.0.1:7860.
 
-Pick a model (pretrained, ``tiny``, or any export under ``checkpoints/``), write a prompt,
+Pick a model (pretrained, ``tiny``, or any export under ``checkpoints/``), optionally a LoRA
+adapter found under ``checkpoints/`` (which picks its base model), write a prompt,
 tick genres (a fine-tune offers the genres it was trained on), optionally upload audio to
 continue, and get the audio, its spectrogram and WAV/MIDI downloads. Requests wait in a
 queue and run one at a time; loaded models are cached.
@@ -9,7 +10,8 @@ Safe by default: it listens on 127.0.0.1 unless ``--host`` or ``--share`` is giv
 only files uploaded through the page, bounds text, upload size and duration, and shows
 errors as messages in the page (tracebacks go to the server's log only). The page names
 fine-tunes by their folder under ``checkpoints/`` (``export:my-run/export``), never by a
-server path, and the app deletes only result folders it made itself (see ``backend``).
+server path (adapters likewise: ``adapter:my-run/adapter``), and the app deletes only result
+folders it made itself (see ``backend``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import typing as tp
 from pathlib import Path
 
 from ..generation import GenerationConfig
-from .backend import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE
+from .backend import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER
 
 logger = logging.getLogger("musicgen_trainer.app")
 
@@ -64,7 +66,7 @@ class App:
         (then the current list is returned as is): however often it is asked, from the page or
         by anyone who can reach the server, the folder is walked at most once per interval,
         one walk at a time."""
-        from .backend import list_models
+        from .backend import list_adapters, list_models
         with self._scan_lock:
             now = self.clock()
             if self._scanned_at is not None and now - self._scanned_at < self.rescan_interval:
@@ -73,6 +75,9 @@ class App:
             self.choices = choices
             self.by_value = {c.value: c for c in choices}
             self.by_key = {c.key: c for c in choices}
+            # The same walk's roots; each adapter's musicgen_lora.json is read, never its weights.
+            self.adapters = list_adapters(self.checkpoints, choices)
+            self.adapter_by_key = {a.key: a for a in self.adapters}
             self.scans += 1
             self._scanned_at = self.clock()
             return choices
@@ -91,10 +96,32 @@ class App:
         """``(label, key)`` pairs: what the page's model list holds."""
         return [(c.label, c.key) for c in self.choices]
 
+    def adapter_choices(self) -> tp.List[tp.Tuple[str, str]]:
+        """``(label, key)`` pairs of the adapter picker: ``none`` first, then every adapter found."""
+        return [(NO_ADAPTER, NO_ADAPTER)] + [(a.label, a.key) for a in self.adapters]
+
+    def adapter_of(self, key: tp.Optional[str]):
+        """The listed ``AdapterChoice`` for public key ``key``; None for ``none`` or an unknown key."""
+        return self.adapter_by_key.get(key) if key and key != NO_ADAPTER else None
+
+    def adapter_note(self, adapter_key: tp.Optional[str], model_value: str) -> str:
+        """What the page says under the pickers about the chosen adapter: what is applied, or
+        why it cannot be (the one-line error a request would get)."""
+        from .backend import check_adapter_base
+        adapter = self.adapter_of(adapter_key)
+        if adapter is None:
+            return ""
+        try:
+            check_adapter_base(adapter, model_value)
+        except ValueError as exc:
+            return f"**{self.public_text(str(exc))}**"
+        return f"LoRA adapter {adapter.key} (rank {adapter.rank}) is merged into {adapter.base_name} when it loads."
+
     def public_text(self, text: str) -> str:
-        """``text`` (an error message) with the fine-tunes' server folders replaced by their keys."""
-        for choice in sorted((c for c in self.choices if c.export), key=lambda c: -len(c.value)):
-            text = text.replace(choice.value, choice.key)
+        """``text`` (an error message) with the fine-tunes' and adapters' server folders replaced by their keys."""
+        folders = [(c.value, c.key) for c in self.choices if c.export] + [(a.value, a.key) for a in self.adapters]
+        for value, key in sorted(folders, key=lambda f: -len(f[0])):
+            text = text.replace(value, key)
         if self.checkpoints:
             root = Path(self.checkpoints)
             for spelled in sorted({str(root.resolve()), str(root.absolute())}, key=len, reverse=True):
@@ -150,10 +177,21 @@ def build_demo(app: App):
         # the list it returns is what the page shows, and rate-limited (see App.rescan).
         app.rescan()
         key = key if key in app.by_key else app.key_of(app.default_model())
-        return gr.Dropdown(choices=app.dropdown_choices(), value=key)
+        return gr.Dropdown(choices=app.dropdown_choices(), value=key), gr.Dropdown(choices=app.adapter_choices())
+
+    def on_adapter(adapter_key, model_key):
+        # Picking an adapter picks its base (the model it was trained on, from its record);
+        # an adapter whose base the app does not list leaves the model as it is, and says so.
+        adapter = app.adapter_of(adapter_key)
+        if adapter is not None and adapter.base is not None:
+            model_key = app.key_of(adapter.base)
+        return gr.update(value=model_key), app.adapter_note(adapter_key, app.value_of(model_key) or model_key)
+
+    def on_pair(model_key, adapter_key):
+        return app.adapter_note(adapter_key, app.value_of(model_key) or model_key)
 
     def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef,
-                    seed, midi, progress=gr.Progress()):
+                    seed, midi, adapter=NO_ADAPTER, progress=gr.Progress()):
         from dataset_tools.audio_io import AudioDecodeError
 
         from ..models import ModelUnavailableError
@@ -162,6 +200,8 @@ def build_demo(app: App):
         def report(stage: str, done: int, total: int) -> None:
             progress((done, total), desc=stage, unit="steps" if stage == "generating" else "")
         model = app.value_of(model) or model  # a key from the page; unknown ones fail the allow-list
+        listed = app.adapter_of(adapter)
+        adapter = listed.value if listed else (None if adapter in (None, "", NO_ADAPTER) else adapter)
         try:
             generation = GenerationConfig(duration=duration, top_k=int(top_k),
                                           top_p=float(top_p), temperature=float(temperature),
@@ -169,7 +209,8 @@ def build_demo(app: App):
                                           seed=None if seed is None or int(seed) < 0 else int(seed))
             request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
                                  genres=genres or [], generation=generation, max_duration=app.duration_limit(model),
-                                 audio_prompt=audio_prompt, upload_roots=_upload_roots(), midi=bool(midi))
+                                 audio_prompt=audio_prompt, upload_roots=_upload_roots(), midi=bool(midi),
+                                 adapter=adapter, allowed_adapters=app.adapters)
             result = run_request(request, app.cache, app.out, report)
         except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
             raise gr.Error(app.public_text(str(exc)), print_exception=False) from None
@@ -188,9 +229,12 @@ def build_demo(app: App):
             with gr.Column(scale=5):
                 with gr.Row():
                     model = gr.Dropdown(choices=app.dropdown_choices(), value=app.key_of(default),
-                                        label="Model", scale=4, elem_id="model")
+                                        label="Model", scale=3, elem_id="model")
                     model.preprocess = _accepting_export_folders(app, model.preprocess)
+                    adapter = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label="LoRA adapter",
+                                          info="picks the base model it was trained on", scale=2, elem_id="adapter")
                     rescan = gr.Button("Rescan checkpoints", size="sm", scale=1)
+                adapter_note = gr.Markdown(elem_id="adapter-note")
                 note = gr.Markdown(app.model_note(default))
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS,
                                     placeholder="e.g. warm piano trio, brushed drums, late night",
@@ -222,10 +266,13 @@ def build_demo(app: App):
                                                     elem_id="download-midi")
                 summary = gr.Markdown(elem_id="summary")
         model.change(on_model, inputs=model, outputs=[genres, duration, note], api_visibility="private")
-        rescan.click(on_rescan, inputs=model, outputs=model, api_visibility="private",
+        model.change(on_pair, inputs=[model, adapter], outputs=adapter_note, api_visibility="private")
+        adapter.change(on_adapter, inputs=[adapter, model], outputs=[model, adapter_note], api_visibility="private")
+        rescan.click(on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private",
                      concurrency_limit=1, concurrency_id="rescan")
+        # The adapter comes last, optional ("none"): API scripts written before it still work.
         run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
-                                       cfg_coef, seed, midi],
+                                       cfg_coef, seed, midi, adapter],
                   outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
                   concurrency_limit=1, concurrency_id="generate")
     return demo

@@ -297,7 +297,7 @@ def test_lone_surrogate_in_a_prompt_is_cleaned():
 def test_lone_surrogate_sent_to_the_page_generates(served):
     _, _, base, _, _ = served
     event, outputs = _raw_call(base, "generate", ["tiny", "drums \ud800", [], 0.5, None, 250, 0.0, 1.0, 3.0, 2,
-                                                  False])
+                                                  False, "none"])  # raw HTTP sends every input (adapter last)
     assert event == "complete", outputs
     assert "prompt: drums \ufffd" in outputs[-1]
 
