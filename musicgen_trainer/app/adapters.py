@@ -15,9 +15,6 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
-if tp.TYPE_CHECKING:
-    from .backend import ModelChoice
-
 ADAPTER_KEY_PREFIX = "adapter:"  # a LoRA adapter's public key: "adapter:" + its folder relative to checkpoints/
 NO_ADAPTER = "none"  # the adapter picker's "no adapter" entry
 ADAPTER_RECORD_MAX_BYTES = 1 << 20  # ours are a few KB; a larger musicgen_lora.json is not ours
@@ -79,8 +76,9 @@ def adapter_record(folder: tp.Union[str, os.PathLike]) -> dict:
     return record
 
 
-def _base_choice(record: dict, folder: Path, models: tp.Sequence["ModelChoice"]) -> tp.Optional["ModelChoice"]:
-    """The listed model the adapter was trained on (``lora.check_base`` decides), or None."""
+def _base_choice(record: dict, folder: Path, models: tp.Sequence[tp.Any]) -> tp.Any:
+    """The listed model (a ``backend.ModelChoice``) the adapter was trained on (``lora.check_base``
+    decides), or None."""
     from ..lora import check_base
     for choice in models:
         try:
@@ -92,8 +90,9 @@ def _base_choice(record: dict, folder: Path, models: tp.Sequence["ModelChoice"])
 
 
 def list_adapters(checkpoints: tp.Union[str, os.PathLike, None],
-                  models: tp.Sequence["ModelChoice"]) -> tp.List[AdapterChoice]:
-    """Every LoRA adapter under ``checkpoints``, each with the listed model it was trained on.
+                  models: tp.Sequence[tp.Any]) -> tp.List[AdapterChoice]:
+    """Every LoRA adapter under ``checkpoints``, each with the model of ``models`` (the app's
+    ``backend.ModelChoice`` list) it was trained on.
 
     A folder whose ``musicgen_lora.json`` is missing, unreadable or not ours, or without peft's
     safetensors weights, is not listed. An adapter whose base the app does not offer (an export
@@ -110,7 +109,7 @@ def list_adapters(checkpoints: tp.Union[str, os.PathLike, None],
         rel = folder.relative_to(root).as_posix()
         base = _base_choice(record, folder, models)
         base_name = base.key if base is not None else _public_base_name(record)
-        label = f"LoRA adapter: {rel} (rank {record['rank']}, base {base_name or 'not listed here'})"
+        label = f"{rel} (rank {record['rank']}, base {base_name or 'not listed here'})"
         choices.append(AdapterChoice(label, str(folder), ADAPTER_KEY_PREFIX + rel,
                                      base.value if base else None, base_name, int(record["rank"])))
     return choices

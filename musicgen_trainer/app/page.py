@@ -231,10 +231,12 @@ def build_demo(app: App):
                     model = gr.Dropdown(choices=app.dropdown_choices(), value=app.key_of(default),
                                         label="Model", scale=3, elem_id="model")
                     model.preprocess = _accepting_export_folders(app, model.preprocess)
+                    # Picking an adapter picks its base model (see on_adapter).
                     adapter = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label="LoRA adapter",
-                                          info="picks the base model it was trained on", scale=2, elem_id="adapter")
-                    rescan = gr.Button("Rescan checkpoints", size="sm", scale=1)
-                adapter_note = gr.Markdown(elem_id="adapter-note")
+                                          scale=2, elem_id="adapter")
+                with gr.Row():
+                    adapter_note = gr.Markdown(elem_id="adapter-note")
+                    rescan = gr.Button("Rescan checkpoints", size="sm", scale=0, min_width=160)
                 note = gr.Markdown(app.model_note(default))
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS,
                                     placeholder="e.g. warm piano trio, brushed drums, late night",

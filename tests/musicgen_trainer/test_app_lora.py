@@ -98,11 +98,11 @@ def test_adapters_are_listed_from_their_json_alone(checkpoints, monkeypatch):
     assert on_export.base_name == "export:lorarun/export"
     elsewhere = app.adapter_of("adapter:elsewhere/adapter")
     assert elsewhere.base is None and elsewhere.base_name == ""
-    assert ("LoRA adapter: elsewhere/adapter (rank 4, base not listed here)", "adapter:elsewhere/adapter") in \
+    assert ("elsewhere/adapter (rank 4, base not listed here)", "adapter:elsewhere/adapter") in \
         app.adapter_choices()
     assert app.adapter_of("none") is None and app.adapter_of("adapter:junk/adapter") is None
     choices = app.adapter_choices()
-    assert choices[0] == ("none", "none") and choices[2] == ("LoRA adapter: lorarun/adapter (rank 4, base tiny)", KEY)
+    assert choices[0] == ("none", "none") and choices[2] == ("lorarun/adapter (rank 4, base tiny)", KEY)
     assert str(root) not in json.dumps(choices)
     assert not marker.exists()
 
@@ -229,3 +229,51 @@ def test_the_page_applies_an_adapter_and_refuses_another_base(checkpoints):
         assert model["value"] == "tiny" and "which this app does not offer" in note
     finally:
         demo.close()
+
+
+def test_picking_an_adapter_in_a_browser_sets_its_base_and_generates(checkpoints, tmp_path):
+    """The page itself (headless Chromium, as test_app_browser.py): choosing the adapter switches the
+    model to its base and says so; Generate then uses both."""
+    import os
+    import tempfile
+
+    from test_app_browser import CHROMEDRIVER, CHROMIUM, chrome
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("needs Debian's chromium and chromium-driver (see test_app_browser.py)")
+    pytest.importorskip("selenium", reason="the browser check needs selenium (requirements-dev.txt)")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from musicgen_trainer.app.page import serve_in_background
+    root, _ = checkpoints
+    app = _app(root, max_duration=1.0)
+    assert app.key_of(app.default_model()) == "export:lorarun/export"  # the newest export is preselected
+    demo, url = serve_in_background(app)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    driver = None
+    try:
+        driver = chrome(profile)
+        driver.get(url)
+        wait = WebDriverWait(driver, 90)
+        picker = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#adapter input"))
+        picker.click()
+        wait.until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "#adapter [role=option], [role=option]")
+                              if o.get_attribute("aria-label") == "lorarun/adapter (rank 4, base tiny)"]
+                   )[0].click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#model input").get_attribute("value")
+                   == "tiny (random weights, for testing)")
+        note = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#adapter-note").text or False)
+        assert note == f"LoRA adapter {KEY} (rank 4) is merged into tiny when it loads."
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        summary = WebDriverWait(driver, 240).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#summary").text or False)
+        assert f"LoRA adapter {KEY}" in summary
+        assert ("tiny", app.adapter_of(KEY).value) in app.cache
+        assert str(root) not in driver.page_source
+        if os.environ.get("MUSICGEN_SCREENSHOT"):
+            driver.save_screenshot(os.environ["MUSICGEN_SCREENSHOT"])
+    finally:
+        if driver is not None:
+            driver.quit()
+        demo.close()
+        shutil.rmtree(profile, ignore_errors=True)
