@@ -302,3 +302,27 @@ def test_held_out_cross_entropy_is_the_validation_loss(tiny_model):
     assert got["n_tokens"] == int(counts.sum()) and got["n_tokens_per_codebook"] == counts.int().tolist()
     # Padding does not count: fewer valid positions than clips x window x codebooks.
     assert got["n_tokens"] < 5 * 40 * 4
+
+
+def test_validation_codes_are_the_runs_validation_split_through_the_code_cache(tiny_model, tmp_path):
+    """`validation_codes` picks the clips training holds out (same split function and seed) and
+    encodes them with the model's codec through the code cache; the CE runs on them end to end."""
+    import soundfile as sf
+
+    from musicgen_trainer.code_cache import CodeCache
+    from musicgen_trainer.data import find_clips, split_clips
+    from musicgen_trainer.evaluation.held_out import held_out_cross_entropy, validation_codes
+    data = tmp_path / "data"
+    (data / "folk").mkdir(parents=True)
+    for i, wave in enumerate(music(60, 8, genres=TOY_GENRES, seconds=1.0, sr=44_100)):
+        sf.write(data / "folk" / f"tune_{i}.wav", wave, 44_100)
+        (data / "folk" / f"tune_{i}.txt").write_text(f"folk tune {i}")
+    codes, captions, clips = validation_codes(tiny_model, data, valid_fraction=0.4, seed=0, cache_dir=tmp_path / "c")
+    _, expected = split_clips(find_clips(data, 0.4, 0))
+    assert clips == expected and 0 < len(clips) < 8
+    assert captions == [c.caption for c in expected]
+    cached, _, _ = CodeCache(tiny_model.compression_model, tmp_path / "c").codes_for(expected, progress=False)
+    assert all(np.array_equal(a, b) and a.shape == (4, 50) for a, b in zip(codes, cached))
+    result = held_out_cross_entropy(tiny_model, codes, captions)          # default window: 30 s, all padded
+    assert np.isfinite(result["mean"]) and result["n_clips"] == len(clips)
+    assert validation_codes(tiny_model, data, valid_fraction=0.0, cache_dir=tmp_path / "c") == ([], [], [])
