@@ -92,7 +92,7 @@ def clipped_share(wave: np.ndarray) -> float:
 
 def token_repetition(codes) -> float:
     """The largest share of positions ``t`` with ``tokens[t] == tokens[t + P]``, over periods
-    ``1 <= P <= T // 2``, for the first codebook's tokens of ``codes`` ``[K, T]``; 0.0 for T < 4."""
+    ``1 <= P <= T // 2``, for the first codebook's tokens of ``codes`` ``[K, T]``; 0.0 for T < 2."""
     tokens = _first_codebook(codes)
     t = tokens.shape[0]
     best = 0.0
