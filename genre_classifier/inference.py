@@ -3,6 +3,9 @@
 Feature extraction (decode + resample + MFCC) is the expensive part and runs in parallel
 workers; the CNN runs here on batches of windows gathered from many files, because one
 forward pass over 1000 windows costs far less than 100 passes over 10.
+
+`score_audio` scores clips already in memory (e.g. generated ones) the same way: the same
+mono mix, resampler, features and window averaging as a file of those samples would get.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .extract import extract_many
-from .features import FeatureSettings
+from .features import FeatureError, FeatureSettings, TrackFeatures, features_from_audio
 from .model_folder import Classifier, load_classifier, read_info
 
 FLUSH_WINDOWS = 2048  # predict once this many windows are waiting (bounds memory on big folders)
@@ -22,7 +25,7 @@ FLUSH_WINDOWS = 2048  # predict once this many windows are waiting (bounds memor
 @dataclass
 class FileScores:
     """One file's outcome: ``probs`` ``[n_labels]`` (mean over windows) or a skip ``reason``."""
-    path: Path
+    path: Path | None                         # None for clips scored in memory (score_audio)
     probs: np.ndarray | None = None
     segment_probs: np.ndarray | None = None   # [n_windows, n_labels]
     duration: float = 0.0                     # seconds of audio (0 when skipped)
@@ -88,3 +91,46 @@ def score_files(paths: Sequence, model, *, workers: int | None = None, cache_dir
         classifier = load_classifier(model)
     flush()
     return classifier, results
+
+
+def audio_features(audio: np.ndarray, sample_rate: int, settings: FeatureSettings) -> TrackFeatures:
+    """Features of in-memory audio ``[n]`` or ``[channels, n]`` at ``sample_rate``, exactly as
+    `extract.extract_one` makes them from a file holding those samples (mean of the channels,
+    soxr resampling to the model's rate, the same checks). Raises FeatureError (silent, short)."""
+    from dataset_tools.audio_io import resample
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    if not np.isfinite(audio).all():
+        audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+    if sample_rate != settings.sample_rate:
+        audio = resample(audio, int(sample_rate), settings.sample_rate)
+    return features_from_audio(np.ascontiguousarray(audio, dtype=np.float32), settings)
+
+
+def score_audio(waves: Sequence[np.ndarray], sample_rate: int, classifier: Classifier) -> list[FileScores]:
+    """Score clips in memory: a `FileScores` per clip (``path`` None), in input order; a clip
+    that cannot be scored (silent, too short) gets its ``reason``, as a bad file would."""
+    results, windows = [], []
+    for audio in waves:
+        scores = FileScores(path=None)
+        try:
+            features = audio_features(audio, sample_rate, classifier.settings)
+        except FeatureError as err:
+            scores.reason = str(err)
+            results.append(scores)
+            windows.append(None)
+            continue
+        scores.duration, scores.padded = features.duration, features.padded
+        results.append(scores)
+        windows.append(features.windows(classifier.settings))
+    usable = [w for w in windows if w is not None]
+    probs = classifier.predict_windows(np.concatenate(usable)) if usable else None
+    offset = 0
+    for scores, w in zip(results, windows):
+        if w is not None:
+            seg = probs[offset:offset + len(w)]
+            offset += len(w)
+            scores.segment_probs, scores.probs = seg, seg.mean(axis=0)
+    return results
