@@ -1,0 +1,1 @@
+"""Evaluation of a fine-tune against its base: metrics and the report."""
