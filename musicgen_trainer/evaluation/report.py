@@ -37,7 +37,7 @@ from dataset_tools.atomic import write_text_atomic
 
 from .report_html import render_html
 from .report_plots import make_plots
-from .report_schema import (BASE, FINETUNE, MODEL_LABELS, MODELS, Report, jsonable,  # noqa: F401
+from .report_schema import (BASE, FINETUNE, MODEL_LABELS, MODELS, Report, jsonable,
                             validate)
 from .report_tables import Table, tables
 from .report_verdict import verdict
@@ -63,17 +63,22 @@ def _md_table(table: Table) -> str:
     return "\n".join(out)
 
 
-def render_markdown(report: dict, report_tables: tp.List[Table], plots: tp.List[tp.Tuple[str, str]],
+def render_markdown(report: dict, report_tables: tp.List[Table], plots: tp.List[tp.Tuple[str, str, str]],
                     notes: tp.List[str]) -> str:
+    """report.md: the verdict, then each table with its plots (``(section, title, path)``), then notes."""
     models = report.get("models") or {}
     names = {m: (models.get(m) or {}).get("name") or MODEL_LABELS[m] for m in MODELS}
     out = ["# Does the fine-tune sound like your music?", "",
            f"**{_md_cell(names[FINETUNE])}** (fine-tune) against **{_md_cell(names[BASE])}** (base).", "",
            "## Verdict", "", _md_cell(report.get("verdict", "")), "",
            f"Listen to the clips blind (A/B, then reveal) in [{HTML_FILE}]({HTML_FILE}).", ""]
-    out += [_md_table(t) for t in report_tables]
-    if plots:
-        out += ["## Plots", ""] + [f"![{_md_cell(title)}]({path})" + "\n" for title, path in plots]
+    keys = {t.key for t in report_tables}
+    for t in report_tables:
+        out.append(_md_table(t))
+        out += [f"![{_md_cell(title)}]({path})\n" for key, title, path in plots if key == t.key]
+    stray = [(title, path) for key, title, path in plots if key not in keys]
+    if stray:
+        out += ["## Plots", ""] + [f"![{_md_cell(title)}]({path})\n" for title, path in stray]
     if notes:
         out += ["## Notes", ""] + [f"- {_md_cell(n)}" for n in notes] + [""]
     return "\n".join(out)
@@ -107,7 +112,7 @@ def write_report(report: tp.Union[Report, dict], out_dir: tp.Union[str, os.PathL
     report_tables = tables(data)
     notes = [str(n) for n in data.get("notes") or []] + plot_notes
     paths = {"json": folder / JSON_FILE, "markdown": folder / MARKDOWN_FILE, "html": folder / HTML_FILE,
-             "plots": [folder / p for _, p in plots]}
+             "plots": [folder / p for _, _, p in plots]}
     write_text_atomic(paths["json"], json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     write_text_atomic(paths["markdown"], render_markdown(data, report_tables, plots, notes))
     write_text_atomic(paths["html"], render_html(data, report_tables, plots, notes, folder))

@@ -84,7 +84,12 @@ def blind_rows(report: dict, folder: Path) -> tp.Tuple[tp.List[dict], tp.List[st
     return rows, notes
 
 
-def _table_html(table: Table) -> str:
+def _figures(plots: tp.List[tp.Tuple[str, str]]) -> str:
+    return "".join(f'<figure><img src="{url(path)}" alt="{esc(title)}"><figcaption>{esc(title)}</figcaption>'
+                   "</figure>" for title, path in plots)
+
+
+def _table_html(table: Table, plots: tp.Sequence[tp.Tuple[str, str]] = ()) -> str:
     out = [f'<section id="{esc(table.key)}"><h2>{esc(table.title)}</h2>']
     if table.about:
         out.append(f'<p class="about">{esc(table.about)}</p>')
@@ -95,6 +100,8 @@ def _table_html(table: Table) -> str:
             out.append("<tr>" + "".join(f'<td{_num_class(c)}>{esc(c)}</td>' for c in row) + "</tr>")
         out.append("</tbody></table>")
     out += [f'<p class="note">{esc(n)}</p>' for n in table.notes]
+    if plots:
+        out.append(f'<div class="plots">{_figures(plots)}</div>')
     return "\n".join(out) + "</section>"
 
 
@@ -138,9 +145,10 @@ def _blind_html(rows: tp.List[dict], order: tp.List[bool], notes: tp.List[str]) 
     return "\n".join(out) + "</section>"
 
 
-def render_html(report: dict, tables: tp.List[Table], plots: tp.List[tp.Tuple[str, str]],
+def render_html(report: dict, tables: tp.List[Table], plots: tp.List[tp.Tuple[str, str, str]],
                 notes: tp.List[str], folder: Path) -> str:
-    """The whole page as a string. ``plots`` are (title, relative path); ``notes`` are the
+    """The whole page as a string. ``plots`` are (table key, title, relative path), shown under
+    their table; ``notes`` are the
     report's notes plus the renderer's own."""
     models = report.get("models") or {}
     names = {m: (models.get(m) or {}).get("name") or MODEL_LABELS[m] for m in MODELS}
@@ -151,11 +159,12 @@ def render_html(report: dict, tables: tp.List[Table], plots: tp.List[tp.Tuple[st
             f'<p class="sub">{esc(names[FINETUNE])} (fine-tune) against {esc(names[BASE])} (base)</p>',
             f'<section id="verdict"><h2>Verdict</h2><p>{esc(report.get("verdict", ""))}</p></section>',
             _blind_html(rows, order, blind_notes)]
-    body += [_table_html(t) for t in tables if t.key != "clips"]
-    if plots:
-        body.append('<section id="plots"><h2>Plots</h2>' + "".join(
-            f'<figure><img src="{url(path)}" alt="{esc(title)}"><figcaption>{esc(title)}</figcaption></figure>'
-            for title, path in plots) + "</section>")
+    keys = {t.key for t in tables if t.key != "clips"}
+    body += [_table_html(t, [(title, path) for key, title, path in plots if key == t.key])
+             for t in tables if t.key != "clips"]
+    stray = [(title, path) for key, title, path in plots if key not in keys]
+    if stray:
+        body.append('<section id="plots"><h2>Plots</h2>' + _figures(stray) + "</section>")
     if clips_table is not None:
         body.append('<details id="clip-details"><summary>Clip details (spoils the blind test)</summary>'
                     + _table_html(clips_table) + "</details>")

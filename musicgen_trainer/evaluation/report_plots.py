@@ -2,7 +2,7 @@
 bars (base vs fine-tune), one confusion matrix per model, per-genre FAD bars per embedding.
 
 ``make_plots(report, folder)`` draws what the report has data for and returns the plots it
-wrote (title, file name relative to the report folder) and notes for those it could not draw;
+wrote (the table it belongs beside, title, file name relative to the report folder) and notes for those it could not draw;
 missing or malformed data means no plot and a note, never an exception.
 """
 from __future__ import annotations
@@ -43,7 +43,9 @@ def _bars(ax, groups: tp.Sequence[str], values: tp.Dict[str, tp.Sequence[float]]
                color=COLOURS[model], yerr=None if errors is None else errors[model], capsize=3)
     ax.set_xticks(x)
     ax.set_xticklabels(groups)
-    ax.legend()
+    tops = [max(ys) + (0 if errors is None else float(np.max(errors[m][1]))) for m, ys in values.items()]
+    ax.set_ylim(0, 1.25 * max(max(tops), 1e-9))  # headroom: the legend sits above the bars
+    ax.legend(loc="upper left", ncols=len(values))
 
 
 def plot_ce(held_out_ce: dict, path: Path) -> None:
@@ -111,15 +113,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
 
 
-def make_plots(report: dict, folder: Path) -> tp.Tuple[tp.List[tp.Tuple[str, str]], tp.List[str]]:
+def make_plots(report: dict, folder: Path) -> tp.Tuple[tp.List[tp.Tuple[str, str, str]], tp.List[str]]:
     """Draw every plot ``report`` has data for into ``folder/plots/``. Returns
-    ``([(title, "plots/name.png")], [note, ...])``."""
+    ``([(section, title, "plots/name.png")], [note, ...])``; ``section`` is the report key of
+    the table the plot belongs beside."""
     folder = Path(folder)
     plots, notes = [], []
     jobs = []
     ce = report.get("held_out_ce")
     if len(model_figures(ce)) == len(MODELS):
-        jobs.append(("Held-out cross-entropy per codebook", "ce_per_codebook.png",
+        jobs.append(("held_out_ce", "Held-out cross-entropy per codebook", "ce_per_codebook.png",
                      lambda p: plot_ce(ce, p)))
     else:
         notes.append(f"No cross-entropy plot: {note_of(ce) or 'figures for both models are needed'}.")
@@ -127,22 +130,22 @@ def make_plots(report: dict, folder: Path) -> tp.Tuple[tp.List[tp.Tuple[str, str
     figs = model_figures(adherence)
     for model in MODELS:
         if model in figs:
-            jobs.append((f"Confusion matrix, {MODEL_LABELS[model]}", f"confusion_{model}.png",
-                         lambda p, m=model: plot_confusion(figs[m], m, p)))
+            jobs.append(("genre_adherence", f"Confusion matrix, {MODEL_LABELS[model]}",
+                         f"confusion_{model}.png", lambda p, m=model: plot_confusion(figs[m], m, p)))
     if not figs:
         notes.append(f"No confusion matrices: {note_of(adherence) or 'no genre adherence figures'}.")
     per_genre = report.get("fad_per_genre")
     if isinstance(per_genre, dict) and note_of(per_genre) is None:
         for embedding, section in per_genre.items():
             if isinstance(section, dict) and note_of(section) is None:
-                jobs.append((f"FAD per genre, {embedding} embeddings", f"fad_per_genre_{_slug(embedding)}.png",
-                             lambda p, s=section, e=embedding: plot_fad_per_genre(s, e, p)))
+                jobs.append(("fad_per_genre", f"FAD per genre, {embedding} embeddings",
+                             f"fad_per_genre_{_slug(embedding)}.png", lambda p, s=section, e=embedding: plot_fad_per_genre(s, e, p)))
     # (no per-genre FAD: nothing to say; the FAD table already covers the overall figures)
-    for title, name, draw in jobs:
+    for section, title, name, draw in jobs:
         try:
             draw(folder / PLOTS_DIR / name)
         except (KeyError, TypeError, ValueError, IndexError, StopIteration) as exc:
             notes.append(f"No plot '{title}': its data is incomplete ({type(exc).__name__}: {exc}).")
             continue
-        plots.append((title, f"{PLOTS_DIR}/{name}"))
+        plots.append((section, title, f"{PLOTS_DIR}/{name}"))
     return plots, notes

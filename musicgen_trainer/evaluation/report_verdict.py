@@ -47,7 +47,7 @@ def _pair(section, key: str) -> tp.Optional[tp.Tuple[dict, dict]]:
 def _warnings(report: dict) -> tp.List[str]:
     out = []
     sanity = report.get("sanity") if isinstance(report.get("sanity"), dict) else {}
-    ft, base = sanity.get(FINETUNE) or {}, sanity.get(BASE) or {}
+    ft, base = ({}, {}) if note_of(sanity) else (model_figures(sanity).get(m, {}) for m in (FINETUNE, BASE))
     n = ft.get("n") or 0
     for flag, k in ft.items():
         if flag == "n" or not isinstance(k, (int, float)) or not n or k / n < FLAG_WARN_FRACTION:
@@ -57,7 +57,7 @@ def _warnings(report: dict) -> tp.List[str]:
         out.append(f"Warning: {count(k)} of {count(n)} fine-tune clips are "
                    f"{FLAG_WORDS.get(flag, 'flagged ' + repr(flag))}{base_part}.")
     memo = sanity.get("memorisation") if isinstance(sanity.get("memorisation"), dict) else {}
-    m = memo.get(FINETUNE) or {}
+    m = model_figures(memo).get(FINETUNE, {})
     if (m.get("flagged") or 0) >= MEMORISATION_WARN_COUNT:
         detail = []
         if m.get("max_overlap") is not None:

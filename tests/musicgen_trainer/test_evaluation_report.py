@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_trainer.evaluation.report import render_markdown, write_report  # noqa: F401
+from musicgen_trainer.evaluation.report import write_report
 from musicgen_trainer.evaluation.report_html import blind_order
 from musicgen_trainer.evaluation.report_plots import make_plots
 from musicgen_trainer.evaluation.report_schema import jsonable, validate
@@ -151,7 +151,8 @@ def test_incomplete_plot_data_gives_a_note(tmp_path):
     report = planted()
     report["held_out_ce"]["base"]["per_codebook"] = [5.0, 5.1]  # 2 codebooks against 4
     plots, notes = make_plots(report, tmp_path)
-    assert "plots/ce_per_codebook.png" not in [p for _, p in plots]
+    assert "plots/ce_per_codebook.png" not in [p for _, _, p in plots]
+    assert ("fad_per_genre", "FAD per genre, classifier embeddings", "plots/fad_per_genre_classifier.png") in plots
     assert any(n.startswith("No plot 'Held-out cross-entropy per codebook'") for n in notes)
 
 
