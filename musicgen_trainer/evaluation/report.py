@@ -8,7 +8,7 @@ by the TypedDicts in ``report_schema`` (``Report`` and its parts). In short::
     models           {"finetune": {name, path}, "base": {name, path, source}}  (source: how the base was chosen)
     data             {path, split, genres: {genre: {tracks, clips}}}            (the held-out tracks)
     settings         {duration, per_genre, seeds, generic_prompt, blind_seed}
-    held_out_ce      {model: {per_codebook: [K], mean, perplexity, n_tokens}}
+    held_out_ce      {model: {per_codebook: [K], mean, perplexity, n_tokens, n_tokens_per_codebook: [K]}}
     genre_adherence  {model: {accuracy, n, labels, confusion: [asked][heard], mean_confidence}}
     classifier_ceiling {accuracy, n}                                          (on real held-out clips)
     fad              {embedding: {model: {fad, low, high, n_a, n_b}}}          (a: generated, b: real)

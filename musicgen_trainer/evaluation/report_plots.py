@@ -15,7 +15,7 @@ import numpy as np
 
 from dataset_tools.atomic import atomic_path
 
-from .report_schema import BASE, FINETUNE, MODEL_LABELS, MODELS, model_figures, note_of
+from .report_schema import BASE, FINETUNE, MODEL_LABELS, MODELS, model_figures, note_of, tokens
 
 PLOTS_DIR = "plots"
 COLOURS = {FINETUNE: "#d95f02", BASE: "#7570b3"}
@@ -58,9 +58,8 @@ def plot_ce(held_out_ce: dict, path: Path) -> None:
     ax = fig.subplots()
     _bars(ax, [f"codebook {i + 1}" for i in range(k)], values)
     ax.set_ylabel("cross-entropy (nats/token)")
-    n = {m: f.get("n_tokens") for m, f in figs.items()}
     ax.set_title(f"Held-out cross-entropy per codebook, lower is better\n"
-                 f"({next(iter(n.values())):,} tokens per codebook)", fontsize=10)
+                 f"({tokens(figs[FINETUNE])})", fontsize=10)
     _save(fig, path)
 
 

@@ -6,7 +6,8 @@ Conventions:
 
 * Per-model sections are keyed by ``"finetune"`` and ``"base"`` (``MODELS``).
 * **Every number carries its sample size**: a figure's dict holds ``n`` (clips), ``n_tokens``
-  (tokens per codebook) or ``n_a``/``n_b`` (the two clip sets of a FAD) next to the value.
+  (held-out tokens, all codebooks) or ``n_a``/``n_b`` (the two clip sets of a FAD) next to the value.
+* Extra keys (e.g. the metrics' ``per_clip`` lists) are kept in report.json and ignored by the renderer.
 * **A section that could not be measured is ``{"note": "why not"}``** (or simply absent; the
   renderer then says "not measured"). ``fad`` holds one entry per embedding, each either the
   per-model figures or a note. Missing data gives a note in the report, never an error.
@@ -52,7 +53,8 @@ class CrossEntropy(tp.TypedDict):
     per_codebook: tp.List[float]  # [K] nats per token on the held-out clips, as the training objective
     mean: float                   # mean of the K per-codebook values (the training loss)
     perplexity: float             # exp(mean)
-    n_tokens: int                 # valid tokens per codebook the figures rest on
+    n_tokens: int                 # valid tokens the figures rest on, all codebooks together
+    n_tokens_per_codebook: tp.List[int]  # [K] (optional; the delay pattern makes them differ slightly)
 
 
 class Adherence(tp.TypedDict):
@@ -213,3 +215,12 @@ def pct(x) -> str:
 def count(n) -> str:
     """1234 -> "1,234"."""
     return "n/a" if n is None else f"{int(n):,}"
+
+
+def tokens(figure: dict) -> str:
+    """What a cross-entropy figure rests on: "4,936 tokens (1,234 per codebook)"."""
+    per = figure.get("n_tokens_per_codebook") or []
+    if not per:
+        return f"{count(figure.get('n_tokens'))} tokens"
+    each = count(min(per)) if min(per) == max(per) else f"{count(min(per))}-{count(max(per))}"
+    return f"{count(figure.get('n_tokens'))} tokens ({each} per codebook)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import typing as tp
 from dataclasses import dataclass, field
 
-from .report_schema import (MODEL_LABELS, MODELS, count, model_figures, note_of,
+from .report_schema import (MODEL_LABELS, MODELS, count, model_figures, note_of, tokens,
                             num, pct)
 
 
@@ -76,14 +76,14 @@ def _ce(report: dict) -> Table:
     figs = model_figures(section)
     k = max((len(f.get("per_codebook") or []) for f in figs.values()), default=0)
     t = Table("held_out_ce", "Held-out cross-entropy",
-              ["model"] + [f"codebook {i + 1}" for i in range(k)] + ["mean", "perplexity", "tokens per codebook"],
+              ["model"] + [f"codebook {i + 1}" for i in range(k)] + ["mean", "perplexity", "tokens"],
               about="Nats per token on the held-out clips, exactly as the training loss; lower is better.")
     if not figs:
         return _not_measured(t, section)
     for m, f in figs.items():
         per = [num(v) for v in f.get("per_codebook") or []]
         t.rows.append([_label(m, report)] + per + [""] * (k - len(per)) +
-                      [num(f.get("mean")), num(f.get("perplexity")), count(f.get("n_tokens"))])
+                      [num(f.get("mean")), num(f.get("perplexity")), tokens(f)])
     return t
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import typing as tp
 
-from .report_schema import BASE, FINETUNE, count, model_figures, note_of, num, pct
+from .report_schema import BASE, FINETUNE, count, model_figures, note_of, num, pct, tokens
 
 CE_CLEAR_NATS = 0.05
 Z_CLEAR = 1.96
@@ -28,9 +28,9 @@ MEMORISATION_WARN_COUNT = 1     # warn when at least this many fine-tune clips l
 WEAK_CEILING = 0.5
 WEAK_CEILING_OVER_CHANCE = 1.5
 
-FLAG_WORDS = {"silence": "mostly silence", "clipping": "clipped", "clipped": "clipped",
-              "loop": "stuck in a repeating loop", "repetition": "stuck in a repeating loop",
-              "repetitive": "stuck in a repeating loop"}
+# sanity.py's flag names first; the others are accepted for hand-made reports.
+FLAG_WORDS = {"silent": "mostly silence", "clipped": "clipped", "repetitive": "stuck in a repeating loop",
+              "silence": "mostly silence", "clipping": "clipped", "loop": "stuck in a repeating loop"}
 
 BETTER, WORSE, SAME = 1, -1, 0
 
@@ -75,8 +75,7 @@ def _ce(report: dict) -> tp.Tuple[tp.Optional[str], tp.Optional[int]]:
     if pair is None:
         return f"Held-out cross-entropy was not measured ({note_of(report.get('held_out_ce')) or 'no figures'}).", None
     ft, base = pair
-    numbers = (f"cross-entropy {num(ft['mean'])} vs {num(base['mean'])} on "
-               f"{count(ft.get('n_tokens'))} tokens per codebook")
+    numbers = f"cross-entropy {num(ft['mean'])} vs {num(base['mean'])} on {tokens(ft)}"
     diff = ft["mean"] - base["mean"]
     if diff < -CE_CLEAR_NATS:
         return f"The fine-tune predicts your held-out music better than the base ({numbers}).", BETTER

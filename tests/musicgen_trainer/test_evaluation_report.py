@@ -20,7 +20,7 @@ import soundfile as sf
 from musicgen_trainer.evaluation.report import write_report
 from musicgen_trainer.evaluation.report_html import blind_order
 from musicgen_trainer.evaluation.report_plots import make_plots
-from musicgen_trainer.evaluation.report_schema import jsonable, validate
+from musicgen_trainer.evaluation.report_schema import jsonable, tokens, validate
 from musicgen_trainer.evaluation.report_verdict import verdict
 
 GENRES = ["jazz", "rock"]
@@ -44,7 +44,7 @@ def write_clips(folder: Path, per_genre: int = 3) -> list:
                       "files": files,
                       "predictions": {"finetune": {"label": genre, "confidence": 0.8},
                                       "base": {"label": "rock", "confidence": 0.55}},
-                      "flags": {"finetune": [], "base": ["silence"] if i == 0 else []}})
+                      "flags": {"finetune": [], "base": ["silent"] if i == 0 else []}})
     return clips
 
 
@@ -66,7 +66,8 @@ def planted(ce=(4.12, 5.87), acc=(0.625, 0.25), fads=((1.2, 0.9, 1.6), (3.2, 2.5
                  "genres": {"jazz": {"tracks": 3, "clips": 20}, "rock": {"tracks": 2, "clips": 14}}},
         "settings": {"duration": 10.0, "per_genre": n // 2, "seeds": list(range(n // 2)), "blind_seed": 0},
         "held_out_ce": {m: {"per_codebook": [v - 0.2, v - 0.1, v + 0.1, v + 0.2], "mean": v,
-                            "perplexity": float(np.exp(v)), "n_tokens": 1234}
+                            "perplexity": float(np.exp(v)), "n_tokens": 4936,
+                            "n_tokens_per_codebook": [1234] * 4}
                         for m, v in zip(("finetune", "base"), ce)},
         "genre_adherence": {m: {"accuracy": a, "n": n, "labels": GENRES, "confusion": confusion(a),
                                 "mean_confidence": 0.7} for m, a in zip(("finetune", "base"), acc)},
@@ -76,8 +77,8 @@ def planted(ce=(4.12, 5.87), acc=(0.625, 0.25), fads=((1.2, 0.9, 1.6), (3.2, 2.5
         "fad_per_genre": {"classifier": {g: {"finetune": fad(1.0, 0.6, 1.4, 8, 17),
                                              "base": fad(2.0, 1.5, 2.6, 8, 17)} for g in GENRES}},
         "clap": {"finetune": {"mean": 0.31, "n": n}, "base": {"mean": 0.29, "n": n}},
-        "sanity": {"finetune": {"silence": 0, "clipping": 0, "loop": 0, "n": n},
-                   "base": {"silence": 1, "clipping": 0, "loop": 0, "n": n},
+        "sanity": {"finetune": {"silent": 0, "clipped": 0, "repetitive": 0, "n": n},
+                   "base": {"silent": 1, "clipped": 0, "repetitive": 0, "n": n},
                    "memorisation": {"finetune": {"flagged": 0, "n": n, "max_overlap": 0.12, "threshold": 0.5}}},
         "clips": clips or [],
         "notes": ["Generated on CPU."],
@@ -89,8 +90,10 @@ def planted(ce=(4.12, 5.87), acc=(0.625, 0.25), fads=((1.2, 0.9, 1.6), (3.2, 2.5
 def test_write_report_writes_every_file_and_the_json_round_trips(tmp_path):
     report = planted(clips=write_clips(tmp_path))
     report["held_out_ce"]["finetune"]["per_codebook"] = np.array([3.9, 4.0, 4.2, 4.4], dtype=np.float32)
-    report["held_out_ce"]["finetune"]["n_tokens"] = np.int64(1234)
+    report["held_out_ce"]["finetune"]["n_tokens"] = np.int64(4936)
     report["clap"]["base"]["mean"] = float("nan")  # a failed figure: JSON has no NaN
+    report["genre_adherence"]["base"]["per_clip"] = [{"intended": "jazz", "predicted": None, "confidence": 0.0,
+                                                      "reason": "silent"}]  # extra keys are kept
     before = copy.deepcopy(report)
     paths = write_report(report, tmp_path)
     assert report["held_out_ce"]["finetune"]["n_tokens"] == before["held_out_ce"]["finetune"]["n_tokens"]
@@ -114,8 +117,8 @@ def test_markdown_has_the_tables(tmp_path):
     write_report(planted(clips=write_clips(tmp_path)), tmp_path)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert ("| model | codebook 1 | codebook 2 | codebook 3 | codebook 4 | mean | perplexity "
-            "| tokens per codebook |") in md
-    assert "| fine-tune (my-jazz-run) | 3.92 | 4.02 | 4.22 | 4.32 | 4.12 | 61.6 | 1,234 |" in md
+            "| tokens |") in md
+    assert "| fine-tune (my-jazz-run) | 3.92 | 4.02 | 4.22 | 4.32 | 4.12 | 61.6 | 4,936 tokens (1,234 per codebook) |" in md
     assert "| real held-out clips (ceiling) | 80 % |  | 20 |" in md
     assert "| classifier | fine-tune (my-jazz-run) | 1.20 | 0.90 - 1.60 | 16 | 34 |" in md
     assert "*clap-music: CLAP weights are not available offline.*" in md
@@ -172,6 +175,12 @@ def test_validate_refuses_figures_without_their_sample_size_and_paths_outside(tm
     outside = planted(clips=[{"prompt": "p", "files": {"finetune": "../elsewhere.wav"}}])
     with pytest.raises(ValueError, match="not a path inside the report folder"):
         write_report(outside, tmp_path)
+
+
+def test_token_counts_are_said_per_codebook_when_known():
+    assert tokens({"n_tokens": 4930}) == "4,930 tokens"
+    assert tokens({"n_tokens": 4930, "n_tokens_per_codebook": [1234, 1233, 1232, 1231]}) == \
+        "4,930 tokens (1,231-1,234 per codebook)"
 
 
 # --- escaping, blind order, relative paths ----------------------------------------------------
@@ -240,7 +249,7 @@ def test_clips_missing_a_file_are_left_out_of_the_blind_test_with_a_note(tmp_pat
 def test_verdict_clearly_better():
     text = verdict(planted())
     assert text.startswith("The fine-tune predicts your held-out music better than the base "
-                           "(cross-entropy 4.12 vs 5.87 on 1,234 tokens per codebook).")
+                           "(cross-entropy 4.12 vs 5.87 on 4,936 tokens (1,234 per codebook)).")
     assert "heard as the genre asked for 62 % of the time (base 25 %, n=16 clips each; " \
            "the classifier itself gets 80 % on real clips, n=20)" in text
     assert "the fine-tune's clips are clearly closer to your music" in text
@@ -283,8 +292,8 @@ def test_verdict_with_a_weak_classifier_makes_no_genre_claim():
 def test_verdict_warns_first_about_memorisation_and_failed_clips():
     report = planted()
     report["sanity"]["memorisation"]["finetune"].update(flagged=5, max_overlap=0.97)
-    report["sanity"]["finetune"]["silence"] = 4
-    report["sanity"]["finetune"]["loop"] = 1  # 1 of 16 is below the warning share
+    report["sanity"]["finetune"]["silent"] = 4
+    report["sanity"]["finetune"]["repetitive"] = 1  # 1 of 16 is below the warning share
     text = verdict(report)
     assert text.startswith("Warning: 4 of 16 fine-tune clips are mostly silence; base: 1 of 16. "
                            "Warning: 5 of 16 fine-tune clips reproduce training audio almost verbatim "
