@@ -155,7 +155,7 @@ def render_html(report: dict, tables: tp.List[Table], plots: tp.List[tp.Tuple[st
     rows, blind_notes = blind_rows(report, folder)
     order = blind_order(len(rows), int((report.get("settings") or {}).get("blind_seed", 0)))
     clips_table = next((t for t in tables if t.key == "clips"), None)
-    body = [f"<h1>Does the fine-tune sound like your music?</h1>",
+    body = ["<h1>Does the fine-tune sound like your music?</h1>",
             f'<p class="sub">{esc(names[FINETUNE])} (fine-tune) against {esc(names[BASE])} (base)</p>',
             f'<section id="verdict"><h2>Verdict</h2><p>{esc(report.get("verdict", ""))}</p></section>',
             _blind_html(rows, order, blind_notes)]

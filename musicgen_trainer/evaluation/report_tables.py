@@ -26,8 +26,13 @@ def _label(model: str, report: dict) -> str:
     return f"{MODEL_LABELS[model]} ({name})" if name else MODEL_LABELS[model]
 
 
+def _why(section) -> str:
+    """": why" for a note, "" for an absent section (whose note would only say "not measured")."""
+    return "" if section is None else f": {note_of(section) or 'no figures'}"
+
+
 def _not_measured(table: Table, section) -> Table:
-    table.notes.append(f"Not measured: {note_of(section) or 'no figures'}.")
+    table.notes.append(f"Not measured{_why(section)}.")
     return table
 
 
@@ -104,7 +109,7 @@ def _genre(report: dict) -> Table:
         t.rows.append(["real held-out clips (ceiling)", pct(ceiling.get("accuracy")), "",
                        count(ceiling.get("n"))])
     else:
-        t.notes.append(f"Classifier ceiling not measured: {note_of(ceiling)}.")
+        t.notes.append(f"The classifier's accuracy on real clips (the ceiling) was not measured{_why(ceiling)}.")
     return t
 
 
@@ -181,7 +186,7 @@ def _sanity(report: dict) -> Table:
                        f"clips at or above {pct(f.get('threshold'))} token overlap with a training clip "
                        f"(highest {pct(f.get('max_overlap'))}).")
     if not memo_figs:
-        t.notes.append(f"Memorisation not measured: {note_of(memo)}.")
+        t.notes.append(f"Memorisation not measured{_why(memo)}.")
     return t
 
 

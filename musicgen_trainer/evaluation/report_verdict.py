@@ -44,6 +44,11 @@ def _pair(section, key: str) -> tp.Optional[tp.Tuple[dict, dict]]:
     return figs[FINETUNE], figs[BASE]
 
 
+def _because(section) -> str:
+    """" (why)" after "was not measured": the section's note, nothing for an absent section."""
+    return "" if section is None else f" ({note_of(section) or 'no figures for both models'})"
+
+
 def _warnings(report: dict) -> tp.List[str]:
     out = []
     sanity = report.get("sanity") if isinstance(report.get("sanity"), dict) else {}
@@ -64,8 +69,12 @@ def _warnings(report: dict) -> tp.List[str]:
             detail.append(f"token overlap up to {pct(m['max_overlap'])}")
         if m.get("threshold") is not None:
             detail.append(f"threshold {pct(m['threshold'])}")
+        control = model_figures(memo).get(BASE, {})
+        if (control.get("flagged") or 0) > 0:  # the base never saw the training set: a control
+            detail.append(f"base: {count(control['flagged'])} of {count(control.get('n'))}, so some of this "
+                          "may be common patterns rather than copying")
         out.append(f"Warning: {count(m['flagged'])} of {count(m.get('n'))} fine-tune clips reproduce "
-                   f"training audio almost verbatim{' (' + ', '.join(detail) + ')' if detail else ''}: "
+                   f"training audio almost verbatim{' (' + '; '.join(detail) + ')' if detail else ''}: "
                    "the model is memorising; train fewer steps, on more music, or keep an earlier export.")
     return out
 
@@ -73,7 +82,7 @@ def _warnings(report: dict) -> tp.List[str]:
 def _ce(report: dict) -> tp.Tuple[tp.Optional[str], tp.Optional[int]]:
     pair = _pair(report.get("held_out_ce"), "mean")
     if pair is None:
-        return f"Held-out cross-entropy was not measured ({note_of(report.get('held_out_ce')) or 'no figures'}).", None
+        return f"Held-out cross-entropy was not measured{_because(report.get('held_out_ce'))}.", None
     ft, base = pair
     numbers = f"cross-entropy {num(ft['mean'])} vs {num(base['mean'])} on {tokens(ft)}"
     diff = ft["mean"] - base["mean"]
@@ -99,7 +108,7 @@ def _two_proportions(p1: float, n1: int, p2: float, n2: int) -> int:
 def _genre(report: dict) -> tp.Tuple[str, tp.Optional[int]]:
     pair = _pair(report.get("genre_adherence"), "accuracy")
     if pair is None:
-        return f"Genre adherence was not measured ({note_of(report.get('genre_adherence')) or 'no figures'}).", None
+        return f"Genre adherence was not measured{_because(report.get('genre_adherence'))}.", None
     ft, base = pair
     ceiling = report.get("classifier_ceiling")
     if isinstance(ceiling, dict) and note_of(ceiling) is None and ceiling.get("accuracy") is not None:
@@ -124,7 +133,7 @@ def _fad(report: dict) -> tp.Tuple[tp.List[str], tp.List[int]]:
     sentences, outcomes = [], []
     fad = report.get("fad")
     if not isinstance(fad, dict) or not fad or note_of(fad) is not None:
-        return [f"FAD was not measured ({note_of(fad) if isinstance(fad, dict) and fad else 'no figures'})."], []
+        return [f"FAD was not measured{_because(fad)}."], []
     for embedding, section in fad.items():
         pair = _pair(section, "fad")
         if pair is None:

@@ -297,8 +297,10 @@ def test_verdict_warns_first_about_memorisation_and_failed_clips():
     text = verdict(report)
     assert text.startswith("Warning: 4 of 16 fine-tune clips are mostly silence; base: 1 of 16. "
                            "Warning: 5 of 16 fine-tune clips reproduce training audio almost verbatim "
-                           "(token overlap up to 97 %, threshold 50 %): the model is memorising")
+                           "(token overlap up to 97 %; threshold 50 %): the model is memorising")
     assert "repeating loop" not in text
+    report["sanity"]["memorisation"]["base"] = {"flagged": 2, "n": 16, "max_overlap": 0.6, "threshold": 0.5}
+    assert "threshold 50 %; base: 2 of 16, so some of this may be common patterns" in verdict(report)
     assert "Listen to the flagged clips before trusting the figures." in text
 
 
