@@ -114,6 +114,12 @@ def _audio(path: str) -> str:
     return f'<audio controls preload="metadata" src="{url(path)}"></audio>'
 
 
+def _answer(clip: dict, model: str, letter: str) -> str:
+    """"A = fine-tune: heard as jazz (81 %)", escaped."""
+    details = clip_cells(clip, model)
+    return esc(f"{letter} = {MODEL_LABELS[model]}" + (f": {details}" if details else ""))
+
+
 def _blind_html(rows: tp.List[dict], order: tp.List[bool], notes: tp.List[str]) -> str:
     out = ['<section id="blind"><h2>Blind A/B test</h2>',
            '<p class="about">Each row plays the same prompt and seed through both models, in a random '
@@ -130,16 +136,14 @@ def _blind_html(rows: tp.List[dict], order: tp.List[bool], notes: tp.List[str]) 
         for i, (clip, finetune_first) in enumerate(zip(rows, order)):
             a, b = (FINETUNE, BASE) if finetune_first else (BASE, FINETUNE)
             genre = clip.get("genre") or "generic"
-            answer = "; ".join(f"{letter} = {MODEL_LABELS[m]}" + (f" ({clip_cells(clip, m)})" if clip_cells(clip, m)
-                                                                  else "")
-                               for letter, m in (("A", a), ("B", b)))
+            answer = "<br>".join(_answer(clip, m, letter) for letter, m in (("A", a), ("B", b)))
             out.append(
                 f'<tr data-finetune="{"A" if finetune_first else "B"}"><td>{i + 1}</td>'
                 f'<td>{esc(clip.get("prompt", ""))}<br><small>{esc(genre)}, seed {esc(clip.get("seed", ""))}'
                 f'</small></td><td>{_audio(clip["files"][a])}</td><td>{_audio(clip["files"][b])}</td>'
                 f'<td class="pick"><label><input type="radio" name="pick-{i}" value="A"> A</label>'
                 f'<label><input type="radio" name="pick-{i}" value="B"> B</label></td>'
-                f'<td><span class="sealed">hidden</span><span class="answer">{esc(answer)}</span></td></tr>')
+                f'<td><span class="sealed">hidden</span><span class="answer">{answer}</span></td></tr>')
         out.append("</tbody></table></div>")
     out += [f'<p class="note">{esc(n)}</p>' for n in notes]
     return "\n".join(out) + "</section>"

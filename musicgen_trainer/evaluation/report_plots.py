@@ -2,8 +2,9 @@
 bars (base vs fine-tune), one confusion matrix per model, per-genre FAD bars per embedding.
 
 ``make_plots(report, folder)`` draws what the report has data for and returns the plots it
-wrote (the table it belongs beside, title, file name relative to the report folder) and notes for those it could not draw;
-missing or malformed data means no plot and a note, never an exception.
+wrote (the table each belongs beside, its title, its file name relative to the report folder)
+and notes for those it could not draw: missing or malformed data means no plot and a note,
+never an exception.
 """
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def make_plots(report: dict, folder: Path) -> tp.Tuple[tp.List[tp.Tuple[str, str
         for embedding, section in per_genre.items():
             if isinstance(section, dict) and note_of(section) is None:
                 jobs.append(("fad_per_genre", f"FAD per genre, {embedding} embeddings",
-                             f"fad_per_genre_{_slug(embedding)}.png", lambda p, s=section, e=embedding: plot_fad_per_genre(s, e, p)))
+                             f"fad_per_genre_{_slug(embedding)}.png",
+                             lambda p, s=section, e=embedding: plot_fad_per_genre(s, e, p)))
     # (no per-genre FAD: nothing to say; the FAD table already covers the overall figures)
     for section, title, name, draw in jobs:
         try:
