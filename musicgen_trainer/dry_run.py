@@ -59,7 +59,8 @@ def describe(config: TrainConfig) -> dict:
         summary["text_encoder_parameters_frozen"] + summary["compression_parameters"] + separator,
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
         summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix,
-        frozen_lm_bytes=frozen_bytes, optimizer_bytes=STATE_BYTES[config.optimizer])
+        frozen_lm_bytes=frozen_bytes, optimizer_bytes=STATE_BYTES[config.optimizer],
+        grad_accum=config.grad_accum)
     memory = estimate.total_gib
     state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes,
                                        optimizer_bytes=STATE_BYTES[config.optimizer])
@@ -77,7 +78,7 @@ def describe(config: TrainConfig) -> dict:
         "steps_per_epoch": math.ceil(len(train) / per_step), "total_steps": steps,
         "clips_per_step": per_step, "segment_frames": frames, "precision": precision,
         "condition_prefix": prefix, "separator_parameters": separator,
-        "device": str(device), "estimated_peak_memory_gib": memory, "memory_breakdown": asdict(estimate),
+        "device": str(device), "estimated_peak_memory_gib": memory, "memory_breakdown": {k: v for k, v in asdict(estimate).items() if k != "accumulating"},
         "memory_breakdown_line": estimate.breakdown(), "ema": config.ema,
         "training_state_bytes": state_bytes, "keep_last": config.keep_last, "warnings": warnings,
         # a stereo model: files that would reach it mono (training refuses them unless allowed)

@@ -1,13 +1,21 @@
 """The memory estimate: peak GPU memory of one training step, by component, from arithmetic.
 
-fp32 master weights + gradients + optimiser states for the trainable LM parameters (+ the EMA's
-fp32 shadow with ``--ema``), the frozen modules' weights (frozen LM parameters in the compute
-dtype under bf16/fp16 on CUDA), transformer activations for one micro-batch (one layer's input
-per layer with activation checkpointing), and the logits. Models whose fuser prepends
-conditions to the input (the melody models: the chroma's ``chroma_len`` positions, 235 for 30 s,
-and the caption's T5 tokens) run the transformer over those positions too, and keep their frozen
-stem separator on the GPU. ``--show`` (dry_run.py) and ``--gpu-memory`` (planner.py) use it;
-docs/training.md's GPU tables are ``gpu_tables()``'s output (a test keeps them equal).
+What lives through the whole step: fp32 master weights of the trainable LM parameters (frozen
+LM parameters in the compute dtype under bf16/fp16 on CUDA), the frozen T5/EnCodec/separator
+weights, the optimiser states and the EMA's fp32 shadow (``--ema``). On top of them, what one
+micro-batch adds: activations and logits during the forward, traded for gradients during the
+backward (``zero_grad(set_to_none=True)`` frees the gradients after each update, and backward
+frees each layer's activations as it makes that layer's gradients). So the peak holds
+max(gradients, activations + logits), or their sum with ``--grad-accum`` > 1, when the
+gradients of the earlier micro-batches wait through the later ones' forward.
+
+The per-token constants are measured (``bench/bench_memory.py``: peak RSS growth of real
+training steps on CPU, within 15 % of this estimate for tiny and musicgen-small shapes, full,
+LoRA and 8-bit; a test checks tiny). Models whose fuser prepends conditions to the input (the
+melody models: ``chroma_len`` positions, 235 for 30 s, and the caption's T5 tokens) run the
+transformer over those positions too and keep their frozen stem separator on the GPU.
+``--show`` (dry_run.py) and ``--gpu-memory`` (planner.py) use it; docs/training.md's GPU tables
+are ``gpu_tables()``'s output (a test keeps them equal).
 """
 from __future__ import annotations
 
@@ -15,51 +23,86 @@ import typing as tp
 from dataclasses import dataclass
 
 ALLOCATOR_OVERHEAD = 0.10  # the caching allocator's fragmentation and workspace, on top of the tensors
+# Values kept for backward per layer, position and model width: measured 20.1 on CPU in fp32
+# (random:small, 10 s: activations + logits 960 MiB at the end of the forward). By layer: both
+# norms' inputs and outputs, q/k/v and the attention output (fused attention keeps no T x T
+# matrix), the cross-attention's query and output, and the feed-forward's 4 x width twice.
+ACTIVATIONS_PER_TOKEN = 20
+# With activation checkpointing each layer keeps only its input; one layer at a time recomputes
+# its full set during the backward.
+CHECKPOINTED_PER_TOKEN = 1
+# Bytes per logit element at the forward's peak, besides the compute dtype's own copy: the
+# reverted (pattern-undone) copy and the fp32 log-softmax the loss keeps (measured on the tiny
+# model, whose memory is mostly logits: 12 bytes per element in fp32 = 4 + 4 + 4).
+LOGIT_EXTRA_BYTES = 8
 
 
 @dataclass
 class MemoryEstimate:
-    """Estimated peak memory of one training step on one GPU, in bytes per component."""
+    """Estimated peak memory of one training step on one GPU, in bytes per component.
+
+    ``peak_bytes`` does not sum them all: gradients and activations take turns (module doc)."""
     weights: float       # LM (trainable fp32, frozen in the compute dtype) + frozen T5, EnCodec, separator
     gradients: float     # fp32, trainable parameters only
-    optimizer: float     # AdamW's two fp32 moments per trainable parameter
+    optimizer: float     # AdamW's two fp32 moments per trainable parameter (about 2 bytes when 8-bit)
     ema: float           # the EMA's fp32 shadow (--ema)
-    activations: float   # what backward keeps per layer and position (one layer's input with checkpointing)
-    logits: float        # the logits, their fp32 copy for the loss, and its gradient
+    activations: float   # what backward keeps per layer and position (one layer's input with checkpointing),
+    #                      + the compute-dtype copies autocast makes of fp32 trainable weights
+    logits: float        # the logits, their reverted copy and the fp32 log-softmax of the loss
+    accumulating: bool = False  # --grad-accum > 1: gradients and activations coexist
+
+    @property
+    def transient(self) -> float:
+        """What one micro-batch adds at the peak: gradients and activations + logits, in turn or together."""
+        if self.accumulating:
+            return self.gradients + self.activations + self.logits
+        return max(self.gradients, self.activations + self.logits)
+
+    @property
+    def growth_bytes(self) -> float:
+        """The peak minus what exists before the first step (the weights), without the allocator's
+        overhead: what ``bench/bench_memory.py`` compares with measured RSS growth."""
+        return self.optimizer + self.ema + self.transient
 
     @property
     def total_gib(self) -> float:
-        return sum(vars(self).values()) * (1 + ALLOCATOR_OVERHEAD) / 2**30
+        return (self.weights + self.growth_bytes) * (1 + ALLOCATOR_OVERHEAD) / 2**30
 
     def breakdown(self) -> str:
-        """One line: each component in GiB."""
+        """One line: each component in GiB, and how they add up."""
         names = {"weights": "weights", "gradients": "gradients", "optimizer": "optimiser states", "ema": "EMA",
                  "activations": "activations", "logits": "logits"}
         parts = [f"{label} {getattr(self, key) / 2**30:.2f}" for key, label in names.items()
                  if key != "ema" or self.ema]
-        return ", ".join(parts) + f" GiB, +{ALLOCATOR_OVERHEAD:.0%} allocator"
+        how = ("gradients held while the next micro-batches run" if self.accumulating
+               else "the peak holds the larger of gradients and activations + logits")
+        return ", ".join(parts) + f" GiB ({how}), +{ALLOCATOR_OVERHEAD:.0%} allocator"
 
 
 def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
                     batch: int, frames: int, codebooks: int, card: int, precision: str,
                     checkpointing: bool, ema: bool = False, prefix: int = 0,
-                    frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0) -> MemoryEstimate:
+                    frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0,
+                    grad_accum: int = 1) -> MemoryEstimate:
     """Peak GPU memory of one training step, by component. ``prefix``: condition positions the
     fuser prepends to the ``frames`` audio positions (the transformer runs over both; the logits
     are the audio positions' only). ``frozen_lm_bytes``: bytes per frozen LM parameter (default:
     the compute dtype's, as ``step.keep_frozen_in_compute_dtype`` stores them on CUDA).
     ``optimizer_bytes``: optimiser state per trainable parameter (``optimizers.STATE_BYTES``: 8
-    for AdamW's two fp32 moments, ~2 for the 8-bit ones)."""
+    for AdamW's two fp32 moments, ~2 for the 8-bit ones). ``grad_accum``: micro-batches per update."""
     act_bytes = 4 if precision == "fp32" else 2
     frozen_lm_bytes = act_bytes if frozen_lm_bytes is None else frozen_lm_bytes
     weights = trainable * 4 + (lm_params - trainable) * frozen_lm_bytes + frozen_other * 4
-    # Per layer and token: ~34 x dim values saved for backward (self- and cross-attention with
-    # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
-    per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
-    acts = batch * (frames + prefix) * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
+    per_token = CHECKPOINTED_PER_TOKEN if checkpointing else ACTIVATIONS_PER_TOKEN
+    acts = batch * (frames + prefix) * lm_dim * act_bytes * (per_token * layers + (
+        ACTIVATIONS_PER_TOKEN if checkpointing else 0))
+    # Under bf16/fp16 autocast each fp32 trainable weight is cast once per forward and the copy is
+    # kept for the backward (its layer's input gradient needs it). Not measured yet (CPU runs fp32).
+    cast_copies = trainable * act_bytes if precision != "fp32" else 0
     return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * optimizer_bytes,
-                          ema=trainable * 4 if ema else 0, activations=acts,
-                          logits=batch * codebooks * frames * card * (act_bytes + 4 + 4))
+                          ema=trainable * 4 if ema else 0, activations=acts + cast_copies,
+                          logits=batch * codebooks * frames * card * (act_bytes + LOGIT_EXTRA_BYTES),
+                          accumulating=grad_accum > 1)
 
 
 def estimate_memory_gib(*args, **kwargs) -> float:

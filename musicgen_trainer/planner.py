@@ -1,6 +1,6 @@
 """``--gpu-memory GB``: choose memory settings that fit a GPU, before the run starts.
 
-From the user's settings, in this order, the first plan whose estimate (``dry_run.estimate_memory``)
+From the user's settings, in this order, the first plan whose estimate (``memory_estimate.estimate_memory``)
 fits ``GB`` minus the CUDA context:
 
 1. the user's settings, with the largest micro-batch that divides the effective batch
@@ -68,7 +68,7 @@ class Plan:
 
 
 def estimate_for(facts: ModelFacts, config: TrainConfig, precision: str, batch: int, checkpointing: bool,
-                 optimizer: str, lora: tp.Optional[int]) -> float:
+                 optimizer: str, lora: tp.Optional[int], grad_accum: int = 1) -> float:
     """The estimate (GiB) of ``config`` with these memory settings."""
     if lora:
         trainable = facts.lora_parameters(lora, config.lora_targets)
@@ -78,7 +78,8 @@ def estimate_for(facts: ModelFacts, config: TrainConfig, precision: str, batch: 
         trainable = facts.lm_parameters - facts.frozen_by_freeze
     return estimate_memory(lm_params, trainable, facts.frozen_other, facts.lm_dim, facts.layers, batch,
                            facts.frames, facts.codebooks, facts.card, precision, checkpointing, ema=config.ema,
-                           prefix=facts.prefix, optimizer_bytes=STATE_BYTES[optimizer]).total_gib
+                           prefix=facts.prefix, optimizer_bytes=STATE_BYTES[optimizer],
+                           grad_accum=grad_accum).total_gib
 
 
 def plan(config: TrainConfig, facts: ModelFacts, precision: str, gpu_gb: float) -> Plan:
@@ -100,7 +101,7 @@ def plan(config: TrainConfig, facts: ModelFacts, precision: str, gpu_gb: float) 
     smallest = None
     for checkpointing, optimizer, lora, added in steps:
         for batch in micro_batches:
-            gib = estimate_for(facts, config, precision, batch, checkpointing, optimizer, lora)
+            gib = estimate_for(facts, config, precision, batch, checkpointing, optimizer, lora, effective // batch)
             if gib <= budget:
                 reasons = [f"estimate {gib:.1f} GiB of {gpu_gb:g} GB ({CUDA_CONTEXT_GIB:g} GiB kept for the CUDA context)"]
                 if batch != config.batch_size:

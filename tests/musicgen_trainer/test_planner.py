@@ -16,8 +16,10 @@ def test_the_planner_takes_the_cheapest_change_that_fits():
     small12 = plan(config, released("small"), "bf16", 12)  # full fine-tune: micro-batch 1 fits as it is
     assert (small12.batch_size, small12.grad_accum) == (1, 8) and small12.estimate_gib <= 11
     assert not small12.activation_checkpointing and small12.lora is None and small12.optimizer == "adamw"
-    small8 = plan(config, released("small"), "bf16", 9)  # needs checkpointing, nothing more
-    assert small8.activation_checkpointing and small8.lora is None and small8.optimizer == "adamw"
+    small11 = plan(config, released("small"), "bf16", 11)  # needs checkpointing, nothing more
+    assert small11.activation_checkpointing and small11.lora is None and small11.optimizer == "adamw"
+    small9 = plan(config, released("small"), "bf16", 9)  # and then 8-bit states, still a full fine-tune
+    assert small9.activation_checkpointing and small9.lora is None and small9.optimizer == "adamw8bit"
     medium12 = plan(config, released("medium"), "bf16", 12)  # only with LoRA
     assert medium12.lora == 16 and medium12.activation_checkpointing and medium12.estimate_gib <= 11
     assert any("LoRA" in r for r in medium12.reasons)

@@ -301,7 +301,7 @@ def test_state_size_estimate_disk_and_caption_warnings_in_a_real_run(tmp_path, m
 
 def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatch):
     from musicgen_trainer import preflight
-    from musicgen_trainer.dry_run import describe, estimate_memory_gib, format_description
+    from musicgen_trainer.dry_run import describe, estimate_memory, format_description
     _wav(tmp_path / "data" / "a.wav")
     (tmp_path / "data" / "a.txt").write_text("a caption")
     config = dict(data=str(tmp_path / "data"), model="tiny", out=str(tmp_path / "run"), device="cpu")
@@ -318,7 +318,10 @@ def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatc
     # the estimate is printed by component, and the components make the total
     parts = ema["memory_breakdown"]
     assert set(parts) == {"weights", "gradients", "optimizer", "ema", "activations", "logits"}
-    assert sum(parts.values()) * 1.1 / 2**30 == pytest.approx(ema["estimated_peak_memory_gib"])
+    # gradients and activations take turns: the peak holds the larger (no accumulation here)
+    peak = parts["weights"] + parts["optimizer"] + parts["ema"] + max(parts["gradients"], parts["activations"]
+                                                                       + parts["logits"])
+    assert peak * 1.1 / 2**30 == pytest.approx(ema["estimated_peak_memory_gib"])
     assert parts["ema"] == parts["gradients"] == ema["trainable_parameters"] * 4
     assert parts["optimizer"] == ema["trainable_parameters"] * 8
     assert "of which" in text and "optimiser states" in text and "EMA" in ema["memory_breakdown_line"]
@@ -326,9 +329,9 @@ def test_show_prints_ema_memory_state_size_and_disk_warning(tmp_path, monkeypatc
     # frozen LM parameters are counted in the compute dtype under bf16
     kw = dict(lm_params=1000, frozen_other=0, lm_dim=8, layers=1, batch=1, frames=1, codebooks=1, card=1,
               checkpointing=False)
-    full, half = estimate_memory_gib(trainable=1000, precision="bf16", **kw), \
-        estimate_memory_gib(trainable=0, precision="bf16", **kw)
-    assert (full - half) * 2**30 / 1.1 == pytest.approx(1000 * (16 - 2))
+    full, half = estimate_memory(trainable=1000, precision="bf16", **kw), estimate_memory(trainable=0, precision="bf16", **kw)
+    assert full.weights - half.weights == 1000 * (4 - 2)
+    assert full.optimizer == 1000 * 8 and half.optimizer == half.gradients == 0
 
 
 def test_show_counts_the_melody_models_prepended_conditions_and_separator(tmp_path, monkeypatch):
@@ -351,7 +354,8 @@ def test_show_counts_the_melody_models_prepended_conditions_and_separator(tmp_pa
     without = dry_run.estimate_memory_gib(
         m["lm_parameters"], d["trainable_parameters"], m["text_encoder_parameters_frozen"] + m["compression_parameters"],
         m["lm_dim"], m["lm_layers"], 2, 50, m["codebooks"], m["card"], d["precision"], False)
-    per_position = 34 * m["lm_dim"] * 4 * m["lm_layers"]  # fp32 activations per layer and position
+    from musicgen_trainer.memory_estimate import ACTIVATIONS_PER_TOKEN
+    per_position = ACTIVATIONS_PER_TOKEN * m["lm_dim"] * 4 * m["lm_layers"]  # fp32 activations per layer and position
     grown = (2 * d["condition_prefix"] * per_position + d["separator_parameters"] * 4) * 1.1 / 2**30
     assert d["estimated_peak_memory_gib"] - without == pytest.approx(grown, rel=1e-6)
     assert "after 245 prepended condition positions" in dry_run.format_description(d)
@@ -372,7 +376,7 @@ def test_docs_gpu_tables_are_the_estimate():
     # the disk sizes quoted under the tables: 12 bytes per parameter (16 with the EMA)
     for size, (params, _, _) in RELEASED_LM.items():
         assert f"{params * 12 / 1e9:.{1 if size == 'small' else 0}f} GB" in text.split("Disk:")[1]
-    assert "12 GB | small: batch 1 " in table and released_estimate("small", 2, False) > 11  # batch 2 does not fit 12 GB
+    assert "12 GB | small: batch 2 " in table and released_estimate("small", 3, False) > 11  # batch 3 does not fit 12 GB
 
 
 def test_released_sizes_are_the_architectures():
