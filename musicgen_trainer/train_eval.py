@@ -120,16 +120,22 @@ def resolve_classifier(option: tp.Optional[str], data: str) -> tp.Optional[Path]
     """The classifier folder for ``--eval-classifier``: ``none`` → None; ``auto`` → the
     ``genre-classifier`` folder beside the dataset's folder when it holds a classifier, else
     None; a folder → that folder (``ModelFolderError``, one line, when it is not a classifier)."""
+    import importlib.util
+
     from genre_classifier.model_folder import ModelFolderError, read_info
     if option is None or str(option).lower() in ("none", ""):
         return None
+    has_keras = importlib.util.find_spec("keras") is not None  # the classifier runs on Keras/TensorFlow
     if str(option).lower() != "auto":
         read_info(option)  # fails fast, before any training
+        if not has_keras:
+            raise ValueError(f"--eval-classifier {option}: the genre classifier needs TensorFlow (Keras 3), "
+                             f"which is not installed; install it or pass --eval-classifier none")
         return Path(option)
     dataset = Path(data)
     dataset = dataset if dataset.is_dir() else dataset.parent  # a data.jsonl: its folder
     candidate = dataset.resolve().parent / CLASSIFIER_FOLDER
-    if not candidate.is_dir():
+    if not candidate.is_dir() or not has_keras:
         return None
     try:
         read_info(candidate)
