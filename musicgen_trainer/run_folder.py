@@ -182,7 +182,8 @@ class RunFolder:
         self.check_best_export_free()
         self.clean_partial_best()
         tmp = self.path / f".export-best-{secrets.token_hex(6)}"  # (mkdtemp's folders are private: 0700)
-        self.record["best_export"] = {**(self.record.get("best_export") or {}), "partial": tmp.name}
+        previous = self.record.get("best_export")
+        self.record["best_export"] = {**(previous if isinstance(previous, dict) else {}), "partial": tmp.name}
         self.write()
         tmp.mkdir()
         write(tmp)
@@ -205,12 +206,20 @@ class RunFolder:
         if not self.record.get("best_export") and any((best / n).exists() for n in EXPORT_FILES):
             raise RunFolderError(f"{best} holds an export that was not written by this run: move it away "
                                  f"(or pass --no-keep-best)")
+        # The folder is replaced as a whole by each new best: nothing else may live in it.
+        if best.is_dir():
+            adapter = best / "adapter"
+            others = [p for p in best.iterdir() if p.name not in (*EXPORT_FILES, "adapter")]
+            others += [p for p in adapter.iterdir() if p.name not in ADAPTER_FILES] if adapter.is_dir() else []
+            if others:
+                raise RunFolderError(f"{others[0]} is in {best}, which train.py replaces with each new best "
+                                     f"export: move it away (or pass --no-keep-best)")
 
     def clean_partial_best(self) -> None:
         """Finish what a crash interrupted: the previous best back in place if the swap was cut
         short, the temporary folders' files removed."""
-        info = self.record.get("best_export") or {}
-        name = info.get("partial")
+        info = self.record.get("best_export")
+        name = info.get("partial") if isinstance(info, dict) else None
         if not isinstance(name, str) or not _PARTIAL.match(name):
             return
         tmp, old, best = self.path / name, self.path / f"{name}_old", self.path / BEST_EXPORT

@@ -206,6 +206,8 @@ def test_best_export_is_swapped_in_only_when_complete(tmp_path):
     assert run.record["best_export"] == {"folder": "export-best", "step": 6, "valid_ce": 0.9}
 
     (tmp_path / "run" / "export-best" / "notes.txt").write_text("mine")
+    with pytest.raises(run_folder.RunFolderError, match="notes.txt"):  # never moved away with the old best
+        run.replace_best_export(_fake_export, 8, 0.8)
     run_folder.remove_run_outputs(tmp_path / "run", run.record)
     assert [p.name for p in (tmp_path / "run" / "export-best").iterdir()] == ["notes.txt"]
 
