@@ -8,6 +8,7 @@ Layout of ``config.out``::
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
     export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout)
+    export-best/           the same for the lowest held-out cross-entropy so far (train_eval.py)
     adapter/               with --lora: the adapter alone (peft's files + musicgen_lora.json, lora.py);
                            export/ then holds the base with the adapter merged in
 """
@@ -33,7 +34,8 @@ from .preflight import captions_warning, disk_space_warning, training_state_byte
 from .distributed import encode_clips
 from .train_config import TrainConfig, total_steps
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training, resolve_dropouts,
-                       resolve_precision, train_step, validation_loss)
+                       resolve_precision, train_step)
+from .train_eval import BestSoFar, GenreCheck, HeldOutEval, generate_clips, resolve_classifier, write_export
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +65,10 @@ def _write_samples(state: TrainState, prompts: list, folder: Path, writer, write
     ``write``: under FSDP every process generates, in step, and the main one writes)."""
     from dataset_tools.audio_io import write_wav_atomic
 
-    from .generation import GenerationConfig, generate
     from .outputs import slug
 
-    model, cfg = state.model, state.config
-    model.lm.eval()
-    if state.sharded:  # the condition provider runs outside the LM's forward: gather the root first
-        model.lm.unshard()
-    try:
-        wavs = generate(model, prompts, GenerationConfig(duration=min(cfg.sample_seconds, model.max_duration),
-                                                         seed=cfg.seed))
-    finally:
-        if state.sharded:
-            model.lm.reshard()
-        model.lm.train()
+    model = state.model
+    wavs = generate_clips(state, prompts, state.config.sample_seconds, state.config.seed)
     if not write:
         return
     for i, (prompt, wav) in enumerate(zip(prompts, wavs)):
@@ -85,9 +77,10 @@ def _write_samples(state: TrainState, prompts: list, folder: Path, writer, write
             writer.add_audio(f"samples/{i:02d}", wav.mean(0), state.step, sample_rate=model.sample_rate)
 
 
-def _training_state_dict(state: TrainState, keep: bool = True) -> dict:
+def _training_state_dict(state: TrainState, keep: bool = True, best: tp.Optional[BestSoFar] = None) -> dict:
     """The state to save (``{}`` where not ``keep``). Under FSDP every process must call it: the
-    full weights, optimiser state (keyed by parameter names) and EMA are gathered."""
+    full weights, optimiser state (keyed by parameter names) and EMA are gathered. ``best``: the
+    held-out evaluation's best so far (kept by --resume)."""
     if state.sharded:
         from .distributed import full_model_state, full_optimizer_state, full_tensors
         lm = full_model_state(state.model.lm, keep)
@@ -103,7 +96,7 @@ def _training_state_dict(state: TrainState, keep: bool = True) -> dict:
             "rng": rng_state(), "nonfinite_streak": state.nonfinite_streak,
             "skipped_steps": state.skipped_steps, "world_size": state.accelerator.num_processes,
             "sharded": state.sharded,
-            "history": state.history[-1000:]}
+            "history": state.history[-1000:], "eval": best.to_dict() if best else None}
 
 
 def _load_trained_weights(lm, weights: dict) -> None:
@@ -177,7 +170,6 @@ def train(config: TrainConfig) -> Path:
         DatasetError, ModelUnavailableError, ValueError: bad input, with a one-line message.
         TrainingDiverged: too many non-finite losses in a row (nothing exported).
     """
-    from .exports import export_model
     from .models import load_model
 
     acc = _accelerator(config)
@@ -186,6 +178,7 @@ def train(config: TrainConfig) -> Path:
         print("note: --sharding fsdp in a single process has nothing to shard: training unsharded")
     out = Path(config.out)
     clips = find_clips(config.data, config.valid_fraction, config.seed)  # bad --data fails before loading
+    classifier = resolve_classifier(config.eval_classifier, config.data) if config.eval_every else None
     model = None
     if config.gpu_memory:  # the plan decides options the run folder and a resume check record
         from .planner import apply_plan
@@ -195,6 +188,8 @@ def train(config: TrainConfig) -> Path:
         if acc.is_main_process:
             print(plan_line)
     run = _claim(config, acc)  # another run's folder, or a foreign file in the way: stop before any work
+    if config.keep_best and acc.is_main_process:
+        run.check_best_export_free()
     resume_from = resolve_resume(config.resume, run.own_states())
     saved = load_state(resume_from, mmap=acc.num_processes > 1) if resume_from is not None else None
     if saved is not None:
@@ -239,6 +234,9 @@ def train(config: TrainConfig) -> Path:
     if dual and acc.is_main_process:
         print(f"warning: {dual} stereo file(s) have identical left and right (--allow-mono-for-stereo): the "
               f"model learns identical channels from them")
+    if config.early_stop and not valid_codes:
+        raise ValueError("--early-stop watches the held-out cross-entropy, but there are no validation clips: "
+                         "raise --valid-fraction (or give the dataset a validation split), or drop --early-stop")
     window = min(config.segment_seconds, model.max_duration)  # the training window, seconds
     # Melody models: each clip's chroma, computed once (melody.py); like the codes, every process
     # computes its share of what is not cached yet, then all read all.
@@ -256,8 +254,15 @@ def train(config: TrainConfig) -> Path:
                           config.seed, cond_dropout, word_dropout, melody=train_melody)
     steps = total_steps(config, len(train_codes), acc.num_processes)
     state = make_state(model, config, acc, steps, precision)
+    genre_check = None
+    if classifier is not None and valid_clips:
+        genre_check = GenreCheck(classifier, valid_clips, config.seed, load=acc.is_main_process)
+        if acc.is_main_process:
+            print(genre_check.describe())
+    held_out = HeldOutEval(config, acc, run, valid_codes, valid_clips, n_frames, valid_melody, genre_check)
     if saved is not None:
         _restore(state, saved, resume_from, steps)
+        held_out.best = BestSoFar.from_dict(saved.get("eval"))
         del saved
         if acc.is_main_process:
             print(f"resumed from {resume_from} at step {state.step}")
@@ -272,7 +277,11 @@ def train(config: TrainConfig) -> Path:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"))
     prompts = config.sample_prompts or default_prompts(train_clips, valid_clips)
-    valid_captions = [c.caption for c in valid_clips]
+    genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
+    extra = {"genres": genres, "train_config": config.to_dict(), "caption_examples": prompts}
+    if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
+        extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
+    held_out.export_extra = extra
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=state.step, desc="training", unit="step",
@@ -294,18 +303,15 @@ def train(config: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}",
                             tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
-            if valid_codes and (state.step % config.valid_every == 0 or state.step == steps):
-                vloss = validation_loss(state, valid_codes, valid_captions, n_frames, valid_melody)
-                state.history[-1]["valid_loss"] = vloss
-                if writer:
-                    writer.add_scalar("loss/valid", vloss, state.step)
+            if held_out.due(state.step, steps) and held_out.run(state, writer):
+                break  # early stop (every process agrees): the state and export below as usual
             if config.sample_every and state.step % config.sample_every == 0 and \
                     (acc.is_main_process or state.sharded):
                 _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer,
                                write=acc.is_main_process)
             if state.step % config.save_every == 0 and state.step < steps and \
                     (acc.is_main_process or state.sharded):
-                saving = _training_state_dict(state, keep=acc.is_main_process)  # gathers under FSDP
+                saving = _training_state_dict(state, acc.is_main_process, held_out.best)  # gathers under FSDP
                 if acc.is_main_process:
                     run.save_state(state.step, saving, config.keep_last)
                 del saving
@@ -315,27 +321,19 @@ def train(config: TrainConfig) -> Path:
             writer.flush()
     export_dir = out / "export"
     if acc.is_main_process or state.sharded:  # under FSDP every process gathers, the main one writes
-        final_state = _training_state_dict(state, keep=acc.is_main_process)
+        final_state = _training_state_dict(state, acc.is_main_process, held_out.best)
         if acc.is_main_process:
             run.save_state(state.step, final_state, config.keep_last)
         del final_state  # before gathering the export's copy (host RAM of the main process)
         weights = export_weights(state, keep=acc.is_main_process)
     if acc.is_main_process:
-        genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
-        extra = {"trained_steps": state.step, "genres": genres, "train_config": config.to_dict(),
-                 "caption_examples": prompts}
-        if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
-            extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
-        if config.lora:  # the adapter alone, then the merged weights as the ordinary export
-            from .lora import merged_state_dict, save_adapter
-            adapter_dir = save_adapter(model.lm, weights, out / "adapter", config,
-                                       extra={"trained_steps": state.step})
-            weights = merged_state_dict(model.lm, weights)
-            extra["lora"] = str(adapter_dir)
-        export_model(model, export_dir, lm_state=weights, extra=extra, dtype=config.export_dtype)
+        # with --lora the adapter alone in adapter/, the merged weights as the ordinary export
+        write_export(model, weights, export_dir, config, {**extra, "trained_steps": state.step},
+                     adapter_dir=out / "adapter")
         last = state.history[-1] if state.history else {}
+        best = held_out.summary()
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
-              f"{state.skipped_steps} skipped; exported to {export_dir}")
+              f"{state.skipped_steps} skipped; exported to {export_dir}" + (f"; {best}" if best else ""))
         if writer:
             writer.close()
     acc.wait_for_everyone()

@@ -15,6 +15,7 @@ model, creation time, options, and the training states it saved. With it:
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import secrets
@@ -39,6 +40,8 @@ from .runtime import resolve_name
 
 STATE_FORMAT = "musicgen_trainer.train_state"
 STATE_VERSION = 2  # 2: RNG states as plain lists (loads weights-only); 1 pickled numpy arrays
+# Optional keys added without a new version (older states load without them): "eval", the
+# held-out evaluation's best cross-entropy, its step and the evaluations since (train_eval.py).
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 
@@ -119,7 +122,10 @@ def set_rng_state(state: dict) -> None:
 RUN_FILE = "run.json"
 RUN_FORMAT = "musicgen_trainer.run"
 # What train.py writes directly in OUT (a foreign file of one of these names stops a new run).
-OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export", "adapter")
+OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export", "adapter", "export-best")
+BEST_EXPORT = "export-best"  # the export with the lowest held-out cross-entropy (--keep-best)
+EXPORT_FILES = ("state_dict.bin", "compression_state_dict.bin", "export_info.json")  # exports.py's names
+_PARTIAL = re.compile(r"^\.export-best-[A-Za-z0-9_]+$")  # the temporary folder a new best is written to
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "extra_weights.safetensors",
                  "musicgen_lora.json")  # OUT/adapter/ of a --lora run (lora.py)
 # Options that must be the same to resume: the base model, what is trained, and what decides
@@ -166,6 +172,63 @@ class RunFolder:
         self.record["states"] = [p.name for p in self.own_states()]
         self.write()
         return path
+
+    def replace_best_export(self, write: tp.Callable[[Path], None], step: int, valid_ce: float) -> Path:
+        """OUT/export-best/ from ``write(folder)`` (which fills a new, empty folder), swapped in only
+        once complete: written to a temporary folder in OUT (named in the record first, so a crash
+        leaves nothing unaccounted for), then renamed over the previous best. Records the step and
+        cross-entropy. ``RunFolderError`` if an export-best/ this run did not write is in the way."""
+        best = self.path / BEST_EXPORT
+        self.check_best_export_free()
+        self.clean_partial_best()
+        tmp = self.path / f".export-best-{secrets.token_hex(6)}"  # (mkdtemp's folders are private: 0700)
+        previous = self.record.get("best_export")
+        self.record["best_export"] = {**(previous if isinstance(previous, dict) else {}), "partial": tmp.name}
+        self.write()
+        tmp.mkdir()
+        write(tmp)
+        old = None
+        if best.exists():
+            old = self.path / f"{tmp.name}_old"
+            os.replace(best, old)  # a crash here: clean_partial_best puts it back
+        os.replace(tmp, best)
+        self.record["best_export"] = {"folder": BEST_EXPORT, "step": int(step), "valid_ce": float(valid_ce)}
+        self.write()
+        if old is not None:
+            _remove_export(old)
+        return best
+
+    def check_best_export_free(self) -> None:
+        """Refuse an OUT/export-best/ that holds an export this run did not record (one line)."""
+        best = self.path / BEST_EXPORT
+        if best.is_symlink() or best.exists() and not best.is_dir():
+            raise RunFolderError(f"{best} exists and was not written by this run: move it away or choose another --out")
+        if not self.record.get("best_export") and any((best / n).exists() for n in EXPORT_FILES):
+            raise RunFolderError(f"{best} holds an export that was not written by this run: move it away "
+                                 f"(or pass --no-keep-best)")
+        # The folder is replaced as a whole by each new best: nothing else may live in it.
+        if best.is_dir():
+            adapter = best / "adapter"
+            others = [p for p in best.iterdir() if p.name not in (*EXPORT_FILES, "adapter")]
+            others += [p for p in adapter.iterdir() if p.name not in ADAPTER_FILES] if adapter.is_dir() else []
+            if others:
+                raise RunFolderError(f"{others[0]} is in {best}, which train.py replaces with each new best "
+                                     f"export: move it away (or pass --no-keep-best)")
+
+    def clean_partial_best(self) -> None:
+        """Finish what a crash interrupted: the previous best back in place if the swap was cut
+        short, the temporary folders' files removed."""
+        info = self.record.get("best_export")
+        name = info.get("partial") if isinstance(info, dict) else None
+        if not isinstance(name, str) or not _PARTIAL.match(name):
+            return
+        tmp, old, best = self.path / name, self.path / f"{name}_old", self.path / BEST_EXPORT
+        if not best.exists() and old.is_dir():
+            os.replace(old, best)
+        for folder in (tmp, old):
+            _remove_export(folder)
+        info.pop("partial", None)
+        self.write()
 
     def write(self) -> None:
         with atomic_path(self.path / RUN_FILE) as tmp:
@@ -215,7 +278,22 @@ def claim_run_folder(config, resuming: bool) -> RunFolder:
 
 
 def _has_export(out: Path) -> bool:
-    return any((Path(out) / "export" / name).exists() for name in ("state_dict.bin", "compression_state_dict.bin"))
+    return any((Path(out) / folder / name).exists() for folder in ("export", BEST_EXPORT)
+               for name in ("state_dict.bin", "compression_state_dict.bin"))
+
+
+def _remove_export(folder: Path) -> None:
+    """Delete an export folder's own files (the export's and the adapter's), then the folders
+    if they are empty: a user's file inside keeps its folder."""
+    folder = Path(folder)
+    for path in [folder / n for n in EXPORT_FILES] + [folder / "adapter" / n for n in ADAPTER_FILES]:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for path in (folder / "adapter", folder):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def read_record(out: Path) -> tp.Optional[dict]:
@@ -280,6 +358,8 @@ def _refuse_foreign(out: Path) -> None:
     in_the_way = [out / "config.json", out / "export" / "state_dict.bin",
                   out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
     in_the_way += [out / "adapter" / name for name in ADAPTER_FILES]
+    in_the_way += [out / BEST_EXPORT / name for name in EXPORT_FILES]
+    in_the_way += [out / BEST_EXPORT / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
     in_the_way += list_states(out / "checkpoints")
     in_the_way += sorted((out / "samples").glob("step_*")) if (out / "samples").is_dir() else []
@@ -301,6 +381,9 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     for path in ours:
         if path.is_file() and not path.is_symlink():
             path.unlink()
+    if record.get("best_export"):  # export-best/ only when the run recorded writing one
+        RunFolder(out, record).clean_partial_best()
+        _remove_export(out / BEST_EXPORT)
     for folder in [*sorted((out / "samples").glob("step_*")), out / "samples", out / "tensorboard",
                    out / "checkpoints", out / "export", out / "adapter"]:
         try:

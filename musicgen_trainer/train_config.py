@@ -22,6 +22,7 @@ LORA_TARGETS = ("out_proj", "linear1", "linear2")  # lora.DEFAULT_TARGETS (peft 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
                                 "logging, checkpoints, samples")
+EVAL = "held-out evaluation"
 
 
 @dataclass
@@ -93,7 +94,20 @@ class TrainConfig:
     ema_decay: float = option(0.99, "EMA decay, applied every --ema-every steps", group=MEMORY)
     ema_every: int = option(10, "steps between EMA updates", group=MEMORY)
     log_every: int = option(10, "TensorBoard logging interval in steps", group=LOGGING)
-    valid_every: int = option(200, "validation interval in steps", group=LOGGING)
+    eval_every: int = option(200, "held-out evaluation every N steps (and at the last): the validation split's "
+                             "cross-entropy (the training objective), the best export (--keep-best), --early-stop, "
+                             "and the genre check of --eval-classifier; 0 = never", group=EVAL, metavar="N",
+                             aliases=("--valid-every",))
+    keep_best: bool = option(True, "keep the export with the lowest held-out cross-entropy so far in OUT/export-best/ "
+                             "(rewritten at each improvement)", group=EVAL)
+    early_stop: tp.Optional[int] = option(None, "stop (and export) when the held-out cross-entropy has not improved "
+                                          "for this many evaluations in a row (default: off)", group=EVAL,
+                                          metavar="PATIENCE")
+    eval_classifier: str = option("auto", "genre classifier folder (python -m genre_classifier train): at each "
+                                  "evaluation a short clip per genre of the validation captions is generated and "
+                                  "the classifier's accuracy and confidence on them logged; auto: the "
+                                  "genre-classifier folder beside the dataset's folder, if there is one; none: off",
+                                  group=EVAL, metavar="DIR")
     save_every: int = option(500, "full training state interval in steps", group=LOGGING)
     keep_last: int = option(2, "training states kept on disk", group=LOGGING)
     export_dtype: str = option("fp16", "weight format of the exported LM: fp16 like the released checkpoints "
@@ -110,8 +124,12 @@ class TrainConfig:
                              "files)", group=LOGGING)
     device: tp.Optional[str] = option(None, "cpu or cuda (default: what accelerate picks)", group=LOGGING)
     progress: bool = option(True, "progress bars", group=LOGGING)
+    # The old name of eval_every, kept for Python callers and config files: TrainConfig(valid_every=N).
+    valid_every: dataclasses.InitVar[tp.Optional[int]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, valid_every: tp.Optional[int] = None):
+        if valid_every is not None:
+            self.eval_every = valid_every
         self.betas = tuple(self.betas)
         if len(self.betas) != 2 or not all(0 <= float(b) < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), e.g. 0.9 0.95; got {' '.join(map(str, self.betas))}")
@@ -153,6 +171,11 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)"),
             (self.max_nonfinite >= 1, "max_nonfinite must be >= 1"),
             (self.sample_seconds > 0, "sample_seconds must be > 0"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: no held-out evaluation)"),
+            (self.early_stop is None or self.early_stop >= 0, "early_stop must be >= 0 (evaluations; 0 or "
+                                                              "nothing: off)"),
+            (not (self.early_stop and not self.eval_every), "--early-stop counts evaluations: it needs "
+                                                            "--eval-every N (N >= 1)"),
             (self.lora is None or self.lora >= 1, f"--lora is the adapters' rank and must be >= 1, got {self.lora} "
                                                   f"(leave it out for full fine-tuning)"),
             (self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be > 0"),
@@ -208,7 +231,7 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option names to values")
         values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - set(cls.field_names()))
+        unknown = sorted(set(values) - set(cls.field_names()) - {"valid_every"})  # the old name of eval_every
         if unknown:
             raise ValueError(f"{path}: unknown option(s): {', '.join(unknown)}")
         values.update(overrides)
@@ -225,3 +248,7 @@ def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
         return config.steps
     per_step = config.batch_size * config.grad_accum * world
     return max(1, math.ceil(config.epochs * n_train / per_step))
+
+
+# Reading the old name gives the new value (``config.valid_every`` in code written before eval_every).
+TrainConfig.valid_every = property(lambda self: self.eval_every, doc="the old name of eval_every")

@@ -5,6 +5,7 @@ and a run under an accelerate config that asks for mixed precision must give the
 weights. Launches we do not run (DeepSpeed, accelerate's FSDP without --sharding fsdp) stop at
 start-up with one line. Each torchrun takes ~25 s here, so each run checks several things.
 """
+import json
 import os
 import re
 import subprocess
@@ -112,6 +113,13 @@ def test_fsdp_matches_ddp_resumes_and_exports(setup, ddp):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # export-best/ (train_eval.py; gathered under FSDP, written by the main process): same step, same weights
+    best = [json.loads((out / "export-best" / "export_info.json").read_text())["best"] for out in (ddp_out, root / "fsdp")]
+    assert best[0]["step"] == best[1]["step"] and best[0]["valid_ce"] == pytest.approx(best[1]["valid_ce"], rel=1e-5)
+    best_a, best_b = (torch.load(out / "export-best" / "state_dict.bin", weights_only=True)["best_state"]
+                      for out in (ddp_out, root / "fsdp"))
+    for key in best_a:
+        torch.testing.assert_close(best_a[key], best_b[key], rtol=1e-5, atol=1e-6)
 
     resumed = _run([*TORCHRUN, "train.py", *common, "--sharding", "fsdp", "--out", str(root / "resumed"),
                     "--resume", str(root / "fsdp" / "checkpoints" / "step_00000002.pt")])
