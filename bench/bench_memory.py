@@ -15,8 +15,9 @@ The subprocesses run with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_),
 leaves RSS at once and RSS follows the live tensors, as a GPU allocator's count does (with glibc's
 default, freed memory is kept for reuse and RSS reads up to 2x the live tensors on the tiny model).
 
-Then, per model, the modes side by side from the same run: peak RSS (weights included) and seconds
-per training sample (the steps after the first, which also creates the optimiser states), as
+Then, per model, the modes side by side from the same run: peak memory of the model and its training
+(peak RSS minus the RSS before the model was loaded: the Python libraries, which a GPU does not hold,
+left out; weights included, fp32 on the CPU even when frozen) and seconds per training sample (the steps after the first, which also creates the optimiser states), as
 ratios to the full fine-tune. CPU figures: on a GPU see bench/gpu_check.py.
 
 Usage: python bench/bench_memory.py [--cases tiny,small] [--json out.json]
@@ -101,7 +102,9 @@ def measure(model_name: str, batch: int, seconds: float, mode: str, checkpointin
         def prepare_model(self, m):
             return m
 
+    import audiocraft.models  # noqa: F401  (libraries in memory before the baseline)
     torch.manual_seed(0)
+    before_model = _rss()
     model = load_model(model_name, device="cpu")
     config = TrainConfig(data="unused", model=model_name, batch_size=batch, segment_seconds=seconds,
                          lora=16 if "lora16" in mode else None,
@@ -140,19 +143,22 @@ def measure(model_name: str, batch: int, seconds: float, mode: str, checkpointin
             "trainable": trainable, "measured_bytes": top - peak.start, "estimated_bytes": estimate.growth_bytes,
             "estimate_parts": {k: v for k, v in vars(estimate).items() if k != "weights"},
             "peak_rss_bytes": top, "exact_peak": peak.exact,
+            # what a GPU would hold: the model and training, not the Python libraries
+            "model_and_training_bytes": top - before_model,
             # the first step also creates the optimiser states: time the others
             "seconds_per_sample": sum(times[1:]) / max(1, len(times) - 1) / batch}
 
 
-def run_case(case: tuple) -> dict:
-    """``measure(*case)`` in a fresh subprocess (its own allocator state and peak)."""
+def run_cases(cases: list) -> list:
+    """``measure(*case)`` for each case, in one fresh subprocess (its own allocator settings; the
+    peak is reset before each case's steps)."""
     code = ("import json, sys; sys.path.insert(0, %r); from bench.bench_memory import measure; "
-            "print('RESULT', json.dumps(measure(*json.loads(sys.argv[1]))))" % str(ROOT))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(list(case))], capture_output=True, text=True,
-                         env={**os.environ, **ENV}, cwd=ROOT)
+            "print('RESULT', json.dumps([measure(*c) for c in json.loads(sys.argv[1])]))" % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([list(c) for c in cases])], capture_output=True,
+                         text=True, env={**os.environ, **ENV}, cwd=ROOT)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode or not lines:
-        raise RuntimeError(f"{case}: {out.stderr[-2000:]}")
+        raise RuntimeError(f"{cases}: {out.stderr[-2000:]}")
     return json.loads(lines[-1][7:])
 
 
@@ -171,7 +177,7 @@ def main() -> None:
     results = []
     for group in args.cases.split(","):
         for case in CASES[group]:
-            results.append(run_case(case))
+            results += run_cases([case])  # one process per case: each starts from a clean allocator
             print(describe(results[-1]), flush=True)
     print()
     for model in dict.fromkeys(r["model"] for r in results):
@@ -179,8 +185,9 @@ def main() -> None:
         for r in results:
             if r["model"] != model or r["checkpointing"] or full is None:
                 continue
-            print(f"{model:>13} b{r['batch']} x {r['seconds']:g} s {r['mode']:<10} peak RSS {r['peak_rss_bytes'] / 2**30:6.2f} GiB "
-                  f"({r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}x full)  {r['seconds_per_sample']:7.2f} s/sample "
+            used, used_full = r["model_and_training_bytes"], full["model_and_training_bytes"]
+            print(f"{model:>13} b{r['batch']} x {r['seconds']:g} s {r['mode']:<10} model + training {used / 2**30:6.2f} GiB "
+                  f"({used / used_full:.2f}x full)  {r['seconds_per_sample']:7.2f} s/sample "
                   f"({r['seconds_per_sample'] / full['seconds_per_sample']:.2f}x full)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
