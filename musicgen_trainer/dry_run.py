@@ -63,7 +63,8 @@ def describe(config: TrainConfig) -> dict:
         grad_accum=config.grad_accum)
     memory = estimate.total_gib
     state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes,
-                                       optimizer_bytes=STATE_BYTES[config.optimizer])
+                                       optimizer_bytes=STATE_BYTES[config.optimizer],
+                                       sharded=config.sharding == "fsdp")
     warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes),
                             None if any(c.caption for c in clips) else captions_warning(config.data)) if w]
     steps = total_steps(config, len(train), 1)

@@ -87,7 +87,12 @@ def _training_state_dict(state: TrainState, keep: bool = True, best: tp.Optional
         optimizer = full_optimizer_state(state.model.lm, state.optimizer, keep)
         ema = full_tensors(state.ema, keep) if state.ema is not None else None
     else:
-        lm, optimizer, ema = state.model.lm.state_dict(), state.optimizer.state_dict(), state.ema
+        # Frozen parameters (the base under LoRA, --freeze) never change and resume keeps the base
+        # model's own values (_load_trained_weights): saving them would make a LoRA run of
+        # musicgen-medium write 3.7 GB per state instead of ~0.2 GB.
+        frozen = {name for name, p in state.model.lm.named_parameters() if not p.requires_grad}
+        lm = {k: v for k, v in state.model.lm.state_dict().items() if k not in frozen}
+        optimizer, ema = state.optimizer.state_dict(), state.ema
     if not keep:
         return {}
     return {"config": state.config.to_dict(), "lm": lm,
@@ -212,7 +217,8 @@ def train(config: TrainConfig) -> Path:
         print(f"warning: {mono} mono file(s) copied to both channels (--allow-mono-for-stereo): the model "
               f"learns identical left and right from them")
     if acc.is_main_process:  # before hours of training, not at the first save
-        state_bytes = training_state_bytes(model.lm, config.ema, optimizer_bytes=STATE_BYTES[config.optimizer])
+        state_bytes = training_state_bytes(model.lm, config.ema, optimizer_bytes=STATE_BYTES[config.optimizer],
+                                           sharded=config.sharding == "fsdp")
         space = disk_space_warning(out, config.keep_last, state_bytes,
                                    existing=len(run.own_states()))
         if space:

@@ -1,9 +1,9 @@
 """Checks before a run, printed by ``train.py --show`` and at the start of a real run: will the
 training states fit on the disk, and does the dataset have captions.
 
-A training state (``checkpoints/step_*.pt``, see ``finetune._training_state_dict``) holds the LM
-as trained (fp32 master weights; frozen parameters in the compute dtype on CUDA), AdamW's two
-fp32 moments per trainable parameter, the EMA's fp32 shadow when ``--ema`` is on, and a little
+A training state (``checkpoints/step_*.pt``, see ``finetune._training_state_dict``) holds the LM's
+trainable weights (fp32 master weights; frozen parameters, which never change, only under
+``--sharding fsdp``), AdamW's two fp32 moments per trainable parameter, the EMA's fp32 shadow when ``--ema`` is on, and a little
 metadata (options, RNG states, the last 1000 steps' metrics). Full fine-tunes: musicgen-small
 5.0 GB (6.7 GB with EMA), medium 22 GB (29), large 39 GB (52). ``--keep-last`` of them stay on
 disk, and one more is being written (to a temporary file) before the oldest is deleted.
@@ -21,7 +21,7 @@ METADATA_BYTES = 1 << 18    # options, RNG states, metrics history, the zip cont
 
 
 def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None,
-                         optimizer_bytes: float = ADAM_MOMENTS_BYTES) -> int:
+                         optimizer_bytes: float = ADAM_MOMENTS_BYTES, sharded: bool = False) -> int:
     """Bytes of one training state of ``lm`` on disk, from its real contents.
 
     Args:
@@ -30,13 +30,14 @@ def training_state_bytes(lm, ema: bool, frozen_bytes: tp.Optional[int] = None,
         frozen_bytes: bytes per frozen parameter in the run (2 when they are kept in bf16/fp16
             on CUDA); default: as they are stored in ``lm`` now.
         optimizer_bytes: optimiser state per trainable parameter (``optimizers.STATE_BYTES``).
+        sharded: ``--sharding fsdp``, whose states also hold the frozen parameters.
     """
     trainable = total = 0
     for param in lm.parameters():
         if param.requires_grad:
             trainable += param.numel()
             total += param.numel() * 4  # fp32 master weights
-        else:
+        elif sharded:
             total += param.numel() * (frozen_bytes or param.element_size())
     param_ids = {id(p) for p in lm.parameters()}
     total += sum(b.numel() * b.element_size() for b in lm.buffers() if id(b) not in param_ids)
