@@ -1,0 +1,386 @@
+"""``evaluate(config) -> report folder``: a fine-tune against its base on held-out music.
+
+Top to bottom (options and input checks: ``evaluate_config.py``; metrics: the sibling modules;
+the report's files: ``report.py``):
+
+1. resolve the fine-tune, its base, the held-out split and the report folder (before any work);
+2. load the real held-out clips (the dataset's validation split as the run made it, so never
+   a clip it trained on), cut to ``--duration``;
+3. for each model in turn (one in memory at a time): held-out cross-entropy per codebook, then
+   the same prompts with the same seeds in the same batches: ``--clips-per-genre`` per genre
+   (captions in the training captions' words) and ``--generic-clips`` from ``--generic-prompt``;
+   clips written as WAV under ``clips/<model>/``;
+4. measures: genre adherence (+ the classifier's ceiling on the real clips), FAD on each
+   embedding (classifier, EnCodec, CLAP) overall and per genre, CLAP scores, sanity flags,
+   memorisation overlap against the training codes (the base's as a control);
+5. ``write_report``: report.json/md/html and plots, with the verdict.
+
+Generation seeds: clips are generated in batches of ``--batch-size``; batch b is seeded with
+``seed + b`` and holds the same prompts for both models, so the two models get identical
+requests. Each clip row records its batch's seed.
+"""
+from __future__ import annotations
+
+import gc
+import time
+import typing as tp
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate_config import (DEFAULT_CLAP, NONE, EvaluateConfig, Inputs, claim_report_folder, find_classifier,
+                              resolve_inputs, write_record)
+from .fad import fad_with_interval
+from .report_schema import BASE, FINETUNE, MODELS
+
+CLIPS_DIR = "clips"
+MIN_PER_GENRE_FAD = 4      # clips in each set before a per-genre FAD is given (below: too noisy to show)
+N_BOOT = 200
+
+
+@dataclass
+class Planned:
+    """One generated clip, the same for both models."""
+    index: int
+    prompt: str
+    genre: tp.Optional[str]   # None: the generic prompt
+    seed: int                 # its batch's seed
+    batch: int
+
+
+@dataclass
+class ModelRun:
+    """What one model produced: held-out CE, its clips (``[C, T]`` at ``rate``) and codes ``[K, F]``."""
+    ce: dict
+    waves: tp.List[np.ndarray] = field(default_factory=list)
+    codes: tp.List[np.ndarray] = field(default_factory=list)
+    files: tp.List[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    from ..outputs import slug
+    return slug(text, limit=32)
+
+
+def _prompt_words(clip) -> dict:
+    """bpm and key of a held-out clip from its metadata JSON (what dataset_tools put in its caption)."""
+    import json
+    try:
+        meta = json.loads(clip.path.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    if isinstance(meta.get("bpm"), (int, float)) and 20 <= meta["bpm"] <= 400:
+        out["bpm"] = float(round(meta["bpm"]))
+    if isinstance(meta.get("key"), str) and meta["key"].strip():
+        out["key"] = meta["key"].strip()
+    return out
+
+
+def plan_clips(genres: tp.Sequence[str], valid_clips, config: EvaluateConfig) -> tp.List[Planned]:
+    """The prompts: per genre, ``clips_per_genre`` captions in the training captions' words (the
+    genre, with the tempo and key of that genre's held-out clips in turn when they record them),
+    then the generic clips; batched and seeded."""
+    from ..outputs import genre_caption
+
+    texts: tp.List[tp.Tuple[str, tp.Optional[str]]] = []
+    for genre in genres:
+        mine = [c for c in valid_clips if c.genre == genre]
+        for j in range(config.clips_per_genre):
+            words = _prompt_words(mine[j % len(mine)]) if mine else {}
+            texts.append((genre_caption([genre], **words), genre))
+    texts += [(" ".join(config.generic_prompt.split()), None)] * config.generic_clips
+    return [Planned(i, text, genre, config.seed + i // config.batch_size, i // config.batch_size)
+            for i, (text, genre) in enumerate(texts)]
+
+
+def load_real_clips(clips, rate: int, seconds: float) -> tp.Tuple[list, list, tp.List[str]]:
+    """The held-out clips as mono ``[n]`` float32 at ``rate``, cut to their first ``seconds``
+    (the window validation reads); returns (waves, their clips, notes on unreadable ones)."""
+    from dataset_tools.audio_io import AudioDecodeError, load_audio
+    waves, kept, notes = [], [], []
+    for clip in clips:
+        try:
+            audio, _ = load_audio(clip.path, sample_rate=rate, mono=True)
+        except AudioDecodeError as err:
+            notes.append(f"Held-out clip {clip.path} left out: {err}")
+            continue
+        waves.append(audio[:int(round(seconds * rate))])
+        kept.append(clip)
+    return waves, kept, notes
+
+
+def _held_out_ce(model, inputs: Inputs, device: str, progress: bool) -> dict:
+    from ..melody import prepare_melody
+    from .held_out import held_out_cross_entropy, validation_codes
+
+    codes, captions, kept = validation_codes(model, inputs.data, inputs.valid_fraction, inputs.split_seed,
+                                             inputs.cache_dir, progress=progress)
+    if not codes:
+        return {"note": "the dataset's validation split holds no clip"}
+    window = min(inputs.window_seconds, model.max_duration)
+    _, melody = prepare_melody(model, [], kept, inputs.cache_dir, progress=progress, window_seconds=window)
+    precision = inputs.precision if str(device).startswith("cuda") and inputs.precision in ("bf16", "fp16") \
+        else "fp32"
+    return held_out_cross_entropy(model, codes, captions, n_frames=int(round(window * model.frame_rate)),
+                                  melody=melody, precision=precision)
+
+
+def _generate_all(model, plan: tp.List[Planned], config: EvaluateConfig, label: str) -> tp.Tuple[list, list]:
+    """Every planned clip from ``model``: (waves ``[C, T]``, codes ``[K, F]``), batch by batch."""
+    from tqdm.auto import tqdm
+
+    from ..generation import GenerationConfig, generate, planned_steps
+
+    frames = max(1, int(np.ceil(config.duration * model.frame_rate - 1e-9)))
+    batches = sorted({p.batch for p in plan})
+    bar = tqdm(total=planned_steps(model, frames) * len(batches), desc=f"generating ({label})", unit="step",
+               disable=not config.progress, dynamic_ncols=True, mininterval=0.5)
+    waves, codes = [], []
+    try:
+        for b in batches:
+            rows = [p for p in plan if p.batch == b]
+            done = [0]
+
+            def step(n: int, _total: int) -> None:
+                bar.update(n - done[0])
+                done[0] = n
+            wav, tokens = generate(model, [p.prompt for p in rows], GenerationConfig(duration=config.duration,
+                                                                                     seed=rows[0].seed),
+                                   progress=step, return_tokens=True)
+            waves += [w.numpy() for w in wav]
+            codes += [t.numpy() for t in tokens]
+    finally:
+        bar.close()
+    return waves, codes
+
+
+def _model_pass(name: str, role: str, inputs: Inputs, plan, config: EvaluateConfig, folder: Path,
+                log) -> tp.Tuple[ModelRun, tp.Any]:
+    """Load one model, measure and generate; returns its results and the loaded model."""
+    from dataset_tools.audio_io import write_wav_atomic
+
+    from ..models import load_model
+
+    started = time.time()
+    model = load_model(name, device=config.device)
+    device = str(next(model.lm.parameters()).device)
+    log(f"{role}: {name} loaded ({time.time() - started:.1f} s); held-out cross-entropy")
+    result = ModelRun(ce=_held_out_ce(model, inputs, device, config.progress))
+    log(f"{role}: generating {len(plan)} x {config.duration:g} s")
+    result.waves, result.codes = _generate_all(model, plan, config, role)
+    for p, wave in zip(plan, result.waves):
+        rel = clip_path(role, p)
+        write_wav_atomic(folder / rel, wave, model.sample_rate)
+        result.files.append(rel)
+    return result, model
+
+
+def clip_path(role: str, p: Planned) -> str:
+    return f"{CLIPS_DIR}/{role}/{p.index:03d}_{_slug(p.genre or 'generic')}_s{p.seed}.wav"
+
+
+def _load_clap(config: EvaluateConfig, device: str, notes: list):
+    if config.clap == NONE:
+        notes.append("CLAP figures skipped (--clap none).")
+        return None
+    from ..models import ModelUnavailableError
+    from .embeddings import load_clap, tiny_clap
+    if config.clap == "tiny":
+        notes.append("CLAP: a tiny random model (--clap tiny): its figures mean nothing, they test the pipeline.")
+        return tiny_clap(seed=0)
+    try:
+        return load_clap(config.clap, device=device)
+    except ModelUnavailableError as err:
+        hint = " (the default; give --clap with a local CLAP folder)" if config.clap == DEFAULT_CLAP else ""
+        notes.append(f"CLAP not measured: {err}{hint}.")
+        return None
+
+
+def _fad_section(real: np.ndarray, generated: tp.Dict[str, np.ndarray], seed: int) -> dict:
+    if real.shape[0] < 2:
+        return {"note": f"{real.shape[0]} real held-out clip(s): a FAD needs at least 2"}
+    out = {}
+    for model, emb in generated.items():
+        if emb.shape[0] < 2:
+            return {"note": f"{emb.shape[0]} generated clip(s) per model: a FAD needs at least 2"}
+        out[model] = fad_with_interval(emb, real, n_boot=N_BOOT, seed=seed)
+    return out
+
+
+def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_clips, rate: int, codec,
+             classifier, clap, train_codes, config: EvaluateConfig) -> None:
+    """Fill the measures of ``report`` (genre adherence, FAD, CLAP, sanity, memorisation)."""
+    from .embeddings import clap_embeddings, clap_scores, classifier_embeddings, encodec_embeddings
+    from .genre_adherence import genre_adherence
+    from .sanity import MEMORISATION_THRESHOLD, memorisation_overlap, sanity_flags, sanity_measures
+
+    genre_rows = [i for i, p in enumerate(plan) if p.genre is not None]
+    # Genre adherence and the ceiling: clips whose genre the classifier knows.
+    if classifier is not None:
+        labels = set(classifier.labels)
+        scored = [i for i in genre_rows if plan[i].genre in labels]
+        real_scored = [i for i, c in enumerate(real_clips) if c.genre in labels]
+        unknown = sorted({plan[i].genre for i in genre_rows} - labels)
+        if unknown:
+            report["notes"].append(f"Genre(s) {', '.join(unknown)} unknown to the classifier: left out of the genre "
+                                   f"figures.")
+        if scored:
+            report["genre_adherence"] = {m: genre_adherence(classifier, [runs[m].waves[i] for i in scored], rate,
+                                                            [plan[i].genre for i in scored]) for m in MODELS}
+            for m in MODELS:
+                for i, clip in zip(scored, report["genre_adherence"][m]["per_clip"]):
+                    if clip["predicted"] is not None:
+                        report["clips"][i].setdefault("predictions", {})[m] = {
+                            "label": clip["predicted"], "confidence": clip["confidence"]}
+        else:
+            report["genre_adherence"] = {"note": "no generated clip asked for a genre the classifier knows"}
+        if real_scored:
+            ceiling = genre_adherence(classifier, [real_waves[i] for i in real_scored], rate,
+                                      [real_clips[i].genre for i in real_scored])
+            report["classifier_ceiling"] = {"accuracy": ceiling["accuracy"], "n": ceiling["n"],
+                                            "per_genre": ceiling["per_genre"]}
+        else:
+            report["classifier_ceiling"] = {"note": "no held-out clip of a genre the classifier knows"}
+
+    # FAD: each model's genre-prompted clips against the real held-out clips, per embedding.
+    embedders = {"encodec": lambda w, r: encodec_embeddings(codec, w, r)}
+    if classifier is not None:
+        embedders = {"classifier": lambda w, r: classifier_embeddings(classifier, w, r), **embedders}
+    if clap is not None:
+        embedders["clap"] = lambda w, r: clap_embeddings(clap, w, r)[0]
+    if not real_waves:
+        report["fad"] = {"note": "no real held-out clips to compare with"}
+    else:
+        report["fad"], report["fad_per_genre"] = {}, {}
+        genres = sorted({plan[i].genre for i in genre_rows})
+        for name, embed in embedders.items():
+            real = embed(real_waves, rate)
+            gen = {m: embed([runs[m].waves[i] for i in genre_rows], rate) if genre_rows else np.zeros((0, 1))
+                   for m in MODELS}
+            report["fad"][name] = _fad_section(real, gen, config.seed)
+            per_genre = {}
+            for g in genres:
+                rows = [k for k, i in enumerate(genre_rows) if plan[i].genre == g]
+                real_rows = [k for k, c in enumerate(real_clips) if c.genre == g]
+                if len(rows) >= MIN_PER_GENRE_FAD and len(real_rows) >= MIN_PER_GENRE_FAD:
+                    per_genre[g] = _fad_section(real[real_rows], {m: gen[m][rows] for m in MODELS}, config.seed)
+            report["fad_per_genre"][name] = per_genre or {
+                "note": f"no genre has {MIN_PER_GENRE_FAD} generated and {MIN_PER_GENRE_FAD} real clips"}
+
+    if clap is not None:
+        report["clap"] = {}
+        for m in MODELS:
+            scores = clap_scores(clap, [p.prompt for p in plan], runs[m].waves, rate)
+            report["clap"][m] = {"mean": float(np.mean(scores)), "n": len(scores), "per_clip": scores.tolist()}
+            for row, s in zip(report["clips"], scores):
+                row.setdefault("clap", {})[m] = float(s)
+    else:
+        report["clap"] = {"note": "no CLAP model (see the notes)"}
+
+    report["sanity"] = {"memorisation": {}}
+    for m in MODELS:
+        counts = {"silent": 0, "clipped": 0, "repetitive": 0, "n": len(plan)}
+        overlaps = []
+        for row, wave, codes in zip(report["clips"], runs[m].waves, runs[m].codes):
+            flags = sanity_flags(wave, rate, codes)
+            row.setdefault("flags", {})[m] = flags
+            row.setdefault("measures", {})[m] = sanity_measures(wave, rate, codes)
+            for f in flags:
+                counts[f] += 1
+            if train_codes:
+                overlaps.append(memorisation_overlap(codes, train_codes))
+                row.setdefault("memorisation", {})[m] = overlaps[-1]
+        report["sanity"][m] = counts
+        report["sanity"]["memorisation"][m] = (
+            {"flagged": int(sum(o >= MEMORISATION_THRESHOLD for o in overlaps)), "n": len(overlaps),
+             "max_overlap": float(max(overlaps)), "threshold": MEMORISATION_THRESHOLD}
+            if overlaps else {"note": "no training codes to compare with"})
+
+
+def _data_section(inputs: Inputs, valid_clips) -> dict:
+    genres: tp.Dict[str, dict] = {}
+    for c in valid_clips:
+        g = genres.setdefault(c.genre or "(no genre)", {"tracks": set(), "clips": 0})
+        g["tracks"].add(c.track)
+        g["clips"] += 1
+    return {"path": str(inputs.data), "split": "valid", "valid_fraction": inputs.valid_fraction,
+            "split_seed": inputs.split_seed, "split_source": inputs.split_source,
+            "genres": {k: {"tracks": len(v["tracks"]), "clips": v["clips"]} for k, v in sorted(genres.items())}}
+
+
+def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> Path:
+    """Evaluate ``config.model`` against its base; returns the report folder (``config.out``).
+
+    Raises:
+        ValueError, DatasetError, ModelUnavailableError: bad input (one line), before any work
+        where they can be found out early.
+    """
+    from genre_classifier.model_folder import load_classifier
+
+    from ..code_cache import CodeCache
+    from ..data import find_clips, split_clips
+    from .report import write_report
+
+    inputs = resolve_inputs(config)
+    clips = find_clips(inputs.data, inputs.valid_fraction, inputs.split_seed)
+    train_clips, valid_clips = split_clips(clips)
+    classifier_dir, classifier_note = find_classifier(config, inputs.data)
+    folder = claim_report_folder(config.out, config.overwrite)
+    notes = [f"Held-out music: {len(valid_clips)} clip(s) of {inputs.data}'s validation split, made with "
+             f"{inputs.split_source} (valid fraction {inputs.valid_fraction:g}, seed {inputs.split_seed}); the run "
+             f"trained on the other {len(train_clips)}.", classifier_note]
+    if not valid_clips:
+        notes.append("The dataset's validation split is empty: held-out figures cannot be measured.")
+    genres = sorted({c.genre for c in clips if c.genre})
+    plan = plan_clips(genres, valid_clips, config)
+    write_record(folder, [clip_path(m, p) for m in MODELS for p in plan])  # before writing them
+    classifier = load_classifier(classifier_dir) if classifier_dir else None
+    clap = None
+
+    runs: tp.Dict[str, ModelRun] = {}
+    names = {FINETUNE: str(inputs.export), BASE: inputs.base}
+    codec = rate = real_waves = real_clips = train_codes = None
+    for role in MODELS:  # one model in memory at a time (the codec of the fine-tune is kept)
+        runs[role], model = _model_pass(names[role], role, inputs, plan, config, folder, log)
+        if role == FINETUNE:  # the fine-tune's codec measures both models' clips and the real ones
+            codec, rate = model.compression_model, model.sample_rate
+            device = str(next(model.lm.parameters()).device)
+            clap = _load_clap(config, device, notes)
+            real_waves, real_clips, read_notes = load_real_clips(valid_clips, rate, config.duration)
+            notes += read_notes
+            codes, _, _ = CodeCache(codec, inputs.cache_dir).codes_for(train_clips, progress=config.progress)
+            train_codes = [np.asarray(c) for c in codes]
+        del model
+        gc.collect()
+
+    report: dict = {
+        "format": "musicgen_trainer.evaluation_report", "version": 1,
+        "models": {FINETUNE: {"name": inputs.run.name if inputs.run else inputs.export.name,
+                              "path": str(inputs.export)},
+                   BASE: {"name": inputs.base, "path": inputs.base, "source": inputs.base_source}},
+        "data": _data_section(inputs, valid_clips),
+        "settings": {"duration": config.duration, "per_genre": config.clips_per_genre,
+                     "seeds": sorted({p.seed for p in plan}), "generic_prompt": config.generic_prompt,
+                     "generic_clips": config.generic_clips, "blind_seed": config.seed, "batch_size": config.batch_size,
+                     "genres": genres, "classifier": str(classifier_dir) if classifier_dir else None,
+                     "clap": getattr(clap, "name", None)},
+        "held_out_ce": ({m: runs[m].ce for m in MODELS} if valid_clips else
+                        {"note": "the dataset's validation split is empty"}),
+        "genre_adherence": {"note": "no genre classifier (see the notes)"},
+        "classifier_ceiling": {"note": "no genre classifier (see the notes)"},
+        "clips": [{"prompt": p.prompt, "genre": p.genre, "seed": p.seed, "batch": p.batch,
+                   "files": {m: runs[m].files[p.index] for m in MODELS}} for p in plan],
+        "notes": notes,
+    }
+    for m in MODELS:
+        if isinstance(runs[m].ce, dict) and "note" in runs[m].ce:
+            report["held_out_ce"] = {"note": runs[m].ce["note"]}
+    log("measuring: genre adherence, FAD, CLAP, sanity, memorisation")
+    _measure(report, runs, plan, real_waves, real_clips, rate, codec, classifier, clap, train_codes, config)
+    paths = write_report(report, folder)
+    written = [paths["json"], paths["markdown"], paths["html"], *paths["plots"]]
+    write_record(folder, [clip_path(m, p) for m in MODELS for p in plan] + written)
+    log(f"report: {paths['html']} (and report.md, report.json)")
+    return folder
