@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate_config import (DEFAULT_CLAP, NONE, EvaluateConfig, Inputs, claim_report_folder, find_classifier,
+from .evaluate_config import (NONE, EvaluateConfig, Inputs, claim_report_folder, find_classifier,
                               resolve_inputs, write_record)
 from .fad import fad_with_interval
 from .report_schema import BASE, FINETUNE, MODELS
@@ -131,19 +131,22 @@ def _generate_all(model, plan: tp.List[Planned], config: EvaluateConfig, label: 
     """Every planned clip from ``model``: (waves ``[C, T]``, codes ``[K, F]``), batch by batch."""
     from tqdm.auto import tqdm
 
-    from ..generation import GenerationConfig, generate, planned_steps
+    from ..generation import GenerationConfig, generate
 
-    frames = max(1, int(np.ceil(config.duration * model.frame_rate - 1e-9)))
     batches = sorted({p.batch for p in plan})
-    bar = tqdm(total=planned_steps(model, frames) * len(batches), desc=f"generating ({label})", unit="step",
-               disable=not config.progress, dynamic_ncols=True, mininterval=0.5)
+    # The steps of a batch are known once generation has set the model's duration: the first
+    # report of each batch gives them (every batch has the same length).
+    bar = tqdm(total=None, desc=f"generating ({label})", unit="step", disable=not config.progress,
+               dynamic_ncols=True, mininterval=0.5)
     waves, codes = [], []
     try:
         for b in batches:
             rows = [p for p in plan if p.batch == b]
             done = [0]
 
-            def step(n: int, _total: int) -> None:
+            def step(n: int, total: int) -> None:
+                if bar.total != total * len(batches):
+                    bar.total = total * len(batches)
                 bar.update(n - done[0])
                 done[0] = n
             wav, tokens = generate(model, [p.prompt for p in rows], GenerationConfig(duration=config.duration,
@@ -193,8 +196,7 @@ def _load_clap(config: EvaluateConfig, device: str, notes: list):
     try:
         return load_clap(config.clap, device=device)
     except ModelUnavailableError as err:
-        hint = " (the default; give --clap with a local CLAP folder)" if config.clap == DEFAULT_CLAP else ""
-        notes.append(f"CLAP not measured: {err}{hint}.")
+        notes.append(f"CLAP not measured: {err}.")
         return None
 
 

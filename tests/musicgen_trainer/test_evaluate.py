@@ -211,3 +211,43 @@ def test_cli_bad_input_is_one_line_exit_2(setup, tmp_path, case):
     assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
     if case == "foreign-out":
         assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["holiday.jpg"]  # untouched
+
+
+def test_model_folders_resolve_to_their_export_and_run(tmp_path):
+    """A run folder -> its export/; an export inside a run -> that run; a LoRA run's adapter/ -> the
+    run's merged export; anything else: one line."""
+    from musicgen_trainer.evaluation.evaluate_config import resolve_model
+    from musicgen_trainer.exports import COMPRESSION_FILE, LM_FILE
+    run = tmp_path / "lora run"
+    for name in (f"export/{LM_FILE}", f"export/{COMPRESSION_FILE}", "config.json", "adapter/musicgen_lora.json"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    assert resolve_model(str(run)) == (run / "export", run)
+    assert resolve_model(str(run / "export")) == (run / "export", run)
+    assert resolve_model(str(run / "adapter")) == (run / "export", run)
+    (run / "config.json").unlink()
+    assert resolve_model(str(run / "export")) == (run / "export", None)   # an export on its own
+    with pytest.raises(ValueError, match="is neither a run folder with an export/ nor an export folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_overwrite_deletes_only_recorded_files_inside_the_report_folder(tmp_path):
+    from musicgen_trainer.evaluation.evaluate_config import claim_report_folder
+    folder = claim_report_folder(tmp_path / "r", overwrite=False)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    (folder / "report.md").write_text("old")
+    (folder / RECORD_FILE).write_text(json.dumps({"format": "musicgen_trainer.evaluation_report",
+                                                  "files": ["report.md", "../precious.txt", str(outside)]}))
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        claim_report_folder(folder, overwrite=False)
+    claim_report_folder(folder, overwrite=True)
+    assert not (folder / "report.md").exists() and outside.read_text() == "keep"
+    assert json.loads((folder / RECORD_FILE).read_text())["files"] == [RECORD_FILE]
+
+
+def test_small_figures_are_not_shown_as_zero():
+    """FAD on EnCodec latents of a small codec is ~1e-5: the report shows it, not "0.00"."""
+    from musicgen_trainer.evaluation.report_schema import num
+    assert num(1.2138e-05) == "1.2e-05" and num(-0.004) == "-0.004"
+    assert (num(0.0), num(0.01), num(3.14159), num(12.34), num(1234.5)) == ("0.00", "0.01", "3.14", "12.3", "1,234")
