@@ -328,11 +328,18 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     inputs = resolve_inputs(config)
     clips = find_clips(inputs.data, inputs.valid_fraction, inputs.split_seed)
     train_clips, valid_clips = split_clips(clips)
+    trained_on = Path(str(inputs.run_config.get("data") or inputs.data)).expanduser()
+    other_data = trained_on.exists() and trained_on.resolve() != inputs.data.resolve()
+    if other_data:  # memorisation is checked against what the run trained on
+        train_clips = split_clips(find_clips(trained_on, inputs.valid_fraction, inputs.split_seed))[0]
     classifier_dir, classifier_note = find_classifier(config, inputs.data)
     folder = claim_report_folder(config.out, config.overwrite)
     notes = [f"Held-out music: {len(valid_clips)} clip(s) of {inputs.data}'s validation split, made with "
              f"{inputs.split_source} (valid fraction {inputs.valid_fraction:g}, seed {inputs.split_seed}); the run "
-             f"trained on the other {len(train_clips)}.", classifier_note]
+             f"trained on {len(train_clips)} clip(s).", classifier_note]
+    if other_data:
+        notes.append(f"--data {inputs.data} is not the dataset the run trained on ({trained_on}): its validation "
+                     f"tracks are held out only if the run never saw them.")
     if not valid_clips:
         notes.append("The dataset's validation split is empty: held-out figures cannot be measured.")
     genres = sorted({c.genre for c in clips if c.genre})
