@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate_config import (NONE, EvaluateConfig, Inputs, claim_report_folder, find_classifier,
-                              resolve_inputs, write_record)
+from .evaluate_config import (NONE, EvaluateConfig, Inputs, claim_report_folder, classifier_overlap_note,
+                              find_classifier, resolve_inputs, write_record)
 from .fad import fad_with_interval
-from .report_schema import BASE, FINETUNE, MODELS
+from .report_schema import BASE, FINETUNE, MODEL_LABELS, MODELS
 
 CLIPS_DIR = "clips"
 MIN_PER_GENRE_FAD = 4      # clips in each set before a per-genre FAD is given (below: too noisy to show)
@@ -169,10 +169,10 @@ def _model_pass(name: str, role: str, inputs: Inputs, plan, config: EvaluateConf
     started = time.time()
     model = load_model(name, device=config.device)
     device = str(next(model.lm.parameters()).device)
-    log(f"{role}: {name} loaded ({time.time() - started:.1f} s); held-out cross-entropy")
+    log(f"{MODEL_LABELS[role]}: {name} loaded ({time.time() - started:.1f} s); held-out cross-entropy")
     result = ModelRun(ce=_held_out_ce(model, inputs, device, config.progress))
-    log(f"{role}: generating {len(plan)} x {config.duration:g} s")
-    result.waves, result.codes = _generate_all(model, plan, config, role)
+    log(f"{MODEL_LABELS[role]}: generating {len(plan)} clips of {config.duration:g} s")
+    result.waves, result.codes = _generate_all(model, plan, config, MODEL_LABELS[role])
     for p, wave in zip(plan, result.waves):
         rel = clip_path(role, p)
         write_wav_atomic(folder / rel, wave, model.sample_rate)
@@ -334,9 +334,8 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
         train_clips = split_clips(find_clips(trained_on, inputs.valid_fraction, inputs.split_seed))[0]
     classifier_dir, classifier_note = find_classifier(config, inputs.data)
     folder = claim_report_folder(config.out, config.overwrite)
-    notes = [f"Held-out music: {len(valid_clips)} clip(s) of {inputs.data}'s validation split, made with "
-             f"{inputs.split_source} (valid fraction {inputs.valid_fraction:g}, seed {inputs.split_seed}); the run "
-             f"trained on {len(train_clips)} clip(s).", classifier_note]
+    notes = [f"Held-out music: the {len(valid_clips)} clip(s) of {inputs.data}'s validation split, made with "
+             f"{inputs.split_source}; the run trained on {len(train_clips)} clip(s).", classifier_note]
     if other_data:
         notes.append(f"--data {inputs.data} is not the dataset the run trained on ({trained_on}): its validation "
                      f"tracks are held out only if the run never saw them.")
@@ -359,6 +358,8 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
             clap = _load_clap(config, device, notes)
             real_waves, real_clips, read_notes = load_real_clips(valid_clips, rate, config.duration)
             notes += read_notes
+            overlap = classifier_overlap_note(classifier_dir, inputs.data, real_clips) if classifier_dir else None
+            notes += [overlap] if overlap else []
             codes, _, _ = CodeCache(codec, inputs.cache_dir).codes_for(train_clips, progress=config.progress)
             train_codes = [np.asarray(c) for c in codes]
         del model

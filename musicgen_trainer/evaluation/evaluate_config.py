@@ -102,6 +102,19 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _manifest_split(data: Path) -> bool:
+    """True when the dataset's manifest gives each clip its split (dataset_tools prepare writes
+    one): training then used it, whatever its --valid-fraction and --seed."""
+    from ..data import MANIFEST_NAMES
+    manifest = data if data.is_file() else next((data / n for n in MANIFEST_NAMES if (data / n).is_file()), None)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (TypeError, OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("split") in ("train", "valid")
+
+
 def resolve_model(model: str) -> tp.Tuple[Path, tp.Optional[Path]]:
     """(export folder, run folder or None) for ``--model``: a run folder (its ``export/``), an
     export folder (its run is the parent when the parent holds a ``config.json``), or a LoRA run's
@@ -149,7 +162,9 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
     valid_fraction = config.valid_fraction if config.valid_fraction is not None else \
         float(run_config.get("valid_fraction", 0.1))
     split_seed = config.split_seed if config.split_seed is not None else int(run_config.get("seed", 0))
-    if config.valid_fraction is not None or config.split_seed is not None:
+    if _manifest_split(data):
+        split_source = "the split recorded in its manifest (dataset_tools prepare), as training read it"
+    elif config.valid_fraction is not None or config.split_seed is not None:
         split_source = "the --valid-fraction/--split-seed given"
     elif run_config:
         split_source = "the run's own --valid-fraction and --seed"
@@ -177,14 +192,33 @@ def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[
         if not (folder / INFO_FILE).is_file():
             raise ValueError(f"--classifier {folder}: not a genre classifier folder (no {INFO_FILE})")
         return folder, f"Genre classifier: {folder} (--classifier)."
-    data = data.resolve()
+    name = data.resolve().name
+    parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
     for place in CLASSIFIER_PLACES:
-        folder = Path(place.format(parent=data.parent, name=data.name))
+        folder = Path(place.format(parent=parent, name=name))
         if (folder / INFO_FILE).is_file():
             return folder, f"Genre classifier: {folder} (found beside the dataset)."
     return None, ("No genre classifier was given or found beside the dataset (genre-classifier/ next to it, or "
-                  f"checkpoints/genre-{data.name}): genre figures skipped; train one with "
-                  f"python -m genre_classifier train {data} --out {data.parent / 'genre-classifier'}.")
+                  f"checkpoints/genre-{name}): genre figures skipped; train one with "
+                  f"python -m genre_classifier train {data} --out {parent / 'genre-classifier'}.")
+
+
+def classifier_overlap_note(classifier_dir: Path, data: Path, real_clips) -> tp.Optional[str]:
+    """A note when real held-out clips were among the genre classifier's training files (its
+    split.json names them relative to the dataset it trained on): its ceiling is then optimistic."""
+    from genre_classifier.model_folder import SPLIT_FILE
+    try:
+        split = json.loads((Path(classifier_dir) / SPLIT_FILE).read_text(encoding="utf-8"))
+        trained = {f["path"] for t in split.get("train") or [] for f in t.get("files") or []}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    root = Path(data).resolve()
+    seen = [c for c in real_clips if c.path.resolve().is_relative_to(root)
+            and c.path.resolve().relative_to(root).as_posix() in trained]
+    if not seen:
+        return None
+    return (f"{len(seen)} of the {len(real_clips)} real held-out clips were among the genre classifier's own "
+            f"training files: its accuracy on them (the ceiling) is optimistic.")
 
 
 # --- the report folder: tools touch only what they wrote -------------------------------------

@@ -79,6 +79,8 @@ def test_report_files_exist_validate_and_say_what_they_rest_on(report, setup):
     validate(data)
     assert data["models"]["base"] == {"name": "tiny", "path": "tiny", "source": "recorded in the run's config.json"}
     assert data["models"]["finetune"]["path"] == str(setup["export"])
+    assert data["notes"][0].startswith("Held-out music: the 4 clip(s) of ") and \
+        "made with the split recorded in its manifest" in data["notes"][0]
     # the held-out clips are the manifest's valid split: 2 tracks per genre, never trained on
     assert data["data"]["genres"] == {g: {"tracks": 2, "clips": 2} for g in GENRES}
     for m in ("finetune", "base"):
@@ -251,3 +253,19 @@ def test_small_figures_are_not_shown_as_zero():
     from musicgen_trainer.evaluation.report_schema import num
     assert num(1.2138e-05) == "1.2e-05" and num(-0.004) == "-0.004"
     assert (num(0.0), num(0.01), num(3.14159), num(12.34), num(1234.5)) == ("0.00", "0.01", "3.14", "12.3", "1,234")
+
+
+def test_a_ceiling_measured_on_the_classifiers_own_training_files_is_called_optimistic(tmp_path):
+    from musicgen_trainer.data import Clip
+    from musicgen_trainer.evaluation.evaluate_config import classifier_overlap_note
+    data = tmp_path / "dataset"
+    clips = [Clip(path=data / "jazz" / f"t{i}.wav", caption="", track=f"t{i}", split="valid", genre="jazz")
+             for i in range(3)]
+    (tmp_path / "cls").mkdir()
+    split = {"seed": 0, "train": [{"track": "t0", "genre": "jazz", "files": [{"path": "jazz/t0.wav", "sha1": "x"}]}],
+             "val": [], "test": [{"track": "t1", "genre": "jazz", "files": [{"path": "jazz/t1.wav", "sha1": "y"}]}]}
+    (tmp_path / "cls" / "split.json").write_text(json.dumps(split))
+    assert classifier_overlap_note(tmp_path / "cls", data, clips).startswith(
+        "1 of the 3 real held-out clips were among the genre classifier's own training files")
+    assert classifier_overlap_note(tmp_path / "cls", data, clips[1:]) is None
+    assert classifier_overlap_note(tmp_path / "nothing", data, clips) is None
