@@ -22,6 +22,8 @@ requests. Each clip row records its batch's seed.
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import time
 import typing as tp
 from dataclasses import dataclass, field
@@ -344,7 +346,14 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     genres = sorted({c.genre for c in clips if c.genre})
     plan = plan_clips(genres, valid_clips, config)
     write_record(folder, [clip_path(m, p) for m in MODELS for p in plan])  # before writing them
+    # TensorFlow (the classifier) takes all of a GPU's memory by default when it starts, and the
+    # models generate on that GPU afterwards: let it grow as needed instead (set before TF loads).
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     classifier = load_classifier(classifier_dir) if classifier_dir else None
+    if classifier is not None and os.environ.get("TF_CPP_MIN_LOG_LEVEL") not in ("0", "1"):
+        # Clips of several lengths reach Keras' predict: its "retracing" warnings are noise here
+        # (quiet unless TensorFlow's logs were asked for, as genre_classifier does it).
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     clap = None
 
     runs: tp.Dict[str, ModelRun] = {}
