@@ -6,7 +6,7 @@ the report's files: ``report.py``):
 1. resolve the fine-tune, its base, the held-out split and the report folder (before any work);
 2. load the real held-out clips (the dataset's validation split as the run made it, so never
    a clip it trained on), cut to ``--duration``;
-3. for each model in turn (one in memory at a time): held-out cross-entropy per codebook, then
+3. for each model in turn (the base first; one in memory at a time): held-out cross-entropy, then
    the same prompts with the same seeds in the same batches: ``--clips-per-genre`` per genre
    (captions in the training captions' words) and ``--generic-clips`` from ``--generic-prompt``;
    clips written as WAV under ``clips/<model>/``;
@@ -359,7 +359,9 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     runs: tp.Dict[str, ModelRun] = {}
     names = {FINETUNE: str(inputs.export), BASE: inputs.base}
     codec = rate = real_waves = real_clips = train_codes = None
-    for role in MODELS:  # one model in memory at a time (the codec of the fine-tune is kept)
+    # One model in memory at a time, the base first: a base that cannot be loaded (a hub name not
+    # cached offline) stops the command before any long work. The fine-tune's codec is kept.
+    for role in (BASE, FINETUNE):
         runs[role], model = _model_pass(names[role], role, inputs, plan, config, folder, log)
         if role == FINETUNE:  # the fine-tune's codec measures both models' clips and the real ones
             codec, rate = model.compression_model, model.sample_rate

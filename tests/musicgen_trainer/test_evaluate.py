@@ -191,7 +191,7 @@ def test_cli_end_to_end_then_refuses_to_overwrite_without_overwrite(setup, tmp_p
     assert not [f for f in ours if f.endswith("_s0.wav") and (out / f).exists()]  # the old clips went
 
 
-@pytest.mark.parametrize("case", ["bad-model", "foreign-out", "no-base"])
+@pytest.mark.parametrize("case", ["bad-model", "foreign-out", "no-base", "offline-base"])
 def test_cli_bad_input_is_one_line_exit_2(setup, tmp_path, case):
     import shutil
     args = ["--model", str(setup["run"]), "--out", str(tmp_path / "r"), "--device", "cpu"]
@@ -203,6 +203,9 @@ def test_cli_bad_input_is_one_line_exit_2(setup, tmp_path, case):
         (tmp_path / "r").mkdir()
         (tmp_path / "r" / "holiday.jpg").write_bytes(b"x")
         expected = f"error: --out {tmp_path / 'r'} is not empty and holds no evaluation report (holiday.jpg, ...)"
+    elif case == "offline-base":  # a hub base not cached offline: one line, before the fine-tune does any work
+        args += ["--base", "facebook/musicgen-small", "--clips-per-genre", "1", "--duration", "1", "--no-classifier"]
+        expected = "error: facebook/musicgen-small"
     else:  # an export alone, outside its run: no base recorded (tiny runs record none), no --base
         shutil.copytree(setup["export"], tmp_path / "export")
         args[1] = str(tmp_path / "export")
@@ -213,6 +216,8 @@ def test_cli_bad_input_is_one_line_exit_2(setup, tmp_path, case):
     assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
     if case == "foreign-out":
         assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["holiday.jpg"]  # untouched
+    if case == "offline-base":
+        assert not (tmp_path / "r" / "clips" / "finetune").exists()
 
 
 def test_model_folders_resolve_to_their_export_and_run(tmp_path):
