@@ -92,7 +92,10 @@ def plan_clips(genres: tp.Sequence[str], valid_clips, config: EvaluateConfig) ->
         for j in range(config.clips_per_genre):
             words = _prompt_words(mine[j % len(mine)]) if mine else {}
             texts.append((genre_caption([genre], **words), genre))
-    texts += [(" ".join(config.generic_prompt.split()), None)] * config.generic_clips
+    # A dataset without genres gets as many generic clips as a genre would (they are then the
+    # clips compared with the real ones).
+    n_generic = config.generic_clips if genres else max(config.generic_clips, config.clips_per_genre)
+    texts += [(" ".join(config.generic_prompt.split()), None)] * n_generic
     return [Planned(i, text, genre, config.seed + i // config.batch_size, i // config.batch_size)
             for i, (text, genre) in enumerate(texts)]
 
@@ -248,7 +251,9 @@ def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_
         else:
             report["classifier_ceiling"] = {"note": "no held-out clip of a genre the classifier knows"}
 
-    # FAD: each model's genre-prompted clips against the real held-out clips, per embedding.
+    # FAD: each model's genre-prompted clips (all clips when the dataset has no genres) against the
+    # real held-out clips, per embedding.
+    fad_rows = genre_rows or list(range(len(plan)))
     embedders = {"encodec": lambda w, r: encodec_embeddings(codec, w, r)}
     if classifier is not None:
         embedders = {"classifier": lambda w, r: classifier_embeddings(classifier, w, r), **embedders}
@@ -261,7 +266,7 @@ def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_
         genres = sorted({plan[i].genre for i in genre_rows})
         for name, embed in embedders.items():
             real = embed(real_waves, rate)
-            gen = {m: embed([runs[m].waves[i] for i in genre_rows], rate) if genre_rows else np.zeros((0, 1))
+            gen = {m: embed([runs[m].waves[i] for i in fad_rows], rate) if fad_rows else np.zeros((0, 1))
                    for m in MODELS}
             report["fad"][name] = _fad_section(real, gen, config.seed)
             per_genre = {}

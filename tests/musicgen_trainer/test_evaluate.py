@@ -274,3 +274,21 @@ def test_a_ceiling_measured_on_the_classifiers_own_training_files_is_called_opti
         "1 of the 3 real held-out clips were among the genre classifier's own training files")
     assert classifier_overlap_note(tmp_path / "cls", data, clips[1:]) is None
     assert classifier_overlap_note(tmp_path / "nothing", data, clips) is None
+
+
+def test_a_dataset_without_genres_gets_generic_clips_compared_with_its_music(setup, tmp_path):
+    """A plain folder of audio + captions (no genre folders): --clips-per-genre generic clips per
+    model, and they are the ones the FAD compares with the real held-out clips."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i in range(6):
+        sf.write(plain / f"take_{i}.wav", toy_track(GENRES[i % 2], 1.5, seed=500 + i, sample_rate=SR), SR)
+        (plain / f"take_{i}.txt").write_text(f"a take, number {i}")
+    folder = evaluate(_config(setup, tmp_path / "r", data=str(plain), classifier="none", valid_fraction=0.5,
+                              generic_clips=1), log=lambda _: None)
+    data = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert [c["genre"] for c in data["clips"]] == [None, None] and data["clips"][0]["prompt"] == "music"
+    n_real = sum(v["clips"] for v in data["data"]["genres"].values())
+    assert n_real >= 2
+    assert (data["fad"]["encodec"]["finetune"]["n_a"], data["fad"]["encodec"]["finetune"]["n_b"]) == (2, n_real)
+    assert any("is not the dataset the run trained on" in n for n in data["notes"])
