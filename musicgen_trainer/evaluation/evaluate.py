@@ -221,7 +221,8 @@ def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_
     """Fill the measures of ``report`` (genre adherence, FAD, CLAP, sanity, memorisation)."""
     from .embeddings import clap_embeddings, clap_scores, classifier_embeddings, encodec_embeddings
     from .genre_adherence import genre_adherence
-    from .sanity import MEMORISATION_THRESHOLD, memorisation_overlap, sanity_flags, sanity_measures
+    from .sanity import (MEMORISATION_THRESHOLD, memorisation_overlap, sanity_flags, sanity_measures,
+                         training_ngrams)
 
     genre_rows = [i for i, p in enumerate(plan) if p.genre is not None]
     # Genre adherence and the ceiling: clips whose genre the classifier knows.
@@ -289,6 +290,7 @@ def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_
         report["clap"] = {"note": "no CLAP model (see the notes)"}
 
     report["sanity"] = {"memorisation": {}}
+    index = training_ngrams(train_codes) if train_codes else None
     for m in MODELS:
         counts = {"silent": 0, "clipped": 0, "repetitive": 0, "n": len(plan)}
         overlaps = []
@@ -299,7 +301,7 @@ def _measure(report: dict, runs: tp.Dict[str, ModelRun], plan, real_waves, real_
             for f in flags:
                 counts[f] += 1
             if train_codes:
-                overlaps.append(memorisation_overlap(codes, train_codes))
+                overlaps.append(memorisation_overlap(codes, train_codes, index=index))
                 row.setdefault("memorisation", {})[m] = overlaps[-1]
         report["sanity"][m] = counts
         report["sanity"]["memorisation"][m] = (

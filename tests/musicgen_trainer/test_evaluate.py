@@ -292,3 +292,14 @@ def test_a_dataset_without_genres_gets_generic_clips_compared_with_its_music(set
     assert n_real >= 2
     assert (data["fad"]["encodec"]["finetune"]["n_a"], data["fad"]["encodec"]["finetune"]["n_b"]) == (2, n_real)
     assert any("is not the dataset the run trained on" in n for n in data["notes"])
+
+
+def test_memorisation_index_built_once_gives_the_same_overlaps():
+    from musicgen_trainer.evaluation.sanity import memorisation_overlap, training_ngrams
+    rng = np.random.default_rng(0)
+    training = [rng.integers(0, 2048, (4, 300 + 20 * i)) for i in range(5)]
+    index = training_ngrams(training)
+    half = np.concatenate([training[1][:, :125], rng.integers(0, 2048, (4, 125))], axis=1)
+    for clip in (training[3][:, 40:290], rng.integers(0, 2048, (4, 250)), half):
+        assert memorisation_overlap(clip, [], index=index) == memorisation_overlap(clip, training)
+    assert memorisation_overlap(half, [], index=index) == pytest.approx(0.5, abs=0.1)
