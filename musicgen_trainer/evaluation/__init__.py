@@ -2,8 +2,9 @@
 
 ``evaluate.py``: ``evaluate(config) -> report folder``, the ``python -m musicgen_trainer evaluate``
 command's library function, over ``evaluate_config.py`` (``EvaluateConfig``, what its options
-resolve to, the report folder). Pure metric functions, each in its own module, that it and the
-training-time evaluation call:
+resolve to, the report folder) and ``evaluate_measures.py`` (both models' clips -> the report's
+measures). Pure metric functions, each in its own module, that it and the training-time
+evaluation call:
 
 - ``fad.py``: Fréchet distance between two sets of embeddings, with a bootstrap interval.
 - ``embeddings.py``: clip embeddings that exist offline (the genre classifier's penultimate layer,
