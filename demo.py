@@ -8,7 +8,9 @@ one of them. Run ``python demo.py --help``.
 2. prepare it: WAV segments, captions, manifest (dataset_tools prepare);
 3. train the genre classifier on the labelled folders and sort ``unknown/`` (genre_classifier);
 4. fine-tune the tiny MusicGen on the result (train.py's library function);
-5. generate from the export: WAV + spectrogram + parameters (generate.py's library function).
+5. generate from the export: WAV + spectrogram + parameters (generate.py's library function);
+6. evaluate the fine-tune against its base (``python -m musicgen_trainer evaluate``'s library
+   function, small settings): report.html / report.md / report.json in ``OUT/evaluation``.
 
 Every step is the same library call the command-line tools make. A re-run starts again from
 the library (kept, as is the code cache), because step 3 moves files inside the dataset.
@@ -46,7 +48,8 @@ def _step(title: str) -> float:
 
 
 def run_demo(config: DemoConfig) -> list:
-    """Run the pipeline into ``config.out``; returns the generated WAV paths."""
+    """Run the pipeline into ``config.out``; returns the generated WAV paths (the evaluation
+    report is in ``config.out / "evaluation"``)."""
     from dataset_tools.example import ExampleOptions, build_example
     from dataset_tools.options import PrepareOptions
     from dataset_tools.prepare import prepare
@@ -59,12 +62,12 @@ def run_demo(config: DemoConfig) -> list:
     out = config.out
     library, dataset = out / "library", out / "dataset"
 
-    t = _step("1/5 example library from music21's corpus (dataset_tools example)")
+    t = _step("1/6 example library from music21's corpus (dataset_tools example)")
     build_example(library, ExampleOptions(pieces_per_genre=config.pieces_per_genre, unknown_pieces=2,
                                           max_seconds=20.0, progress=False))
     print(f"   {library} ({time.time() - t:.0f} s)")
 
-    t = _step("2/5 prepare: segments, captions, manifest (dataset_tools prepare)")
+    t = _step("2/6 prepare: segments, captions, manifest (dataset_tools prepare)")
     if dataset.exists():
         # Only a folder prepare made (it keeps its state file there) is removed: never a user's.
         if not (dataset / ".prepare_state.json").is_file():
@@ -74,7 +77,7 @@ def run_demo(config: DemoConfig) -> list:
     print(report.summary())
 
     if config.classifier:
-        t = _step("3/5 genre classifier: train on the labelled folders, sort unknown/ (genre_classifier)")
+        t = _step("3/6 genre classifier: train on the labelled folders, sort unknown/ (genre_classifier)")
         from genre_classifier import TagConfig, TrainConfig as ClassifierConfig, tag
         from genre_classifier import train as train_classifier
         classifier = train_classifier(ClassifierConfig(data=dataset, out=out / "genre-classifier",
@@ -83,7 +86,7 @@ def run_demo(config: DemoConfig) -> list:
             result = tag(TagConfig(directory=dataset / "unknown", model=classifier, apply="move", into=dataset))
             print(f"   tagged unknown/: {result.counts()} ({time.time() - t:.0f} s)")
 
-    t = _step(f"4/5 fine-tune {config.model} (train.py)")
+    t = _step(f"4/6 fine-tune {config.model} (train.py)")
     run_dir = out / "run"
     if run_dir.is_dir() and not (run_dir / "run.json").exists() and (run_dir / "config.json").is_file() and \
             {p.name for p in run_dir.iterdir()} <= {"config.json", "checkpoints", "tensorboard", "samples", "export"}:
@@ -96,12 +99,24 @@ def run_demo(config: DemoConfig) -> list:
                                valid_every=10, save_every=config.train_steps, cache_dir=str(out / "code-cache"),
                                progress=False))
 
-    _step("5/5 generate from the export (generate.py)")
+    _step("5/6 generate from the export (generate.py)")
     files = run(GenerateOptions(model=str(export), prompts=["slow and calm"], genres=["chorale"],
                                 generation=GenerationConfig(duration=config.duration, seed=0),
                                 out=out / "generated"))
     wavs = [f.wav for f in files]
+
+    t = _step("6/6 evaluate the fine-tune against its base (python -m musicgen_trainer evaluate)")
+    from musicgen_trainer.evaluation.evaluate import evaluate
+    from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
+    # Small settings (one clip per genre, the demo's duration): the report's figures rest on few
+    # clips and say so; --overwrite replaces only the previous demo's report files.
+    report = evaluate(EvaluateConfig(model=str(run_dir), out=str(out / "evaluation"), clips_per_genre=1,
+                                     generic_clips=1, duration=config.duration, overwrite=True, progress=False,
+                                     classifier=None if config.classifier else "none"),
+                      log=lambda line: print(f"   {line}"))
+    print(f"   ({time.time() - t:.0f} s)")
     print(f"\ndemo done: {', '.join(str(w) for w in wavs)}")
+    print(f"evaluation report: {report / 'report.html'} (open it in a browser; report.md is the same in text)")
     return wavs
 
 

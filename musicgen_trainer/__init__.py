@@ -6,6 +6,7 @@ The public surface (heavy modules such as torch and audiocraft load on first use
     model = load_model("tiny")                                   # or a hub name, or an export folder
     export = train(TrainConfig(data="datasets/mine", model="tiny", out="checkpoints/run", steps=10))
     wav = generate(load_model(export), ["Jazz music, piano trio"], GenerationConfig(duration=4))
+    report = evaluate(EvaluateConfig(model="checkpoints/run", out="reports/run"))  # report.html inside
 
 Where things are: docs/architecture.md.
 """
@@ -30,6 +31,9 @@ _LAZY = {
     "generate": "musicgen_trainer.generation",
     "ClipRequest": "musicgen_trainer.outputs",
     "generate_to_files": "musicgen_trainer.outputs",
+    # evaluation (a fine-tune against its base: docs/evaluation.md)
+    "EvaluateConfig": "musicgen_trainer.evaluation.evaluate_config",
+    "evaluate": "musicgen_trainer.evaluation.evaluate",
 }
 
 

@@ -1,4 +1,4 @@
-"""`python -m musicgen_trainer show`: inspect a model.
+"""`python -m musicgen_trainer show`: inspect a model; `evaluate`: a fine-tune against its base.
 
 Training is `train.py` (or `musicgen-train`), generation `generate.py` (or `musicgen-generate`),
 the web page `python -m musicgen_trainer.app`, the offline demo `python demo.py` (`make demo`).
@@ -18,6 +18,20 @@ def _show(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from dataset_tools.cli import dataclass_from_args
+
+    from .evaluation.evaluate import evaluate
+    from .evaluation.evaluate_config import EvaluateConfig
+    evaluate(dataclass_from_args(EvaluateConfig, args))
+    return 0
+
+
+EVALUATE_HELP = ("Compare a fine-tune with its base model on the dataset's held-out tracks: cross-entropy, "
+                 "generated clips (same prompts and seeds), genre adherence, FAD, CLAP, sanity flags; writes "
+                 "report.html (with a blind A/B test), report.md and report.json into --out. See docs/evaluation.md.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m musicgen_trainer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(func=_show)
-    from dataset_tools.cli import add_debug_flag
+    from dataset_tools.cli import add_dataclass_options, add_debug_flag
     add_debug_flag(show)
+    from .evaluation.evaluate_config import EvaluateConfig
+    evaluate = sub.add_parser("evaluate", help="compare a fine-tune with its base: report.html/md/json",
+                              description=EVALUATE_HELP)
+    add_dataclass_options(evaluate, EvaluateConfig)
+    evaluate.set_defaults(func=_evaluate)
+    add_debug_flag(evaluate)
     return parser
 
 
@@ -39,7 +59,9 @@ def main(argv=None) -> int:
 
     from .models import ModelUnavailableError
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args), input_errors=(ModelUnavailableError,), debug=args.debug)
+    return run_command(lambda: args.func(args), input_errors=(ModelUnavailableError,), debug=args.debug,
+                       interrupted_hint="the report folder holds the clips written so far; run again with "
+                                        "--overwrite" if args.command == "evaluate" else "")
 
 
 if __name__ == "__main__":

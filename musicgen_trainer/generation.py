@@ -79,22 +79,29 @@ class GenerationConfig:
 
 
 def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationConfig] = None,
-             progress: Progress = False) -> torch.Tensor:
+             progress: Progress = False, return_tokens: bool = False):
     """Generate one clip per text prompt, as one batch.
 
     Args:
         model: an ``audiocraft.models.MusicGen`` (see ``models.load_model``).
         prompts: B text descriptions ("" generates without text).
+        return_tokens: also return the generated codes (the evaluation's loop and memorisation
+            checks read them).
     Returns:
-        float tensor ``[B, C, T]`` on the CPU, T = round(duration * sample_rate).
+        float tensor ``[B, C, T]`` on the CPU, T = round(duration * sample_rate); with
+        ``return_tokens``, ``(wav, tokens)``, tokens ``[B, K, F]`` int64 on the CPU, F the frames
+        covering the duration.
     """
     config = config or GenerationConfig()
     prompts = _check_prompts(prompts)
     frames = _frames(config.duration, model)
     _configure(model, config, total_frames=frames)
-    wav = _run(model, config, progress, frames, 0,
-               lambda: model.generate(prompts, progress=True))
-    return _trim(wav, round(config.duration * model.sample_rate))
+    out = _run(model, config, progress, frames, 0,
+               lambda: model.generate(prompts, progress=True, return_tokens=return_tokens))
+    if return_tokens:
+        wav, tokens = out
+        return _trim(wav, round(config.duration * model.sample_rate)), tokens[..., :frames].long().cpu()
+    return _trim(out, round(config.duration * model.sample_rate))
 
 
 def generate_continuation(model, audio: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],

@@ -21,6 +21,7 @@ def _tables() -> dict:
     from dataset_tools.cli import options_markdown
     from dataset_tools.options import PrepareOptions
     from musicgen_trainer.cli_generate import GenerateOptions
+    from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     from musicgen_trainer.generation import GenerationConfig
     from musicgen_trainer.train_config import TrainConfig
     return {
@@ -28,6 +29,7 @@ def _tables() -> dict:
         "generate": ("docs/generation.md", options_markdown(GenerateOptions, exclude=("generation",))),
         "sampling": ("docs/generation.md", options_markdown(GenerationConfig, defaults={"seed": None})),
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
+        "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
     }
 
 

@@ -1,6 +1,9 @@
 """Evaluation of a fine-tune against its base model (issue 16).
 
-Pure metric functions, each in its own module, that the ``evaluate`` command and the training-time
+``evaluate.py``: ``evaluate(config) -> report folder``, the ``python -m musicgen_trainer evaluate``
+command's library function, over ``evaluate_config.py`` (``EvaluateConfig``, what its options
+resolve to, the report folder) and ``evaluate_measures.py`` (both models' clips -> the report's
+measures). Pure metric functions, each in its own module, that it and the training-time
 evaluation call:
 
 - ``fad.py``: Fréchet distance between two sets of embeddings, with a bootstrap interval.

@@ -196,12 +196,15 @@ def jsonable(value):
 # --- number formatting shared by the markdown, the HTML and the verdict ----------------------
 
 def num(x, digits: int = 2) -> str:
-    """A figure for people: 2 decimals below 10, 1 below 100, none above; "n/a" for None."""
+    """A figure for people: 2 decimals below 10, 1 below 100, none above; two significant digits
+    below 0.01 (a FAD on a small embedding scale, 1.2e-05, is not "0.00"); "n/a" for None."""
     if x is None:
         return "n/a"
     x = float(x)
     if not math.isfinite(x):
         return "n/a"
+    if 0 < abs(x) < 0.5 * 10 ** -digits:
+        return f"{x:.2g}"
     if abs(x) >= 100:
         return f"{x:,.0f}"
     return f"{x:.{1 if abs(x) >= 10 else digits}f}"

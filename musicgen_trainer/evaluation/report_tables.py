@@ -69,9 +69,12 @@ def _settings(report: dict) -> Table:
     t = Table("settings", "Settings", ["setting", "value"])
     words = {"duration": "seconds per generated clip", "per_genre": "clips per genre and model",
              "seeds": "seeds (the same for both models)", "generic_prompt": "generic prompt",
-             "blind_seed": "seed of the blind test's order"}
+             "blind_seed": "seed of the blind test's order", "generic_clips": "generic-prompt clips per model",
+             "batch_size": "clips per generation batch (batch b seeded with seed + b, for both models)",
+             "genres": "genres prompted", "classifier": "genre classifier", "clap": "CLAP model"}
     for key, value in (report.get("settings") or {}).items():
-        shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else \
+            "none" if value is None else str(value)
         t.rows.append([words.get(key, str(key)), shown])
     return t
 

@@ -193,7 +193,15 @@ def _ngrams(tokens: np.ndarray, n: int) -> list[bytes]:
     return [row.tobytes() for row in np.ascontiguousarray(windows[varied])]
 
 
-def memorisation_overlap(generated_codes, training_codes: tp.Sequence, n: int = MEMORISATION_NGRAM) -> float:
+def training_ngrams(training_codes: tp.Sequence, n: int = MEMORISATION_NGRAM) -> tp.List[set]:
+    """Each training clip's set of first-codebook n-grams: pass it as ``memorisation_overlap``'s
+    ``index`` when many generated clips are checked against the same training set (built once
+    instead of once per generated clip)."""
+    return [set(_ngrams(_first_codebook(codes), n)) for codes in training_codes]
+
+
+def memorisation_overlap(generated_codes, training_codes: tp.Sequence, n: int = MEMORISATION_NGRAM,
+                         index: tp.Optional[tp.Sequence[set]] = None) -> float:
     """The largest share of the generated clip's first-codebook n-grams found in any single
     training clip (its nearest neighbour by verbatim overlap).
 
@@ -202,6 +210,8 @@ def memorisation_overlap(generated_codes, training_codes: tp.Sequence, n: int = 
         training_codes: ``[K, T_i]`` tokens of each training clip.
         n: n-gram length in frames (default 0.5 s at 50 Hz). N-grams of one repeated token
             (silence, a hum) are left out on both sides; a clip with none gives 0.0.
+        index: ``training_ngrams(training_codes, n)``, when already built (``training_codes`` is
+            then not read).
     Returns:
         In [0, 1]; 1.0 when the generated clip is (a stretch of) a training clip. Above
         `MEMORISATION_THRESHOLD` the clip is flagged as memorised.
@@ -212,8 +222,8 @@ def memorisation_overlap(generated_codes, training_codes: tp.Sequence, n: int = 
     if not generated:
         return 0.0
     best = 0.0
-    for codes in training_codes:
-        seen = set(_ngrams(_first_codebook(codes), n))
+    sets = index if index is not None else (set(_ngrams(_first_codebook(codes), n)) for codes in training_codes)
+    for seen in sets:
         if seen:
             best = max(best, sum(g in seen for g in generated) / len(generated))
             if best == 1.0:

@@ -3,11 +3,11 @@ markdown tables, notes instead of crashes for missing sections, escaping of user
 seeded blind A/B order, relative paths, the verdict's wording on planted reports, and the page
 in headless Chromium (audio that loads, a reveal toggle that works).
 
-UPDATE_DOCS_IMAGES=1 keeps the browser's screenshot as docs/images/evaluation-report.png.
+(docs/images/evaluation-report.png is a screenshot of a real report, docs/evaluation.md's worked
+example; this test's planted report does not replace it.)
 """
 import copy
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -361,9 +361,6 @@ def test_report_page_in_headless_chromium(tmp_path):
         shot = tmp_path / "evaluation-report.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
-        if os.environ.get("UPDATE_DOCS_IMAGES") == "1":
-            target = Path(__file__).resolve().parents[2] / "docs" / "images" / "evaluation-report.png"
-            target.write_bytes(shot.read_bytes())
     finally:
         if driver is not None:
             driver.quit()

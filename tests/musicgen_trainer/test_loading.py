@@ -141,3 +141,8 @@ def test_cli_demo_runs_the_pipeline_offline(tmp_path):
     info = sf.info(str(wavs[0]))
     assert info.samplerate == 32000 and info.channels == 1 and info.frames == 32000
     assert "demo done" in proc.stdout
+    report = tmp_path / "evaluation"                     # make demo ends with an evaluation of the fine-tune
+    assert f"evaluation report: {report / 'report.html'}" in proc.stdout
+    data = json.loads((report / "report.json").read_text(encoding="utf-8"))
+    assert data["held_out_ce"]["finetune"]["n_tokens"] > 0 and len(data["clips"]) == 5  # 4 genres + 1 generic
+    assert (report / "report.md").is_file() and (report / data["clips"][0]["files"]["base"]).is_file()

@@ -1,0 +1,279 @@
+"""The ``evaluate`` command's options (``EvaluateConfig``: each field one flag) and what they
+resolve to before any model is loaded: the fine-tune's export and run folder, its base model,
+the held-out split, the genre classifier, and the report folder (``claim_report_folder``:
+a new or empty folder, or a previous report of ours replaced with ``--overwrite``, which deletes
+only the files that report wrote).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import typing as tp
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataset_tools.atomic import write_text_atomic
+from dataset_tools.cli import option
+
+DEFAULT_CLAP = "laion/larger_clap_music"
+NONE = "none"                              # --classifier none / --clap none: skip that measure
+RECORD_FILE = "report_files.json"          # the report folder's record: what evaluate wrote there
+RECORD_FORMAT = "musicgen_trainer.evaluation_report"
+# Where a genre classifier is looked for when --classifier is not given, relative to the dataset
+# DATA: the demo's layout (OUT/dataset beside OUT/genre-classifier), then genre_classifier's default
+# --out (checkpoints/genre-<DATA name>) beside the dataset and in the current folder.
+CLASSIFIER_PLACES = ("{parent}/genre-classifier", "{parent}/checkpoints/genre-{name}", "checkpoints/genre-{name}")
+
+
+@dataclass
+class EvaluateConfig:
+    """Every option of ``python -m musicgen_trainer evaluate``: each field one flag."""
+    model: str = option(help="the fine-tune: a train.py run folder (its export/; a --lora run's export holds the "
+                        "merged weights), or an export folder", metavar="RUN_OR_EXPORT")
+    out: str = option(help="report folder: new or empty, or a previous report with --overwrite", metavar="REPORT_DIR")
+    data: tp.Optional[str] = option(None, "the prepared dataset (its validation split is the held-out music) "
+                                    "(default: the --data the run trained on, from its config.json)",
+                                    metavar="PREPARED")
+    base: tp.Optional[str] = option(None, "the model to compare with (default: the base recorded in the export "
+                                    "or the run's config.json)", metavar="MODEL")
+    classifier: tp.Optional[str] = option(None, "genre classifier folder (python -m genre_classifier train) (default: "
+                                          "one found beside the dataset: DATA/../genre-classifier or "
+                                          "checkpoints/genre-<DATA name>; without one the genre figures are skipped "
+                                          "with a note)", metavar="DIR",
+                                          const_flags={"--no-classifier": (NONE, "skip the genre figures")})
+    clips_per_genre: int = option(8, "generated clips per genre and model", metavar="N")
+    duration: float = option(10.0, "seconds per generated clip (the real held-out clips are cut to it)", metavar="S")
+    generic_prompt: str = option("music", "prompt of the unconditional-ish clips, without genre words ('' for no "
+                                 "text at all)", metavar="TEXT")
+    generic_clips: int = option(2, "clips per model from --generic-prompt (0: none)", metavar="N")
+    seed: int = option(0, "seed of the generation (the same for both models) and of the bootstrap and blind order")
+    clap: str = option(DEFAULT_CLAP, "CLAP model for text-audio scores and CLAP FAD: a local folder or a hub name "
+                       "already in the Hugging Face cache (never downloaded; absent: a note), 'none' to skip, "
+                       "'tiny' for a random test model", metavar="NAME")
+    valid_fraction: tp.Optional[float] = option(None, "held-out share of tracks for datasets without a split of "
+                                                "their own (default: the run's --valid-fraction, else 0.1)")
+    split_seed: tp.Optional[int] = option(None, "seed of that split (default: the run's --seed, else 0)")
+    cache_dir: tp.Optional[str] = option(None, "code cache (default: the run's --cache-dir, else "
+                                         "~/.cache/musicgen-finetune/codes)", metavar="DIR")
+    batch_size: int = option(8, "clips generated per batch", metavar="N")
+    device: tp.Optional[str] = option(None, "cpu or cuda (default: cuda when available)")
+    overwrite: bool = option(False, "replace the previous report in --out (deletes only the files it wrote)")
+    progress: bool = option(True, "progress bars")
+
+    def __post_init__(self):
+        checks = [(self.clips_per_genre >= 1, f"--clips-per-genre must be at least 1, got {self.clips_per_genre}"),
+                  (0 < self.duration <= 30, f"--duration must be more than 0 and at most 30 s, got {self.duration:g}"),
+                  (self.generic_clips >= 0, f"--generic-clips must be 0 or more, got {self.generic_clips}"),
+                  (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+                  (self.valid_fraction is None or 0 < self.valid_fraction < 1,
+                   f"--valid-fraction must be between 0 and 1, got {self.valid_fraction}"),
+                  (bool(str(self.model).strip()), "--model is required: a run folder or an export folder"),
+                  (bool(str(self.out).strip()), "--out is required: the report folder")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# --- what the options resolve to -------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    """The fine-tune, its base and the held-out split, resolved from an ``EvaluateConfig``."""
+    export: Path                      # the fine-tune's export folder
+    run: tp.Optional[Path]            # its run folder, when it is inside one
+    run_config: dict                  # the run's config.json (empty when not found)
+    base: str                         # what load_model loads as the base
+    base_source: str                  # how it was chosen
+    data: Path
+    valid_fraction: float
+    split_seed: int
+    split_source: str                 # where those two came from
+    cache_dir: tp.Optional[str]
+    window_seconds: float             # the training window (held-out CE's crop)
+    precision: str                    # the run's precision (autocast of the held-out CE on GPU)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _manifest_split(data: Path) -> bool:
+    """True when the dataset's manifest gives each clip its split (dataset_tools prepare writes
+    one): training then used it, whatever its --valid-fraction and --seed."""
+    from ..data import MANIFEST_NAMES
+    manifest = data if data.is_file() else next((data / n for n in MANIFEST_NAMES if (data / n).is_file()), None)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (TypeError, OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("split") in ("train", "valid")
+
+
+def resolve_model(model: str) -> tp.Tuple[Path, tp.Optional[Path]]:
+    """(export folder, run folder or None) for ``--model``: a run folder (its ``export/``), an
+    export folder (its run is the parent when the parent holds a ``config.json``), or a LoRA run's
+    ``adapter/`` (the run's merged export). ValueError (one line) otherwise."""
+    from ..exports import is_export
+
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"--model {model}: no such folder (give a train.py run folder or an export folder)")
+    if is_export(path):
+        parent = path.parent
+        return path, parent if (parent / "config.json").is_file() and (parent / "export") == path else None
+    if is_export(path / "export"):
+        return path / "export", path
+    if (path / "musicgen_lora.json").is_file() and is_export(path.parent / "export"):
+        return path.parent / "export", path.parent
+    raise ValueError(f"--model {model} is neither a run folder with an export/ nor an export folder "
+                     f"(state_dict.bin + compression_state_dict.bin); has the run finished?")
+
+
+def resolve_inputs(config: EvaluateConfig) -> Inputs:
+    """Everything the options point to, checked before any model is loaded (ValueError, one line)."""
+    from dataset_tools.dataset_format import SEGMENT_SECONDS
+
+    from ..exports import export_info
+
+    export, run = resolve_model(config.model)
+    run_config = _read_json(run / "config.json") if run else {}
+    if config.base:
+        base, source = str(config.base), "--base"
+    elif export_info(export).base_model:
+        base, source = export_info(export).base_model, "recorded in the export"
+    elif run_config.get("model"):
+        base, source = str(run_config["model"]), "recorded in the run's config.json"
+    else:
+        raise ValueError(f"{export} records no base model (no export_info.json base_model, no run config.json): "
+                         f"give --base, e.g. --base facebook/musicgen-small")
+    data = config.data or run_config.get("data")
+    if not data:
+        raise ValueError("--data is required: the prepared dataset (the run's config.json, which would name it, "
+                         "was not found)")
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise ValueError(f"--data {data}: not found")
+    valid_fraction = config.valid_fraction if config.valid_fraction is not None else \
+        float(run_config.get("valid_fraction", 0.1))
+    split_seed = config.split_seed if config.split_seed is not None else int(run_config.get("seed", 0))
+    if _manifest_split(data):
+        split_source = "the split recorded in its manifest (dataset_tools prepare), as training read it"
+    elif config.valid_fraction is not None or config.split_seed is not None:
+        split_source = "the --valid-fraction/--split-seed given"
+    elif run_config:
+        split_source = "the run's own --valid-fraction and --seed"
+    else:
+        split_source = "the defaults (the run's config.json was not found)"
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"the run trained with --valid-fraction {valid_fraction:g}: it held no music out, so "
+                         f"there is nothing it was not trained on to compare with; give --valid-fraction "
+                         f"(and --data) for a dataset it never saw")
+    return Inputs(export=export, run=run, run_config=run_config, base=base, base_source=source, data=data,
+                  valid_fraction=valid_fraction, split_seed=split_seed, split_source=split_source,
+                  cache_dir=config.cache_dir or run_config.get("cache_dir"),
+                  window_seconds=float(run_config.get("segment_seconds") or SEGMENT_SECONDS),
+                  precision=str(run_config.get("precision_used") or "fp32"))
+
+
+def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[Path], str]:
+    """(classifier folder or None, a note saying where it came from or why there is none)."""
+    from genre_classifier.model_folder import INFO_FILE
+
+    if config.classifier == NONE:
+        return None, "Genre figures skipped (--no-classifier)."
+    if config.classifier:
+        folder = Path(config.classifier).expanduser()
+        if not (folder / INFO_FILE).is_file():
+            raise ValueError(f"--classifier {folder}: not a genre classifier folder (no {INFO_FILE})")
+        return folder, f"Genre classifier: {folder} (--classifier)."
+    name = data.resolve().name
+    parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
+    for place in CLASSIFIER_PLACES:
+        folder = Path(place.format(parent=parent, name=name))
+        if (folder / INFO_FILE).is_file():
+            return folder, f"Genre classifier: {folder} (found beside the dataset)."
+    return None, ("No genre classifier was given or found beside the dataset (genre-classifier/ next to it, or "
+                  f"checkpoints/genre-{name}): genre figures skipped; train one with "
+                  f"python -m genre_classifier train {data} --out {parent / 'genre-classifier'}.")
+
+
+def classifier_overlap_note(classifier_dir: Path, data: Path, real_clips) -> tp.Optional[str]:
+    """A note when real held-out clips were among the genre classifier's training files (its
+    split.json names them relative to the dataset it trained on): its ceiling is then optimistic."""
+    from genre_classifier.model_folder import SPLIT_FILE
+    try:
+        split = json.loads((Path(classifier_dir) / SPLIT_FILE).read_text(encoding="utf-8"))
+        trained = {f["path"] for t in split.get("train") or [] for f in t.get("files") or []}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    root = Path(data).resolve()
+    seen = [c for c in real_clips if c.path.resolve().is_relative_to(root)
+            and c.path.resolve().relative_to(root).as_posix() in trained]
+    if not seen:
+        return None
+    return (f"{len(seen)} of the {len(real_clips)} real held-out clips were among the genre classifier's own "
+            f"training files: its accuracy on them (the ceiling) is optimistic.")
+
+
+# --- the report folder: tools touch only what they wrote -------------------------------------
+
+def _record(folder: Path) -> tp.Optional[dict]:
+    record = _read_json(folder / RECORD_FILE)
+    return record if record.get("format") == RECORD_FORMAT else None
+
+
+def _own_files(folder: Path, record: dict) -> tp.List[Path]:
+    """The files a previous report recorded, inside ``folder`` only (a crafted record naming
+    ``../x`` or ``/home/you/x`` deletes nothing)."""
+    root = os.path.realpath(folder)
+    out = []
+    for name in record.get("files") or []:
+        if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
+            continue
+        path = folder / name
+        if not path.is_symlink() and os.path.commonpath([root, os.path.realpath(path)]) == root:
+            out.append(path)
+    return out
+
+
+def claim_report_folder(out: tp.Union[str, Path], overwrite: bool) -> Path:
+    """``out`` made ready for a report, before any work: created if new; an empty folder is used;
+    a previous report of ours is refused unless ``overwrite``, which deletes only the files that
+    report recorded (and then empty sub-folders); anything else non-empty is refused."""
+    folder = Path(out).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file: give a folder for the report")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    record = _record(folder) if entries else None
+    if entries and record is None:
+        raise ValueError(f"--out {folder} is not empty and holds no evaluation report ({entries[0]}, ...): "
+                         f"choose a new or empty folder")
+    if record is not None:
+        if not overwrite:
+            raise ValueError(f"--out {folder} holds a report from {record.get('created', '?')}: pass --overwrite to "
+                             f"replace it (deletes only its files) or choose another folder")
+        for path in _own_files(folder, record):
+            if path.is_file():
+                path.unlink()
+        for sub in sorted({p.parent for p in _own_files(folder, record)}, key=lambda p: -len(p.parts)):
+            while sub != folder and sub.is_dir() and not any(sub.iterdir()):
+                sub.rmdir()
+                sub = sub.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    write_record(folder, [])
+    return folder
+
+
+def write_record(folder: Path, files: tp.Sequence[tp.Union[str, Path]]) -> None:
+    """Record the files the report wrote (relative to ``folder``), the record itself included."""
+    names = sorted({Path(os.path.relpath(Path(f), folder)).as_posix() if Path(f).is_absolute() else
+                    Path(f).as_posix() for f in files} | {RECORD_FILE})
+    write_text_atomic(folder / RECORD_FILE, json.dumps(
+        {"format": RECORD_FORMAT, "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "files": names},
+        indent=2) + "\n")
