@@ -39,6 +39,28 @@ class ModelFolderError(ValueError):
     """A model folder is missing, incomplete, or from another version; ``str()`` says which."""
 
 
+# Where the tools look for the classifier of a dataset DATA when none is named (train.py's
+# --eval-classifier auto, musicgen_trainer evaluate): the demo's layout (OUT/dataset beside
+# OUT/genre-classifier), then `train`'s usual --out (checkpoints/genre-<DATA name>) beside the
+# dataset and in the current folder.
+CLASSIFIER_PLACES = ("{parent}/genre-classifier", "{parent}/checkpoints/genre-{name}", "checkpoints/genre-{name}")
+
+
+def classifier_for_dataset(data) -> "Path | None":
+    """The first of ``CLASSIFIER_PLACES`` that holds a classifier's info file for the dataset
+    folder ``data`` (a ``data.jsonl`` stands for its folder), as a path relative the way ``data``
+    was typed; None when there is none. Reads nothing but file names."""
+    data = Path(data)
+    data = data if data.suffix != ".jsonl" else data.parent
+    name = data.resolve().name
+    parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
+    for place in CLASSIFIER_PLACES:
+        folder = Path(place.format(parent=parent, name=name))
+        if (folder / INFO_FILE).is_file():
+            return folder
+    return None
+
+
 def read_info(folder) -> dict:
     """Validated ``classifier.json`` of a model folder (no TensorFlow needed)."""
     folder = Path(folder).expanduser()

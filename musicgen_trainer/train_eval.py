@@ -36,7 +36,6 @@ from dataset_tools.atomic import atomic_path
 from .run_folder import BEST_EXPORT
 from .step import TrainState, export_weights, validation_loss
 
-CLASSIFIER_FOLDER = "genre-classifier"  # demo.py's layout: OUT/dataset and OUT/genre-classifier side by side
 
 
 # --- the best cross-entropy so far ---------------------------------------------------------
@@ -117,12 +116,12 @@ def generate_clips(state: TrainState, prompts: tp.Sequence[str], seconds: float,
 # --- the genre classifier's check ----------------------------------------------------------
 
 def resolve_classifier(option: tp.Optional[str], data: str) -> tp.Optional[Path]:
-    """The classifier folder for ``--eval-classifier``: ``none`` → None; ``auto`` → the
-    ``genre-classifier`` folder beside the dataset's folder when it holds a classifier, else
+    """The classifier folder for ``--eval-classifier``: ``none`` → None; ``auto`` → the one
+    ``genre_classifier.model_folder.classifier_for_dataset`` finds for the dataset (beside it), else
     None; a folder → that folder (``ModelFolderError``, one line, when it is not a classifier)."""
     import importlib.util
 
-    from genre_classifier.model_folder import ModelFolderError, read_info
+    from genre_classifier.model_folder import ModelFolderError, classifier_for_dataset, read_info
     if option is None or str(option).lower() in ("none", ""):
         return None
     has_keras = importlib.util.find_spec("keras") is not None  # the classifier runs on Keras/TensorFlow
@@ -132,10 +131,8 @@ def resolve_classifier(option: tp.Optional[str], data: str) -> tp.Optional[Path]
             raise ValueError(f"--eval-classifier {option}: the genre classifier needs TensorFlow (Keras 3), "
                              f"which is not installed; install it or pass --eval-classifier none")
         return Path(option)
-    dataset = Path(data)
-    dataset = dataset if dataset.is_dir() else dataset.parent  # a data.jsonl: its folder
-    candidate = dataset.resolve().parent / CLASSIFIER_FOLDER
-    if not candidate.is_dir() or not has_keras:
+    candidate = classifier_for_dataset(data)  # the same places `evaluate` looks
+    if candidate is None or not has_keras:
         return None
     try:
         read_info(candidate)

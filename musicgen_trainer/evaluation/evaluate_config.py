@@ -20,10 +20,6 @@ DEFAULT_CLAP = "laion/larger_clap_music"
 NONE = "none"                              # --classifier none / --clap none: skip that measure
 RECORD_FILE = "report_files.json"          # the report folder's record: what evaluate wrote there
 RECORD_FORMAT = "musicgen_trainer.evaluation_report"
-# Where a genre classifier is looked for when --classifier is not given, relative to the dataset
-# DATA: the demo's layout (OUT/dataset beside OUT/genre-classifier), then genre_classifier's default
-# --out (checkpoints/genre-<DATA name>) beside the dataset and in the current folder.
-CLASSIFIER_PLACES = ("{parent}/genre-classifier", "{parent}/checkpoints/genre-{name}", "checkpoints/genre-{name}")
 
 
 @dataclass
@@ -183,7 +179,7 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
 
 def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[Path], str]:
     """(classifier folder or None, a note saying where it came from or why there is none)."""
-    from genre_classifier.model_folder import INFO_FILE
+    from genre_classifier.model_folder import INFO_FILE, classifier_for_dataset
 
     if config.classifier == NONE:
         return None, "Genre figures skipped (--no-classifier)."
@@ -192,12 +188,11 @@ def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[
         if not (folder / INFO_FILE).is_file():
             raise ValueError(f"--classifier {folder}: not a genre classifier folder (no {INFO_FILE})")
         return folder, f"Genre classifier: {folder} (--classifier)."
+    folder = classifier_for_dataset(data)
+    if folder is not None:
+        return folder, f"Genre classifier: {folder} (found beside the dataset)."
     name = data.resolve().name
     parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
-    for place in CLASSIFIER_PLACES:
-        folder = Path(place.format(parent=parent, name=name))
-        if (folder / INFO_FILE).is_file():
-            return folder, f"Genre classifier: {folder} (found beside the dataset)."
     return None, ("No genre classifier was given or found beside the dataset (genre-classifier/ next to it, or "
                   f"checkpoints/genre-{name}): genre figures skipped; train one with "
                   f"python -m genre_classifier train {data} --out {parent / 'genre-classifier'}.")
