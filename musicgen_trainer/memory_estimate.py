@@ -43,7 +43,8 @@ class MemoryEstimate:
 def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: int, layers: int,
                     batch: int, frames: int, codebooks: int, card: int, precision: str,
                     checkpointing: bool, ema: bool = False, prefix: int = 0,
-                    frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0) -> MemoryEstimate:
+                    frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0,
+                    reparametrised: int = 0) -> MemoryEstimate:
     """Peak GPU memory of one training step, by component. ``prefix``: condition positions the
     fuser prepends to the ``frames`` audio positions (the transformer runs over both; the logits
     are the audio positions' only). ``frozen_lm_bytes``: bytes per frozen LM parameter (default:
@@ -57,6 +58,7 @@ def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: i
     # SDPA, feed-forward x4); with checkpointing only each layer's input is kept.
     per_layer = (34 if not checkpointing else 1) * lm_dim * act_bytes
     acts = batch * (frames + prefix) * (per_layer * layers + (34 * lm_dim * act_bytes if checkpointing else 0))
+    acts += reparametrised * act_bytes * (1 if checkpointing else layers)  # independent of batch and length
     return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * optimizer_bytes,
                           ema=trainable * 4 if ema else 0, activations=acts,
                           logits=batch * codebooks * frames * card * (act_bytes + 4 + 4))

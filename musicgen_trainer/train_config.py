@@ -17,7 +17,7 @@ from .runtime import resolve_name
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EXPORT_DTYPES = ("fp16", "bf16", "fp32")  # weight formats of an export (exports.py uses this tuple)
 SHARDINGS = ("none", "fsdp")
-LORA_TARGETS = ("out_proj", "linear1", "linear2")  # lora.DEFAULT_TARGETS (peft imported only when used)
+LORA_TARGETS = ("in_proj", "out_proj", "linear1", "linear2")  # lora.DEFAULT_TARGETS (peft imported only when used)
 
 
 DATA, OPTIM, MEMORY, LOGGING = ("data and model", "optimisation", "memory and precision",
@@ -81,9 +81,12 @@ class TrainConfig:
                                     "stays in bf16/fp16 on GPU (default: full fine-tuning)", group=MEMORY, metavar="RANK")
     lora_alpha: tp.Optional[float] = option(None, "LoRA alpha: adapters are scaled by alpha / rank (default: 2 x rank)",
                                             group=MEMORY)
-    lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input", group=MEMORY, metavar="P")
-    lora_targets: tp.List[str] = option(help="nn.Linear module names that get adapters (commas or spaces); the default: "
-                                        "attention output projections and feed-forward layers",
+    lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input (the nn.Linear targets'; in_proj's "
+                                      "adapters take none)", group=MEMORY, metavar="P")
+    lora_targets: tp.List[str] = option(help="what gets adapters (commas or spaces): nn.Linear module names, and in_proj "
+                                        "for the attention's query/key/value projection (a raw weight); the default: "
+                                        "attention input and output projections (self and cross) and feed-forward "
+                                        "layers",
                                         group=MEMORY, metavar="NAME", default_factory=lambda: list(LORA_TARGETS))
     lora_train_heads: bool = option(False, "with --lora, also train the output heads (linears.*) in full",
                                     group=MEMORY)
@@ -158,7 +161,7 @@ class TrainConfig:
             (self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha must be > 0"),
             (self.gpu_memory is None or self.gpu_memory > 0, "gpu_memory must be > 0 (GB)"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
-            (bool(self.lora_targets), "lora_targets must name at least one linear layer"),
+            (bool(self.lora_targets), "lora_targets must name at least one linear layer (or in_proj)"),
             (not (self.lora and self.sharding == "fsdp"), "--lora with --sharding fsdp is not supported: LoRA's "
                                                           "training state is small, train with data parallel"),
         ]
