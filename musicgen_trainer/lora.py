@@ -100,8 +100,19 @@ def apply_lora(lm, rank: int, alpha: tp.Optional[float] = None, dropout: float =
         inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"--lora-targets {','.join(targets)}: no matching linear layer (or in_proj weight) in the LM ({first})") from None
-    if params and dropout:  # as peft builds it for lora_dropout > 0, on the linears only
+        raise ValueError(f"--lora-targets {','.join(targets)}: no matching linear layer (or in_proj weight) "
+                         f"in the LM ({first})") from None
+    # peft fails only when no target matches: a misspelt one next to good ones would go unnoticed.
+    adapted = [_base_key(name) + (f".{layer.parameter_name}" if hasattr(layer, "parameter_name") else "")
+               for name, layer in lora_layers(lm).items()]
+    unmatched = [t for t in targets if not any(a == n or a.endswith("." + n) for a in adapted
+                                               for n in [t if t in modules else f"{t}_weight"])]
+    if unmatched:
+        raise ValueError(f"--lora-targets {','.join(unmatched)}: no matching linear layer (or in_proj weight) "
+                         f"in the LM (the default targets: {','.join(DEFAULT_TARGETS)})")
+    # peft's config keeps lora_dropout 0 (its ParamWrapper refuses more, so peft loads the adapter);
+    # the linears get the dropout as peft builds it for lora_dropout > 0.
+    if params and dropout:
         for layer in lora_layers(lm).values():
             if isinstance(layer, LoraLinear):
                 layer.lora_dropout[ADAPTER_NAME] = torch.nn.Dropout(p=float(dropout))

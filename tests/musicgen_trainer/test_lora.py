@@ -238,6 +238,16 @@ def test_dropout_applies_to_the_linear_adapters_with_in_proj_targeted(tiny_model
     assert all(layer.lora_dropout["default"].p == 0.25 for layer in layers if isinstance(layer, Linear))
 
 
+def test_a_target_that_matches_nothing_is_a_one_line_error(tiny_model):
+    """peft refuses targets only when none matches: a misspelt one next to good ones is refused too."""
+    import copy
+    from musicgen_trainer.lora import apply_lora
+    for targets in (["in_proj", "linaer1"], ["linaer1"]):
+        with pytest.raises(ValueError, match="--lora-targets linaer1: no matching linear layer") as info:
+            apply_lora(copy.deepcopy(tiny_model.lm), 4, targets=targets)
+        assert "\n" not in str(info.value)
+
+
 def test_planner_counts_the_adapters_apply_lora_adds(tiny_model):
     """--show / --gpu-memory count LoRA's parameters (and in_proj's reparametrised weights) per
     target as apply_lora adds them; the released models' per-layer shapes are the tiny layer's."""
@@ -276,7 +286,7 @@ def test_memorisation_with_lora_reproduces_training_codes(two_clips, tmp_path):
     """As test_training's memorisation test, with LoRA: >= 99 % of the tokens back. The tiny model's
     output heads are random projections from 64 dimensions (released models' are trained): with
     them frozen even full training of the whole transformer plateaus (loss ~4.3), so they train
-    too here (--lora-train-heads); embeddings, norms and attention input projections stay frozen."""
+    too here (--lora-train-heads); embeddings and norms stay frozen."""
     from musicgen_trainer.code_cache import CodeCache
     from musicgen_trainer.data import find_clips
     from musicgen_trainer.models import load_model
