@@ -120,11 +120,13 @@ def check_step(model_name: str, batch: int, seconds: float, steps: int, precisio
     from musicgen_trainer.dry_run import estimate_memory
     from musicgen_trainer.models import model_summary
     from musicgen_trainer.optimizers import STATE_BYTES
+    from musicgen_trainer.planner import lora_reparametrised
     summary = model_summary(model)
     planner = estimate_memory(summary["lm_parameters"], sum(p.numel() for p in lm.parameters() if p.requires_grad),
                               summary["text_encoder_parameters_frozen"] + summary["compression_parameters"],
                               summary["lm_dim"], summary["lm_layers"], batch, frames, summary["codebooks"],
-                              summary["card"], precision, checkpointing, optimizer_bytes=STATE_BYTES[optimizer])
+                              summary["card"], precision, checkpointing, optimizer_bytes=STATE_BYTES[optimizer],
+                              reparametrised=lora_reparametrised(lm, config.lora_targets) // layers if lora else 0)
     result = {"check": "step", "model": model_name, "precision": precision, "optimizer": optimizer,
               "checkpointing": checkpointing, "lora": lora, "planner_gib": planner.total_gib,
               "batch": batch, "seconds": seconds,

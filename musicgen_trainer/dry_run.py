@@ -42,8 +42,11 @@ def describe(config: TrainConfig) -> dict:
     precision = resolve_precision(config.precision, device)
     from .planner import apply_plan
     config, plan_line = apply_plan(config, model, precision, [c.caption for c in clips])
+    reparametrised = 0
     if config.lora:  # adapters as training adds them: only they (and what --lora-train-* asks) train
         from .lora import apply_lora_from_config
+        from .planner import lora_reparametrised
+        reparametrised = lora_reparametrised(model.lm, config.lora_targets)
         apply_lora_from_config(model.lm, config)
     summary = model_summary(model)
     frozen = apply_freeze(model.lm, config.freeze)
@@ -60,7 +63,7 @@ def describe(config: TrainConfig) -> dict:
         summary["lm_dim"], summary["lm_layers"], config.batch_size, frames, summary["codebooks"],
         summary["card"], precision, config.activation_checkpointing, ema=config.ema, prefix=prefix,
         frozen_lm_bytes=frozen_bytes, optimizer_bytes=STATE_BYTES[config.optimizer],
-        grad_accum=config.grad_accum)
+        grad_accum=config.grad_accum, reparametrised=reparametrised // summary["lm_layers"])
     memory = estimate.total_gib
     state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes,
                                        optimizer_bytes=STATE_BYTES[config.optimizer],

@@ -3,12 +3,18 @@
 ``apply_lora(lm, ...)`` injects peft's LoRA layers into audiocraft's ``LMModel`` in place (the LM
 stays callable exactly as before: ``lm(sequence, conditions)``, ``lm.compute_predictions``,
 DDP wrapping) and leaves only the adapters (plus, by option, the output heads and the
-conditioner's output projection) trainable. The targets are ``nn.Linear`` modules found by name:
-by default each layer's attention output projections (``out_proj``, self and cross attention) and
-feed-forward ``linear1`` / ``linear2``. The attention's input projection is a raw parameter
-(``in_proj_weight``, used through ``F.linear``): peft's ``target_parameters`` can adapt it only
-by replacing the whole attention module with a wrapper, which audiocraft's streaming attention
-does not survive cleanly, so it stays frozen.
+conditioner's output projection) trainable. The targets are found by name: by default each
+layer's attention input projections (``in_proj``: queries, keys and values), output projections
+(``out_proj``), self and cross attention, and feed-forward ``linear1`` / ``linear2``.
+
+audiocraft keeps the attention's input projection as a raw parameter (``in_proj_weight``
+``[3 x dim, dim]``, used through ``F.linear``, sliced into q / k / v in cross attention), not an
+``nn.Linear``: a target naming ``in_proj`` becomes peft's ``target_parameters`` (``in_proj_weight``),
+whose ``ParamWrapper`` wraps the attention module and, for each of its calls, reparametrises the
+weight as ``W + scaling * B @ A``. The attention's own code (streaming KV cache included) runs
+unchanged. The cost: that ``[3 x dim, dim]`` sum is computed per call and kept for backward
+(docs/training.md measures it); merged models (exports, ``generate.py --lora``) do not pay it.
+peft's parameter adapters take no dropout: ``--lora-dropout`` applies to the ``nn.Linear`` adapters.
 
 An adapter folder holds peft's ``adapter_model.safetensors`` + ``adapter_config.json``, the
 extra trained weights (``extra_weights.safetensors``: heads / condition projection when trained)
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import typing as tp
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,6 +41,7 @@ EXTRA_FILE = "extra_weights.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 HEADS_PREFIX = "linears."  # the per-codebook output heads
+PARAM_TARGET = "in_proj"  # a target naming a raw weight parameter (``in_proj_weight``), not a module
 
 
 # peft imports bitsandbytes when installed, whose CPU backend logs a warning about an optional
@@ -54,6 +62,16 @@ def extra_trainable(name: str, train_heads: bool, train_condition_proj: bool) ->
     return train_condition_proj and name.startswith("condition_provider.") and ".output_proj." in name
 
 
+def split_targets(targets: tp.Sequence[str]) -> tp.Tuple[tp.List[str], tp.List[str]]:
+    """(peft's ``target_modules``: ``nn.Linear`` names, ``target_parameters``: raw weights).
+
+    ``in_proj`` (or ``self_attn.in_proj``, ``cross_attention.in_proj``) names the attention's
+    ``in_proj_weight``; every other name is an ``nn.Linear`` module's (peft matches name suffixes)."""
+    modules = [t for t in targets if t != PARAM_TARGET and not t.endswith("." + PARAM_TARGET)]
+    params = [f"{t}_weight" for t in targets if t not in modules]
+    return modules, params
+
+
 def apply_lora(lm, rank: int, alpha: tp.Optional[float] = None, dropout: float = 0.0,
                targets: tp.Sequence[str] = DEFAULT_TARGETS, train_heads: bool = False,
                train_condition_proj: bool = False) -> int:
@@ -63,20 +81,41 @@ def apply_lora(lm, rank: int, alpha: tp.Optional[float] = None, dropout: float =
     fp16 on GPU; the adapters are the master weights). ``lora_B`` starts at zero, so the LM's
     output is unchanged until it trains.
 
+    ``dropout`` applies to the ``nn.Linear`` adapters' input; the ``in_proj`` adapters (peft's
+    ``ParamWrapper``, which refuses dropout: it adapts a weight, not an input) have none.
+
     Raises:
-        ValueError: rank < 1, or ``targets`` match no ``nn.Linear`` of the LM (one line).
+        ValueError: rank < 1, or ``targets`` match no ``nn.Linear`` / ``in_proj_weight`` of the LM (one line).
     """
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import Linear as LoraLinear
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    config = LoraConfig(r=int(rank), lora_alpha=resolved_alpha(rank, alpha), lora_dropout=float(dropout),
-                        target_modules=list(targets), bias="none")
+    modules, params = split_targets(targets)
+    config = LoraConfig(r=int(rank), lora_alpha=resolved_alpha(rank, alpha), bias="none",
+                        lora_dropout=0.0 if params else float(dropout),
+                        target_modules=modules or None, target_parameters=params or None)
     try:
         inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"--lora-targets {','.join(targets)}: no matching linear layer in the LM ({first})") from None
+        raise ValueError(f"--lora-targets {','.join(targets)}: no matching linear layer (or in_proj weight) "
+                         f"in the LM ({first})") from None
+    # peft fails only when no target matches: a misspelt one next to good ones would go unnoticed.
+    adapted = [_base_key(name) + (f".{layer.parameter_name}" if hasattr(layer, "parameter_name") else "")
+               for name, layer in lora_layers(lm).items()]
+    unmatched = [t for t in targets if not any(a == n or a.endswith("." + n) for a in adapted
+                                               for n in [t if t in modules else f"{t}_weight"])]
+    if unmatched:
+        raise ValueError(f"--lora-targets {','.join(unmatched)}: no matching linear layer (or in_proj weight) "
+                         f"in the LM (the default targets: {','.join(DEFAULT_TARGETS)})")
+    # peft's config keeps lora_dropout 0 (its ParamWrapper refuses more, so peft loads the adapter);
+    # the linears get the dropout as peft builds it for lora_dropout > 0.
+    if params and dropout:
+        for layer in lora_layers(lm).values():
+            if isinstance(layer, LoraLinear):
+                layer.lora_dropout[ADAPTER_NAME] = torch.nn.Dropout(p=float(dropout))
     for name, param in lm.named_parameters():
         if is_adapter_param(name):
             param.data = param.data.float()
@@ -91,7 +130,9 @@ def is_adapter_param(name: str) -> bool:
 
 
 def lora_layers(lm) -> tp.Dict[str, tp.Any]:
-    """Module name -> peft LoRA layer, for every adapted linear of ``lm``."""
+    """Module name -> peft LoRA layer of ``lm``: ``lora.Linear`` for each adapted linear,
+    ``lora.ParamWrapper`` for each attention whose ``in_proj_weight`` is adapted (its ``out_proj``
+    is then named ``<attention>.base_layer.out_proj``)."""
     from peft.tuners.lora import LoraLayer
     return {name: m for name, m in lm.named_modules() if isinstance(m, LoraLayer)}
 
@@ -100,31 +141,67 @@ def merged_state_dict(lm, weights: tp.Optional[dict] = None) -> dict:
     """The LM state dict with every adapter folded into its base weight, under the base's names.
 
     ``weights``: the adapted LM's state dict to merge (e.g. EMA or exported weights; default
-    ``lm.state_dict()``). For each adapted linear ``P``: ``P.weight = P.base_layer.weight +
-    scaling * lora_B [out, r] @ lora_A [r, in]``, computed in fp32, stored in the base's dtype.
+    ``lm.state_dict()``). For each adapted weight ``P.w`` (``w``: ``weight`` of a linear,
+    ``in_proj_weight`` of an attention): ``P.w = P.base_layer.w + scaling * lora_B [out, r] @
+    lora_A [r, in]``, computed in fp32, stored in the base's dtype.
     """
     weights = dict(lm.state_dict() if weights is None else weights)
     merged = {}
     for prefix, layer in lora_layers(lm).items():
         a = weights[f"{prefix}.lora_A.{ADAPTER_NAME}.weight"].float()
         b = weights[f"{prefix}.lora_B.{ADAPTER_NAME}.weight"].float()
-        base = weights[f"{prefix}.base_layer.weight"]
-        merged[f"{prefix}.weight"] = (base.float() + layer.scaling[ADAPTER_NAME] * (b @ a)).to(base.dtype)
+        name = getattr(layer, "parameter_name", "weight")  # ParamWrapper: the raw parameter it adapts
+        base = weights[f"{prefix}.base_layer.{name}"]
+        merged[_base_key(f"{prefix}.{name}")] = (base.float() + layer.scaling[ADAPTER_NAME] * (b @ a)).to(base.dtype)
     for key, value in weights.items():
         if ".lora_" in key:
             continue
-        key = key.replace(".base_layer.", ".")
-        merged.setdefault(key, value)
+        merged.setdefault(_base_key(key), value)
     return merged
+
+
+def _base_key(key: str) -> str:
+    """The base model's name of an adapted model's key (peft's wrappers nest: ``self_attn.base_layer.
+    out_proj.base_layer.weight`` -> ``self_attn.out_proj.weight``)."""
+    return key.replace(".base_layer.", ".")
+
+
+@contextmanager
+def raw_weights_folded(lm) -> tp.Iterator[None]:
+    """Inside: each ``in_proj`` adapter's weight is ``W + scaling B A``, computed once, and peft's
+    ``ParamWrapper`` skips its per-call reparametrisation (as for a merged layer), so streaming
+    generation from the adapted LM (training samples) runs at a merged model's speed instead of
+    recomputing that ``[3 x dim, dim]`` sum for every attention at every step. The sum replaces
+    the weight's data (no in-place add): on exit the frozen base is restored bit-identical, also
+    in bf16. For inference (no gradients); costs one ``in_proj_weight`` copy per attention meanwhile."""
+    from peft.tuners.lora import ParamWrapper
+    folded = []
+    try:
+        with torch.no_grad():
+            for layer in lora_layers(lm).values():
+                if isinstance(layer, ParamWrapper) and not layer.merged and ADAPTER_NAME in layer.lora_A:
+                    param = layer.get_param()
+                    original = param.data
+                    param.data = original + layer.get_delta_weight(ADAPTER_NAME).to(original.dtype)
+                    layer.merged_adapters.append(ADAPTER_NAME)
+                    folded.append((layer, param, original))
+        yield
+    finally:
+        for layer, param, original in folded:
+            param.data = original
+            layer.merged_adapters.remove(ADAPTER_NAME)
 
 
 def merge_in_place(lm) -> None:
     """Fold the adapters into ``lm``'s weights and remove peft's wrappers: a plain audiocraft LM."""
     weights = merged_state_dict(lm)
+    # Parents are looked up before any replacement: an attention's ParamWrapper holds its out_proj's layer.
+    swaps = []
     for name, layer in lora_layers(lm).items():
         parent_name, _, child = name.rpartition(".")
-        parent = lm.get_submodule(parent_name) if parent_name else lm
-        setattr(parent, child, layer.get_base_layer())
+        swaps.append((lm.get_submodule(parent_name) if parent_name else lm, child, layer.get_base_layer()))
+    for parent, child, base in swaps:
+        setattr(parent, child, base)
     lm.__dict__.pop("peft_config", None)
     lm.load_state_dict(weights)
 

@@ -83,7 +83,7 @@ def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: i
                     batch: int, frames: int, codebooks: int, card: int, precision: str,
                     checkpointing: bool, ema: bool = False, prefix: int = 0,
                     frozen_lm_bytes: tp.Optional[int] = None, optimizer_bytes: float = 8.0,
-                    grad_accum: int = 1) -> MemoryEstimate:
+                    grad_accum: int = 1, reparametrised: int = 0) -> MemoryEstimate:
     """Peak GPU memory of one training step, by component. ``prefix``: condition positions the
     fuser prepends to the ``frames`` audio positions (the transformer runs over both; the logits
     are the audio positions' only). ``frozen_lm_bytes``: bytes per frozen LM parameter (default:
@@ -99,6 +99,7 @@ def estimate_memory(lm_params: int, trainable: int, frozen_other: int, lm_dim: i
     # Under bf16/fp16 autocast each fp32 trainable weight is cast once per forward and the copy is
     # kept for the backward (its layer's input gradient needs it). Not measured yet (CPU runs fp32).
     cast_copies = trainable * act_bytes if precision != "fp32" else 0
+    acts += reparametrised * act_bytes * (1 if checkpointing else layers)  # independent of batch and length
     return MemoryEstimate(weights=weights, gradients=trainable * 4, optimizer=trainable * optimizer_bytes,
                           ema=trainable * 4 if ema else 0, activations=acts + cast_copies,
                           logits=batch * codebooks * frames * card * (act_bytes + LOGIT_EXTRA_BYTES),

@@ -38,17 +38,37 @@ class ModelFacts:
     prefix: int                    # condition positions prepended (melody models)
     lora_parameters: tp.Callable[[int, tp.Sequence[str]], int]  # adapter parameters for (rank, targets)
     frozen_by_freeze: int = 0      # LM parameters --freeze keeps frozen
+    lora_reparametrised: tp.Callable[[tp.Sequence[str]], int] = lambda targets: 0  # raw weights adapted (in_proj)
+
+
+def _named(name: str, targets: tp.Sequence[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)  # peft's matching: a name suffix
 
 
 def lora_parameter_count(lm, rank: int, targets: tp.Sequence[str]) -> int:
-    """Parameters LoRA rank ``rank`` adds on the ``nn.Linear`` modules named ``targets`` (peft's
-    matching: the module name ends with a target), ``rank x (in + out)`` each."""
+    """Parameters LoRA rank ``rank`` adds for ``targets`` (lora.split_targets): ``rank x (in + out)``
+    for each ``nn.Linear`` module named by a target and each attention ``in_proj_weight``
+    (``[3 x dim, dim]``) when ``in_proj`` is one."""
     import torch
+    from .lora import split_targets
+    modules, params = split_targets(targets)
     total = 0
     for name, module in lm.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+        if isinstance(module, torch.nn.Linear) and _named(name, modules):
             total += rank * (module.in_features + module.out_features)
+    for name, param in lm.named_parameters():
+        if param.dim() == 2 and _named(name.replace(".base_layer.", "."), params):
+            total += rank * (param.shape[0] + param.shape[1])
     return total
+
+
+def lora_reparametrised(lm, targets: tp.Sequence[str]) -> int:
+    """Elements of the raw weights ``targets`` adapt (``in_proj_weight``): peft computes
+    ``W + scaling B A`` for them at each call and backward keeps it (memory_estimate)."""
+    from .lora import split_targets
+    params = split_targets(targets)[1]
+    return sum(p.numel() for name, p in lm.named_parameters()
+               if p.dim() == 2 and _named(name.replace(".base_layer.", "."), params))
 
 
 @dataclasses.dataclass
@@ -70,16 +90,18 @@ class Plan:
 def estimate_for(facts: ModelFacts, config: TrainConfig, precision: str, batch: int, checkpointing: bool,
                  optimizer: str, lora: tp.Optional[int], grad_accum: int = 1) -> float:
     """The estimate (GiB) of ``config`` with these memory settings."""
+    reparametrised = 0
     if lora:
         trainable = facts.lora_parameters(lora, config.lora_targets)
         lm_params = facts.lm_parameters + trainable
+        reparametrised = facts.lora_reparametrised(config.lora_targets) // facts.layers
     else:
         lm_params = facts.lm_parameters
         trainable = facts.lm_parameters - facts.frozen_by_freeze
     return estimate_memory(lm_params, trainable, facts.frozen_other, facts.lm_dim, facts.layers, batch,
                            facts.frames, facts.codebooks, facts.card, precision, checkpointing, ema=config.ema,
                            prefix=facts.prefix, optimizer_bytes=STATE_BYTES[optimizer],
-                           grad_accum=grad_accum).total_gib
+                           grad_accum=grad_accum, reparametrised=reparametrised).total_gib
 
 
 def plan(config: TrainConfig, facts: ModelFacts, precision: str, gpu_gb: float) -> Plan:
@@ -129,7 +151,7 @@ def facts_from_model(model, config: TrainConfig, captions: tp.Sequence[str] = ()
         lm_dim=summary["lm_dim"], layers=summary["lm_layers"], codebooks=summary["codebooks"], card=summary["card"],
         frames=int(round(min(config.segment_seconds, model.max_duration) * model.frame_rate)), prefix=prefix,
         lora_parameters=lambda rank, targets: lora_parameter_count(model.lm, rank, targets),
-        frozen_by_freeze=frozen)
+        frozen_by_freeze=frozen, lora_reparametrised=lambda targets: lora_reparametrised(model.lm, targets))
 
 
 def apply_plan(config: TrainConfig, model, precision: str, captions: tp.Sequence[str] = ()) -> tp.Tuple[TrainConfig, tp.Optional[str]]:
@@ -151,15 +173,28 @@ TABLE_GPUS_GB = (8, 12, 16, 24, 40, 80)
 TABLE_EFFECTIVE_BATCH = 8
 
 
+def released_lora_shapes(dim: int) -> tp.Dict[str, tp.Tuple[int, int]]:
+    """What LoRA can adapt in one layer of a released LM of width ``dim`` -> its ``(out, in)``."""
+    return {"self_attn.in_proj": (3 * dim, dim), "cross_attention.in_proj": (3 * dim, dim),
+            "self_attn.out_proj": (dim, dim), "cross_attention.out_proj": (dim, dim),
+            "linear1": (4 * dim, dim), "linear2": (dim, 4 * dim)}
+
+
 def released_facts(size: str) -> ModelFacts:
-    """facebook/musicgen-{size} at 30 s, from the released architecture (no weights): LoRA's
-    default targets are each layer's two attention output projections and two feed-forward linears."""
+    """facebook/musicgen-{size} at 30 s, from the released architecture (no weights)."""
     from .memory_estimate import ENCODEC_32KHZ, RELEASED_LM, T5_BASE_ENCODER
+    from .lora import PARAM_TARGET
     params, dim, layers = RELEASED_LM[size]
-    per_layer = 2 * (dim + dim) + 2 * (dim + 4 * dim)  # rank x (in + out), summed over the targets
+    shapes = released_lora_shapes(dim)
+
+    def adapted(targets, raw_only=False):  # [(out, in)] that ``targets`` adapt in one layer
+        return [shape for name, shape in shapes.items()
+                if _named(name, targets) and (not raw_only or name.endswith(PARAM_TARGET))]
+
     return ModelFacts(lm_parameters=params, frozen_other=T5_BASE_ENCODER + ENCODEC_32KHZ, lm_dim=dim, layers=layers,
                       codebooks=4, card=2048, frames=1500, prefix=0,
-                      lora_parameters=lambda rank, targets: rank * per_layer * layers)
+                      lora_parameters=lambda rank, targets: layers * rank * sum(o + i for o, i in adapted(targets)),
+                      lora_reparametrised=lambda targets: layers * sum(o * i for o, i in adapted(targets, True)))
 
 
 def planner_table() -> str:

@@ -106,7 +106,12 @@ def generate_clips(state: TrainState, prompts: tp.Sequence[str], seconds: float,
     if state.sharded:  # the condition provider runs outside the LM's forward: gather the root first
         model.lm.unshard()
     try:
-        return generate(model, list(prompts), GenerationConfig(duration=min(seconds, model.max_duration), seed=seed))
+        from contextlib import nullcontext
+
+        from .lora import raw_weights_folded  # LoRA's in_proj adapters: W + s B A folded once, as fast as merged
+        with raw_weights_folded(model.lm) if state.config.lora else nullcontext():
+            return generate(model, list(prompts), GenerationConfig(duration=min(seconds, model.max_duration),
+                                                                   seed=seed))
     finally:
         if state.sharded:
             model.lm.reshard()
