@@ -277,6 +277,19 @@ def check_base(record: dict, base: str, folder) -> None:
                          f"pass --model {recorded}")
 
 
+def _read_safetensors(path: Path, folder: Path) -> dict:
+    """Tensors of a safetensors file (no pickle: nothing in it can run); a file that is not one
+    (e.g. a pickle renamed) or is damaged is a one-line ValueError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"cannot read LoRA adapter {folder}: {path.name} is not a readable safetensors file "
+                         f"({reason})") from None
+
+
 def apply_adapter(lm, folder: tp.Union[str, os.PathLike], base: str, merge: bool = True) -> dict:
     """Apply the adapter folder onto ``lm`` (the base model ``base``); returns its record.
 
@@ -284,13 +297,12 @@ def apply_adapter(lm, folder: tp.Union[str, os.PathLike], base: str, merge: bool
     Raises ValueError (one line): not an adapter folder, another base model, or shapes that differ.
     """
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     record = read_adapter_record(folder)
     check_base(record, base, folder)
     apply_lora(lm, int(record["rank"]), record["alpha"], 0.0, record["targets"])
-    weights = load_file(str(folder / PEFT_WEIGHTS))
+    weights = _read_safetensors(folder / PEFT_WEIGHTS, folder)
     expected = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
     for key, value in weights.items():
         full = key.replace(".weight", f".{ADAPTER_NAME}.weight")
@@ -302,7 +314,7 @@ def apply_adapter(lm, folder: tp.Union[str, os.PathLike], base: str, merge: bool
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"--lora {folder} does not fit this base model: {result.unexpected_keys[:2]} unknown")
     if (folder / EXTRA_FILE).is_file():
-        extra = load_file(str(folder / EXTRA_FILE))
+        extra = _read_safetensors(folder / EXTRA_FILE, folder)
         params = dict(lm.named_parameters())
         with torch.no_grad():
             for key, value in extra.items():

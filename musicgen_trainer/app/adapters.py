@@ -136,14 +136,9 @@ def check_adapter_base(adapter: AdapterChoice, model: str) -> None:
 
 def load_with_adapter(name: str, adapter: str, device: tp.Optional[str] = None):
     """``lora.load_with_adapter``: the adapter's weights are read with safetensors (no pickle, so
-    nothing in the file can run); a file that is not safetensors is a one-line ValueError."""
-    from safetensors import SafetensorError
-
+    nothing in the file can run); a file that is not safetensors is lora.py's one-line ValueError."""
     from ..lora import load_with_adapter
-    try:
-        return load_with_adapter(name, adapter, device=device)
-    except SafetensorError as exc:
-        raise ValueError(f"cannot read LoRA adapter {adapter}: not a safetensors file ({_one_line(exc)})") from None
+    return load_with_adapter(name, adapter, device=device)
 
 
 def _one_line(exc) -> str:

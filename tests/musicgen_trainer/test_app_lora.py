@@ -187,7 +187,7 @@ def test_booby_trapped_adapter_is_refused_without_running_anything(checkpoints):
     with pytest.raises(ValueError) as err:
         run_request(request, app.cache, root / "out")
     shown = app.public_text(str(err.value))
-    assert shown.startswith("cannot read LoRA adapter adapter:trap-renamed/adapter: not a safetensors file")
+    assert shown.startswith("cannot read LoRA adapter adapter:trap-renamed/adapter: adapter_model.safetensors is not a readable safetensors file")
     assert "\n" not in shown and str(root) not in shown
     assert not marker.exists()
 

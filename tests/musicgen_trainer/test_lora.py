@@ -352,6 +352,24 @@ def test_adapter_of_another_base_or_not_an_adapter_is_one_line_error(lora_run, t
                               "--duration", "0.2", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "trained on base model 'tiny'" in err and len(err.strip().splitlines()) == 1
+    # a pickle renamed to adapter_model.safetensors: refused in one line, nothing in it runs
+    import pickle
+    trapped = shutil.copytree(lora_run / "adapter", tmp_path / "trapped")
+    marker = tmp_path / "payload-ran"
+    (trapped / "adapter_model.safetensors").write_bytes(pickle.dumps({"x": _Payload(str(marker))}))
+    code = cli_generate.main(["--model", "tiny", "--lora", str(trapped), "--prompt", "x", "--duration", "0.2",
+                              "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_generate_cli_applies_the_adapter(lora_run, tmp_path, capsys):
