@@ -132,6 +132,8 @@ class TrainConfig:
     device: tp.Optional[str] = option(None, "cpu or cuda (default: what accelerate picks)", group=LOGGING)
     progress: bool = option(True, "progress bars", group=LOGGING)
     # The old name of eval_every, kept for Python callers and config files: TrainConfig(valid_every=N).
+    # Only an argument (read config.eval_every): a property of that name would make
+    # dataclasses.replace pass the old interval back in over a new eval_every.
     valid_every: dataclasses.InitVar[tp.Optional[int]] = None
 
     def __post_init__(self, valid_every: tp.Optional[int] = None):
@@ -256,6 +258,3 @@ def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
     per_step = config.batch_size * config.grad_accum * world
     return max(1, math.ceil(config.epochs * n_train / per_step))
 
-
-# Reading the old name gives the new value (``config.valid_every`` in code written before eval_every).
-TrainConfig.valid_every = property(lambda self: self.eval_every, doc="the old name of eval_every")

@@ -240,7 +240,7 @@ class HeldOutEval:
         return bool(self.valid_codes) and every > 0 and (step % every == 0 or step == total)
 
     def run(self, state: TrainState, writer) -> bool:
-        acc, config, main = self.acc, self.config, self.acc.is_main_process
+        config, main = self.config, self.acc.is_main_process
         ce = validation_loss(state, self.valid_codes, self.valid_captions, self.n_frames, self.valid_melody)
         state.history[-1]["valid_loss"] = ce
         improved = self.best.update(ce, state.step)

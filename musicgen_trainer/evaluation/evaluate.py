@@ -127,7 +127,7 @@ def _held_out_ce(model, inputs: Inputs, device: str, progress: bool) -> dict:
     precision = inputs.precision if str(device).startswith("cuda") and inputs.precision in ("bf16", "fp16") \
         else "fp32"
     return held_out_cross_entropy(model, codes, captions, n_frames=int(round(window * model.frame_rate)),
-                                  melody=melody, precision=precision)
+                                  batch_size=inputs.batch_size, melody=melody, precision=precision)
 
 
 def _generate_all(model, plan: tp.List[Planned], config: EvaluateConfig, label: str) -> tp.Tuple[list, list]:
@@ -221,7 +221,7 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
         ValueError, DatasetError, ModelUnavailableError: bad input (one line), before any work
         where they can be found out early.
     """
-    from genre_classifier.model_folder import load_classifier
+    from genre_classifier.model_folder import ModelFolderError, load_classifier
 
     from ..code_cache import CodeCache
     from ..data import find_clips, split_clips
@@ -235,6 +235,20 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     if other_data:  # memorisation is checked against what the run trained on
         train_clips = split_clips(find_clips(trained_on, inputs.valid_fraction, inputs.split_seed))[0]
     classifier_dir, classifier_note = find_classifier(config, inputs.data)
+    # TensorFlow (the classifier) takes all of a GPU's memory by default when it starts, and the
+    # models generate on that GPU afterwards: let it grow as needed instead (set before TF loads).
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    classifier = None
+    if classifier_dir:  # before the report folder is claimed: a classifier that cannot load costs nothing
+        try:
+            classifier = load_classifier(classifier_dir)
+        except (ModelFolderError, ImportError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if config.classifier:  # named by the user: their input is wrong
+                raise ValueError(f"--classifier {classifier_dir}: {reason}") from None
+            classifier_note = (f"Genre figures skipped: the classifier found beside the dataset ({classifier_dir}) "
+                               f"cannot be loaded ({reason}).")
+            classifier_dir = None
     folder = claim_report_folder(config.out, config.overwrite)
     notes = [f"Held-out music: the {len(valid_clips)} clip(s) of {inputs.data}'s validation split, made with "
              f"{inputs.split_source}; the run trained on {len(train_clips)} clip(s).", classifier_note]
@@ -246,10 +260,6 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     genres = sorted({c.genre for c in clips if c.genre})
     plan = plan_clips(genres, valid_clips, config)
     write_record(folder, [clip_path(m, p) for m in MODELS for p in plan])  # before writing them
-    # TensorFlow (the classifier) takes all of a GPU's memory by default when it starts, and the
-    # models generate on that GPU afterwards: let it grow as needed instead (set before TF loads).
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    classifier = load_classifier(classifier_dir) if classifier_dir else None
     if classifier is not None and os.environ.get("TF_CPP_MIN_LOG_LEVEL") not in ("0", "1"):
         # Clips of several lengths reach Keras' predict: its "retracing" warnings are noise here
         # (quiet unless TensorFlow's logs were asked for, as genre_classifier does it).

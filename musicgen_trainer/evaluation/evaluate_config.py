@@ -88,6 +88,7 @@ class Inputs:
     cache_dir: tp.Optional[str]
     window_seconds: float             # the training window (held-out CE's crop)
     precision: str                    # the run's precision (autocast of the held-out CE on GPU)
+    batch_size: int = 4               # the run's micro-batch: validation batched as training did (T5 pads per batch)
 
 
 def _read_json(path: Path) -> dict:
@@ -113,20 +114,27 @@ def _manifest_split(data: Path) -> bool:
 
 def resolve_model(model: str) -> tp.Tuple[Path, tp.Optional[Path]]:
     """(export folder, run folder or None) for ``--model``: a run folder (its ``export/``), an
-    export folder (its run is the parent when the parent holds a ``config.json``), or a LoRA run's
-    ``adapter/`` (the run's merged export). ValueError (one line) otherwise."""
+    export folder (``RUN/export`` or ``RUN/export-best``: its run is the parent when the parent holds a
+    ``config.json``), or a LoRA adapter folder (its run's merged export). ValueError (one line) otherwise."""
     from ..exports import is_export
 
     path = Path(model).expanduser()
     if not path.is_dir():
         raise ValueError(f"--model {model}: no such folder (give a train.py run folder or an export folder)")
+    from ..run_folder import BEST_EXPORT
+
+    def run_of(export: Path) -> tp.Optional[Path]:  # RUN/export and RUN/export-best belong to RUN
+        parent = export.parent
+        return parent if export.name in ("export", BEST_EXPORT) and (parent / "config.json").is_file() else None
+
     if is_export(path):
-        parent = path.parent
-        return path, parent if (parent / "config.json").is_file() and (parent / "export") == path else None
+        return path, run_of(path)
     if is_export(path / "export"):
         return path / "export", path
-    if (path / "musicgen_lora.json").is_file() and is_export(path.parent / "export"):
-        return path.parent / "export", path.parent
+    if (path / "musicgen_lora.json").is_file():  # RUN/adapter -> RUN/export; RUN/export-best/adapter -> export-best
+        for export in (path.parent, path.parent / "export"):
+            if is_export(export):
+                return export, run_of(export)
     raise ValueError(f"--model {model} is neither a run folder with an export/ nor an export folder "
                      f"(state_dict.bin + compression_state_dict.bin); has the run finished?")
 
@@ -166,7 +174,7 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
         split_source = "the run's own --valid-fraction and --seed"
     else:
         split_source = "the defaults (the run's config.json was not found)"
-    if not 0 < valid_fraction < 1:
+    if not _manifest_split(data) and not 0 < valid_fraction < 1:  # a manifest's split is used as it is
         raise ValueError(f"the run trained with --valid-fraction {valid_fraction:g}: it held no music out, so "
                          f"there is nothing it was not trained on to compare with; give --valid-fraction "
                          f"(and --data) for a dataset it never saw")
@@ -174,6 +182,7 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
                   valid_fraction=valid_fraction, split_seed=split_seed, split_source=split_source,
                   cache_dir=config.cache_dir or run_config.get("cache_dir"),
                   window_seconds=float(run_config.get("segment_seconds") or SEGMENT_SECONDS),
+                  batch_size=int(run_config.get("batch_size") or 4),
                   precision=str(run_config.get("precision_used") or "fp32"))
 
 

@@ -220,6 +220,42 @@ def test_cli_bad_input_is_one_line_exit_2(setup, tmp_path, case):
         assert not (tmp_path / "r" / "clips" / "finetune").exists()
 
 
+def test_an_auto_found_classifier_that_cannot_load_is_a_note_and_a_named_one_an_error(setup, tmp_path):
+    """Beside the dataset but damaged: the genre figures are skipped with a note (as train.py's
+    --eval-classifier auto does); named with --classifier: one line, before any report folder."""
+    import shutil
+    root = tmp_path / "copy"
+    data = root / "dataset"
+    shutil.copytree(setup["data"], data)
+    shutil.copytree(setup["root"] / "genre-classifier", root / "genre-classifier")
+    for model_file in (root / "genre-classifier").glob("*.keras"):
+        model_file.write_bytes(b"not a keras file")
+    folder = evaluate(_config(setup, tmp_path / "r", data=str(data), clips_per_genre=1, generic_clips=0),
+                      log=lambda _: None)
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert "note" in report["genre_adherence"]
+    assert any(n.startswith("Genre figures skipped: the classifier found beside the dataset") for n in report["notes"])
+    with pytest.raises(ValueError, match="--classifier") as info:
+        evaluate(_config(setup, tmp_path / "r2", data=str(data), classifier=str(root / "genre-classifier")),
+                 log=lambda _: None)
+    assert "\n" not in str(info.value) and not (tmp_path / "r2").exists()
+
+
+def test_a_manifest_split_counts_even_when_the_run_said_valid_fraction_0(setup, tmp_path):
+    """Training reads a manifest's split whatever --valid-fraction says: so does evaluate."""
+    import dataclasses
+    from musicgen_trainer.evaluation.evaluate_config import _manifest_split, resolve_inputs
+    assert _manifest_split(setup["data"])
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("export",):
+        import shutil
+        shutil.copytree(setup["export"], run / name)
+    (run / "config.json").write_text(json.dumps({"model": "tiny", "data": str(setup["data"]), "valid_fraction": 0.0}))
+    inputs = resolve_inputs(dataclasses.replace(_config(setup, tmp_path / "r"), model=str(run)))
+    assert "manifest" in inputs.split_source
+
+
 def test_model_folders_resolve_to_their_export_and_run(tmp_path):
     """A run folder -> its export/; an export inside a run -> that run; a LoRA run's adapter/ -> the
     run's merged export; anything else: one line."""
@@ -232,6 +268,12 @@ def test_model_folders_resolve_to_their_export_and_run(tmp_path):
     assert resolve_model(str(run)) == (run / "export", run)
     assert resolve_model(str(run / "export")) == (run / "export", run)
     assert resolve_model(str(run / "adapter")) == (run / "export", run)
+    # export-best/ (and its adapter) belong to the run too: its split and settings are the run's
+    for name in (f"export-best/{LM_FILE}", f"export-best/{COMPRESSION_FILE}", "export-best/adapter/musicgen_lora.json"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("{}")
+    assert resolve_model(str(run / "export-best")) == (run / "export-best", run)
+    assert resolve_model(str(run / "export-best" / "adapter")) == (run / "export-best", run)
     (run / "config.json").unlink()
     assert resolve_model(str(run / "export")) == (run / "export", None)   # an export on its own
     with pytest.raises(ValueError, match="is neither a run folder with an export/ nor an export folder"):

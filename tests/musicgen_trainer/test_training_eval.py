@@ -227,7 +227,10 @@ def test_eval_every_is_also_spelled_valid_every(tmp_path):
     from musicgen_trainer.cli_train import build_parser, config_from_args
     for flag in ("--eval-every", "--valid-every"):
         config = config_from_args(build_parser().parse_args(["--data", "x", flag, "7"]))
-        assert config.eval_every == 7 == config.valid_every
+        assert config.eval_every == 7
+    assert TrainConfig(data="x", valid_every=5).eval_every == 5
+    import dataclasses
+    assert dataclasses.replace(config, eval_every=0).eval_every == 0  # replace keeps the new interval
     (tmp_path / "old.yaml").write_text("data: x\nvalid_every: 9\n")
     assert TrainConfig.from_file(tmp_path / "old.yaml").eval_every == 9
     with pytest.raises(ValueError, match="--early-stop"):
