@@ -17,7 +17,8 @@ from .optimizers import STATE_BYTES
 from .memory_estimate import (CUDA_CONTEXT_GIB, ENCODEC_32KHZ, RELEASED_LM, T5_BASE_ENCODER,  # noqa: F401
                               MemoryEstimate, condition_prefix, estimate_memory, estimate_memory_gib, gpu_tables,
                               released_estimate)
-from .preflight import captions_warning, disk_space_warning, disk_usage_line, training_state_bytes
+from .preflight import (captions_warning, disk_space_warning, disk_usage_line, exports_bytes,
+                        training_state_bytes)
 from .train_config import TrainConfig, total_steps
 
 
@@ -68,7 +69,8 @@ def describe(config: TrainConfig) -> dict:
     state_bytes = training_state_bytes(model.lm, config.ema, frozen_bytes=frozen_bytes,
                                        optimizer_bytes=STATE_BYTES[config.optimizer],
                                        sharded=config.sharding == "fsdp")
-    warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes),
+    export_bytes = exports_bytes(model, config.export_dtype, config.keep_best and config.eval_every > 0)
+    warnings = [w for w in (disk_space_warning(config.out, config.keep_last, state_bytes, export_bytes=export_bytes),
                             None if any(c.caption for c in clips) else captions_warning(config.data)) if w]
     steps = total_steps(config, len(train), 1)
     per_step = config.batch_size * config.grad_accum

@@ -30,7 +30,7 @@ from .melody import prepare_melody
 from .optimizers import STATE_BYTES
 from .run_folder import (RunFolder, RunFolderError, check_resume, check_resume_world, claim_run_folder, load_state, read_record,
                          resolve_resume, rng_state, set_rng_state)
-from .preflight import captions_warning, disk_space_warning, training_state_bytes
+from .preflight import captions_warning, disk_space_warning, exports_bytes, training_state_bytes
 from .distributed import encode_clips
 from .train_config import TrainConfig, total_steps
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training, resolve_dropouts,
@@ -219,7 +219,8 @@ def train(config: TrainConfig) -> Path:
     if acc.is_main_process:  # before hours of training, not at the first save
         state_bytes = training_state_bytes(model.lm, config.ema, optimizer_bytes=STATE_BYTES[config.optimizer],
                                            sharded=config.sharding == "fsdp")
-        space = disk_space_warning(out, config.keep_last, state_bytes,
+        space = disk_space_warning(out, config.keep_last, state_bytes, export_bytes=exports_bytes(
+                                       model, config.export_dtype, config.keep_best and config.eval_every > 0),
                                    existing=len(run.own_states()))
         if space:
             print(space)

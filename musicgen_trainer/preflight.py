@@ -54,18 +54,29 @@ def disk_free_bytes(path: tp.Union[str, os.PathLike]) -> int:
 
 
 def disk_space_warning(out: tp.Union[str, os.PathLike], keep_last: int, state_bytes: int,
-                       existing: int = 0) -> tp.Optional[str]:
-    """A one-line warning when ``keep_last + 1`` training states do not fit the free space of
-    ``out``'s filesystem (``keep_last`` kept, one more written before the oldest goes); else None.
-    ``existing``: states of this run already on disk (a resume), which the free space excludes."""
-    need = (keep_last + 1) * state_bytes
+                       existing: int = 0, export_bytes: int = 0) -> tp.Optional[str]:
+    """A one-line warning when ``keep_last + 1`` training states (``keep_last`` kept, one more
+    written before the oldest goes) and the exports (``export_bytes``: see ``exports_bytes``) do not
+    fit the free space of ``out``'s filesystem; else None. ``existing``: states of this run already
+    on disk (a resume), which the free space excludes."""
+    need = (keep_last + 1) * state_bytes + export_bytes
     free = disk_free_bytes(out)
     if need - min(existing, keep_last) * state_bytes <= free:
         return None
-    return (f"warning: the training states will not fit on the disk of {out}: each is "
+    exports = f" and {_size(export_bytes)} of exports" if export_bytes else ""
+    return (f"warning: the training states{exports} will not fit on the disk of {out}: each state is "
             f"{_size(state_bytes)} and {keep_last + 1} exist at once (--keep-last {keep_last}, plus "
-            f"the one being written) = {_size(need)}, but only {_size(free)} is free. "
+            f"the one being written): {_size(need)} in all, but only {_size(free)} is free. "
             f"Lower --keep-last, free space, or choose an --out on a larger disk")
+
+
+def exports_bytes(model, export_dtype: str, keep_best: bool) -> int:
+    """Disk of the exports a run writes: export/ (the LM in ``export_dtype``, the codec in fp32),
+    and with ``--keep-best`` export-best/ plus the new best written beside it before the swap."""
+    lm_bytes = 4 if export_dtype == "fp32" else 2
+    one = sum(p.numel() for p in model.lm.parameters()) * lm_bytes + \
+        sum(p.numel() for p in model.compression_model.parameters()) * 4
+    return one * (3 if keep_best else 1)
 
 
 def _size(n: int) -> str:

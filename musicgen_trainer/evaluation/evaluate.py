@@ -9,7 +9,7 @@ the report's files: ``report.py``):
 3. for each model in turn (the base first; one in memory at a time): held-out cross-entropy, then
    the same prompts with the same seeds in the same batches: ``--clips-per-genre`` per genre
    (captions in the training captions' words) and ``--generic-clips`` from ``--generic-prompt``;
-   clips written as WAV under ``clips/<model>/``;
+   clips written as WAV under ``clips/`` (names that do not say which model: report.json maps them);
 4. measures (``evaluate_measures.py``): genre adherence (+ the classifier's ceiling on the real clips), FAD on each
    embedding (classifier, EnCodec, CLAP) overall and per genre, CLAP scores, sanity flags,
    memorisation overlap against the training codes (the base's as a control);
@@ -184,7 +184,13 @@ def _model_pass(name: str, role: str, inputs: Inputs, plan, config: EvaluateConf
 
 
 def clip_path(role: str, p: Planned) -> str:
-    return f"{CLIPS_DIR}/{role}/{p.index:03d}_{_slug(p.genre or 'generic')}_s{p.seed}.wav"
+    """Where one model's clip of prompt ``p`` goes. The name does not say which model made it (the
+    page's players, downloads and "open in new tab" show it; the blind test must not): the two
+    clips of a prompt are ``_1`` and ``_2`` in an order drawn per prompt; report.json maps them."""
+    import random
+    first = random.Random(f"clip-order:{p.index}:{p.seed}").random() < 0.5
+    number = 1 if (role == FINETUNE) == first else 2
+    return f"{CLIPS_DIR}/{p.index:03d}_{_slug(p.genre or 'generic')}_s{p.seed}_{number}.wav"
 
 
 def _load_clap(config: EvaluateConfig, device: str, notes: list):

@@ -427,6 +427,13 @@ def test_disk_warning_counts_the_states_a_resumed_run_already_has(tmp_path, monk
     assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100) is not None  # needs 300
     assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=2) is None  # needs 100 more
     assert "free space" in preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=1)
+    # the exports count too (export/, export-best/ and the new best before the swap)
+    assert preflight.disk_space_warning(tmp_path, keep_last=2, state_bytes=100, existing=2, export_bytes=200) is not None
+    from musicgen_trainer.models import load_model
+    tiny = load_model("tiny", device="cpu")
+    one = preflight.exports_bytes(tiny, "fp16", keep_best=False)
+    assert preflight.exports_bytes(tiny, "fp16", keep_best=True) == 3 * one
+    assert preflight.exports_bytes(tiny, "fp32", keep_best=False) > one
 
 
 def test_dropouts_default_to_the_models_own_rates():
