@@ -48,8 +48,9 @@ def is_export(folder: tp.Union[str, os.PathLike]) -> bool:
     return (folder / LM_FILE).is_file() and (folder / COMPRESSION_FILE).is_file()
 
 
-def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Path]:
-    """Every export folder under ``root`` (``root`` itself included), sorted by path; hidden folders skipped."""
+def find_folders(root: tp.Union[str, os.PathLike], matches: tp.Callable[[Path], bool]) -> tp.List[Path]:
+    """Every folder under ``root`` (``root`` itself included, at most ``MAX_DEPTH`` down, hidden
+    folders skipped) for which ``matches(folder)``, sorted by path. Nothing is opened."""
     root = Path(root)
     found: tp.List[Path] = []
     if not root.is_dir():
@@ -58,9 +59,14 @@ def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Pa
         here = Path(dirpath)
         depth = len(here.relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < MAX_DEPTH else []
-        if is_export(here):
+        if matches(here):
             found.append(here)
     return sorted(found)
+
+
+def find_exports(root: tp.Union[str, os.PathLike] = "checkpoints") -> tp.List[Path]:
+    """Every export folder under ``root`` (``root`` itself included), sorted by path; hidden folders skipped."""
+    return find_folders(root, is_export)
 
 
 # EXPORT_DTYPES: weight formats of an export's LM. The released checkpoints are fp16 (half the

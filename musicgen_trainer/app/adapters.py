@@ -36,19 +36,9 @@ class AdapterChoice:
 def find_adapters(root: tp.Union[str, os.PathLike]) -> tp.List[Path]:
     """Every folder under ``root`` holding a ``musicgen_lora.json`` (walked as ``find_exports``
     walks: same depth, hidden folders skipped), sorted by path. Nothing is opened."""
-    from ..exports import MAX_DEPTH
+    from ..exports import find_folders
     from ..lora import OURS_FILE
-    root = Path(root)
-    found: tp.List[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, _ in os.walk(root):
-        here = Path(dirpath)
-        depth = len(here.relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < MAX_DEPTH else []
-        if (here / OURS_FILE).is_file():
-            found.append(here)
-    return sorted(found)
+    return find_folders(root, lambda here: (here / OURS_FILE).is_file())
 
 
 def adapter_record(folder: tp.Union[str, os.PathLike]) -> dict:

@@ -17,23 +17,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .sanity import as_mono
+
 # Prompts are cut to this many tokens (CLAP's text tower: RoBERTa with 514 positions; captions
 # are far shorter).
 CLAP_TEXT_MAX_TOKENS = 128
 
 
-def _mono(wave: np.ndarray) -> np.ndarray:
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:
-        return wave.mean(axis=0)
-    if wave.ndim != 1:
-        raise ValueError(f"a wave must be [n] or [C, n], got shape {wave.shape}")
-    return wave
-
-
 def _resampled(wave: np.ndarray, sample_rate: int, rate: int) -> np.ndarray:
     from dataset_tools.audio_io import resample
-    return np.ascontiguousarray(resample(_mono(wave), int(sample_rate), int(rate)), dtype=np.float32)
+    return np.ascontiguousarray(resample(as_mono(wave, np.float32), int(sample_rate), int(rate)), dtype=np.float32)
 
 
 # --- the genre classifier's penultimate layer ------------------------------------------------

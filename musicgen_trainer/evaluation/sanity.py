@@ -63,8 +63,9 @@ MEMORISATION_NGRAM = 25
 MEMORISATION_THRESHOLD = 0.5
 
 
-def _as_mono(wave: np.ndarray) -> np.ndarray:
-    wave = np.asarray(wave, dtype=np.float64)
+def as_mono(wave: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """``[n]`` mono of a wave ``[n]`` or ``[C, n]`` (the channels' mean); one-line ValueError otherwise."""
+    wave = np.asarray(wave, dtype=dtype)
     if wave.ndim == 2:
         return wave.mean(axis=0)
     if wave.ndim != 1:
@@ -106,7 +107,7 @@ def audio_repetition(wave: np.ndarray, sample_rate: int) -> float:
     one lag later, over lags from `AUDIO_MIN_LAG_SECONDS` to half the clip; 0.0 when too short."""
     from scipy.fft import irfft, rfft
 
-    mono = _as_mono(wave)
+    mono = as_mono(wave)
     n_fft = max(64, int(2 ** round(np.log2(AUDIO_FRAME_SECONDS * sample_rate))))
     hop = n_fft // 4  # fine hops: a loop's period is rarely a whole number of hops
     if mono.shape[0] < n_fft:

@@ -51,3 +51,26 @@ def supply_tiny_modules(monkeypatch, export) -> dict:
     if "demucs_state" in pkg:
         monkeypatch.setattr(demucs.pretrained, "get_model", tiny_htdemucs)
     return pkg
+
+
+def greedy_reproduction(export, data, cache):
+    """(generated, reference, share): each clip of ``data`` regenerated greedily from its caption by
+    the export (cfg_coef 1: the purely conditional distribution; with the default 3 the guidance
+    extrapolates away from a null-caption model that memorised a mixture of the clips and can flip
+    near-tied early tokens), its codes, and the share of tokens reproduced where the objective trains
+    (the delay pattern leaves the last k frames of codebook k without a target)."""
+    import numpy as np
+
+    from musicgen_trainer.code_cache import CodeCache
+    from musicgen_trainer.data import find_clips
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.objective import valid_positions
+    model = load_model(export, device="cpu")
+    clips = find_clips(data, valid_fraction=0.0)
+    codes, kept, _ = CodeCache(model.compression_model, cache).codes_for(clips, progress=False)
+    model.set_generation_params(use_sampling=True, top_k=1, duration=1.0, cfg_coef=1.0)
+    with torch.no_grad():
+        _, tokens = model.generate([c.caption for c in kept], progress=False, return_tokens=True)
+    reference = torch.from_numpy(np.stack([np.asarray(c, dtype=np.int64) for c in codes]))
+    mask = valid_positions(model.lm, torch.ones(tokens.shape[0], tokens.shape[-1], dtype=torch.bool))
+    return tokens, reference, (tokens == reference)[mask].float().mean().item()

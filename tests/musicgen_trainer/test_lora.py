@@ -10,7 +10,7 @@ import torch
 from musicgen_trainer import cli_generate, run_folder
 from musicgen_trainer.finetune import train
 from musicgen_trainer.train_config import TrainConfig
-from mt_helpers import train_stopped_after
+from mt_helpers import greedy_reproduction, train_stopped_after
 
 
 def _tone(seconds, freq, sr=32000):
@@ -299,25 +299,12 @@ def test_memorisation_with_lora_reproduces_training_codes(two_clips, tmp_path):
     output heads are random projections from 64 dimensions (released models' are trained): with
     them frozen even full training of the whole transformer plateaus (loss ~4.3), so they train
     too here (--lora-train-heads); embeddings and norms stay frozen."""
-    from musicgen_trainer.code_cache import CodeCache
-    from musicgen_trainer.data import find_clips
-    from musicgen_trainer.models import load_model
-    from musicgen_trainer.objective import valid_positions
-
     config = _config(two_clips, tmp_path / "run", tmp_path / "cache", steps=500, lr=1e-2, warmup_steps=10,
                      word_dropout=0.0, weight_decay=0.0, lora=32, lora_train_heads=True)
     export = train(config)
     history = _last_state(tmp_path / "run")["history"]
     assert history[-1]["loss"] < 0.05 < history[0]["loss"]
-    model = load_model(export, device="cpu")
-    clips = find_clips(two_clips, valid_fraction=0.0)
-    codes, kept, _ = CodeCache(model.compression_model, tmp_path / "cache").codes_for(clips, progress=False)
-    model.set_generation_params(use_sampling=True, top_k=1, duration=1.0, cfg_coef=1.0)
-    with torch.no_grad():
-        _, tokens = model.generate([c.caption for c in kept], progress=False, return_tokens=True)
-    reference = torch.from_numpy(np.stack([np.asarray(c, dtype=np.int64) for c in codes]))
-    mask = valid_positions(model.lm, torch.ones(2, 50, dtype=torch.bool))
-    agreement = (tokens == reference)[mask].float().mean().item()
+    _, _, agreement = greedy_reproduction(export, two_clips, tmp_path / "cache")
     assert agreement >= 0.99, agreement
 
 

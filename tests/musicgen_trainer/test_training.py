@@ -14,7 +14,7 @@ import torch
 from musicgen_trainer import run_folder
 from musicgen_trainer.train_config import TrainConfig
 from musicgen_trainer.finetune import train
-from mt_helpers import train_stopped_after
+from mt_helpers import greedy_reproduction, train_stopped_after
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,11 +52,6 @@ def test_memorisation_reproduces_training_codes(tmp_path):
     """Train on two 1 s clips until the loss is ~0, export, load the export, generate with
     the same captions and top-k 1: the generated codes are the training codes. This checks
     that data, delay pattern, conditioning, export and generation line up."""
-    from musicgen_trainer.data import find_clips
-    from musicgen_trainer.code_cache import CodeCache
-    from musicgen_trainer.models import load_model
-    from musicgen_trainer.objective import valid_positions
-
     data = tmp_path / "two"
     data.mkdir()
     for i, (freq, caption) in enumerate(((220.0, "jazz piano"), (330.0, "rock guitar"))):
@@ -68,21 +63,8 @@ def test_memorisation_reproduces_training_codes(tmp_path):
     history = _history(tmp_path / "run")
     assert history[-1]["loss"] < 0.05 < history[0]["loss"]
 
-    model = load_model(export, device="cpu")
-    clips = find_clips(data, valid_fraction=0.0)
-    codes, kept, _ = CodeCache(model.compression_model, tmp_path / "cache").codes_for(clips, progress=False)
-    # cfg_coef 1 = the purely conditional distribution. (With the default 3, the guidance
-    # extrapolates away from the null-caption model, which here has memorised a mixture of
-    # the two clips, and can flip a few near-tied early tokens.)
-    model.set_generation_params(use_sampling=True, top_k=1, duration=1.0, cfg_coef=1.0)
-    with torch.no_grad():
-        _, tokens = model.generate([c.caption for c in kept], progress=False, return_tokens=True)
-    reference = torch.from_numpy(np.stack([np.asarray(c, dtype=np.int64) for c in codes]))
+    tokens, reference, agreement = greedy_reproduction(export, data, tmp_path / "cache")
     assert tokens.shape == reference.shape == (2, 4, 50)
-    # Compare where the objective trains: the delay pattern leaves the last k frames of
-    # codebook k without a training target (6 of 200 positions here).
-    mask = valid_positions(model.lm, torch.ones(2, 50, dtype=torch.bool))
-    agreement = (tokens == reference)[mask].float().mean().item()
     assert agreement >= 0.99, agreement
 
 
