@@ -24,12 +24,10 @@ import time
 import typing as tp
 from pathlib import Path
 
-from ..generation import GenerationConfig
-from .backend import APP_MAX_PROMPT_CHARS, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER
+from .backend import APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER
 
 logger = logging.getLogger("musicgen_trainer.app")
 
-DEFAULTS = GenerationConfig()  # the page's initial sampling settings
 RESCAN_INTERVAL_S = 5.0  # the checkpoints folder is walked at most once per this many seconds
 
 
@@ -45,10 +43,12 @@ class App:
                  device: tp.Optional[str] = None, max_duration: float = APP_MAX_SECONDS,
                  cache_size: int = APP_MODEL_CACHE, pretrained: tp.Optional[tp.Sequence[str]] = None,
                  midi_default: bool = True, rescan_interval: float = RESCAN_INTERVAL_S,
-                 clock: tp.Callable[[], float] = time.monotonic):
+                 clock: tp.Callable[[], float] = time.monotonic, data_root: tp.Optional[str] = "datasets"):
         from .backend import ModelCache
         from ..models import PRETRAINED_NAMES
         self.checkpoints = checkpoints
+        # The studio tabs read, list and write only under these two roots (see paths.confined).
+        self.data_root = Path(data_root) if data_root else None
         self.out = Path(out)
         self.max_duration = float(max_duration)
         self.pretrained = list(PRETRAINED_NAMES if pretrained is None else pretrained)
@@ -158,141 +158,20 @@ class App:
 
 
 def build_demo(app: App):
-    """The Gradio ``Blocks`` page (queue included) for ``app``."""
+    """The Gradio ``Blocks`` page (queue included) for ``app``: one tab per step of the job,
+    from a folder of music to a fine-tune and a comparison (see docs/app.md)."""
     import gradio as gr
 
-    from .backend import AppRequest, run_request
-
-    default = app.default_model()
-
-    def on_model(key):
-        value = app.value_of(key) or key
-        limit = app.duration_limit(value)
-        return (gr.CheckboxGroup(choices=app.genre_choices(value), value=[]),
-                gr.Slider(maximum=limit), app.model_note(value))
-
-    def on_rescan(key):
-        # Anyone who can reach the server can call this (Gradio runs any event by its number,
-        # "private" only hides it from the API page and gradio_client): it is harmless, as
-        # the list it returns is what the page shows, and rate-limited (see App.rescan).
-        app.rescan()
-        key = key if key in app.by_key else app.key_of(app.default_model())
-        return gr.Dropdown(choices=app.dropdown_choices(), value=key), gr.Dropdown(choices=app.adapter_choices())
-
-    def on_adapter(adapter_key, model_key):
-        # Picking an adapter picks its base (the model it was trained on, from its record);
-        # an adapter whose base the app does not list leaves the model as it is, and says so.
-        adapter = app.adapter_of(adapter_key)
-        if adapter is not None and adapter.base is not None:
-            model_key = app.key_of(adapter.base)
-        return gr.update(value=model_key), app.adapter_note(adapter_key, app.value_of(model_key) or model_key)
-
-    def on_pair(model_key, adapter_key):
-        return app.adapter_note(adapter_key, app.value_of(model_key) or model_key)
-
-    def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef,
-                    seed, midi, adapter=NO_ADAPTER, progress=gr.Progress()):
-        from dataset_tools.audio_io import AudioDecodeError
-
-        from ..models import ModelUnavailableError
-        from ..media import TranscriptionUnavailable
-
-        def report(stage: str, done: int, total: int) -> None:
-            progress((done, total), desc=stage, unit="steps" if stage == "generating" else "")
-        model = app.value_of(model) or model  # a key from the page; unknown ones fail the allow-list
-        listed = app.adapter_of(adapter)
-        adapter = listed.value if listed else (None if adapter in (None, "", NO_ADAPTER) else adapter)
-        try:
-            generation = GenerationConfig(duration=duration, top_k=int(top_k),
-                                          top_p=float(top_p), temperature=float(temperature),
-                                          cfg_coef=float(cfg_coef),
-                                          seed=None if seed is None or int(seed) < 0 else int(seed))
-            request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
-                                 genres=genres or [], generation=generation, max_duration=app.duration_limit(model),
-                                 audio_prompt=audio_prompt, upload_roots=_upload_roots(), midi=bool(midi),
-                                 adapter=adapter, allowed_adapters=app.adapters)
-            result = run_request(request, app.cache, app.out, report)
-        except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
-            raise gr.Error(app.public_text(str(exc)), print_exception=False) from None
-        except Exception as exc:  # never a traceback in the page; the log has it
-            logger.exception("generation failed")
-            first = app.public_text((str(exc).splitlines() or [""])[0][:300])
-            raise gr.Error(f"generation failed: {exc.__class__.__name__}: {first}", print_exception=False) from None
-        midi_button = gr.DownloadButton("Download MIDI", value=str(result.midi) if result.midi else None,
-                                        visible=result.midi is not None)
-        return (str(result.wav), str(result.png), gr.DownloadButton("Download WAV", value=str(result.wav)),
-                midi_button, result.summary)
+    from .tab_generate import build_generate_tab
 
     with gr.Blocks(title="MusicGen", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("## MusicGen: prompt a pretrained model or your fine-tune")
-        with gr.Row():
-            with gr.Column(scale=5):
-                with gr.Row():
-                    model = gr.Dropdown(choices=app.dropdown_choices(), value=app.key_of(default),
-                                        label="Model", scale=3, elem_id="model")
-                    model.preprocess = _accepting_export_folders(app, model.preprocess)
-                    # Picking an adapter picks its base model (see on_adapter).
-                    adapter = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label="LoRA adapter",
-                                          scale=2, elem_id="adapter")
-                with gr.Row():
-                    adapter_note = gr.Markdown(elem_id="adapter-note")
-                    rescan = gr.Button("Rescan checkpoints", size="sm", scale=0, min_width=160)
-                note = gr.Markdown(app.model_note(default))
-                prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS,
-                                    placeholder="e.g. warm piano trio, brushed drums, late night",
-                                    elem_id="prompt")
-                genres = gr.CheckboxGroup(choices=app.genre_choices(default), label="Genres",
-                                          elem_id="genres")
-                duration = gr.Slider(0.5, app.duration_limit(default),
-                                     value=min(DEFAULTS.duration, app.duration_limit(default)),
-                                     step=0.5, label="Duration (seconds)", elem_id="duration")
-                audio_prompt = gr.Audio(sources=["upload"], type="filepath",
-                                        label="Audio prompt (optional): the music continues from its end")
-                with gr.Accordion("Advanced sampling", open=False):
-                    # Defaults and explanations are GenerationConfig's (the same as generate.py's flags).
-                    top_k = gr.Slider(0, 1000, value=DEFAULTS.top_k, step=1, label="Top-k", info=_help("top_k"))
-                    top_p = gr.Slider(0.0, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top-p", info=_help("top_p"))
-                    temperature = gr.Slider(0.05, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature",
-                                            info=_help("temperature"))
-                    cfg_coef = gr.Slider(0.0, 10.0, value=DEFAULTS.cfg_coef, step=0.1, label="Guidance (CFG coefficient)",
-                                         info=_help("cfg_coef"))
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1: random; the seed used is shown)")
-                midi = gr.Checkbox(value=app.midi_default, label="Transcribe to MIDI (basic-pitch)")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Column(scale=5):
-                audio = gr.Audio(label="Generated audio", type="filepath", interactive=False, elem_id="output-audio")
-                image = gr.Image(label="Mel spectrogram", type="filepath", interactive=False, elem_id="spectrogram")
-                with gr.Row():
-                    wav_button = gr.DownloadButton("Download WAV", value=None, elem_id="download-wav")
-                    midi_button = gr.DownloadButton("Download MIDI", value=None, visible=False,
-                                                    elem_id="download-midi")
-                summary = gr.Markdown(elem_id="summary")
-        model.change(on_model, inputs=model, outputs=[genres, duration, note], api_visibility="private")
-        model.change(on_pair, inputs=[model, adapter], outputs=adapter_note, api_visibility="private")
-        adapter.change(on_adapter, inputs=[adapter, model], outputs=[model, adapter_note], api_visibility="private")
-        rescan.click(on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private",
-                     concurrency_limit=1, concurrency_id="rescan")
-        # The adapter comes last, optional ("none"): API scripts written before it still work.
-        run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
-                                       cfg_coef, seed, midi, adapter],
-                  outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
-                  concurrency_limit=1, concurrency_id="generate")
+        gr.Markdown("## MusicGen studio: your music in, a fine-tuned MusicGen out")
+        with gr.Tabs(elem_id="tabs"):
+            # studio tabs (Data, Captions, Tag, Train) go here, in that order
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                build_generate_tab(app)
+            # the Compare tab goes here
     return demo
-
-
-def _accepting_export_folders(app: App, preprocess):
-    """The model Dropdown's ``preprocess``, also taking a listed fine-tune's server folder.
-
-    API scripts written before fine-tunes had keys send the folder itself (as in
-    ``checkpoints/my-run/export``); such a value becomes its key, and Gradio then checks the
-    value against the choices as usual, so anything not listed is still refused. (A wrapper on
-    the instance: subclassing a Gradio component makes Gradio write a ``.pyi`` beside this file.)
-    """
-    def wrapped(payload):
-        if isinstance(payload, str) and payload not in app.by_key and payload in app.by_value:
-            payload = app.key_of(payload)
-        return preprocess(payload)
-    return wrapped
 
 
 def _mtime(path: Path) -> float:
@@ -300,11 +179,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _upload_roots() -> tp.List[str]:
-    from gradio.utils import get_upload_folder
-    return [get_upload_folder()]
 
 
 def _hub_cached(name: str) -> bool:
@@ -315,13 +189,6 @@ def _hub_cached(name: str) -> bool:
         return isinstance(found, str)
     except Exception:
         return False
-
-
-def _help(name: str) -> str:
-    """A sampling control's explanation: the GenerationConfig field's help text."""
-    import dataclasses
-    meta = {f.name: f.metadata for f in dataclasses.fields(GenerationConfig)}[name]
-    return (meta.get("cli") or {}).get("help", "")
 
 
 def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,
@@ -365,7 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also publish a temporary public gradio.live link")
-    p.add_argument("--checkpoints", default="checkpoints", help="folder searched for exports (default checkpoints)")
+    p.add_argument("--checkpoints", default="checkpoints",
+                   help="folder of classifiers, training runs and exports: searched for models, and where the "
+                        "page's training runs are written (default checkpoints)")
+    p.add_argument("--data-root", default="datasets",
+                   help="folder of music libraries and prepared datasets: the page lists, reads and writes "
+                        "nothing outside it and --checkpoints (default datasets)")
     p.add_argument("--out", default="outputs/app", help="where results are written (default outputs/app)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-duration", type=float, default=APP_MAX_SECONDS,
@@ -391,7 +263,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
-                  cache_size=args.cache)
+                  cache_size=args.cache, data_root=args.data_root)
         try:
             launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
         except OSError as exc:  # port in use, bad address

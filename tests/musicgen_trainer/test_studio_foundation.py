@@ -1,0 +1,96 @@
+"""The studio's two foundations: nothing outside its roots is reachable from the page
+(``app.paths``), and long work runs as a background job that outlives the page (``app.jobs``)."""
+import os
+import sys
+import time
+
+import pytest
+
+from musicgen_trainer.app import jobs
+from musicgen_trainer.app.paths import OutsideRootError, confined, list_folders, public
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "root" / "mine" / "jazz").mkdir(parents=True)
+    (tmp_path / "root" / "mine-prepared").mkdir()
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "passwords.txt").write_text("x")
+    os.symlink(tmp_path / "secret", tmp_path / "root" / "link-out")
+    os.symlink(tmp_path / "root" / "mine", tmp_path / "root" / "link-in")
+    return tmp_path / "root"
+
+
+@pytest.mark.parametrize("bad", ["..", "../secret", "mine/../../secret", "/etc", "/", "~/x", "C:/x",
+                                 "mine\\..\\..", "link-out", "link-out/passwords.txt", "mine/\x00x",
+                                 "a" * 500])
+def test_paths_outside_the_root_are_refused_with_one_line(root, bad):
+    with pytest.raises(OutsideRootError) as err:
+        confined(root, bad)
+    assert "\n" not in str(err.value)
+
+
+def test_paths_inside_the_root_resolve_and_are_named_relative_to_it(root):
+    assert confined(root, "") == confined(root, ".") == root.resolve()
+    assert confined(root, "mine/jazz", must_exist=True) == (root / "mine" / "jazz").resolve()
+    assert confined(root, "new-folder/sub") == (root / "new-folder" / "sub").resolve()  # not there yet: fine
+    assert confined(root, "link-in") == (root / "mine").resolve()  # a link that stays inside
+    assert public(root, root / "mine" / "jazz") == "mine/jazz"
+    with pytest.raises(OutsideRootError, match="does not exist"):
+        confined(root, "missing", must_exist=True)
+
+
+def test_listing_never_shows_links_out_or_hidden_folders(root):
+    (root / ".hidden").mkdir()
+    assert list_folders(root) == ["mine", "mine-prepared"]  # link-in resolves to mine: listed once
+    assert list_folders(root, depth=2) == ["mine", "mine-prepared", "mine/jazz"]
+    with pytest.raises(OutsideRootError):
+        list_folders(root, "link-out")
+
+
+def _python(code):
+    return [sys.executable, "-c", code]
+
+
+def test_a_job_runs_in_its_own_session_and_one_folder_runs_one_job(tmp_path):
+    folder = tmp_path / "run"
+    info = jobs.start_job("sleep", _python("import time; print('sta' + 'rted', flush=True); time.sleep(60)"), folder)
+    try:
+        assert jobs.job_status(folder).running
+        deadline = time.monotonic() + 30
+        while "\nstarted" not in jobs.read_log(folder) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "\nstarted" in jobs.read_log(folder)  # its output, live (the log's first line is the command)
+        status = jobs.job_status(folder)
+        assert status.pid == info.pid and os.getsid(status.pid) != os.getsid(0)  # survives the page's session
+        with pytest.raises(jobs.JobBusyError, match="already running"):
+            jobs.start_job("sleep", _python("pass"), folder)
+        assert jobs.stop_job(folder)
+        done = jobs.wait_job(folder, timeout=30)
+        assert not done.running and done.state == "stopped"  # Ctrl-C, recorded by the wrapper
+    finally:
+        jobs.stop_job(folder, force=True)
+    again = jobs.start_job("quick", _python("print('second')"), folder)  # the folder is free again
+    assert jobs.wait_job(folder, timeout=30).state == "done" and again.kind == "quick"
+    assert "\nsecond" in jobs.read_log(folder) and "started" not in jobs.read_log(folder)
+
+
+def test_exit_status_failure_and_a_killed_job(tmp_path):
+    jobs.start_job("fails", _python("import sys; sys.exit(3)"), tmp_path / "a")
+    assert jobs.wait_job(tmp_path / "a", timeout=30).state == "failed"
+    jobs.start_job("killed", _python("import time; time.sleep(60)"), tmp_path / "b")
+    deadline = time.monotonic() + 30
+    while jobs.job_status(tmp_path / "b").pid <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.stop_job(tmp_path / "b", force=True)  # the wrapper dies too: nobody records a status
+    assert jobs.wait_job(tmp_path / "b", timeout=30).state == "lost"
+    assert jobs.job_status(tmp_path / "never") is None
+
+
+def test_progress_is_read_from_the_jobs_progress_bar(tmp_path):
+    code = ("from tqdm import tqdm\nimport time\n"
+            "for _ in tqdm(range(7), desc='prepare', mininterval=0):\n    time.sleep(0.01)\n")
+    jobs.start_job("bar", _python(code), tmp_path / "p")
+    assert jobs.wait_job(tmp_path / "p", timeout=60).state == "done"
+    assert jobs.progress_of(jobs.read_log(tmp_path / "p")) == (7, 7, "prepare")
+    assert jobs.progress_of("no bar here") is None
