@@ -1,6 +1,7 @@
 # One-command setup, demo and tests. Re-running a target that is up to date does nothing.
 #   make setup   system packages (apt) + .venv with every Python dependency
 #   make demo    the offline demo on the tiny model (writes demo_output/)
+#   make app     the studio page on http://127.0.0.1:7860 (an example library in datasets/example first)
 #   make test    the whole test suite, offline
 #   make bench   the benchmarks (slow: tens of minutes on a CPU)
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 # TensorFlow: quiet logs and no GPU grab (the classifier is small; the GPU is MusicGen's).
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps python-deps demo test bench clean
+.PHONY: setup system-deps python-deps demo app test bench clean
 
 setup: system-deps python-deps
 
@@ -38,6 +39,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements-dev.txt pyprojec
 
 demo: setup
 	$(BIN)/python demo.py --out demo_output
+
+# The page's Data tab lists datasets/: a first run finds a small example library there to try.
+app: setup
+	@test -e datasets/example || $(BIN)/python -m dataset_tools example datasets/example
+	$(BIN)/python -m musicgen_trainer.app --data-root datasets --checkpoints checkpoints
 
 test: setup
 	@bash scripts/install_system_deps.sh --test

@@ -9,7 +9,8 @@ job lives in the folder it writes:
   is asked of the lock, not of a pid that the system may have reused: a crashed job
   releases it, and two clicks (or two users) cannot start two jobs in one folder;
 - ``studio_job.json``: what runs (kind, command, start time; the exit status once done);
-- ``studio_job.log``: its output (the progress bars included: :func:`progress_of` reads them).
+- ``studio_job.log``: the output of every job run there, each after a header line (the progress
+  bars included: :func:`progress_of` reads them); :func:`read_log` returns the latest job's part.
 
 Stopping sends SIGINT to the job's process group, as Ctrl-C in a terminal would: train.py
 then saves a resumable state before it exits. ``python -m musicgen_trainer.app.jobs FOLDER --
@@ -36,6 +37,7 @@ LOG_FILE = "studio_job.log"
 LOCK_FILE = ".studio_job.lock"
 JOB_FORMAT = "musicgen_trainer.studio_job"
 LOG_TAIL_BYTES = 64 * 1024  # what the page reads of a log at a time
+LOG_HEADER = "=== studio job "  # starts the line that opens each job's part of the log
 
 
 class JobBusyError(ValueError):
@@ -104,7 +106,10 @@ def start_job(kind: str, argv: tp.Sequence[str], folder: tp.Union[str, os.PathLi
     Raises:
         JobBusyError: one line, when a job already runs in ``folder``.
     """
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        raise RuntimeError("the page's background jobs need Linux or macOS; use the command line here") from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = open(folder / LOCK_FILE, "a+")
@@ -121,8 +126,9 @@ def start_job(kind: str, argv: tp.Sequence[str], folder: tp.Union[str, os.PathLi
         info = JobInfo(kind=kind, folder=str(folder), argv=[str(a) for a in argv], started=time.time(),
                        id=secrets.token_hex(8))
         _write(folder, info)  # before the wrapper starts: it adds its pid, then the exit status
-        log = open(folder / LOG_FILE, "w", encoding="utf-8")
-        log.write(f"$ {' '.join(info.argv)}\n")
+        log = open(folder / LOG_FILE, "a", encoding="utf-8")  # earlier jobs' output stays above
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started))
+        log.write(f"\n{LOG_HEADER}{info.id} ({kind}) started {stamp} ===\n$ {' '.join(info.argv)}\n")
         log.flush()
         child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         wrapper = [sys.executable, "-m", "musicgen_trainer.app.jobs", str(folder), info.id, "--", *info.argv]
@@ -180,7 +186,8 @@ def wait_job(folder: tp.Union[str, os.PathLike], timeout: float = 60.0, poll: fl
 
 
 def read_log(folder: tp.Union[str, os.PathLike], max_bytes: int = LOG_TAIL_BYTES) -> str:
-    """The end of ``folder``'s job log (progress-bar redraws collapsed to their last state)."""
+    """The end of the latest job's output in ``folder``'s log (from its ``$ command`` line; at
+    most ``max_bytes``), progress-bar redraws collapsed to their last state."""
     path = Path(folder) / LOG_FILE
     try:
         with open(path, "rb") as f:
@@ -190,6 +197,9 @@ def read_log(folder: tp.Union[str, os.PathLike], max_bytes: int = LOG_TAIL_BYTES
             raw = f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+    header = raw.rfind(LOG_HEADER)
+    if header >= 0:
+        raw = raw[raw.find("\n", header) + 1:]
     lines = [line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
              for line in raw.split("\n")]
     return "\n".join(lines)

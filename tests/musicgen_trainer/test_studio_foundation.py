@@ -72,7 +72,8 @@ def test_a_job_runs_in_its_own_session_and_one_folder_runs_one_job(tmp_path):
         jobs.stop_job(folder, force=True)
     again = jobs.start_job("quick", _python("print('second')"), folder)  # the folder is free again
     assert jobs.wait_job(folder, timeout=30).state == "done" and again.kind == "quick"
-    assert "\nsecond" in jobs.read_log(folder) and "started" not in jobs.read_log(folder)
+    assert "\nsecond" in jobs.read_log(folder) and "started" not in jobs.read_log(folder)  # the latest job's part
+    assert "\nstarted" in (folder / jobs.LOG_FILE).read_text()  # earlier jobs' output is kept in the file
 
 
 def test_exit_status_failure_and_a_killed_job(tmp_path):
