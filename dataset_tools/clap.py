@@ -51,7 +51,7 @@ class Clap:
     @property
     def logit_scale(self) -> float:
         """The temperature CLAP was trained with: audio-to-text logits are this times the cosine."""
-        return float(self.model.logit_scale_a.exp())
+        return float(self.model.logit_scale_a.detach().exp())
 
 
 def tiny_seed(name: str) -> int | None:
