@@ -25,6 +25,11 @@ NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress",
 TAG_OPTIONS = ("tagger", "tagger_model", "tag_vocabulary", "tag_threshold", "max_tags_per_field")
 TAGGERS = ("none", "clap")
 DEFAULT_TAGGER_MODEL = "laion/larger_clap_music"
+# The default template before it gained {style} and {mood}. Those are empty without --tagger, so
+# both give the same captions: hashing the new default as the former one keeps datasets made
+# before up to date instead of reconverting them all (the tag pass adds tags when asked).
+FORMER_DEFAULT_TEMPLATE = ("{genre} music, {title}, by {artist}, played on {instrument}, "
+                           "{tempo} tempo at {bpm} bpm, in {key}")
 
 
 @dataclass
@@ -123,4 +128,7 @@ class PrepareOptions:
 
     def output_fields(self) -> dict:
         """The options that change outputs (hashed to decide what is up to date)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_HASHED + TAG_OPTIONS}
+        fields = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED + TAG_OPTIONS}
+        if fields["caption_template"] == DEFAULT_TEMPLATE:
+            fields["caption_template"] = FORMER_DEFAULT_TEMPLATE
+        return fields

@@ -189,6 +189,18 @@ def test_captions_command_counts_tags_and_duplicates_and_rerenders_only_prepares
     assert "untagged segments: 6 (jazz 4, rock 2)" in capsys.readouterr().out
 
 
+def test_the_new_default_template_keeps_untagged_datasets_up_to_date():
+    """{style} and {mood} are empty without tags: the captions are the former default's, so a
+    dataset prepared before is not reconverted (same options hash)."""
+    from dataset_tools.captions import DEFAULT_TEMPLATE, caption_values, render_caption
+    from dataset_tools.options import FORMER_DEFAULT_TEMPLATE
+    values = caption_values(genre="jazz", title="Blue", artist="Me", bpm=92.0, key="F major", instrument="piano",
+                            name="Blue")
+    assert render_caption(DEFAULT_TEMPLATE, values) == render_caption(FORMER_DEFAULT_TEMPLATE, values)
+    assert PrepareOptions().output_fields()["caption_template"] == FORMER_DEFAULT_TEMPLATE
+    assert PrepareOptions(caption_template="{genre}").output_fields()["caption_template"] == "{genre}"
+
+
 def test_windows_spread_over_the_track_and_stay_inside_segments():
     one = [{"path": "a.wav", "start": 1.0, "duration": 30.0}]
     assert window_spans(one, 10.0) == [("a.wav", 0.0, 10.0), ("a.wav", 10.0, 10.0), ("a.wav", 20.0, 10.0)]
