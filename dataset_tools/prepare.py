@@ -101,8 +101,10 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     Returns the report (also written to ``OUT/prepare_report.json``).
     Raises:
         ValueError: bad SRC/OUT (missing, OUT inside SRC...), a missing ``--soundfont`` or a
-            missing Python package; ``ForeignFileError`` for a file in OUT where this run
-            would write that prepare did not write (raised before any work).
+            missing Python package; with ``--tagger clap``, CLAP weights that are not on this
+            machine (``ClapUnavailableError``) or a bad vocabulary; ``ForeignFileError`` for a
+            file in OUT where this run would write that prepare did not write (all raised
+            before any work).
         OutputLockedError: another run is using OUT.
         RunFailedError: the disk is full or read-only (after saving progress).
         KeyboardInterrupt: after saving progress, when interrupted.
