@@ -1,9 +1,9 @@
-"""Command line: ``python -m dataset_tools {prepare,separate,stats,example} ...`` (or ``dataset-tools``).
+"""Command line: ``python -m dataset_tools {prepare,separate,stats,captions,example} ...`` (or ``dataset-tools``).
 
 Only parses arguments and prints; the work is done by ``prepare``, ``separation.separate``,
-``dataset_stats`` and ``build_example``. Each command's flags come from the fields of its options
-dataclass (``PrepareOptions``, ``SeparateOptions``, ``StatsOptions``, ``ExampleOptions``) through
-``dataset_tools.cli``.
+``dataset_stats``, ``caption_report`` and ``build_example``. Each command's flags come from the
+fields of its options dataclass (``PrepareOptions``, ``SeparateOptions``, ``StatsOptions``,
+``CaptionsOptions``, ``ExampleOptions``) through ``dataset_tools.cli``.
 Errors follow the project's convention (``cli.run_command``): one ``error: ...`` line, exit
 status 2 for bad input (also for a file in OUT that the command did not write and would have
 to replace), 1 for a run that could not finish (e.g. disk full), never a traceback (unless
@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     from .stats import StatsOptions
     add_dataclass_options(s, StatsOptions)
 
+    c = sub.add_parser("captions", help="caption statistics of a prepared dataset; re-render them with a new template",
+                       description="Most common tags per genre, untagged segments, duplicated captions and the "
+                                   "longest caption of a dataset made by `prepare`; with --template, first rewrite "
+                                   "every caption from the .json fields (the audio is not touched).")
+    c.add_argument("out", metavar="OUT", help="dataset folder made by prepare")
+    from .caption_report import CaptionsOptions
+    add_dataclass_options(c, CaptionsOptions)
+
     e = sub.add_parser("example", help="build a small real example library from music21's corpus",
                        description="Write a small music library (genre folders + unknown/) rendered from "
                                    "music21's bundled corpus: Bach chorales on organ, Palestrina on choir, "
@@ -91,6 +99,11 @@ def _run(args) -> int:
         from .stats import StatsOptions, dataset_stats
         stats = dataset_stats(args.out, dataclass_from_args(StatsOptions, args))
         print(stats.summary())
+        return 0
+    if args.command == "captions":
+        from .caption_report import CaptionsOptions, caption_report
+        options = dataclass_from_args(CaptionsOptions, args)
+        print(caption_report(args.out, options).summary(options.top))
         return 0
     from .example import ExampleOptions, build_example
     report = build_example(args.out, dataclass_from_args(ExampleOptions, args))

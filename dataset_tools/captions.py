@@ -2,7 +2,7 @@
 
 A caption is built from a template of comma-separated parts, e.g. the default::
 
-    "{genre} music, {title}, by {artist}, played on {instrument}, {tempo} tempo at {bpm} bpm, in {key}"
+    "{genre} music, {style}, {title}, by {artist}, played on {instrument}, {mood} mood, {tempo} tempo at {bpm} bpm, in {key}"
 
 A part whose fields are all known is kept; a part with any unknown (empty) field is
 dropped whole. So a track in ``unknown/`` gets no genre words at all, a drone with no
@@ -13,20 +13,28 @@ measurable tempo gets no tempo words, and nothing reads "None music". Fields:
     artist      from "Artist - Title" file names, else empty
     bpm, tempo  estimated tempo (e.g. "96") and a word for it ("slow", "medium", "fast")
     key         estimated key, e.g. "A minor"
-    instrument  instruments of a rendered MIDI file (e.g. "church organ"); empty for audio
+    instrument  instruments of a rendered MIDI file (e.g. "church organ"); for audio, the
+                instrument tags of ``prepare --tagger clap`` ("piano and double bass"), else empty
+    mood        mood tags of the tagger ("relaxed and dreamy"), else empty
+    style       genre/style tags of the tagger ("piano trio"), else empty
     name        the output file name (without extension)
 
 ``music_info`` fills every field audiocraft's ``MusicInfo`` requires, with ``description``
-set to the caption: it is the only field MusicGen's text encoder sees.
+set to the caption: it is the only field MusicGen's text encoder sees. Tags (``tagging.py``)
+also go into its ``instrument``, ``moods`` and ``keywords`` fields, with their scores in a
+side field ``tags`` (audiocraft ignores fields it does not know); ``info_values`` reads the
+caption fields back from such a JSON, so captions can be re-rendered without the audio.
 """
 from __future__ import annotations
 
 import re
 import string
 
-DEFAULT_TEMPLATE = ("{genre} music, {title}, by {artist}, played on {instrument}, "
+DEFAULT_TEMPLATE = ("{genre} music, {style}, {title}, by {artist}, played on {instrument}, {mood} mood, "
                     "{tempo} tempo at {bpm} bpm, in {key}")
-CAPTION_FIELDS = ("genre", "title", "artist", "bpm", "tempo", "key", "instrument", "name")
+CAPTION_FIELDS = ("genre", "title", "artist", "bpm", "tempo", "key", "instrument", "mood", "style", "name")
+# The tag fields of ``tagging.py`` (vocabulary field -> caption field).
+TAG_FIELDS = ("instrument", "mood", "style")
 
 # Leading track numbers: "01 ", "01 - ", "1. ", "1-03 ", "(04) ", "[12] ", "Track 05 - ".
 _TRACK_NUMBER = re.compile(
@@ -100,17 +108,33 @@ def render_caption(template: str, values: dict) -> str:
 
 
 def caption_values(*, genre: str, title: str, artist: str, bpm: float | None,
-                   key: str | None, instrument: str, name: str) -> dict:
+                   key: str | None, instrument: str, name: str, mood: str = "", style: str = "") -> dict:
     return {"genre": genre, "title": title, "artist": artist,
             "bpm": "" if bpm is None else f"{bpm:g}", "tempo": tempo_word(bpm),
-            "key": key or "", "instrument": instrument, "name": name}
+            "key": key or "", "instrument": instrument, "mood": mood, "style": style, "name": name}
 
 
-def music_info(values: dict, caption: str, bpm: float | None) -> dict:
-    """The audiocraft ``MusicInfo`` JSON for one segment (every field present)."""
+def join_words(words) -> str:
+    """``["a"]`` -> "a", ``["a", "b"]`` -> "a and b", ``["a", "b", "c"]`` -> "a, b and c"."""
+    words = [str(w) for w in words if str(w).strip()]
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def with_tags(values: dict, tags: dict | None) -> dict:
+    """``values`` with the tagger's tags (``{field: {tag: score}}``, best first) as words.
+    Instruments a MIDI file names exactly are kept; the tagged ones fill in for audio."""
+    if not tags:
+        return dict(values)
+    return dict(values, mood=join_words(tags.get("mood", {})), style=join_words(tags.get("style", {})),
+                instrument=values["instrument"] or join_words(tags.get("instrument", {})))
+
+
+def music_info(values: dict, caption: str, bpm: float | None, tags: dict | None = None) -> dict:
+    """The audiocraft ``MusicInfo`` JSON for one segment (every field present); with ``tags``
+    (see ``with_tags``) also their words in ``moods``/``keywords`` and their scores in ``tags``."""
     tempo = f'{values["tempo"]} tempo' if values["tempo"] else ""
     keywords = [w for w in (values["genre"], tempo, values["key"].lower()) if w]
-    return {
+    info = {
         "title": values["title"],
         "artist": values["artist"],
         "key": values["key"],
@@ -122,3 +146,19 @@ def music_info(values: dict, caption: str, bpm: float | None) -> dict:
         "instrument": values["instrument"],
         "keywords": keywords,
     }
+    if tags:
+        info["moods"] = list(tags.get("mood", {}))
+        info["keywords"] = keywords + [w for w in tags.get("style", {}) if w not in keywords]
+        info["tags"] = {field: dict(tags.get(field, {})) for field in TAG_FIELDS}
+    return info
+
+
+def info_values(info: dict) -> dict:
+    """The caption fields of a segment, read back from its ``music_info`` JSON."""
+    tags = info.get("tags") or {}
+    bpm = info.get("bpm")
+    return caption_values(genre=info.get("genre") or "", title=info.get("title") or "",
+                          artist=info.get("artist") or "", bpm=None if bpm is None else float(bpm),
+                          key=info.get("key") or None, instrument=info.get("instrument") or "",
+                          name=info.get("name") or "", mood=join_words(info.get("moods") or []),
+                          style=join_words(tags.get("style", {})))

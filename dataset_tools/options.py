@@ -20,6 +20,16 @@ from .separation.options import SEPARATION_MODEL
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 # Options that do not change any WAV/caption/JSON: changing them never reconverts.
 NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress", "separation_device")
+# Tag options: the tag pass after conversion keeps its own keys (tagging.py), so changing them
+# re-scores or re-captions without converting (or decoding) anything again.
+TAG_OPTIONS = ("tagger", "tagger_model", "tag_vocabulary", "tag_threshold", "max_tags_per_field")
+TAGGERS = ("none", "clap")
+DEFAULT_TAGGER_MODEL = "laion/larger_clap_music"
+# The default template before it gained {style} and {mood}. Those are empty without --tagger, so
+# both give the same captions: hashing the new default as the former one keeps datasets made
+# before up to date instead of reconverting them all (the tag pass adds tags when asked).
+FORMER_DEFAULT_TEMPLATE = ("{genre} music, {title}, by {artist}, played on {instrument}, "
+                           "{tempo} tempo at {bpm} bpm, in {key}")
 
 
 @dataclass
@@ -49,6 +59,18 @@ class PrepareOptions:
                            aliases=("--no-analysis",), group="captions")
     caption_template: str = option(DEFAULT_TEMPLATE, 'caption template (default: "%(default)s"); '
                                    "parts with an unknown field are dropped", metavar="TEXT", group="captions")
+    # automatic tags
+    tagger: str = option("none", "tag instruments, moods and styles for the captions: clap = zero-shot "
+                         "scores of a music CLAP (see docs/dataset_tools.md)", choices=TAGGERS, group="tags")
+    tagger_model: str = option(DEFAULT_TAGGER_MODEL, "CLAP model: a hub name in the local cache, a local "
+                               "folder, or tiny[:SEED] (random weights, for tests)", metavar="NAME|DIR",
+                               group="tags")
+    tag_vocabulary: str | None = option(None, "YAML file of the tags to score (default: the shipped "
+                                        "dataset_tools/tag_vocabulary.yaml)", metavar="YAML", group="tags")
+    tag_threshold: float = option(0.15, "keep a tag whose score (its share of its field's softmax) is at "
+                                  "least this", metavar="P", group="tags")
+    max_tags_per_field: int = option(2, "at most this many tags per field (instrument, mood, style)",
+                                     metavar="N", group="tags")
     # MIDI
     soundfont: str | None = option(None, "General MIDI soundfont (default: found on the system, e.g. "
                                    "FluidR3_GM.sf2)", metavar="SF2", group="MIDI")
@@ -97,9 +119,16 @@ class PrepareOptions:
              f"validation fraction must be at least 0 and below 1, got {self.valid_fraction}")
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
              f"workers must be a whole number >= 1, got {self.workers}")
+        need(self.tagger in TAGGERS, f"tagger must be one of {', '.join(TAGGERS)}, got {self.tagger!r}")
+        need(0.0 <= self.tag_threshold <= 1.0, f"tag threshold must be between 0 and 1, got {self.tag_threshold}")
+        need(isinstance(self.max_tags_per_field, int) and self.max_tags_per_field >= 1,
+             f"max tags per field must be a whole number >= 1, got {self.max_tags_per_field}")
         fields = template_fields(self.caption_template)
         need(bool(fields) or bool(self.caption_template.strip()), "caption template is empty")
 
     def output_fields(self) -> dict:
         """The options that change outputs (hashed to decide what is up to date)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_HASHED}
+        fields = {k: v for k, v in asdict(self).items() if k not in NOT_HASHED + TAG_OPTIONS}
+        if fields["caption_template"] == DEFAULT_TEMPLATE:
+            fields["caption_template"] = FORMER_DEFAULT_TEMPLATE
+        return fields

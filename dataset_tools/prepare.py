@@ -12,7 +12,9 @@ Steps:
    recording each result and saving the state every few seconds; a full or read-only disk
    stops the run (``RunFailedError``);
 6. remove outputs of sources that vanished or now produce fewer segments;
-7. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
+7. with ``--tagger clap``, tag every track whose tags are not current (``tagging.py``: one
+   CLAP embedding per track, cached; captions and .json rewritten with the tags);
+8. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
 
 SRC is only ever read, and in OUT only prepare's own files are ever replaced or deleted.
 Interrupting (Ctrl-C or a kill) at any point is safe: outputs are written atomically and
@@ -99,8 +101,10 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     Returns the report (also written to ``OUT/prepare_report.json``).
     Raises:
         ValueError: bad SRC/OUT (missing, OUT inside SRC...), a missing ``--soundfont`` or a
-            missing Python package; ``ForeignFileError`` for a file in OUT where this run
-            would write that prepare did not write (raised before any work).
+            missing Python package; with ``--tagger clap``, CLAP weights that are not on this
+            machine (``ClapUnavailableError``) or a bad vocabulary; ``ForeignFileError`` for a
+            file in OUT where this run would write that prepare did not write (all raised
+            before any work).
         OutputLockedError: another run is using OUT.
         RunFailedError: the disk is full or read-only (after saving progress).
         KeyboardInterrupt: after saving progress, when interrupted.
@@ -113,15 +117,20 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     if options.remove_vocals:  # one clear error (or one download) before any worker starts
         from .separation import check_model
         check_model(options.separation_model)
+    tagger = None
+    if options.tagger != "none":  # one line saying how to provide the CLAP weights, before any work
+        from .tagging import check_tagger
+        tagger = check_tagger(options)
     out.mkdir(parents=True, exist_ok=True)
     lock = _acquire_lock(out)
     try:
-        return _prepare_locked(src, out, options, soundfont, started)
+        return _prepare_locked(src, out, options, soundfont, started, tagger)
     finally:
         lock.unlink(missing_ok=True)
 
 
-def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, started: float) -> PrepareReport:
+def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, started: float,
+                    tagger=None) -> PrepareReport:
     scan = scan_source(src, exclude=out)
     stems = assign_output_stems(scan.sources)
     state = PrepareState(out)
@@ -207,12 +216,17 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         if bar is not None:
             bar.close()
         _save_state(state, quiet=fatal is not None)  # also on Ctrl-C: the next run resumes from here
+    tagging = None
+    if fatal is None:
+        from .tagging import tag_tracks
+        tagging = tag_tracks(out, state, tagger, options.caption_template, progress=options.progress).as_dict()
 
     records = {rel: state.records[rel] for rel in sorted(current) if rel in state.records}
     tracks = {rel: rec["track"]["genre"] for rel, rec in records.items() if rec.get("status") == "converted"}
     valid = mf.split_tracks(tracks, options.valid_fraction, options.seed)
     facts = dict(src=src, out=out, options=options, workers=workers, scan=scan, records=records,
-                 results=results, up_to_date=up_to_date, valid=valid, removed_outputs=removed)
+                 results=results, up_to_date=up_to_date, valid=valid, removed_outputs=removed,
+                 tagging=tagging)
     if fatal is not None:
         _stop(fatal, facts, started)
     rows = mf.manifest_rows(records, valid, out, options.absolute_paths)

@@ -38,6 +38,8 @@ class PrepareReport:
     mono_copied: list = field(default_factory=list)  # mono sources copied to both sides (--channels 2)
     removed_outputs: int = 0             # files of vanished sources deleted from OUT
     manifests: dict = field(default_factory=dict)   # manifest file -> rows
+    tagging: dict = field(default_factory=dict)     # --tagger: model, tracks tagged, embeddings computed/cached
+    longest_caption: dict = field(default_factory=dict)  # {"path", "words", "caption"}: T5 reads it all
     workers: int = 1
     elapsed_seconds: float = 0.0
     options: dict = field(default_factory=dict)
@@ -62,6 +64,14 @@ class PrepareReport:
                          f"valid tracks; {len(self.unlabelled)} unlabelled track(s) in unlabelled.jsonl")
         skipped = [(item["source"], item["reason"]) for item in self.skipped]
         failed = [(item["source"], item["reason"]) for item in self.failed]
+        if self.tagging.get("model"):
+            t = self.tagging
+            lines.append(f"  tags ({t['model']}): {t['tracks_tagged_this_run']} track(s) tagged this run, "
+                         f"{t['embeddings_computed']} embedding(s) computed, {t['embeddings_from_cache']} from "
+                         f"the cache" + (f", {len(t['failed'])} failed" if t.get("failed") else ""))
+        if self.longest_caption:
+            c = self.longest_caption
+            lines.append(f"  longest caption ({c['words']} words, {c['path']}): {c['caption']}")
         if self.mono_copied:
             lines.append(f"  {len(self.mono_copied)} mono source(s) copied to both channels: identical left and "
                          f"right (listed under mono_copied in {REPORT_FILE})")
@@ -86,12 +96,12 @@ def skipped_lines(problems: list[tuple[str, str]], max_listed: int, report: Path
 
 
 def build_report(*, src, out, options, workers, scan, records, results, up_to_date, valid,
-                 removed_outputs, manifest_counts, elapsed) -> PrepareReport:
+                 removed_outputs, manifest_counts, elapsed, tagging=None) -> PrepareReport:
     """Assemble the report from the scan, the state records and this run's results."""
     report = PrepareReport(src=str(src), out=str(out), workers=workers,
                            files_found=len(scan.sources), up_to_date=len(up_to_date),
                            removed_outputs=removed_outputs, manifests=manifest_counts,
-                           elapsed_seconds=round(elapsed, 3), options=asdict(options))
+                           elapsed_seconds=round(elapsed, 3), options=asdict(options), tagging=tagging or {})
     for result in results:
         if result.status == "converted":
             report.converted_this_run += 1
@@ -125,6 +135,10 @@ def build_report(*, src, out, options, workers, scan, records, results, up_to_da
             report.mono_copied.append(rel)
         if track.get("midi_repairs"):
             report.repaired.append({"source": rel, "repairs": track["midi_repairs"]})
+        for seg in rec["segments"]:
+            caption = seg.get("caption") or ""
+            if len(caption) > len(report.longest_caption.get("caption", "")):
+                report.longest_caption = {"path": seg["path"], "words": len(caption.split()), "caption": caption}
         if rel in valid:
             valid_tracks += 1
             valid_segments += len(rec["segments"])

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 def _tables() -> dict:
     """NAME -> (doc path, Markdown table)."""
+    from dataset_tools.caption_report import CaptionsOptions
     from dataset_tools.cli import options_markdown
     from dataset_tools.options import PrepareOptions
     from musicgen_trainer.cli_generate import GenerateOptions
@@ -29,6 +30,7 @@ def _tables() -> dict:
         "generate": ("docs/generation.md", options_markdown(GenerateOptions, exclude=("generation",))),
         "sampling": ("docs/generation.md", options_markdown(GenerationConfig, defaults={"seed": None})),
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
+        "captions": ("docs/dataset_tools.md", options_markdown(CaptionsOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
     }
 

@@ -3,7 +3,8 @@
 Offline, always: the genre classifier's penultimate layer (`classifier_embeddings`) and the
 model's own EnCodec latents (`encodec_embeddings`). When CLAP weights are on this machine:
 transformers' CLAP (`load_clap`, `clap_embeddings`, `clap_scores`); without them a one-line
-`ModelUnavailableError`. `tiny_clap` builds a small random CLAP offline for tests.
+`ModelUnavailableError`. `tiny_clap` builds a small random CLAP offline for tests (the CLAP
+model code lives in `dataset_tools.clap`, shared with `prepare --tagger clap`).
 
 Shapes: ``waves`` is a list of N clips, each ``[n]`` (mono) or ``[C, n]`` float samples at
 ``sample_rate``; every function returns one row per clip, ``[N, D]`` float64.
@@ -12,16 +13,16 @@ from __future__ import annotations
 
 import typing as tp
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from .sanity import as_mono
+from dataset_tools.clap import (CLAP_TEXT_MAX_TOKENS, Clap, ClapUnavailableError,  # noqa: F401 (re-exported)
+                                clap_audio_embeddings, clap_text_embeddings, tiny_clap)
+from dataset_tools.clap import load_clap as _load_clap
 
-# Prompts are cut to this many tokens (CLAP's text tower: RoBERTa with 514 positions; captions
-# are far shorter).
-CLAP_TEXT_MAX_TOKENS = 128
+from .sanity import as_mono
 
 
 def _resampled(wave: np.ndarray, sample_rate: int, rate: int) -> np.ndarray:
@@ -118,90 +119,19 @@ def encodec_embeddings(compression_model, waves: tp.Sequence[np.ndarray], sample
     return np.stack(rows)
 
 
-# --- CLAP ------------------------------------------------------------------------------------
-@dataclass
-class Clap:
-    """A CLAP model with its feature extractor and tokenizer (what ``ClapProcessor`` holds)."""
-    model: tp.Any
-    feature_extractor: tp.Any
-    tokenizer: tp.Any
-    name: str = "clap"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
+# --- CLAP (the model code lives in dataset_tools.clap, shared with prepare's tagger) ------------
 def load_clap(name: str, device: str = "cpu") -> Clap:
-    """transformers' ``ClapModel`` and ``ClapProcessor`` from a local folder or a hub name
-    already in the local cache (never downloads: evaluation runs offline).
+    """`dataset_tools.clap.load_clap` (a local folder or a hub name already in the local cache;
+    never downloads: evaluation runs offline).
 
     Raises:
         ModelUnavailableError: one line, when the weights are not on this machine.
     """
     from ..models import ModelUnavailableError
-    from transformers import ClapModel, ClapProcessor
-
     try:
-        processor = ClapProcessor.from_pretrained(str(name), local_files_only=True)
-        model = ClapModel.from_pretrained(str(name), local_files_only=True)
-    except (OSError, ValueError) as err:  # transformers: missing files/cache entries are OSError
-        raise ModelUnavailableError(
-            f"CLAP model {name!r} is not available offline ({type(err).__name__}); put its files "
-            f"(e.g. laion/clap-htsat-unfused) in the Hugging Face cache or a folder to get CLAP figures"
-        ) from None
-    return Clap(model.to(device).eval(), processor.feature_extractor, processor.tokenizer, str(name))
-
-
-def tiny_clap(seed: int = 0) -> Clap:
-    """A small random CLAP built offline from transformers' config classes (tests only: its
-    scores mean nothing). Same ``seed``, same weights. Text goes through a byte-level tokenizer
-    (``ByT5Tokenizer``, which needs no files) instead of CLAP's RoBERTa one."""
-    from transformers import ByT5Tokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
-
-    tokenizer = ByT5Tokenizer()
-    # The audio tower keeps CLAP's input geometry (64 mel bins, 256 spectrogram size) so the real
-    # feature extractor feeds it; only widths and depths shrink.
-    audio = dict(hidden_size=16, patch_embeds_hidden_size=8, depths=[1, 1], num_attention_heads=[1, 1],
-                 num_hidden_layers=2, projection_dim=8, num_classes=4)
-    text = dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=32, max_position_embeddings=CLAP_TEXT_MAX_TOKENS + 4, projection_dim=8,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=8)).eval()
-    extractor = ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
-    return Clap(model, extractor, tokenizer, f"tiny-clap:{seed}")
-
-
-def _pooled(output) -> torch.Tensor:
-    """transformers 5 returns an output object whose ``pooler_output`` is the projected,
-    normalised embedding; 4.x returned the tensor itself."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-@torch.no_grad()
-def clap_audio_embeddings(clap: Clap, waves: tp.Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-    """``[N, P]`` unit-norm CLAP audio embeddings. Clips are mixed to mono, resampled to CLAP's
-    rate (48 kHz) and cut to the start of its window (10 s for laion's models): the feature
-    extractor would otherwise pick a random crop of a longer clip, and scores would vary."""
-    fe = clap.feature_extractor
-    limit = int(fe.nb_max_samples)
-    audio = [_resampled(w, sample_rate, fe.sampling_rate)[:limit] for w in waves]
-    inputs = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt")
-    inputs = {k: v.to(clap.device) for k, v in inputs.items()}
-    emb = _pooled(clap.model.get_audio_features(**inputs))
-    return torch.nn.functional.normalize(emb.double(), dim=-1).cpu().numpy()
-
-
-@torch.no_grad()
-def clap_text_embeddings(clap: Clap, texts: tp.Sequence[str]) -> np.ndarray:
-    """``[M, P]`` unit-norm CLAP text embeddings."""
-    tokens = clap.tokenizer(list(texts), padding=True, truncation=True, max_length=CLAP_TEXT_MAX_TOKENS,
-                            return_tensors="pt")
-    emb = _pooled(clap.model.get_text_features(input_ids=tokens["input_ids"].to(clap.device),
-                                               attention_mask=tokens["attention_mask"].to(clap.device)))
-    return torch.nn.functional.normalize(emb.double(), dim=-1).cpu().numpy()
+        return _load_clap(name, device)
+    except ClapUnavailableError as err:
+        raise ModelUnavailableError(str(err)) from None
 
 
 def clap_embeddings(clap, waves: tp.Sequence[np.ndarray] = (), sample_rate: int = 48_000,

@@ -45,7 +45,7 @@ def test_caption_parts_with_unknown_fields_are_dropped():
     assert render_caption(DEFAULT_TEMPLATE, bare) == "Flow"
     assert render_caption("{genre} track called {title}; {key}", full) == "Hip hop track called Flow; A minor"
     with pytest.raises(ValueError, match="unknown caption field"):
-        template_fields("{genre} {mood}")
+        template_fields("{genre} {colour}")
     with pytest.raises(ValueError, match="unknown caption field"):
         PrepareOptions(caption_template="{colour} music")
 

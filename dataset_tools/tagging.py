@@ -1,0 +1,317 @@
+"""Automatic tags for the captions: ``prepare --tagger clap``.
+
+A music CLAP (transformers' ``ClapModel``, default ``laion/larger_clap_music``) embeds each
+SOURCE track once: the mean of up to ``WINDOWS`` windows of CLAP's length (10 s) spread over
+the track's prepared segments, i.e. the audio MusicGen will train on (vocals removed, trimmed,
+MIDI rendered). Each field of the vocabulary (``tag_vocabulary.yaml``: instrument, mood, style)
+is scored zero-shot: a softmax over the field's prompts of CLAP's logits (its trained
+temperature times the cosine), so a score is the tag's share among its field's tags. Tags at or
+above ``--tag-threshold`` are kept, best first, at most ``--max-tags-per-field``; they go into
+every segment's caption and ``.json`` (``captions.with_tags``/``music_info``).
+
+Why CLAP rather than essentia's discogs/MTG-Jamendo heads: CLAP runs on the torch and
+transformers this project already installs, on every platform, and scores any words a user
+writes in a vocabulary; essentia has no Windows wheels on PyPI, its classifier heads need
+essentia-tensorflow and model files from essentia's own site, and they score fixed label sets.
+
+Caching: the track embedding is stored in ``OUT/.prepare_tag_cache/<key>.npy``, keyed by the
+source's path, size and mtime, the conversion options (what the segments hold) and the CLAP
+model's identity. A record remembers the key of its tags (embedding key, vocabulary, threshold,
+count): a re-run with nothing changed does nothing, a new vocabulary or threshold re-scores
+from the cached embeddings without reading audio, and a reconverted track is tagged again.
+Turning the tagger off re-renders tagged captions without tags.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .atomic import atomic_path
+from .captions import TAG_FIELDS, caption_values, genre_words, music_info, render_caption, with_tags
+from .clap import ClapUnavailableError, tiny_seed
+from .files import write_text_atomic
+from .options import DEFAULT_TAGGER_MODEL
+
+DEFAULT_VOCABULARY = Path(__file__).with_name("tag_vocabulary.yaml")
+DEFAULT_PROMPT = "{} music"
+CACHE_DIR = ".prepare_tag_cache"
+WINDOWS = 3               # CLAP windows averaged per track
+SAVE_EVERY_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Field (instrument, mood, style) -> (prompt with ``{}``, tags)."""
+    fields: dict
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def prompts(self, name: str) -> list[str]:
+        prompt, tags = self.fields[name]
+        return [prompt.format(tag) for tag in tags]
+
+
+def load_vocabulary(path=None) -> Vocabulary:
+    """The vocabulary in the YAML (or JSON) file ``path`` (default: the shipped one); one-line
+    ValueError for a missing or malformed file."""
+    import yaml
+    path = Path(path) if path else DEFAULT_VOCABULARY
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read the tag vocabulary {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"tag vocabulary {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"tag vocabulary {path} must map fields ({', '.join(TAG_FIELDS)}) to tags")
+    fields = {}
+    for name, spec in data.items():
+        if name not in TAG_FIELDS:
+            raise ValueError(f"tag vocabulary {path}: unknown field {name!r}; use {', '.join(TAG_FIELDS)}")
+        prompt, tags = DEFAULT_PROMPT, spec
+        if isinstance(spec, dict):
+            prompt, tags = spec.get("prompt", DEFAULT_PROMPT), spec.get("tags")
+        if not isinstance(prompt, str) or prompt.count("{}") != 1:
+            raise ValueError(f"tag vocabulary {path}: the prompt of {name!r} must hold one '{{}}' for the tag")
+        if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t.strip() for t in tags):
+            raise ValueError(f"tag vocabulary {path}: {name!r} needs a non-empty list of tags (words)")
+        fields[name] = (prompt, list(dict.fromkeys(t.strip() for t in tags)))
+    return Vocabulary(fields)
+
+
+@dataclass(frozen=True)
+class TaggerSetup:
+    """What ``check_tagger`` resolved before any work: the model to load and its identity."""
+    model: str            # what load_clap gets: "tiny:SEED", a folder or a hub name
+    model_id: str         # identity in the cache keys (folder/weights stat, hub commit)
+    vocabulary: Vocabulary
+    threshold: float
+    max_tags: int
+
+    def tag_key(self, embedding_key: str) -> str:
+        text = json.dumps([embedding_key, self.vocabulary.key(), self.threshold, self.max_tags])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _unavailable(name: str) -> ClapUnavailableError:
+    return ClapUnavailableError(
+        f"CLAP model {name!r} for --tagger clap is not on this machine (no download is attempted): "
+        f"fetch it once where there is network (`hf download {DEFAULT_TAGGER_MODEL}` puts it in the Hugging "
+        f"Face cache), or pass --tagger-model DIR (a folder with its config.json, weights and tokenizer), "
+        f"or leave out --tagger")
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """``(name to load, identity)``, checking that the weights are here (nothing is loaded).
+
+    Raises:
+        ClapUnavailableError: one line saying how to provide them.
+    """
+    seed = tiny_seed(name)
+    if seed is not None:
+        return f"tiny:{seed}", f"tiny-clap:{seed}"
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
+        if not (folder / "config.json").is_file() or not weights:
+            raise ClapUnavailableError(f"{folder} is not a CLAP model folder (needs config.json and "
+                                       f"model.safetensors or pytorch_model.bin, as save_pretrained writes)")
+        st = (folder / weights[0]).stat()
+        return str(folder.resolve()), f"{folder.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise _unavailable(name)  # a path that does not exist
+    try:
+        from huggingface_hub import snapshot_download
+        snapshot = snapshot_download(name, local_files_only=True)
+    except Exception:  # huggingface_hub: LocalEntryNotFoundError, bad repo ids (HFValidationError)...
+        raise _unavailable(name) from None
+    return name, f"{name}@{Path(snapshot).name}"
+
+
+def check_tagger(options) -> TaggerSetup:
+    """Everything ``--tagger clap`` needs, checked before any work (one-line errors)."""
+    model, model_id = resolve_model(options.tagger_model)
+    return TaggerSetup(model, model_id, load_vocabulary(options.tag_vocabulary),
+                       float(options.tag_threshold), int(options.max_tags_per_field))
+
+
+# --- audio of a track ------------------------------------------------------------------------
+def window_spans(segments: list[dict], window: float, count: int = WINDOWS) -> list[tuple[str, float, float]]:
+    """``(segment path, offset in it, seconds)`` of up to ``count`` windows of ``window``
+    seconds, centred at even spacing over the track's span (its segments' ``start``/``duration``)."""
+    first = min(seg["start"] for seg in segments)
+    length = max(seg["start"] + seg["duration"] for seg in segments) - first
+    count = max(1, min(count, math.ceil(length / window - 1e-9)))
+    spans = []
+    for i in range(count):
+        centre = first + length * (i + 0.5) / count
+
+        def room(seg):  # how far the centre is from the segment's nearer edge (negative: outside)
+            return min(centre - seg["start"], seg["start"] + seg["duration"] - centre)
+        seg = max(segments, key=room)
+        seconds = min(window, seg["duration"])
+        begin = min(max(centre - seconds / 2, seg["start"]), seg["start"] + seg["duration"] - seconds)
+        spans.append((seg["path"], max(0.0, begin - seg["start"]), seconds))
+    return spans
+
+
+def read_window(path: Path, offset: float, seconds: float) -> tuple[np.ndarray, int]:
+    """``([n] float32 mono, rate)``: ``seconds`` of a prepared WAV from ``offset``. The only
+    place tagging reads audio (the tests count its calls)."""
+    import soundfile as sf
+    with sf.SoundFile(str(path)) as f:
+        rate = f.samplerate
+        f.seek(min(int(round(offset * rate)), max(0, f.frames - 1)))
+        audio = f.read(int(round(seconds * rate)), dtype="float32", always_2d=True)
+    return audio.mean(axis=1), rate
+
+
+def track_embedding(clap, out: Path, segments: list[dict]) -> np.ndarray:
+    """``[P]`` unit-norm: the mean CLAP embedding of the track's windows."""
+    from .clap import clap_audio_embeddings
+    windows = [read_window(out / path, offset, seconds)
+               for path, offset, seconds in window_spans(segments, clap.window_seconds)]
+    rows = np.concatenate([clap_audio_embeddings(clap, [w], rate) for w, rate in windows])  # [k, P]
+    mean = rows.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+class EmbeddingCache:
+    """``OUT/.prepare_tag_cache/<key>.npy``: one ``[P]`` float64 embedding per track."""
+
+    def __init__(self, out: Path):
+        self.folder = Path(out) / CACHE_DIR
+
+    def get(self, key: str) -> np.ndarray | None:
+        try:
+            return np.load(self.folder / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, embedding: np.ndarray) -> None:
+        self.folder.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(embedding, dtype=np.float64), allow_pickle=False)
+        with atomic_path(self.folder / f"{key}.npy") as tmp:
+            tmp.write_bytes(buffer.getvalue())
+
+
+def embedding_key(rel: str, rec: dict, model_id: str) -> str:
+    text = json.dumps([rel, rec.get("size"), rec.get("mtime_ns"), rec.get("options"), model_id])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def score_tags(embedding: np.ndarray, text: dict, logit_scale: float, threshold: float,
+               max_tags: int) -> dict:
+    """``{field: {tag: score}}``, best first: per field, the softmax over its tags of
+    ``logit_scale`` times the cosine of ``embedding`` ``[P]`` with each tag's prompt
+    (``text[field] = (tags, [T, P] unit-norm rows)``); tags >= ``threshold``, at most ``max_tags``."""
+    tags = {}
+    for name, (words, rows) in text.items():
+        logits = logit_scale * (rows @ embedding)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        order = sorted(range(len(words)), key=lambda i: (-probs[i], i))
+        tags[name] = {words[i]: round(float(probs[i]), 4) for i in order[:max_tags] if probs[i] >= threshold}
+    return tags
+
+
+# --- the pass over a dataset -----------------------------------------------------------------
+@dataclass
+class TagSummary:
+    model: str = ""
+    tracks_tagged_this_run: int = 0
+    embeddings_computed: int = 0
+    embeddings_from_cache: int = 0
+    untagged_this_run: int = 0       # tags removed (tagger off after a tagged run)
+    failed: list = field(default_factory=list)   # [{"source", "reason"}]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def rewrite_captions(out: Path, rec: dict, template: str, tags: dict | None) -> None:
+    """Write every segment's caption (.txt) and .json of record ``rec`` from its facts and ``tags``."""
+    track = rec["track"]
+    genre = genre_words(track.get("genre_dir"), track.get("genre") is None)
+    for seg in rec["segments"]:
+        values = caption_values(genre=genre, title=track.get("title", ""), artist=track.get("artist", ""),
+                                bpm=track.get("bpm"), key=track.get("key"),
+                                instrument=track.get("instrument", ""),
+                                name=PurePosixPath(seg["path"]).name[:-len(".wav")])
+        values = with_tags(values, tags)
+        seg["caption"] = render_caption(template, values)
+        wav = out / seg["path"]
+        write_text_atomic(wav.with_suffix(".txt"), seg["caption"])
+        write_text_atomic(wav.with_suffix(".json"), json.dumps(music_info(values, seg["caption"], track.get("bpm"), tags),
+                                                               ensure_ascii=False, indent=2) + "\n")
+
+
+def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, progress: bool = False) -> TagSummary:
+    """Bring the tags of every converted record in ``state`` in line with ``setup`` (None:
+    no tags), rewriting the captions and .json files of the tracks whose tags change and
+    saving the state as it goes. The CLAP model is loaded only when something needs scoring."""
+    summary = TagSummary(model=setup.model_id if setup else "")
+    converted = [(rel, rec) for rel, rec in sorted(state.records.items()) if rec.get("status") == "converted"]
+    if setup is None:
+        for rel, rec in converted:
+            if rec.get("tag_key"):
+                rewrite_captions(out, rec, template, None)
+                rec.pop("tag_key")
+                rec["track"].pop("tags", None)
+                summary.untagged_this_run += 1
+        if summary.untagged_this_run:
+            state.save()
+        return summary
+    keys = {rel: embedding_key(rel, rec, setup.model_id) for rel, rec in converted}
+    todo = [(rel, rec) for rel, rec in converted if rec.get("tag_key") != setup.tag_key(keys[rel])]
+    if not todo:
+        return summary
+    import torch
+    from .clap import clap_text_embeddings, load_clap
+    clap = load_clap(setup.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    text = {name: (setup.vocabulary.fields[name][1], clap_text_embeddings(clap, setup.vocabulary.prompts(name)))
+            for name in setup.vocabulary.fields}
+    cache = EmbeddingCache(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="track", desc="tags", dynamic_ncols=True)
+    last_save = time.monotonic()
+    try:
+        for rel, rec in todo:
+            embedding = cache.get(keys[rel])
+            if embedding is None:
+                try:
+                    embedding = track_embedding(clap, out, rec["segments"])
+                except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
+                    summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
+                                           type(exc).__name__})
+                    continue
+                cache.put(keys[rel], embedding)
+                summary.embeddings_computed += 1
+            else:
+                summary.embeddings_from_cache += 1
+            tags = score_tags(embedding, text, clap.logit_scale, setup.threshold, setup.max_tags)
+            rewrite_captions(out, rec, template, tags)
+            rec["track"]["tags"] = tags
+            rec["tag_key"] = setup.tag_key(keys[rel])
+            summary.tracks_tagged_this_run += 1
+            if bar is not None:
+                bar.update(1)
+            if time.monotonic() - last_save > SAVE_EVERY_SECONDS:
+                state.save()
+                last_save = time.monotonic()
+    finally:
+        if bar is not None:
+            bar.close()
+        state.save()
+    return summary
