@@ -103,7 +103,7 @@ def _make_text_conditioner_class():
         """
 
         def __init__(self, output_dim: int, device: str, t5_config: dict,
-                     word_dropout: float = 0.0, t5_state: tp.Optional[dict] = None):
+                     word_dropout: float = 0.0, t5_state: tp.Optional[dict] = None, tokenizer=None):
             from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
             TextConditioner.__init__(self, t5_config["d_model"], output_dim)
             self.device = device
@@ -113,7 +113,8 @@ def _make_text_conditioner_class():
             self.autocast = TorchAutocast(enabled=False)
             self.normalize_text = False
             # ByT5 appends </s>, so an empty (null) caption still yields one token.
-            self.t5_tokenizer = ByT5Tokenizer()
+            # A model converted from transformers' format brings its own (e.g. t5-base's sentencepiece).
+            self.t5_tokenizer = tokenizer if tokenizer is not None else ByT5Tokenizer()
             t5 = T5EncoderModel(T5Config(**t5_config)).eval()
             if t5_state is not None:
                 t5.load_state_dict(t5_state)
@@ -128,11 +129,22 @@ _CONDITIONER_CLASS = None
 
 
 def tiny_text_conditioner(output_dim: int, device: str, t5_config: dict, word_dropout: float,
-                          t5_state: tp.Optional[dict] = None):
+                          t5_state: tp.Optional[dict] = None, tokenizer=None):
     global _CONDITIONER_CLASS
     if _CONDITIONER_CLASS is None:
         _CONDITIONER_CLASS = _make_text_conditioner_class()
-    return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state)
+    return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state, tokenizer)
+
+
+def _named_tokenizer(xp_cfg: DictConfig):
+    """The tokenizer an ``xp.cfg`` names (``musicgen_trainer.tokenizer``, set for models converted
+    from transformers' format with a sentencepiece T5): loaded by hub name, as audiocraft's own
+    ``T5Conditioner`` does; None for the byte-level default."""
+    name = xp_cfg.musicgen_trainer.get("tokenizer", None)
+    if not name or name == "byt5":
+        return None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(name))
 
 
 def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
@@ -212,7 +224,8 @@ def stereo_xp_config(xp: DictConfig) -> DictConfig:
 
 
 def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
-                         t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None):
+                         t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None,
+                         tokenizer=None):
     """Build audiocraft's ``LMModel`` from an ``xp.cfg`` whose text encoder is the tiny T5.
 
     Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioners, which
@@ -232,7 +245,8 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
     conditioner = tiny_text_conditioner(
         output_dim=kwargs["dim"], device=device,
         t5_config=OmegaConf.to_container(xp_cfg.musicgen_trainer.t5_config),
-        word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state)
+        word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state,
+        tokenizer=tokenizer if tokenizer is not None else _named_tokenizer(xp_cfg))
     conditioners = {"description": conditioner}
     if "self_wav" in xp_cfg.conditioners:  # tiny-melody (see the section below)
         conditioners["self_wav"] = tiny_chroma_conditioner(xp_cfg, kwargs["dim"], device, demucs_state)
