@@ -70,7 +70,7 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
             raise ModelUnavailableError(f"bad model name {text!r}: use random:{' or random:'.join(RANDOM_PRESETS)}")
         return build_tiny_musicgen(random_preset(size), device=default_device(device), name=text)
     path = Path(text).expanduser()
-    from .sharing.transformers_format import is_transformers_folder
+    from .sharing.transformers_import import is_transformers_folder
     if path.is_dir() and not is_export(path) and is_transformers_folder(path):
         return _load_transformers(path, default_device(device))
     if path.is_dir():
@@ -139,7 +139,7 @@ def _load_export(folder: Path, device: str):
 def _load_transformers(folder: Path, device: str):
     """A transformers-format MusicGen folder (``config.json`` + safetensors), converted on load."""
     import_audiocraft()
-    from .sharing.transformers_format import load_transformers_folder
+    from .sharing.transformers_import import load_transformers_folder
     try:
         return load_transformers_folder(folder, device)
     except ValueError as exc:  # NotExpressible included

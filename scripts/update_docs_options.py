@@ -23,6 +23,7 @@ def _tables() -> dict:
     from musicgen_trainer.cli_generate import GenerateOptions
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     from musicgen_trainer.generation import GenerationConfig
+    from musicgen_trainer.sharing.export_config import ExportConfig
     from musicgen_trainer.train_config import TrainConfig
     return {
         "train": ("docs/training.md", options_markdown(TrainConfig)),
@@ -30,6 +31,7 @@ def _tables() -> dict:
         "sampling": ("docs/generation.md", options_markdown(GenerationConfig, defaults={"seed": None})),
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
+        "export": ("docs/sharing.md", options_markdown(ExportConfig)),
     }
 
 

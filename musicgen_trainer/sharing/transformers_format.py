@@ -6,14 +6,12 @@
 ``model.safetensors`` (text encoder + codec + decoder), the processor's files, and our record
 ``musicgen_trainer_transformers.json`` (what we wrote, so that ``overwrite`` removes only that).
 
-``is_transformers_folder`` / ``load_transformers_folder`` do the reverse for ``models.load_model``:
-a transformers MusicGen folder (ours or e.g. a fine-tune from the Hub) becomes audiocraft's
-``MusicGen``, built with this project's local-T5 conditioner (``tiny.py``) so that the folder's
-own text encoder weights are used and nothing is downloaded. Weights are read with safetensors
-only: a folder with only ``pytorch_model.bin`` (a pickle) is refused.
+The reverse (a transformers folder -> audiocraft's ``MusicGen``, for ``models.load_model``) is
+``transformers_import.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,13 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .transformers_weights import (NotExpressible, codec_config, codec_from_transformers, codec_to_transformers,
-                                   decoder_config, is_melody, lm_from_transformers, lm_to_transformers, mono_codec,
-                                   text_encoder)
+from .transformers_import import RECORD_FILE, RECORD_FORMAT, is_transformers_folder, read_record
+from .transformers_weights import (NotExpressible, codec_config, codec_to_transformers, decoder_config, is_melody,
+                                   lm_to_transformers, mono_codec, text_encoder)
 
-RECORD_FILE = "musicgen_trainer_transformers.json"
-RECORD_FORMAT = "musicgen_trainer.transformers_export"
-MODEL_TYPES = ("musicgen", "musicgen_melody")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -38,9 +33,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def transformers_model(model, dtype: str = "fp32"):
     """A transformers ``Musicgen(Melody)ForConditionalGeneration`` holding ``model``'s weights
     (audiocraft ``MusicGen``); ``NotExpressible`` (one line) when transformers cannot hold it."""
-    from transformers import (EncodecConfig, EncodecModel, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
-                              MusicgenMelodyForConditionalGeneration)
+    from transformers import EncodecModel
     lm = model.lm
     t5 = text_encoder(lm)
     melody = is_melody(lm)
@@ -55,18 +48,10 @@ def transformers_model(model, dtype: str = "fp32"):
     codec_kwargs = codec_config(model.compression_model, int(model.sample_rate))
     dec_kwargs = decoder_config(lm, int(model.audio_channels), float(model.max_duration))
     t5_cfg = t5.config.to_dict()
-    if melody:
-        chroma = lm.condition_provider.conditioners["self_wav"]
-        config = MusicgenMelodyConfig(text_encoder=t5_cfg, audio_encoder=EncodecConfig(**codec_kwargs),
-                                      decoder=MusicgenMelodyDecoderConfig(**dec_kwargs),
-                                      num_chroma=int(chroma.dim), chroma_length=int(chroma.chroma_len))
-        cls = MusicgenMelodyForConditionalGeneration
-    else:
-        config = MusicgenConfig(text_encoder=t5_cfg, audio_encoder=EncodecConfig(**codec_kwargs),
-                                decoder=MusicgenDecoderConfig(**dec_kwargs))
-        cls = MusicgenForConditionalGeneration
-    with torch.device("meta"):
-        hf = cls(config)
+    with _quiet_transformers():
+        config, cls = _config(melody, lm, t5_cfg, codec_kwargs, dec_kwargs)
+        with torch.device("meta"):
+            hf = cls(config)
     state = {"text_encoder." + k: v for k, v in t5.state_dict().items()}
     state.update(lm_to_transformers(lm.state_dict(), len(lm.transformer.layers), lm.n_q, cross, melody))
     state.update(codec_to_transformers(mono_codec(model.compression_model), EncodecModel(config.audio_encoder)))
@@ -80,10 +65,39 @@ def transformers_model(model, dtype: str = "fp32"):
     return hf.eval()
 
 
+def _config(melody: bool, lm, t5_cfg: dict, codec_kwargs: dict, dec_kwargs: dict):
+    """(transformers config, model class) of a text-to-music or melody MusicGen."""
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                              MusicgenMelodyForConditionalGeneration)
+    if melody:
+        chroma = lm.condition_provider.conditioners["self_wav"]
+        config = MusicgenMelodyConfig(text_encoder=t5_cfg, audio_encoder=EncodecConfig(**codec_kwargs),
+                                      decoder=MusicgenMelodyDecoderConfig(**dec_kwargs),
+                                      num_chroma=int(chroma.dim), chroma_length=int(chroma.chroma_len))
+        return config, MusicgenMelodyForConditionalGeneration
+    config = MusicgenConfig(text_encoder=t5_cfg, audio_encoder=EncodecConfig(**codec_kwargs),
+                            decoder=MusicgenDecoderConfig(**dec_kwargs))
+    return config, MusicgenForConditionalGeneration
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """MusicGen's special token id is the codebook size (2048), one past the decoder's vocabulary:
+    transformers warns about it for the released checkpoints too. Not news for our own config."""
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def _rebuild_buffers(hf) -> None:
     """Non-persistent buffers are not in a state dict: recompute the ones left on the meta device
     (sinusoidal positions, the codec's padding constants) by rebuilding those modules on the CPU."""
-    for name, module in list(hf.named_modules()):
+    for module in list(hf.modules()):
         for bname, buf in list(module.named_buffers(recurse=False)):
             if buf is not None and buf.is_meta:
                 fresh = _fresh_module(module)
@@ -122,28 +136,27 @@ def generation_config_for(model):
     """audiocraft's default sampling (top-k 250, guidance 3) for the model's window."""
     from transformers import GenerationConfig
     card = int(model.lm.card)
-    return GenerationConfig(do_sample=True, top_k=250, guidance_scale=float(model.lm.cfg_coef),
-                            max_length=int(round(model.max_duration * model.frame_rate)) + 1,
+    # One step per frame, plus the delay pattern's K - 1 and the start token: a full window.
+    steps = int(round(model.max_duration * model.frame_rate)) + model.lm.n_q // int(model.audio_channels)
+    return GenerationConfig(do_sample=True, top_k=250, guidance_scale=float(model.lm.cfg_coef), max_length=steps,
                             pad_token_id=card, bos_token_id=card, decoder_start_token_id=card)
+
+
+def source_folder(source: str) -> str:
+    """``source`` itself, or the export folder a run / LoRA adapter folder stands for (a --lora
+    run's export already holds the merged weights)."""
+    from ..exports import is_export
+    path = Path(source).expanduser()
+    if not path.is_dir() or is_export(path) or is_transformers_folder(path):
+        return source
+    from ..evaluation.evaluate_config import resolve_model
+    return str(resolve_model(source)[0])
 
 
 def _load_source(source: str):
     """An audiocraft ``MusicGen`` on the CPU from a run folder, an export folder or a model name."""
     from ..models import load_model
-    path = Path(source).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() is False:
-        pass
-    if path.is_dir() and (path / "export").is_dir() and not is_transformers_folder(path):
-        path = path / "export"  # a train.py run folder: its export (merged weights for a --lora run)
-    return load_model(str(path) if path.is_dir() else source, device="cpu")
-
-
-def _record(folder: Path) -> tp.Optional[dict]:
-    try:
-        data = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+    return load_model(source_folder(source), device="cpu")
 
 
 def check_out_folder(out: Path, overwrite: bool) -> tp.Optional[dict]:
@@ -153,7 +166,7 @@ def check_out_folder(out: Path, overwrite: bool) -> tp.Optional[dict]:
         raise ValueError(f"--out {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
         return None
-    record = _record(out)
+    record = read_record(out)
     if record is None:
         raise ValueError(f"--out {out} is not empty and is not an export of ours: choose a new or empty folder")
     if not overwrite:
@@ -185,10 +198,21 @@ def export_transformers(source: tp.Union[str, os.PathLike, tp.Any], out: tp.Unio
         if tiny:
             record["tiny"] = tiny
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _usual_permissions(tmp)
         _move_into(tmp, out, previous)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _usual_permissions(folder: Path) -> None:
+    """mkdtemp (and transformers' own temporary files) are private to their owner: give the
+    finished export the permissions any other written folder gets, then flush it to disk."""
+    from dataset_tools.atomic import FILE_MODE, finish_temp
+    os.chmod(folder, FILE_MODE | ((FILE_MODE & 0o444) >> 2))  # rw-r--r-- -> rwxr-xr-x
+    for path in folder.rglob("*"):
+        if path.is_file():
+            finish_temp(path)
 
 
 def _tiny_facts(model) -> dict:
@@ -219,43 +243,3 @@ def _move_into(tmp: Path, out: Path, previous: tp.Optional[dict]) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
     os.replace(tmp / RECORD_FILE, out / RECORD_FILE)  # last: the record says the folder is complete
-
-
-# --- transformers -> audiocraft ----------------------------------------------------------
-
-def read_config(folder: Path) -> tp.Optional[dict]:
-    try:
-        data = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
-    """A folder whose ``config.json`` says transformers' MusicGen (``musicgen`` / ``musicgen_melody``)."""
-    config = read_config(Path(folder))
-    return bool(config) and config.get("model_type") in MODEL_TYPES
-
-
-def read_safetensors(folder: Path) -> dict:
-    """Every tensor of the folder's safetensors weights (one file or shards); never a pickle."""
-    from safetensors.torch import load_file
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = [p.name for p in folder.glob("*.bin")]
-        found = f" (only {', '.join(pickles)}: pickles, not loaded)" if pickles else ""
-        raise ValueError(f"{folder} has no .safetensors weights{found}; convert it to safetensors first")
-    state: dict = {}
-    for path in files:
-        state.update(load_file(str(path)))
-    return state
-
-
-def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "cpu"):
-    """audiocraft's ``MusicGen`` from a transformers MusicGen folder (ValueError, one line, when it
-    cannot be read or converted)."""
-    from .transformers_import import build_musicgen
-    folder = Path(folder)
-    config = read_config(folder)
-    state = read_safetensors(folder)
-    return build_musicgen(folder, config, state, _record(folder) or {}, device)

@@ -1,4 +1,6 @@
-"""A transformers MusicGen folder (config + safetensors tensors) -> audiocraft's ``MusicGen``.
+"""A transformers MusicGen folder (config + safetensors tensors) -> audiocraft's ``MusicGen``
+(``load_transformers_folder``, called by ``models.load_model``). Weights are read with
+safetensors only: a folder with only ``pytorch_model.bin`` (a pickle) is refused.
 
 The model is described by an ``xp.cfg`` of the kind ``tiny.py`` builds (its local-T5
 conditioner: the folder's own T5 weights, nothing downloaded), with the sizes read from the
@@ -9,12 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import typing as tp
 from pathlib import Path
 
 import torch
 
 from .transformers_weights import NotExpressible, codec_from_transformers, lm_from_transformers
+
+RECORD_FILE = "musicgen_trainer_transformers.json"
+RECORD_FORMAT = "musicgen_trainer.transformers_export"
+MODEL_TYPES = ("musicgen", "musicgen_melody")
 
 # The T5Config fields that shape the encoder (the rest of a saved config is bookkeeping).
 _T5_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
@@ -158,3 +165,48 @@ def _auto_tokenizer(folder: Path):
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder}: cannot load its tokenizer: {str(exc).splitlines()[0][:160]}") from None
 
+
+def read_record(folder: Path) -> tp.Optional[dict]:
+    """Our record of a transformers export (what we wrote), or None for a folder we did not write."""
+    try:
+        data = json.loads((folder / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+
+
+def read_config(folder: Path) -> tp.Optional[dict]:
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
+    """A folder whose ``config.json`` says transformers' MusicGen (``musicgen`` / ``musicgen_melody``)."""
+    config = read_config(Path(folder))
+    return bool(config) and config.get("model_type") in MODEL_TYPES
+
+
+def read_safetensors(folder: Path) -> dict:
+    """Every tensor of the folder's safetensors weights (one file or shards); never a pickle."""
+    from safetensors.torch import load_file
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = [p.name for p in folder.glob("*.bin")]
+        found = f" (only {', '.join(pickles)}: pickles, not loaded)" if pickles else ""
+        raise ValueError(f"{folder} has no .safetensors weights{found}; convert it to safetensors first")
+    state: dict = {}
+    for path in files:
+        state.update(load_file(str(path)))
+    return state
+
+
+def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "cpu"):
+    """audiocraft's ``MusicGen`` from a transformers MusicGen folder (ValueError, one line, when it
+    cannot be read or converted)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    state = read_safetensors(folder)
+    return build_musicgen(folder, config, state, read_record(folder) or {}, device)

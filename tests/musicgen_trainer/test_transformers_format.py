@@ -218,3 +218,34 @@ def test_random_small_shapes_logits_equal(tmp_path):
     ours, sequence = _audiocraft_logits(model, _codes(model, frames=6))
     theirs = _transformers_logits(hf, folder, sequence, False)
     assert (theirs - ours).abs().max().item() < TOLERANCE
+
+
+def test_cli_export_writes_and_refuses_in_one_line(tmp_path, capsys):
+    from musicgen_trainer.__main__ import main
+    out = tmp_path / "tiny-hf"
+    assert main(["export", "tiny", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert not list(out.glob("*.bin"))  # safetensors only
+    capsys.readouterr()
+    assert main(["export", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
+
+
+def test_run_and_adapter_folders_export_their_export(exported, tmp_path):
+    """A run folder stands for its export/ and a LoRA run's adapter/ for the run's export (merged
+    weights); an audiocraft-format export of a transformers folder loads back with the same LM."""
+    from musicgen_trainer.sharing.export_config import ExportConfig, run_export
+    from musicgen_trainer.sharing.transformers_format import source_folder
+    model, folder = exported("tiny")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "adapter" / "musicgen_lora.json").write_text("{}")
+    run_export(ExportConfig(source=str(folder), out=str(run / "export"), format="audiocraft"), log=lambda _: None)
+    assert source_folder(str(run)) == str(run / "export")
+    assert source_folder(str(run / "adapter")) == str(run / "export")
+    assert source_folder("tiny") == "tiny" and source_folder(str(folder)) == str(folder)
+    back = load_model(str(run / "export"), device="cpu")
+    ours, theirs = model.lm.state_dict(), back.lm.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
