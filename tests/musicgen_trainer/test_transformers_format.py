@@ -135,7 +135,7 @@ def _capture_codes(hf):
     return seen
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-stereo"])
+@pytest.mark.parametrize("name", NAMES)
 def test_greedy_generation_gives_identical_codes(exported, name):
     from transformers import AutoProcessor
     model, folder = exported(name)
@@ -249,3 +249,38 @@ def test_run_and_adapter_folders_export_their_export(exported, tmp_path):
     back = load_model(str(run / "export"), device="cpu")
     ours, theirs = model.lm.state_dict(), back.lm.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_train_from_a_transformers_folder_then_export_it_back(exported, tmp_path):
+    """train.py --model DIR: a transformers base trains (its T5 weights and tokenizer come from the
+    folder), and the run exports to transformers again."""
+    import numpy as np
+    import soundfile as sf
+    from musicgen_trainer.finetune import train
+    from musicgen_trainer.train_config import TrainConfig
+    model, folder = exported("tiny")
+    data = tmp_path / "data" / "rock"
+    data.mkdir(parents=True)
+    tone = (0.3 * np.sin(2 * np.pi * 330.0 * np.arange(44100) / 44100)).astype(np.float32)
+    for i in range(2):
+        sf.write(data / f"take_{i}.wav", tone, 44100)
+        (data / f"take_{i}.txt").write_text("rock song")
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tmp_path / "data"), model=str(folder), out=str(run), cache_dir=str(tmp_path / "cache"),
+                      batch_size=2, segment_seconds=1.0, steps=2, lr=1e-2, warmup_steps=1, sample_every=0,
+                      valid_every=0, save_every=1000, progress=False, device="cpu", export_dtype="fp32"))
+    out = export_transformers(str(run), tmp_path / "run-hf")
+    tuned = load_model(str(out), device="cpu").lm.state_dict()
+    base = model.lm.state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)  # it trained, and the export holds that
+
+
+def test_app_lists_transformers_folders(tmp_path):
+    """The app's model list (read without opening weights) includes transformers folders."""
+    from musicgen_trainer.app.backend import list_models
+    (tmp_path / "run" / "export-hf").mkdir(parents=True)
+    (tmp_path / "run" / "export-hf" / "config.json").write_text(json.dumps({"model_type": "musicgen"}))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    keys = [c.key for c in list_models(tmp_path, []) if c.export]
+    assert keys == ["export:run/export-hf"]
