@@ -45,6 +45,9 @@ def transformers_model(model, dtype: str = "fp32"):
     if melody == cross:
         raise NotExpressible("a melody model must prepend its conditions and a text model cross-attend to the "
                              "caption, as the released ones; cannot export")
+    if getattr(model.compression_model, "per_timestep", False):
+        raise NotExpressible("the stereo codec interleaves per time step; transformers' stereo MusicGen interleaves "
+                             "codebooks (L1 R1 L2 R2...); cannot export")
     codec_kwargs = codec_config(model.compression_model, int(model.sample_rate))
     dec_kwargs = decoder_config(lm, int(model.audio_channels), float(model.max_duration))
     t5_cfg = t5.config.to_dict()
@@ -54,7 +57,9 @@ def transformers_model(model, dtype: str = "fp32"):
             hf = cls(config)
     state = {"text_encoder." + k: v for k, v in t5.state_dict().items()}
     state.update(lm_to_transformers(lm.state_dict(), len(lm.transformer.layers), lm.n_q, cross, melody))
-    state.update(codec_to_transformers(mono_codec(model.compression_model), EncodecModel(config.audio_encoder)))
+    with torch.device("meta"):  # only its tensor names and shapes are read
+        hf_codec = EncodecModel(config.audio_encoder)
+    state.update(codec_to_transformers(mono_codec(model.compression_model), hf_codec))
     state = {k: v.detach().to("cpu", DTYPES[dtype] if v.is_floating_point() else v.dtype).clone()
              for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
