@@ -138,13 +138,26 @@ def tiny_text_conditioner(output_dim: int, device: str, t5_config: dict, word_dr
 
 def _named_tokenizer(xp_cfg: DictConfig):
     """The tokenizer an ``xp.cfg`` names (``musicgen_trainer.tokenizer``, set for models converted
-    from transformers' format with a sentencepiece T5): loaded by hub name, as audiocraft's own
-    ``T5Conditioner`` does; None for the byte-level default."""
-    name = xp_cfg.musicgen_trainer.get("tokenizer", None)
+    from transformers' format with a sentencepiece T5): from the transformers folder it came from
+    while that folder exists, else by hub name from the cache, as audiocraft's own
+    ``T5Conditioner`` loads it; None for the byte-level default. ValueError (one line) otherwise."""
+    import os
+    ours = xp_cfg.musicgen_trainer
+    name = ours.get("tokenizer", None)
     if not name or name == "byt5":
         return None
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(name))
+    folder = ours.get("tokenizer_folder", None)
+    source = folder if folder and os.path.isdir(folder) else str(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise TokenizerUnavailable(f"the model's text tokenizer ({source}) cannot be loaded: {first}") from None
+
+
+class TokenizerUnavailable(ValueError):
+    """A converted model's named tokenizer is neither in its folder nor in the cache (one line)."""
 
 
 def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
@@ -337,6 +350,8 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
                                   demucs_state=lm_pkg.get("demucs_state"))
         lm.load_state_dict(lm_pkg["best_state"])
         compression_model = load_compression_model(str(folder), device="cpu")
+    except TokenizerUnavailable:
+        raise
     except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder} holds weights that do not match its config: {first}") from None

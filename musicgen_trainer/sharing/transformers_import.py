@@ -41,7 +41,8 @@ def _lstm_is_zero(state: dict) -> bool:
     return bool(lstm) and not any(bool(v.any()) for v in lstm)
 
 
-def xp_config_from_transformers(config: dict, state: dict, record: dict, tokenizer: str):
+def xp_config_from_transformers(config: dict, state: dict, record: dict, tokenizer: str,
+                                tokenizer_folder: str = ""):
     """The audiocraft ``xp.cfg`` (OmegaConf) of the folder's model; ``NotExpressible`` otherwise."""
     from ..tiny import T5_ALIASES, TinyConfig, tiny_melody_xp_config, tiny_xp_config
     dec, te, ae = config.get("decoder") or {}, config.get("text_encoder") or {}, config.get("audio_encoder") or {}
@@ -92,6 +93,8 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     xp.musicgen_trainer.t5_config = {k: te[k] for k in _T5_FIELDS if k in te}
     xp.musicgen_trainer.t5_config.update({"is_encoder_decoder": False, "use_cache": False})
     xp.musicgen_trainer.tokenizer = tokenizer
+    if tokenizer != "byt5":  # exports of this model find the tokenizer there first (see tiny._named_tokenizer)
+        xp.musicgen_trainer.tokenizer_folder = tokenizer_folder
     if melody:
         if "demucs_config" not in tiny:
             raise NotExpressible("a melody model from outside this project needs htdemucs wired in as its stem "
@@ -111,7 +114,7 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
     try:
         byt5 = _tokenizer_class(folder).startswith("ByT5")
         tokenizer = "byt5" if byt5 else T5_ALIASES[int(config["text_encoder"]["d_model"])]
-        xp = xp_config_from_transformers(config, state, record, tokenizer)
+        xp = xp_config_from_transformers(config, state, record, tokenizer, str(folder.resolve()))
         gen = _generation_config(folder)
         if "guidance_scale" in gen:
             xp.classifier_free_guidance.inference_coef = float(gen["guidance_scale"])

@@ -284,3 +284,41 @@ def test_app_lists_transformers_folders(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     keys = [c.key for c in list_models(tmp_path, []) if c.export]
     assert keys == ["export:run/export-hf"]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(tmp_path_factory):
+    """A T5 (sentencepiece) tokenizer trained here on a few lines: the released models' kind of
+    tokenizer, which cannot be downloaded in the tests."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+    root = tmp_path_factory.mktemp("spm")
+    (root / "text.txt").write_text("\n".join(["rock song with loud guitars", "jazz tune on a piano",
+                                              "calm ambient pads", "fast drums and bass"] * 20))
+    spm.SentencePieceTrainer.train(input=str(root / "text.txt"), model_prefix=str(root / "spiece"), vocab_size=30,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2)
+    return T5Tokenizer(vocab_file=str(root / "spiece.model"), extra_ids=10)
+
+
+def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer, tmp_path):
+    """A model with a T5 sentencepiece tokenizer (as the released ones): the transformers folder
+    carries it, the converted model uses the folder's (the same token ids), and an audiocraft
+    export of the converted model finds it again while the folder exists, else says so in one line."""
+    from musicgen_trainer.exports import export_model
+    model = load_model("tiny", device="cpu")
+    model.lm.condition_provider.conditioners["description"].t5_tokenizer = sentencepiece_tokenizer
+    folder = export_transformers(model, tmp_path / "hf")
+    back = load_model(str(folder), device="cpu")
+    tokenizer = back.lm.condition_provider.conditioners["description"].t5_tokenizer
+    assert "ByT5" not in type(tokenizer).__name__
+    assert tokenizer(CAPTIONS).input_ids == sentencepiece_tokenizer(CAPTIONS).input_ids
+    export_model(back, tmp_path / "ac", dtype="fp32")
+    again = load_model(str(tmp_path / "ac"), device="cpu")
+    assert again.lm.condition_provider.conditioners["description"].t5_tokenizer(CAPTIONS).input_ids == \
+        sentencepiece_tokenizer(CAPTIONS).input_ids
+    import shutil
+    shutil.rmtree(folder)
+    with pytest.raises(ModelUnavailableError, match="tokenizer") as err:
+        load_model(str(tmp_path / "ac"), device="cpu")
+    assert "\n" not in str(err.value)
