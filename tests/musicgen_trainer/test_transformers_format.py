@@ -3,6 +3,7 @@ same greedy codes from audiocraft's model and transformers' one, the round trip 
 bit-identical, and what cannot be read or written is refused in one line."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_logits_equal_audiocraft_to_transformers(exported, name):
     hf = _hf_class(name).from_pretrained(folder).eval()
     ours, sequence = _audiocraft_logits(model, _codes(model))
     theirs = _transformers_logits(hf, folder, sequence, "melody" in name)
-    assert theirs.shape == ours.shape
+    assert theirs.shape == ours.shape and ours.std().item() > 0.1  # logits that say something
     assert (theirs - ours).abs().max().item() < TOLERANCE
 
 
@@ -148,11 +149,13 @@ def test_greedy_generation_gives_identical_codes(exported, name):
     inputs = AutoProcessor.from_pretrained(folder)(text=CAPTIONS, padding=True, return_tensors="pt")
     channel_codebooks = model.lm.n_q // int(model.audio_channels)
     audio = hf.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=frames + channel_codebooks - 1)
-    theirs = torch.cat([codes[0] for codes in seen], dim=1) if len(seen) == 2 else seen[0][0]
     if len(seen) == 2:  # stereo: decoded left then right; interleave back to L1 R1 L2 R2...
         left, right = seen[0][0], seen[1][0]
         theirs = torch.stack([left, right], dim=2).reshape(left.shape[0], -1, left.shape[-1])
+    else:
+        theirs = seen[0][0]  # [1 chunk, B, K, T] -> [B, K, T]
     assert theirs.shape == tokens.shape
+    assert tokens.unique().numel() > 20  # not a degenerate constant output
     assert torch.equal(theirs, tokens)
     assert audio.shape[-1] == 2 * int(model.sample_rate)
 
@@ -317,7 +320,6 @@ def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer
     again = load_model(str(tmp_path / "ac"), device="cpu")
     assert again.lm.condition_provider.conditioners["description"].t5_tokenizer(CAPTIONS).input_ids == \
         sentencepiece_tokenizer(CAPTIONS).input_ids
-    import shutil
     shutil.rmtree(folder)
     with pytest.raises(ModelUnavailableError, match="tokenizer") as err:
         load_model(str(tmp_path / "ac"), device="cpu")
