@@ -326,8 +326,8 @@ def tiny_export_extras(model) -> dict:
     conditioners = model.lm.condition_provider.conditioners
     t5 = conditioners["description"].__dict__["t5"]
     extras = {"text_encoder_state": {k: v.cpu() for k, v in t5.state_dict().items()}}
-    if "self_wav" in conditioners:  # tiny-melody: its random stem separator, also outside the LM
-        demucs = conditioners["self_wav"].__dict__["demucs"]
+    if "self_wav" in conditioners and not uses_htdemucs(model.lm.cfg):  # tiny-melody: its random
+        demucs = conditioners["self_wav"].__dict__["demucs"]  # stem separator, also outside the LM
         extras["demucs_state"] = {k: v.cpu() for k, v in demucs.state_dict().items()}
     return extras
 
@@ -343,14 +343,14 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
         raise ValueError(f"{folder} is a tiny-model export without its text encoder weights")
     xp_cfg = OmegaConf.create(xp_cfg)
     xp_cfg.device = "cpu"
-    if "self_wav" in xp_cfg.conditioners and "demucs_state" not in lm_pkg:
+    if "self_wav" in xp_cfg.conditioners and "demucs_state" not in lm_pkg and not uses_htdemucs(xp_cfg):
         raise ValueError(f"{folder} is a tiny-melody export without its stem separator weights")
     try:
         lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"],
                                   demucs_state=lm_pkg.get("demucs_state"))
         lm.load_state_dict(lm_pkg["best_state"])
         compression_model = load_compression_model(str(folder), device="cpu")
-    except TokenizerUnavailable:
+    except (TokenizerUnavailable, SeparatorUnavailable):
         raise
     except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
         first = (str(exc).strip().splitlines() or [""])[0][:160]
@@ -458,12 +458,43 @@ def tiny_chroma_conditioner(xp_cfg: DictConfig, output_dim: int, device: str,
     if _CHROMA_CONDITIONER_CLASS is None:
         _CHROMA_CONDITIONER_CLASS = _make_chroma_conditioner_class()
     ours = xp_cfg.musicgen_trainer
-    demucs = tiny_demucs(OmegaConf.to_container(ours.demucs_config), int(ours.tiny.seed), demucs_state)
+    if uses_htdemucs(xp_cfg):
+        demucs = released_separator()
+    else:
+        demucs = tiny_demucs(OmegaConf.to_container(ours.demucs_config), int(ours.tiny.seed), demucs_state)
     args = OmegaConf.to_container(xp_cfg.conditioners.self_wav.chroma_stem)
     for unused in ("eval_wavs", "n_eval_wavs", "cache_path"):  # released-model dataset options
         args.pop(unused, None)
     return _CHROMA_CONDITIONER_CLASS(output_dim=output_dim, duration=float(xp_cfg.dataset.segment_duration),
                                      demucs=demucs, device=device, **args)
+
+
+HTDEMUCS = "htdemucs"
+
+
+def uses_htdemucs(xp_cfg) -> bool:
+    """Whether a melody ``xp.cfg`` separates stems with the released htdemucs (a melody model
+    converted from transformers' format: its separator is not part of that format) rather than
+    the tiny random one."""
+    ours = (xp_cfg or {}).get("musicgen_trainer") or {}
+    return ours.get("separator", None) == HTDEMUCS
+
+
+def released_separator():
+    """htdemucs, as audiocraft's ``ChromaStemConditioner`` loads it (torch hub's cache, checked
+    weights-only first); ``SeparatorUnavailable`` (one line) when it is missing offline."""
+    from dataset_tools.separation.errors import SeparatorLoadError
+    from dataset_tools.separation.model import check_pretrained_cache
+    try:
+        check_pretrained_cache(HTDEMUCS)
+    except SeparatorLoadError as exc:
+        raise SeparatorUnavailable(f"the melody conditioning needs the {HTDEMUCS} stem separator: {exc}") from None
+    from demucs import pretrained
+    return pretrained.get_model(HTDEMUCS).eval().requires_grad_(False)
+
+
+class SeparatorUnavailable(ValueError):
+    """The released stem separator is not in the cache (one line)."""
 
 
 def as_get_pretrained_does(lm) -> None:

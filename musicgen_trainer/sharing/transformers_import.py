@@ -44,7 +44,7 @@ def _lstm_is_zero(state: dict) -> bool:
 def xp_config_from_transformers(config: dict, state: dict, record: dict, tokenizer: str,
                                 tokenizer_folder: str = ""):
     """The audiocraft ``xp.cfg`` (OmegaConf) of the folder's model; ``NotExpressible`` otherwise."""
-    from ..tiny import T5_ALIASES, TinyConfig, tiny_melody_xp_config, tiny_xp_config
+    from ..tiny import HTDEMUCS, T5_ALIASES, TinyConfig, tiny_melody_xp_config, tiny_xp_config
     dec, te, ae = config.get("decoder") or {}, config.get("text_encoder") or {}, config.get("audio_encoder") or {}
     melody = config.get("model_type") == "musicgen_melody"
     if int(te.get("d_model", 0)) not in T5_ALIASES:
@@ -96,10 +96,11 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     if tokenizer != "byt5":  # exports of this model find the tokenizer there first (see tiny._named_tokenizer)
         xp.musicgen_trainer.tokenizer_folder = tokenizer_folder
     if melody:
-        if "demucs_config" not in tiny:
-            raise NotExpressible("a melody model from outside this project needs htdemucs wired in as its stem "
-                                 "separator, which this loader does not do yet; load the audiocraft release instead")
-        xp.musicgen_trainer.demucs_config = tiny["demucs_config"]
+        if "demucs_config" in tiny:  # a tiny-melody export of ours: its random separator, rebuilt from the seed
+            xp.musicgen_trainer.demucs_config = tiny["demucs_config"]
+        else:  # transformers' format has no separator: audiocraft's melody models use htdemucs
+            del xp.musicgen_trainer["demucs_config"]
+            xp.musicgen_trainer.separator = HTDEMUCS
         xp.conditioners.self_wav.chroma_stem.n_chroma = int(config.get("num_chroma", 12))
     return xp
 

@@ -324,3 +324,35 @@ def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer
     with pytest.raises(ModelUnavailableError, match="tokenizer") as err:
         load_model(str(tmp_path / "ac"), device="cpu")
     assert "\n" not in str(err.value)
+
+
+def test_melody_folder_from_elsewhere_uses_htdemucs(exported, tmp_path, monkeypatch):
+    """A melody folder we did not write (no record of our tiny separator) separates stems with
+    htdemucs as audiocraft's melody models do: one line when it is not cached, else the same
+    logits as transformers, and an audiocraft export of it that loads back."""
+    import demucs.pretrained
+    import dataset_tools.separation.model as separation
+    from musicgen_trainer.exports import export_model
+    from musicgen_trainer.tiny import TINY_DEMUCS, tiny_demucs
+    model, ours = exported("tiny-melody")
+    folder = tmp_path / "hub-melody"
+    shutil.copytree(ours, folder)
+    (folder / RECORD_FILE).unlink()
+    with pytest.raises(ModelUnavailableError, match="htdemucs") as err:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+    calls = []
+    monkeypatch.setattr(separation, "check_pretrained_cache", lambda name: calls.append(name))
+    monkeypatch.setattr(demucs.pretrained, "get_model", lambda name: tiny_demucs(dict(TINY_DEMUCS), 7))
+    converted = load_model(str(folder), device="cpu")
+    assert calls == ["htdemucs"]
+    hf = _hf_class("tiny-melody").from_pretrained(folder).eval()
+    ours_logits, sequence = _audiocraft_logits(converted, _codes(converted))
+    assert (_transformers_logits(hf, folder, sequence, True) - ours_logits).abs().max().item() < TOLERANCE
+    converted.set_generation_params(duration=0.1)
+    melody = torch.randn(1, 1, 32000, generator=torch.Generator().manual_seed(4)) * 0.1
+    assert converted.generate_with_chroma(["rock song"], melody, 32000).shape == (1, 1, 3200)  # separated
+    export_model(converted, tmp_path / "ac", dtype="fp32")  # no separator weights: htdemucs again on load
+    back = load_model(str(tmp_path / "ac"), device="cpu")
+    assert calls == ["htdemucs", "htdemucs"]
+    assert all(torch.equal(v, back.lm.state_dict()[k]) for k, v in converted.lm.state_dict().items())
