@@ -134,9 +134,8 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
             raise NotExpressible(f"LM weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
         with torch.random.fork_rng(devices=[]):
             codec = builders.get_compression_model(xp)
-        with torch.device("meta"):
-            hf_codec = EncodecModel(EncodecConfig(**{k: v for k, v in config["audio_encoder"].items()
-                                                     if k not in ("model_type", "transformers_version")}))
+        with torch.device("meta"):  # only its tensor names and shapes are read
+            hf_codec = EncodecModel(EncodecConfig.from_dict(config["audio_encoder"]))
         codec_state = codec_from_transformers(state, codec, hf_codec)
         codec.load_state_dict({k: v.float() for k, v in codec_state.items()}, strict=True)
     except KeyError as exc:
@@ -152,6 +151,22 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
         model.max_duration = window
         model.set_generation_params(duration=window, extend_stride=window / 2)
     return to_device(model, device)
+
+
+def _full_config(folder: Path) -> dict:
+    """``config.json`` through transformers' own config classes: every field, defaults included
+    (a saved config may leave out the values that equal the defaults)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
+    try:
+        return AutoConfig.from_pretrained(str(folder)).to_dict()
+    except (OSError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{folder}: transformers cannot read its config.json: {first}") from None
+    finally:
+        logging.set_verbosity(level)
 
 
 def _generation_config(folder: Path) -> dict:
@@ -211,6 +226,6 @@ def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "
     """audiocraft's ``MusicGen`` from a transformers MusicGen folder (ValueError, one line, when it
     cannot be read or converted)."""
     folder = Path(folder)
-    config = read_config(folder)
     state = read_safetensors(folder)
+    config = _full_config(folder)
     return build_musicgen(folder, config, state, read_record(folder) or {}, device)
