@@ -83,9 +83,18 @@ def codec_config(compression_model, sample_rate: int) -> dict:
         num_lstm_layers=max(1, lstms[0][1].num_layers if lstms else 1),
         trim_right_ratio=1.0, codebook_size=bins, codebook_dim=int(quantizer.dimension),
         use_conv_shortcut=False, chunk_length_s=None, overlap=None,
-        # transformers derives the number of codebooks from the last bandwidth (kbps).
-        target_bandwidths=[n_q * frame_rate * (bins - 1).bit_length() / 1000.0],
+        target_bandwidths=[_bandwidth(n_q, frame_rate, (bins - 1).bit_length())],
     )
+
+
+def _bandwidth(n_q: int, frame_rate: float, bits: int) -> float:
+    """The bandwidth (kbps) from which transformers derives ``n_q`` codebooks
+    (``int(1000 * bandwidth // (frame_rate * bits))``), safe from float rounding down."""
+    bandwidth = n_q * frame_rate * bits / 1000.0
+    while int(1000 * bandwidth // (frame_rate * bits)) < n_q:
+        bandwidth = float(torch.nextafter(torch.tensor(bandwidth, dtype=torch.float64),
+                                          torch.tensor(float("inf"), dtype=torch.float64)))
+    return bandwidth
 
 
 def _lm_check(lm) -> None:
