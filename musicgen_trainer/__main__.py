@@ -1,4 +1,5 @@
-"""`python -m musicgen_trainer show`: inspect a model; `evaluate`: a fine-tune against its base.
+"""`python -m musicgen_trainer show`: inspect a model; `evaluate`: a fine-tune against its base;
+`export`: a run or model in transformers' format (or audiocraft's layout).
 
 Training is `train.py` (or `musicgen-train`), generation `generate.py` (or `musicgen-generate`),
 the web page `python -m musicgen_trainer.app`, the offline demo `python demo.py` (`make demo`).
@@ -27,6 +28,18 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from dataset_tools.cli import dataclass_from_args
+
+    from .sharing.export_config import ExportConfig, run_export
+    run_export(dataclass_from_args(ExportConfig, args))
+    return 0
+
+
+EXPORT_HELP = ("Write a run's export, an export folder or a model in Hugging Face transformers' format "
+               "(MusicgenForConditionalGeneration / pipeline('text-to-audio'), safetensors) or in audiocraft's "
+               "layout. See docs/sharing.md.")
+
 EVALUATE_HELP = ("Compare a fine-tune with its base model on the dataset's held-out tracks: cross-entropy, "
                  "generated clips (same prompts and seeds), genre adherence, FAD, CLAP, sanity flags; writes "
                  "report.html (with a blind A/B test), report.md and report.json into --out. See docs/evaluation.md.")
@@ -51,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(evaluate, EvaluateConfig)
     evaluate.set_defaults(func=_evaluate)
     add_debug_flag(evaluate)
+    from .sharing.export_config import ExportConfig
+    export = sub.add_parser("export", help="write a model in transformers' format (or audiocraft's)",
+                            description=EXPORT_HELP)
+    add_dataclass_options(export, ExportConfig)
+    export.set_defaults(func=_export)
+    add_debug_flag(export)
     return parser
 
 

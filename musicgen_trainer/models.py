@@ -10,6 +10,8 @@ Accepted names:
   models' sizes, built offline (benchmarks, memory checks);
 - a folder in audiocraft's export layout (``state_dict.bin`` + ``compression_state_dict.bin``),
   which is also what our trainer exports;
+- a folder in Hugging Face transformers' MusicGen format (``config.json`` with model_type
+  ``musicgen`` / ``musicgen_melody`` + safetensors weights), converted on load (``sharing/``);
 - an audiocraft hub name (``facebook/musicgen-small``, ``-medium``, ``-large``, ``-melody``,
   the stereo variants, or the short forms ``small``/``medium``/...), loaded with audiocraft's
   own loader. Offline and not cached, this fails at once with ``ModelUnavailableError``.
@@ -23,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .checkpoint_io import CheckpointError, check_checkpoint, load_checkpoint
-from .exports import COMPRESSION_FILE, LM_FILE, config_for_omegaconf, package_config
+from .exports import COMPRESSION_FILE, LM_FILE, config_for_omegaconf, is_export, package_config
 # PRETRAINED_NAMES and resolve_name are re-exported: callers know them from here.
 from .runtime import PRETRAINED_NAMES, SHORT_NAMES, default_device, import_audiocraft, resolve_name  # noqa: F401
 from .tiny import TINY_STEREO_NAME, is_tiny_config, load_tiny_export
@@ -68,6 +70,9 @@ def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None
             raise ModelUnavailableError(f"bad model name {text!r}: use random:{' or random:'.join(RANDOM_PRESETS)}")
         return build_tiny_musicgen(random_preset(size), device=default_device(device), name=text)
     path = Path(text).expanduser()
+    from .sharing.transformers_import import is_transformers_folder
+    if path.is_dir() and not is_export(path) and is_transformers_folder(path):
+        return _load_transformers(path, default_device(device))
     if path.is_dir():
         return _load_export(path, default_device(device))
     if path.exists() or text.startswith((".", "/", "~")) or os.sep + os.sep in text:
@@ -129,6 +134,16 @@ def _load_export(folder: Path, device: str):
     if "self_wav" in (xp_config(lm_pkg).get("conditioners") or {}):  # a melody model's fine-tune
         _check_melody_separator(str(folder))
     return _with_offline_errors(lambda: MusicGen.get_pretrained(str(folder), device=device), str(folder))
+
+
+def _load_transformers(folder: Path, device: str):
+    """A transformers-format MusicGen folder (``config.json`` + safetensors), converted on load."""
+    import_audiocraft()
+    from .sharing.transformers_import import load_transformers_folder
+    try:
+        return load_transformers_folder(folder, device)
+    except ValueError as exc:  # NotExpressible included
+        raise ModelUnavailableError(str(exc)) from None
 
 
 # --- pretrained (hub) models ----------------------------------------------------------

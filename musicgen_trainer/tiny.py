@@ -103,7 +103,7 @@ def _make_text_conditioner_class():
         """
 
         def __init__(self, output_dim: int, device: str, t5_config: dict,
-                     word_dropout: float = 0.0, t5_state: tp.Optional[dict] = None):
+                     word_dropout: float = 0.0, t5_state: tp.Optional[dict] = None, tokenizer=None):
             from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
             TextConditioner.__init__(self, t5_config["d_model"], output_dim)
             self.device = device
@@ -113,7 +113,8 @@ def _make_text_conditioner_class():
             self.autocast = TorchAutocast(enabled=False)
             self.normalize_text = False
             # ByT5 appends </s>, so an empty (null) caption still yields one token.
-            self.t5_tokenizer = ByT5Tokenizer()
+            # A model converted from transformers' format brings its own (e.g. t5-base's sentencepiece).
+            self.t5_tokenizer = tokenizer if tokenizer is not None else ByT5Tokenizer()
             t5 = T5EncoderModel(T5Config(**t5_config)).eval()
             if t5_state is not None:
                 t5.load_state_dict(t5_state)
@@ -128,11 +129,35 @@ _CONDITIONER_CLASS = None
 
 
 def tiny_text_conditioner(output_dim: int, device: str, t5_config: dict, word_dropout: float,
-                          t5_state: tp.Optional[dict] = None):
+                          t5_state: tp.Optional[dict] = None, tokenizer=None):
     global _CONDITIONER_CLASS
     if _CONDITIONER_CLASS is None:
         _CONDITIONER_CLASS = _make_text_conditioner_class()
-    return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state)
+    return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state, tokenizer)
+
+
+def _named_tokenizer(xp_cfg: DictConfig):
+    """The tokenizer an ``xp.cfg`` names (``musicgen_trainer.tokenizer``, set for models converted
+    from transformers' format with a sentencepiece T5): from the transformers folder it came from
+    while that folder exists, else by hub name from the cache, as audiocraft's own
+    ``T5Conditioner`` loads it; None for the byte-level default. ValueError (one line) otherwise."""
+    import os
+    ours = xp_cfg.musicgen_trainer
+    name = ours.get("tokenizer", None)
+    if not name or name == "byt5":
+        return None
+    from transformers import AutoTokenizer
+    folder = ours.get("tokenizer_folder", None)
+    source = folder if folder and os.path.isdir(folder) else str(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise TokenizerUnavailable(f"the model's text tokenizer ({source}) cannot be loaded: {first}") from None
+
+
+class TokenizerUnavailable(ValueError):
+    """A converted model's named tokenizer is neither in its folder nor in the cache (one line)."""
 
 
 def tiny_xp_config(cfg: TinyConfig) -> DictConfig:
@@ -212,7 +237,8 @@ def stereo_xp_config(xp: DictConfig) -> DictConfig:
 
 
 def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
-                         t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None):
+                         t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None,
+                         tokenizer=None):
     """Build audiocraft's ``LMModel`` from an ``xp.cfg`` whose text encoder is the tiny T5.
 
     Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioners, which
@@ -232,7 +258,8 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
     conditioner = tiny_text_conditioner(
         output_dim=kwargs["dim"], device=device,
         t5_config=OmegaConf.to_container(xp_cfg.musicgen_trainer.t5_config),
-        word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state)
+        word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state,
+        tokenizer=tokenizer if tokenizer is not None else _named_tokenizer(xp_cfg))
     conditioners = {"description": conditioner}
     if "self_wav" in xp_cfg.conditioners:  # tiny-melody (see the section below)
         conditioners["self_wav"] = tiny_chroma_conditioner(xp_cfg, kwargs["dim"], device, demucs_state)
@@ -299,8 +326,8 @@ def tiny_export_extras(model) -> dict:
     conditioners = model.lm.condition_provider.conditioners
     t5 = conditioners["description"].__dict__["t5"]
     extras = {"text_encoder_state": {k: v.cpu() for k, v in t5.state_dict().items()}}
-    if "self_wav" in conditioners:  # tiny-melody: its random stem separator, also outside the LM
-        demucs = conditioners["self_wav"].__dict__["demucs"]
+    if "self_wav" in conditioners and not uses_htdemucs(model.lm.cfg):  # tiny-melody: its random
+        demucs = conditioners["self_wav"].__dict__["demucs"]  # stem separator, also outside the LM
         extras["demucs_state"] = {k: v.cpu() for k, v in demucs.state_dict().items()}
     return extras
 
@@ -316,13 +343,15 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
         raise ValueError(f"{folder} is a tiny-model export without its text encoder weights")
     xp_cfg = OmegaConf.create(xp_cfg)
     xp_cfg.device = "cpu"
-    if "self_wav" in xp_cfg.conditioners and "demucs_state" not in lm_pkg:
+    if "self_wav" in xp_cfg.conditioners and "demucs_state" not in lm_pkg and not uses_htdemucs(xp_cfg):
         raise ValueError(f"{folder} is a tiny-melody export without its stem separator weights")
     try:
         lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"],
                                   demucs_state=lm_pkg.get("demucs_state"))
         lm.load_state_dict(lm_pkg["best_state"])
         compression_model = load_compression_model(str(folder), device="cpu")
+    except (TokenizerUnavailable, SeparatorUnavailable):
+        raise
     except (RuntimeError, KeyError, ValueError) as exc:  # weights of another shape, a damaged package
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder} holds weights that do not match its config: {first}") from None
@@ -429,12 +458,43 @@ def tiny_chroma_conditioner(xp_cfg: DictConfig, output_dim: int, device: str,
     if _CHROMA_CONDITIONER_CLASS is None:
         _CHROMA_CONDITIONER_CLASS = _make_chroma_conditioner_class()
     ours = xp_cfg.musicgen_trainer
-    demucs = tiny_demucs(OmegaConf.to_container(ours.demucs_config), int(ours.tiny.seed), demucs_state)
+    if uses_htdemucs(xp_cfg):
+        demucs = released_separator()
+    else:
+        demucs = tiny_demucs(OmegaConf.to_container(ours.demucs_config), int(ours.tiny.seed), demucs_state)
     args = OmegaConf.to_container(xp_cfg.conditioners.self_wav.chroma_stem)
     for unused in ("eval_wavs", "n_eval_wavs", "cache_path"):  # released-model dataset options
         args.pop(unused, None)
     return _CHROMA_CONDITIONER_CLASS(output_dim=output_dim, duration=float(xp_cfg.dataset.segment_duration),
                                      demucs=demucs, device=device, **args)
+
+
+HTDEMUCS = "htdemucs"
+
+
+def uses_htdemucs(xp_cfg) -> bool:
+    """Whether a melody ``xp.cfg`` separates stems with the released htdemucs (a melody model
+    converted from transformers' format: its separator is not part of that format) rather than
+    the tiny random one."""
+    ours = (xp_cfg or {}).get("musicgen_trainer") or {}
+    return ours.get("separator", None) == HTDEMUCS
+
+
+def released_separator():
+    """htdemucs, as audiocraft's ``ChromaStemConditioner`` loads it (torch hub's cache, checked
+    weights-only first); ``SeparatorUnavailable`` (one line) when it is missing offline."""
+    from dataset_tools.separation.errors import SeparatorLoadError
+    from dataset_tools.separation.model import check_pretrained_cache
+    try:
+        check_pretrained_cache(HTDEMUCS)
+    except SeparatorLoadError as exc:
+        raise SeparatorUnavailable(f"the melody conditioning needs the {HTDEMUCS} stem separator: {exc}") from None
+    from demucs import pretrained
+    return pretrained.get_model(HTDEMUCS).eval().requires_grad_(False)
+
+
+class SeparatorUnavailable(ValueError):
+    """The released stem separator is not in the cache (one line)."""
 
 
 def as_get_pretrained_does(lm) -> None:

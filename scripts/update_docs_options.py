@@ -24,6 +24,7 @@ def _tables() -> dict:
     from musicgen_trainer.cli_generate import GenerateOptions
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     from musicgen_trainer.generation import GenerationConfig
+    from musicgen_trainer.sharing.export_config import ExportConfig
     from musicgen_trainer.train_config import TrainConfig
     return {
         "train": ("docs/training.md", options_markdown(TrainConfig)),
@@ -32,6 +33,7 @@ def _tables() -> dict:
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
         "captions": ("docs/dataset_tools.md", options_markdown(CaptionsOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
+        "export": ("docs/sharing.md", options_markdown(ExportConfig)),
     }
 
 

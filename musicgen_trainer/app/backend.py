@@ -52,15 +52,18 @@ class ModelChoice:
 
 
 def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Sequence[str]) -> tp.List[ModelChoice]:
-    """Every export under ``checkpoints`` first (newest names last), then ``tiny`` and ``pretrained``.
+    """Every export under ``checkpoints`` (audiocraft's layout or transformers' format) first (newest
+    names last), then ``tiny`` and ``pretrained``.
 
     A fine-tune's ``key`` names it relative to ``checkpoints`` (``export:jazzrun/export``), so the
     page never learns where the server keeps its files; ``value`` is the folder itself."""
-    from ..exports import export_info, find_exports
+    from ..exports import export_info, find_folders, is_export
+    from ..sharing.transformers_import import is_transformers_folder
     choices = []
     if checkpoints:
         root = Path(checkpoints)
-        for folder in find_exports(root):
+        # audiocraft-layout exports and transformers-format folders (converted on load)
+        for folder in find_folders(root, lambda f: is_export(f) or is_transformers_folder(f)):
             info = export_info(folder)
             rel = folder.relative_to(root).as_posix()
             label = f"fine-tune: {rel}" + (f" ({', '.join(info.genres)})" if info.genres else "")

@@ -1,0 +1,1 @@
+"""Sharing a fine-tune: transformers' format both ways (``transformers_format``)."""
