@@ -337,6 +337,10 @@ def train(config: TrainConfig) -> Path:
         # with --lora the adapter alone in adapter/, the merged weights as the ordinary export
         write_export(model, weights, export_dir, config, {**extra, "trained_steps": state.step},
                      adapter_dir=out / "adapter")
+        from .sharing.card_data import card_after_training  # README.md: data, settings, samples, usage
+        model.lm.eval()  # training is over; with no training samples the card generates some, unless the
+        card_after_training(export_dir, out, config,  # weights in model.lm are not the export's (EMA, FSDP)
+                            model=None if config.ema or state.sharded else model)
         last = state.history[-1] if state.history else {}
         best = held_out.summary()
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "

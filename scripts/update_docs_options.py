@@ -23,6 +23,8 @@ def _tables() -> dict:
     from musicgen_trainer.cli_generate import GenerateOptions
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     from musicgen_trainer.generation import GenerationConfig
+    from musicgen_trainer.sharing.card import CardOptions
+    from musicgen_trainer.sharing.push import PushOptions
     from musicgen_trainer.train_config import TrainConfig
     return {
         "train": ("docs/training.md", options_markdown(TrainConfig)),
@@ -30,6 +32,8 @@ def _tables() -> dict:
         "sampling": ("docs/generation.md", options_markdown(GenerationConfig, defaults={"seed": None})),
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
+        "card": ("docs/sharing.md", options_markdown(CardOptions)),
+        "push": ("docs/sharing.md", options_markdown(PushOptions)),
     }
 
 

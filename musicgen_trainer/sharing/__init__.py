@@ -1,0 +1,1 @@
+"""Sharing a fine-tune: its model card (README.md with samples), the Hugging Face Hub push, other formats."""
