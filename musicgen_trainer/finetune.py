@@ -7,7 +7,8 @@ Layout of ``config.out``::
     checkpoints/step_*.pt  full training states (the last ``keep_last``), for --resume
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
-    export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout)
+    export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout), README.md +
+                           samples/ (the model card: sharing/card_data.py)
     export-best/           the same for the lowest held-out cross-entropy so far (train_eval.py)
     adapter/               with --lora: the adapter alone (peft's files + musicgen_lora.json, lora.py);
                            export/ then holds the base with the adapter merged in

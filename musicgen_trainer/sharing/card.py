@@ -86,7 +86,8 @@ class CardData:
     """Everything ``render_card`` shows; absent facts are empty and their section says so."""
     title: str
     license: str
-    base_model: str = ""                 # a hub name, "" for an offline test model
+    base_model: str = ""                 # a hub name, "" for an offline test model or a local folder
+    base_local: bool = False             # the base is a local folder (another fine-tune): not named
     trained_steps: int = 0
     best: tp.Optional[dict] = None       # export-best: {"step", "valid_ce"}
     formats: tp.List[str] = field(default_factory=lambda: ["audiocraft"])  # "audiocraft", "transformers"
@@ -173,6 +174,7 @@ def _header(data: CardData) -> str:
 
 def _intro(data: CardData) -> str:
     base = f"MusicGen (`{md_text(data.base_model)}`)" if data.base_model else \
+        "a local MusicGen model (another fine-tune)" if data.base_local else \
         "an offline MusicGen test model (random weights)"
     steps = f" for {data.trained_steps:,} steps" if data.trained_steps else ""
     text = f"A fine-tune of {base}{steps} on a music dataset, made with musicgen_trainer."
@@ -305,7 +307,7 @@ def _usage_section(data: CardData) -> str:
                 "folder:", ""] + transformers
     out += ["", "Or with musicgen_trainer: `python generate.py --model DIR --prompts \"...\"` "
                 "(DIR: a local copy of this folder)."]
-    if not data.base_model:
+    if not data.base_model and not data.base_local:
         out += ["", "*The base is an offline test model: its text encoder is stored in this export, which "
                     "musicgen_trainer's loader reads; audiocraft's own loader would download T5.*"]
     return "\n".join(out) + "\n"

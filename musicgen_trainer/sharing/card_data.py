@@ -79,9 +79,26 @@ def hub_base_model(name: str) -> str:
     return ""
 
 
+def _is_test_model(name: str) -> bool:
+    """tiny, tiny-melody, tiny-stereo, tiny:SEED, random:SIZE: offline models with random weights."""
+    return str(name).startswith(("tiny", "random:"))
+
+
+_SUMMARIES: tp.Dict[str, tuple] = {}  # a run's new bests rewrite the card: the dataset is read once
+
+
 def dataset_summary(run_config: dict, card_files: bool = False) -> tp.Tuple[list, list, int, str, list]:
     """``(genre rows, file names, files in all, note, captions)`` of the dataset ``run_config``
     names, split as training split it. File names (relative to the dataset) only with ``card_files``."""
+    key = json.dumps([run_config.get(k) for k in ("data", "valid_fraction", "seed")] + [card_files, str(Path.cwd())])
+    if key not in _SUMMARIES:
+        _SUMMARIES.clear()
+        _SUMMARIES[key] = _dataset_summary(run_config, card_files)
+    genres, files, total, note, captions = _SUMMARIES[key]
+    return list(genres), list(files), total, note, list(captions)
+
+
+def _dataset_summary(run_config: dict, card_files: bool) -> tuple:
     from ..data import DatasetError, find_clips, split_clips
     data = run_config.get("data")
     if not data:
@@ -293,6 +310,7 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
     base = hub_base_model(info.get("base_model") or "") or hub_base_model(run_config.get("model") or "")
     data = CardData(title=title or (run_dir.name if run_dir else export.name),
                     license=resolve_license(license, base), base_model=base,
+                    base_local=not base and not _is_test_model(run_config.get("model") or info.get("base_model") or "tiny"),
                     trained_steps=int(info.get("trained_steps") or 0),
                     best=info.get("best") if isinstance(info.get("best"), dict) else None, formats=formats,
                     melody="melody" in base or _read_json(export / "config.json").get("model_type") == "musicgen_melody",
@@ -304,7 +322,7 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
         captions = []
         data.dataset_note = "the run folder was not found: no dataset summary or settings (pass --run RUN)"
     if not data.genres and info.get("genres"):
-        data.dataset_note += f"; genres: {', '.join(str(g) for g in info['genres'])}".lstrip("; ")
+        data.dataset_note = "; ".join(filter(None, [data.dataset_note, "genres: " + ", ".join(map(str, info["genres"]))]))
     data.caption_examples = [str(c) for c in info.get("caption_examples") or []][:3] or captions
     data.evaluation, data.evaluation_note = find_report(export, run_dir, report)
     prompts = list(run_config.get("sample_prompts") or []) or data.caption_examples or ["music"]

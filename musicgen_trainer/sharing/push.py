@@ -37,6 +37,7 @@ class PushOptions:
     repo: str = option(help="the Hub repository, USER/NAME or ORG/NAME (created when missing)", metavar="USER/NAME")
     private: bool = option(False, "create the repository private (an existing one keeps its visibility)")
     message: str = option("Upload a MusicGen fine-tune (musicgen_trainer)", "the commit message", metavar="TEXT")
+    dry_run: bool = option(False, "list the files that would be uploaded, and upload nothing (needs no token)")
 
     def __post_init__(self):
         if not REPO_ID.match(str(self.repo or "")):
@@ -94,9 +95,9 @@ def _check_inside(path: Path, real_root: Path, root: Path) -> None:
 
 
 def push(options: PushOptions, api=None) -> str:
-    """Upload ``options.export`` to ``options.repo`` as one commit; returns the commit's URL.
-    ``api``: an ``HfApi`` (default: one with the token found)."""
-    token = hub_token()  # offline / no token: before any other work
+    """Upload ``options.export`` to ``options.repo`` as one commit; returns the commit's URL
+    ("" with ``dry_run``). ``api``: an ``HfApi`` (default: one with the token found)."""
+    token = None if options.dry_run else hub_token()  # offline / no token: before any other work
     from ..run_folder import CARD_FILE
     from .card_data import export_formats
     from .card import CARD_MARK, fill_repo
@@ -119,6 +120,10 @@ def push(options: PushOptions, api=None) -> str:
         else:
             operations.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(export / rel)))
     size = sum((export / rel).stat().st_size for rel in files)
+    if options.dry_run:
+        print(f"would push {len(files)} files ({size / 1e6:.1f} MB) from {export} to {HUB_URL}/{options.repo}:")
+        print("\n".join(f"  {rel.as_posix()}" for rel in files))
+        return ""
     print(f"pushing {len(files)} files ({size / 1e6:.1f} MB) from {export} to {HUB_URL}/{options.repo}")
     api = api if api is not None else HfApi(token=token)
     api.create_repo(options.repo, repo_type="model", private=options.private, exist_ok=True)

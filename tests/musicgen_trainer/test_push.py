@@ -129,3 +129,11 @@ def test_push_command_offline_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: offline")
     assert "torch" not in proc.stderr
+
+
+def test_dry_run_lists_the_files_and_calls_no_hub_even_offline(tmp_path, online, monkeypatch, capsys):
+    export = _export(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert push(PushOptions(export=str(export), repo="alice/x", dry_run=True)) == ""
+    listed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == EXPECTED and online.instances == []

@@ -207,3 +207,15 @@ def test_training_leaves_a_card_in_export_and_export_best(tmp_path):
     claim_run_folder(TrainConfig(**{**config.to_dict(), "overwrite": True}), resuming=False)
     assert not (export / "README.md").exists() and not (export / "samples").exists()
     assert not (best / "README.md").exists()
+
+
+def test_an_export_without_its_run_says_what_it_knows(tmp_path):
+    import shutil
+    export = tmp_path / "shared"
+    shutil.copytree(_run(tmp_path) / "export", export)
+    text = write_card(export).read_text(encoding="utf-8")
+    assert "run folder was not found" in text and "genres: jazz, rock" in text
+    assert "No samples yet" in text and not (export / "samples").exists()
+    assert "MusicGen (`facebook/musicgen-small`)" in text and "license: cc-by-nc-4.0" in text
+    local = render_card(CardData(title="x", license="other", base_local=True))
+    assert "a local MusicGen model" in local and "test model" not in local
