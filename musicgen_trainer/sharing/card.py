@@ -31,7 +31,8 @@ RELEASED_LICENSE = "cc-by-nc-4.0"  # the released MusicGen weights' licence, whi
 LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")  # Hugging Face licence ids: mit, cc-by-nc-4.0, other
 UNLABELLED = "(unlabelled)"
 MAX_FILES = 500  # --card-files lists at most this many names
-TRANSFORMERS_FILES = ("config.json", "model.safetensors")  # a transformers-format export (sharing/transformers_format.py)
+# A transformers-format export (sharing/transformers_format.py): its config and its weights, whole or sharded.
+TRANSFORMERS_CONFIG, TRANSFORMERS_WEIGHTS = "config.json", ("model.safetensors", "model.safetensors.index.json")
 
 
 @dataclass
@@ -86,8 +87,8 @@ class CardData:
     """Everything ``render_card`` shows; absent facts are empty and their section says so."""
     title: str
     license: str
-    base_model: str = ""                 # a hub name, "" for an offline test model or a local folder
-    base_local: bool = False             # the base is a local folder (another fine-tune): not named
+    base_model: str = ""                 # a hub name, else "" and:
+    base_kind: str = ""                  # "test" (random weights), "local" (a folder, not named) or "" (unknown)
     trained_steps: int = 0
     best: tp.Optional[dict] = None       # export-best: {"step", "valid_ce"}
     formats: tp.List[str] = field(default_factory=lambda: ["audiocraft"])  # "audiocraft", "transformers"
@@ -173,9 +174,9 @@ def _header(data: CardData) -> str:
 
 
 def _intro(data: CardData) -> str:
-    base = f"MusicGen (`{md_text(data.base_model)}`)" if data.base_model else \
-        "a local MusicGen model (another fine-tune)" if data.base_local else \
-        "an offline MusicGen test model (random weights)"
+    base = f"MusicGen (`{md_text(data.base_model)}`)" if data.base_model else {
+        "test": "an offline MusicGen test model (random weights)",
+        "local": "a local MusicGen model (another fine-tune)"}.get(data.base_kind, "a MusicGen model")
     steps = f" for {data.trained_steps:,} steps" if data.trained_steps else ""
     text = f"A fine-tune of {base}{steps} on a music dataset, made with musicgen_trainer."
     if data.best:
@@ -283,7 +284,8 @@ def _usage_section(data: CardData) -> str:
     caption = data.caption_examples[0] if data.caption_examples else "music"
     seconds = min(8.0, data.window_seconds)
     repo = REPO_LINE.format(data.repo_id)
-    audiocraft = ["```python", "from audiocraft.data.audio import audio_write", "from audiocraft.models import MusicGen",
+    audiocraft = ["```python", "from audiocraft.data.audio import audio_write",
+                  "from audiocraft.models import MusicGen",
                   "from huggingface_hub import snapshot_download", "", repo,
                   "model = MusicGen.get_pretrained(snapshot_download(repo))",
                   f"model.set_generation_params(duration={seconds:g})",
@@ -298,7 +300,9 @@ def _usage_section(data: CardData) -> str:
                     "tokens: ~5 s at 50 frames/s",
                     "rate = model.config.audio_encoder.sampling_rate",
                     "scipy.io.wavfile.write(\"sample.wav\", rate=rate, data=audio[0].T.numpy())", "```"]
-    out = ["## Use it", "", "With audiocraft:", ""] + audiocraft + [""]
+    out = ["## Use it", ""]
+    if "audiocraft" in data.formats:
+        out += ["With audiocraft:", ""] + audiocraft + [""]
     if "transformers" in data.formats:
         out += ["With transformers:", ""] + transformers
     else:
@@ -307,7 +311,7 @@ def _usage_section(data: CardData) -> str:
                 "folder:", ""] + transformers
     out += ["", "Or with musicgen_trainer: `python generate.py --model DIR --prompts \"...\"` "
                 "(DIR: a local copy of this folder)."]
-    if not data.base_model and not data.base_local:
+    if data.base_kind == "test":
         out += ["", "*The base is an offline test model: its text encoder is stored in this export, which "
                     "musicgen_trainer's loader reads; audiocraft's own loader would download T5.*"]
     return "\n".join(out) + "\n"

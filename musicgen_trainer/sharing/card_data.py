@@ -15,8 +15,9 @@ import typing as tp
 from pathlib import Path
 
 from ..run_folder import CARD_FILE, SAMPLE_FILE, SAMPLES_DIR
-from .card import (CARD_MARK, LICENSE_ID, MAX_FILES, RELEASED_LICENSE, TRANSFORMERS_FILES, CardData, CardOptions,
-                   GenreRow, Sample, render_card)
+from .card import (CARD_MARK, LICENSE_ID, MAX_FILES, RELEASED_LICENSE, TRANSFORMERS_CONFIG, TRANSFORMERS_WEIGHTS,
+                   CardData, CardOptions, GenreRow, Sample, render_card)
+
 
 def card_command(options: CardOptions) -> Path:
     """``python -m musicgen_trainer card``: (re)write the card; the export is loaded only to
@@ -79,9 +80,16 @@ def hub_base_model(name: str) -> str:
     return ""
 
 
-def _is_test_model(name: str) -> bool:
-    """tiny, tiny-melody, tiny-stereo, tiny:SEED, random:SIZE: offline models with random weights."""
-    return str(name).startswith(("tiny", "random:"))
+def _base_kind(hub_name: str, recorded: str, info: dict) -> str:
+    """How the card names a base that is not a hub model: ``test`` (tiny, tiny-melody, tiny:SEED,
+    random:SIZE: random weights), ``local`` (a folder: another fine-tune, its path not shown), or
+    "" (unknown)."""
+    if hub_name:
+        return ""
+    recorded = str(recorded)
+    if recorded.startswith(("tiny", "random:")) or not recorded and info.get("format") and not info.get("base_model"):
+        return "test"  # our exports record no base_model for test models (finetune.py)
+    return "local" if recorded else ""
 
 
 _SUMMARIES: tp.Dict[str, tuple] = {}  # a run's new bests rewrite the card: the dataset is read once
@@ -124,7 +132,8 @@ def _dataset_summary(run_config: dict, card_files: bool) -> tuple:
                 row["seconds"] = None
     genres = [GenreRow(genre=g, tracks=len(r["tracks"]), clips=r["clips"],
                        seconds=r["seconds"] if isinstance(r["seconds"], float) else None,
-                       held_out_tracks=len(r["held"])) for g, r in sorted(rows.items(), key=lambda kv: (not kv[0], kv[0]))]
+                       held_out_tracks=len(r["held"]))
+              for g, r in sorted(rows.items(), key=lambda kv: (not kv[0], kv[0]))]  # unlabelled last
     files: tp.List[str] = []
     if card_files:
         root = Path(data).expanduser()
@@ -188,7 +197,9 @@ def find_report(export, run_dir=None, explicit=None) -> tp.Tuple[tp.Optional[dic
         if not recorded:
             continue
         p = Path(recorded).expanduser()
-        if not any(c.resolve() == target for c in ([p] if p.is_absolute() else [Path.cwd() / p, path.parent.parent / p])):
+        # relative: to where evaluate ran, usually the report folder's parent
+        if not any(c.resolve() == target for c in ([p] if p.is_absolute() else [Path.cwd() / p,
+                                                                                  path.parent.parent / p])):
             continue
         if path.stat().st_mtime < made:
             stale = True
@@ -273,7 +284,7 @@ def export_formats(export) -> tp.List[str]:
     """Which formats the folder holds: audiocraft's export and/or a transformers model."""
     from ..exports import is_export
     formats = ["audiocraft"] if is_export(export) else []
-    if all((export / name).is_file() for name in TRANSFORMERS_FILES):
+    if (export / TRANSFORMERS_CONFIG).is_file() and any((export / name).is_file() for name in TRANSFORMERS_WEIGHTS):
         formats.append("transformers")
     return formats
 
@@ -310,19 +321,22 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
     base = hub_base_model(info.get("base_model") or "") or hub_base_model(run_config.get("model") or "")
     data = CardData(title=title or (run_dir.name if run_dir else export.name),
                     license=resolve_license(license, base), base_model=base,
-                    base_local=not base and not _is_test_model(run_config.get("model") or info.get("base_model") or "tiny"),
+                    base_kind=_base_kind(base, run_config.get("model") or info.get("base_model") or "", info),
                     trained_steps=int(info.get("trained_steps") or 0),
                     best=info.get("best") if isinstance(info.get("best"), dict) else None, formats=formats,
-                    melody="melody" in base or _read_json(export / "config.json").get("model_type") == "musicgen_melody",
+                    melody="melody" in base or
+                    _read_json(export / TRANSFORMERS_CONFIG).get("model_type") == "musicgen_melody",
                     window_seconds=float(info.get("max_duration") or 30.0))
     if run_config:
-        data.genres, data.files, data.files_total, data.dataset_note, captions = dataset_summary(run_config, card_files)
+        summary = dataset_summary(run_config, card_files)
+        data.genres, data.files, data.files_total, data.dataset_note, captions = summary
         data.settings = training_settings(run_config)
     else:
         captions = []
         data.dataset_note = "the run folder was not found: no dataset summary or settings (pass --run RUN)"
     if not data.genres and info.get("genres"):
-        data.dataset_note = "; ".join(filter(None, [data.dataset_note, "genres: " + ", ".join(map(str, info["genres"]))]))
+        genres = "genres: " + ", ".join(map(str, info["genres"]))
+        data.dataset_note = "; ".join(filter(None, [data.dataset_note, genres]))
     data.caption_examples = [str(c) for c in info.get("caption_examples") or []][:3] or captions
     data.evaluation, data.evaluation_note = find_report(export, run_dir, report)
     prompts = list(run_config.get("sample_prompts") or []) or data.caption_examples or ["music"]
@@ -330,15 +344,18 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
     step, wavs = (0, list(samples)) if samples is not None else training_samples(run_dir, data.trained_steps)
     if n_samples and wavs:
         data.samples = place_samples(export, wavs, prompts, n_samples)
-        if step:
-            data.samples_note = (f"Generated from the text alone by the training run at step {step:,}"
-                                 f"{' (these weights are from step ' + format(data.trained_steps, ',') + ')' if data.trained_steps and data.trained_steps != step else ''}.")
+        if step:  # the weights that made them may be earlier than the export's (export-best: later)
+            other = f" (these weights are from step {data.trained_steps:,})" \
+                if data.trained_steps and data.trained_steps != step else ""
+            data.samples_note = f"Generated from the text alone by the training run at step {step:,}{other}."
     elif n_samples and model is not None:
         data.samples = generate_samples(export, model, prompts[:n_samples], sample_seconds)
-        data.samples_note = "Generated from the text alone by these weights (seed 0; the JSON beside each gives every setting)."
+        data.samples_note = ("Generated from the text alone by these weights (seed 0; the JSON beside each gives "
+                             "every setting).")
     elif n_samples:
         data.samples_note = ("No samples yet: `python -m musicgen_trainer card EXPORT` generates them from this "
-                             "export.")
+                             "export." if "audiocraft" in formats else
+                             "No samples: the run saved none (train.py --sample-every N makes some).")
     write_text_atomic(card, render_card(data))
     try:  # an empty samples/ left by _clear_samples
         (export / SAMPLES_DIR).rmdir()

@@ -217,5 +217,18 @@ def test_an_export_without_its_run_says_what_it_knows(tmp_path):
     assert "run folder was not found" in text and "genres: jazz, rock" in text
     assert "No samples yet" in text and not (export / "samples").exists()
     assert "MusicGen (`facebook/musicgen-small`)" in text and "license: cc-by-nc-4.0" in text
-    local = render_card(CardData(title="x", license="other", base_local=True))
+    local = render_card(CardData(title="x", license="other", base_kind="local"))
     assert "a local MusicGen model" in local and "test model" not in local
+
+
+def test_a_transformers_export_card_says_transformers(tmp_path):
+    from musicgen_trainer.sharing.card_data import export_formats
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "musicgen_melody"}))
+    assert export_formats(folder) == []  # no weights yet
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert export_formats(folder) == ["transformers"]
+    text = write_card(folder, samples=[]).read_text(encoding="utf-8")
+    assert "library_name: transformers" in text and "MusicgenMelodyForConditionalGeneration" in text
+    assert "MusicGen.get_pretrained" not in text and "convert it first" not in text
