@@ -339,9 +339,11 @@ def train(config: TrainConfig) -> Path:
         write_export(model, weights, export_dir, config, {**extra, "trained_steps": state.step},
                      adapter_dir=out / "adapter")
         from .sharing.card_data import card_after_training  # README.md: data, settings, samples, usage
-        model.lm.eval()  # training is over; with no training samples the card generates some, unless the
-        card_after_training(export_dir, out, config,  # weights in model.lm are not the export's (EMA, FSDP)
-                            model=None if config.ema or state.sharded else model)
+        # Samples: the newest training samples; a run that asked for some (--sample-every) but ended before
+        # the first gets them from model.lm, unless its weights are not the export's (EMA, FSDP shards).
+        generate = config.sample_every and not (config.ema or state.sharded)
+        model.lm.eval()  # training is over
+        card_after_training(export_dir, out, config, model=model if generate else None)
         last = state.history[-1] if state.history else {}
         best = held_out.summary()
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "
