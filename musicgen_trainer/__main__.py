@@ -1,5 +1,6 @@
 """`python -m musicgen_trainer show`: inspect a model; `evaluate`: a fine-tune against its base;
 `export`: a run or model in transformers' format (or audiocraft's layout).
+`card`: an export's model card (README.md with samples); `push`: an export to the Hugging Face Hub.
 
 Training is `train.py` (or `musicgen-train`), generation `generate.py` (or `musicgen-generate`),
 the web page `python -m musicgen_trainer.app`, the offline demo `python demo.py` (`make demo`).
@@ -39,6 +40,22 @@ def _export(args) -> int:
 EXPORT_HELP = ("Write a run's export, an export folder or a model in Hugging Face transformers' format "
                "(MusicgenForConditionalGeneration / pipeline('text-to-audio'), safetensors) or in audiocraft's "
                "layout. See docs/sharing.md.")
+def _card(args) -> int:
+    from dataset_tools.cli import dataclass_from_args
+
+    from .sharing.card import CardOptions
+    from .sharing.card_data import card_command
+    card_command(dataclass_from_args(CardOptions, args))
+    return 0
+
+
+def _push(args) -> int:
+    from dataset_tools.cli import dataclass_from_args
+
+    from .sharing.push import PushOptions, push
+    push(dataclass_from_args(PushOptions, args))
+    return 0
+
 
 EVALUATE_HELP = ("Compare a fine-tune with its base model on the dataset's held-out tracks: cross-entropy, "
                  "generated clips (same prompts and seeds), genre adherence, FAD, CLAP, sanity flags; writes "
@@ -70,15 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(export, ExportConfig)
     export.set_defaults(func=_export)
     add_debug_flag(export)
+    from .sharing.card import CardOptions
+    from .sharing.push import PushOptions
+    card = sub.add_parser("card", help="(re)write an export's model card: README.md with samples",
+                          description="Write EXPORT/README.md: base model, training data (tracks and hours per "
+                                      "genre), settings, evaluation, samples, usage. See docs/sharing.md.")
+    add_dataclass_options(card, CardOptions)
+    card.set_defaults(func=_card)
+    add_debug_flag(card)
+    push = sub.add_parser("push", help="upload an export with its card to the Hugging Face Hub (one commit)",
+                          description="Upload EXPORT (weights, README.md, samples/) to the Hub repo --repo as "
+                                      "one commit. See docs/sharing.md.")
+    add_dataclass_options(push, PushOptions)
+    push.set_defaults(func=_push)
+    add_debug_flag(push)
     return parser
 
 
 def main(argv=None) -> int:
     from dataset_tools.cli import run_command
 
-    from .models import ModelUnavailableError
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args), input_errors=(ModelUnavailableError,), debug=args.debug,
+    input_errors = ()
+    if args.command != "push":  # push loads no model: its offline/token error comes before torch is imported
+        from .models import ModelUnavailableError
+        input_errors = (ModelUnavailableError,)
+    return run_command(lambda: args.func(args), input_errors=input_errors, debug=args.debug,
                        interrupted_hint="the report folder holds the clips written so far; run again with "
                                         "--overwrite" if args.command == "evaluate" else "")
 

@@ -7,7 +7,8 @@ Layout of ``config.out``::
     checkpoints/step_*.pt  full training states (the last ``keep_last``), for --resume
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
-    export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout)
+    export/                state_dict.bin + compression_state_dict.bin (audiocraft's layout), README.md +
+                           samples/ (the model card: sharing/card_data.py)
     export-best/           the same for the lowest held-out cross-entropy so far (train_eval.py)
     adapter/               with --lora: the adapter alone (peft's files + musicgen_lora.json, lora.py);
                            export/ then holds the base with the adapter merged in
@@ -337,6 +338,12 @@ def train(config: TrainConfig) -> Path:
         # with --lora the adapter alone in adapter/, the merged weights as the ordinary export
         write_export(model, weights, export_dir, config, {**extra, "trained_steps": state.step},
                      adapter_dir=out / "adapter")
+        from .sharing.card_data import card_after_training  # README.md: data, settings, samples, usage
+        # Samples: the newest training samples; a run that asked for some (--sample-every) but ended before
+        # the first gets them from model.lm, unless its weights are not the export's (EMA, FSDP shards).
+        generate = config.sample_every and not (config.ema or state.sharded)
+        model.lm.eval()  # training is over
+        card_after_training(export_dir, out, config, model=model if generate else None)
         last = state.history[-1] if state.history else {}
         best = held_out.summary()
         print(f"done: {state.step} steps, last loss {last.get('loss', float('nan')):.4f}, "

@@ -126,6 +126,8 @@ OWN_ENTRIES = ("config.json", "checkpoints", "tensorboard", "samples", "export",
 BEST_EXPORT = "export-best"  # the export with the lowest held-out cross-entropy (--keep-best)
 EXPORT_FILES = ("state_dict.bin", "compression_state_dict.bin", "export_info.json")  # exports.py's names
 _PARTIAL = re.compile(r"^\.export-best-[A-Za-z0-9_]+$")  # the temporary folder a new best is written to
+CARD_FILE, SAMPLES_DIR = "README.md", "samples"  # an export's model card and its samples (sharing/card_data.py)
+SAMPLE_FILE = re.compile(r"^sample_\d{2}\.(wav|png|json)$")  # the card's files in export/samples/
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "extra_weights.safetensors",
                  "musicgen_lora.json")  # OUT/adapter/ of a --lora run (lora.py)
 # Options that must be the same to resume: the base model, what is trained, and what decides
@@ -209,8 +211,10 @@ class RunFolder:
         # The folder is replaced as a whole by each new best: nothing else may live in it.
         if best.is_dir():
             adapter = best / "adapter"
-            others = [p for p in best.iterdir() if p.name not in (*EXPORT_FILES, "adapter")]
+            others = [p for p in best.iterdir() if p.name not in (*EXPORT_FILES, "adapter", CARD_FILE, SAMPLES_DIR)]
             others += [p for p in adapter.iterdir() if p.name not in ADAPTER_FILES] if adapter.is_dir() else []
+            samples = best / SAMPLES_DIR
+            others += [p for p in samples.iterdir() if not SAMPLE_FILE.match(p.name)] if samples.is_dir() else []
             if others:
                 raise RunFolderError(f"{others[0]} is in {best}, which train.py replaces with each new best "
                                      f"export: move it away (or pass --no-keep-best)")
@@ -286,14 +290,22 @@ def _remove_export(folder: Path) -> None:
     """Delete an export folder's own files (the export's and the adapter's), then the folders
     if they are empty: a user's file inside keeps its folder."""
     folder = Path(folder)
-    for path in [folder / n for n in EXPORT_FILES] + [folder / "adapter" / n for n in ADAPTER_FILES]:
+    for path in [folder / n for n in EXPORT_FILES] + [folder / "adapter" / n for n in ADAPTER_FILES] + \
+            _card_files(folder):
         if path.is_file() and not path.is_symlink():
             path.unlink()
-    for path in (folder / "adapter", folder):
+    for path in (folder / "adapter", folder / SAMPLES_DIR, folder):
         try:
             path.rmdir()
         except OSError:
             pass
+
+
+def _card_files(export: Path) -> list:
+    """The model card of an export folder and its samples (names of ours only)."""
+    samples = export / SAMPLES_DIR
+    return [export / CARD_FILE] + ([p for p in sorted(samples.iterdir()) if SAMPLE_FILE.match(p.name)]
+                                   if samples.is_dir() and not samples.is_symlink() else [])
 
 
 def read_record(out: Path) -> tp.Optional[dict]:
@@ -359,6 +371,7 @@ def _refuse_foreign(out: Path) -> None:
                   out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
     in_the_way += [out / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [out / BEST_EXPORT / name for name in EXPORT_FILES]
+    in_the_way += _card_files(out / "export") + _card_files(out / BEST_EXPORT)
     in_the_way += [out / BEST_EXPORT / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
     in_the_way += list_states(out / "checkpoints")
@@ -375,6 +388,7 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     ours = [out / "checkpoints" / name for name in record.get("states", [])]
     ours += [out / "config.json", out / "export" / "state_dict.bin",
              out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
+    ours += _card_files(out / "export")
     ours += [out / "adapter" / name for name in ADAPTER_FILES]
     ours += list((out / "tensorboard").glob("events.out.tfevents.*"))
     ours += [p for d in (out / "samples").glob("step_*") for p in d.glob("*.wav")]
@@ -385,7 +399,7 @@ def remove_run_outputs(out: Path, record: dict) -> None:
         RunFolder(out, record).clean_partial_best()
         _remove_export(out / BEST_EXPORT)
     for folder in [*sorted((out / "samples").glob("step_*")), out / "samples", out / "tensorboard",
-                   out / "checkpoints", out / "export", out / "adapter"]:
+                   out / "checkpoints", out / "export" / SAMPLES_DIR, out / "export", out / "adapter"]:
         try:
             folder.rmdir()  # only when empty: a user's file inside keeps its folder
         except OSError:

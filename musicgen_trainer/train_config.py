@@ -124,6 +124,11 @@ class TrainConfig:
     sample_prompts: tp.List[str] = option(help="prompt for the samples (repeat the flag for several) (default: "
                                           "captions from the dataset)", group=LOGGING, aliases=("--sample-prompt",),
                                           repeat=True, metavar="TEXT", default_factory=list)
+    license: tp.Optional[str] = option(None, "licence id in the exports' model card (README.md), e.g. mit, apache-2.0, "
+                                       "cc-by-nc-4.0 (default: cc-by-nc-4.0, the released MusicGen weights' "
+                                       "licence, for their fine-tunes; else other)", group=LOGGING, metavar="ID")
+    card_files: bool = option(False, "list the training files' names in the model card (default: genres, hours "
+                              "and caption examples only)", group=LOGGING)
     max_nonfinite: int = option(20, "consecutive non-finite losses before the run stops", group=LOGGING)
     resume: tp.Optional[str] = option(None, "continue the run in --out from its newest state (--resume alone), "
                                       "or from a given state file", group=LOGGING, const="auto", metavar="STATE")

@@ -289,6 +289,8 @@ class HeldOutEval:
             add_to_export_info(folder, best={"step": state.step, "valid_ce": ce,
                                              "metric": "held-out cross-entropy (the training objective "
                                                        "on the validation split)"})
+            from .sharing.card_data import card_after_training  # the run's samples so far (none generated)
+            card_after_training(folder, self.run_folder.path, self.config, title=f"{self.run_folder.path.name} (best)")
         self.run_folder.replace_best_export(write, state.step, ce)
 
     def summary(self) -> str:

@@ -25,6 +25,8 @@ def _tables() -> dict:
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     from musicgen_trainer.generation import GenerationConfig
     from musicgen_trainer.sharing.export_config import ExportConfig
+    from musicgen_trainer.sharing.card import CardOptions
+    from musicgen_trainer.sharing.push import PushOptions
     from musicgen_trainer.train_config import TrainConfig
     return {
         "train": ("docs/training.md", options_markdown(TrainConfig)),
@@ -34,6 +36,8 @@ def _tables() -> dict:
         "captions": ("docs/dataset_tools.md", options_markdown(CaptionsOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
         "export": ("docs/sharing.md", options_markdown(ExportConfig)),
+        "card": ("docs/sharing.md", options_markdown(CardOptions)),
+        "push": ("docs/sharing.md", options_markdown(PushOptions)),
     }
 
 

@@ -25,6 +25,11 @@ class ExportConfig:
     dtype: str = option("fp32", "floating-point format of the written weights (audiocraft: the LM's)",
                         choices=("fp32", "fp16", "bf16"))
     overwrite: bool = option(False, "replace a previous export in --out (only the files that export wrote)")
+    license: tp.Optional[str] = option(None, "the model card's licence id (default: cc-by-nc-4.0 for fine-tunes of "
+                                       "facebook/musicgen-*, else other)", metavar="ID")
+    card_files: bool = option(False, "list the training files' names in the model card")
+    samples: int = option(2, "clips in the model card: the run's latest training samples, else clips generated "
+                          "now (0: none)", metavar="N")
 
 
 def _check_audiocraft_out(out: Path, overwrite: bool) -> None:
@@ -55,5 +60,10 @@ def run_export(config: ExportConfig, log: tp.Callable[[str], None] = print) -> P
         _check_audiocraft_out(out, config.overwrite)
         model = load_model(source, device="cpu")
         export_model(model, out, dtype=config.dtype)
-    log(f"wrote {out} ({config.format} format, {config.dtype}) from {source}")
+    from .card_data import find_run, training_samples, write_card
+    run_dir = find_run(source)
+    has_samples = bool(training_samples(run_dir, 0)[1]) if run_dir else False
+    card = write_card(out, run_dir=run_dir, license=config.license, card_files=config.card_files,
+                      model=None if has_samples or not config.samples else model, n_samples=config.samples)
+    log(f"wrote {out} ({config.format} format, {config.dtype}) from {source}; model card {card.name}")
     return out
