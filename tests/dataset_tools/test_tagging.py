@@ -378,3 +378,14 @@ def test_the_default_options_hash_is_pinned():
     from dataset_tools.state import options_hash
     assert options_hash(PrepareOptions().output_fields()) == "0d24df55838aac49"
     assert options_hash(PrepareOptions(tagger="clap", tag_threshold=0.5).output_fields()) == "0d24df55838aac49"
+
+
+def test_evaluation_takes_every_tiny_clap_name_with_its_note():
+    from types import SimpleNamespace
+
+    from musicgen_trainer.evaluation.evaluate import _load_clap
+    notes = []
+    clap = _load_clap(SimpleNamespace(clap="tiny:1"), "cpu", notes)
+    assert clap.name == "tiny-clap:1" and "tiny random model (--clap tiny:1)" in notes[-1]
+    assert _load_clap(SimpleNamespace(clap="tiny:x"), "cpu", notes) is None
+    assert notes[-1].startswith("CLAP not measured: bad tiny CLAP name 'tiny:x'")
