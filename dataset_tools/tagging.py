@@ -176,11 +176,10 @@ def check_tagger(options, device: str | None = None) -> TaggerSetup:
         text = {name: (vocabulary.tags(name), clap_text_embeddings(clap, vocabulary.prompts(name)))
                 for name in vocabulary.fields}
     except Exception as exc:  # transformers/safetensors/torch raise many kinds for broken weights
-        reason = (str(exc).splitlines() or [""])[0][:200] if not isinstance(exc, ClapUnavailableError) else \
-            "files missing"
+        reason = "files missing or incomplete" if isinstance(exc, ClapUnavailableError) else \
+            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
         raise ClapUnavailableError(
-            f"CLAP model {options.tagger_model!r} for --tagger clap cannot be loaded ({type(exc).__name__}: "
-            f"{reason}): it needs config.json, the weights and the processor files (tokenizer, "
+            f"CLAP model {options.tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
             f"preprocessor_config.json) as ClapModel and ClapProcessor save_pretrained write them; "
             f"`hf download {DEFAULT_TAGGER_MODEL}` fetches them all, or leave out --tagger") from None
     return TaggerSetup(model, model_id, vocabulary, float(options.tag_threshold),
