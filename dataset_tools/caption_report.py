@@ -8,9 +8,12 @@ their text; a track's own segments share its caption by design) and the longest 
 
 With ``--template``, every caption is first re-rendered from its ``.json`` fields
 (``captions.info_values``): the ``.txt`` and the ``.json``'s ``description``, each written
-atomically; the audio is not read. OUT is locked against a concurrent ``prepare``. A later
-``prepare`` run keeps the new captions as long as nothing is reconverted; one with another
-``--caption-template`` reconverts and writes that template's captions.
+atomically; the audio is not read. Every caption is rendered before any is written, so a
+``.json`` edited into the wrong types is reported (unreadable, by path) and never leaves the
+dataset half re-rendered. The template is recorded on each track (the state's
+``caption_template``): a later ``prepare`` that re-tags or removes tags keeps it, until the
+track is reconverted (e.g. by another ``--caption-template``). OUT is locked against a
+concurrent ``prepare``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .captions import TAG_FIELDS, info_values, render_caption, template_fields
+from .captions import TAG_FIELDS, info_problem, info_values, render_caption, template_fields
 from .cli import option
 from .files import write_text_atomic
 from .state import PrepareState
@@ -49,6 +52,7 @@ class CaptionReport:
     segments: int = 0
     rerendered: int = 0                                   # captions rewritten by --template
     missing: list = field(default_factory=list)           # segments whose .json is missing or unreadable
+    reasons: dict = field(default_factory=dict)           # segment -> why its .json is unreadable
     untagged: dict = field(default_factory=dict)          # genre -> segments without any tag
     tags: dict = field(default_factory=dict)              # genre -> [(tag, segments), ...] most common first
     duplicates: list = field(default_factory=list)        # [(caption, tracks)]: shared by 2+ source tracks
@@ -76,8 +80,10 @@ class CaptionReport:
             lines.append(f"  longest caption ({self.longest['words']} words, {self.longest['path']}): "
                          f"{self.longest['caption']}")
         if self.missing:
-            lines.append(f"  {len(self.missing)} segment(s) without a readable .json, e.g. {self.missing[0]} "
-                         f"(run prepare again to rewrite them)")
+            first = self.missing[0]
+            lines.append(f"  {len(self.missing)} segment(s) without a readable .json, e.g. {first} "
+                         f"({self.reasons.get(first, 'missing')}): delete those .json files and run prepare "
+                         f"again, which reconverts their tracks")
         return "\n".join(lines)
 
 
@@ -91,43 +97,54 @@ def _segment_paths(out: Path) -> list[tuple[str, dict]]:
             for seg in rec["segments"]]
 
 
-def _read_info(path: Path) -> dict | None:
+def _read_info(path: Path) -> tuple[dict | None, str]:
+    """(the segment's .json, "") or (None, why it cannot be used)."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError) as exc:
+        return None, "not valid JSON" if isinstance(exc, ValueError) else (exc.strerror or "unreadable")
+    problem = info_problem(info)
+    return (None, problem) if problem else (info, "")
 
 
-def rerender(out: Path, template: str) -> tuple[int, list[str]]:
+def rerender(out: Path, template: str) -> tuple[int, dict[str, str]]:
     """Rewrite every caption prepare wrote in ``out`` from its .json fields with ``template``
-    (.txt and .json ``description``, atomically); also in the state. Returns (rewritten,
-    segments whose .json is missing). OUT is locked against a concurrent ``prepare``."""
+    (.txt and .json ``description``, atomically); also in the state, with ``template`` as
+    each track's ``caption_template``. All captions are rendered first, then written; the
+    state is saved even if a write fails. Returns (rewritten, {segment: why its .json is
+    unreadable}). OUT is locked against a concurrent ``prepare``."""
     from .prepare import _acquire_lock
     template_fields(template)
     lock = _acquire_lock(out)
     try:
         state = PrepareState(out)
-        rewritten, missing = 0, []
-        for rec in state.records.values():
-            if rec.get("status") != "converted":
-                continue
+        converted = [rec for rec in state.records.values() if rec.get("status") == "converted"]
+        changes, unreadable = [], {}
+        for rec in converted:
             for seg in rec["segments"]:
-                wav = out / seg["path"]
-                info = _read_info(wav.with_suffix(".json"))
+                info, problem = _read_info((out / seg["path"]).with_suffix(".json"))
                 if info is None:
-                    missing.append(seg["path"])
+                    unreadable[seg["path"]] = problem
                     continue
                 caption = render_caption(template, info_values(info))
                 if caption != info.get("description") or seg.get("caption") != caption:
-                    info["description"] = seg["caption"] = caption
-                    write_text_atomic(wav.with_suffix(".txt"), caption)
-                    write_text_atomic(wav.with_suffix(".json"), json.dumps(info, ensure_ascii=False, indent=2) + "\n")
-                    rewritten += 1
-        state.save()
+                    changes.append((seg, info, caption))
+        for rec in converted:
+            rec["caption_template"] = template
+        try:
+            for seg, info, caption in changes:
+                wav = out / seg["path"]
+                info["description"] = caption
+                write_text_atomic(wav.with_suffix(".txt"), caption)
+                write_text_atomic(wav.with_suffix(".json"), json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+                seg["caption"] = caption
+        finally:
+            state.save()
     finally:
         lock.unlink(missing_ok=True)
-    return rewritten, missing
+    return len(changes), unreadable
 
 
 def caption_report(out, options: CaptionsOptions | None = None) -> CaptionReport:
@@ -145,9 +162,10 @@ def caption_report(out, options: CaptionsOptions | None = None) -> CaptionReport
     captions: dict[str, set] = {}
     words = 0
     for source, seg in segments:
-        info = _read_info((out / seg["path"]).with_suffix(".json"))
+        info, problem = _read_info((out / seg["path"]).with_suffix(".json"))
         if info is None:
             report.missing.append(seg["path"])
+            report.reasons[seg["path"]] = problem
             continue
         genre = info.get("genre") or NO_GENRE
         caption = str(info.get("description") or "")

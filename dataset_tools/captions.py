@@ -27,6 +27,7 @@ caption fields back from such a JSON, so captions can be re-rendered without the
 """
 from __future__ import annotations
 
+import math
 import re
 import string
 
@@ -48,12 +49,19 @@ _TRACK_NUMBER = re.compile(
 
 
 def template_fields(template: str) -> list[str]:
-    """The ``{field}`` names used in ``template``; ValueError for malformed templates."""
+    """The ``{field}`` names used in ``template``; ValueError for malformed templates and for
+    a format spec or conversion (``{genre:>9}``, ``{genre!r}``: fields are plain words, and a
+    spec may hold further fields)."""
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         raise ValueError(f"caption template is malformed ({exc}): {template!r}") from None
-    for name in names:
+    names = [f for f, _, _ in parsed]
+    for name, spec, conversion in parsed:
+        if spec or conversion:
+            raise ValueError(f"caption field {{{name}}} in the template has a format spec or conversion "
+                             f"({'!' + conversion if conversion else ''}{':' + spec if spec else ''}); "
+                             f"write plain fields like {{genre}}")
         if name not in CAPTION_FIELDS:
             raise ValueError(f"unknown caption field {{{name}}} in template; "
                              f"use any of: {', '.join('{' + f + '}' for f in CAPTION_FIELDS)}")
@@ -153,12 +161,46 @@ def music_info(values: dict, caption: str, bpm: float | None, tags: dict | None 
     return info
 
 
+_TEXT_INFO = ("genre", "title", "artist", "key", "name", "instrument", "description")
+
+
+def info_problem(info) -> str | None:
+    """Why a segment's ``music_info`` JSON cannot give back its caption fields (e.g. edited by
+    hand: ``"bpm": "fast"``, ``"moods": "relaxed"``), or None when it can."""
+    if not isinstance(info, dict):
+        return "not a JSON object"
+    for name in _TEXT_INFO:
+        if info.get(name) is not None and not isinstance(info[name], str):
+            return f'"{name}" is not text'
+    bpm = info.get("bpm")
+    if bpm is not None and (isinstance(bpm, bool) or not isinstance(bpm, (int, float))
+                            or not math.isfinite(bpm) or bpm <= 0):
+        return '"bpm" is not a positive number'
+    moods = info.get("moods")
+    if moods is not None and not (isinstance(moods, list) and all(isinstance(m, str) for m in moods)):
+        return '"moods" is not a list of words'
+    tags = info.get("tags")
+    if tags is not None:
+        if not isinstance(tags, dict):
+            return '"tags" is not an object'
+        for name in TAG_FIELDS:
+            scores = tags.get(name)
+            if scores is not None and not (isinstance(scores, dict) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())):
+                return f'"tags"."{name}" is not an object of tag scores'
+    return None
+
+
 def info_values(info: dict) -> dict:
-    """The caption fields of a segment, read back from its ``music_info`` JSON."""
+    """The caption fields of a segment, read back from its ``music_info`` JSON; ValueError
+    (``info_problem``) for fields of the wrong type."""
+    problem = info_problem(info)
+    if problem:
+        raise ValueError(problem)
     tags = info.get("tags") or {}
     bpm = info.get("bpm")
     return caption_values(genre=info.get("genre") or "", title=info.get("title") or "",
                           artist=info.get("artist") or "", bpm=None if bpm is None else float(bpm),
                           key=info.get("key") or None, instrument=info.get("instrument") or "",
                           name=info.get("name") or "", mood=join_words(info.get("moods") or []),
-                          style=join_words(tags.get("style", {})))
+                          style=join_words(tags.get("style") or {}))

@@ -18,7 +18,9 @@ import typing as tp
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+# torch is imported inside the functions: ``prepare`` imports this module (for the error class
+# and ``tiny_seed``) on every run, and torch takes seconds to import.
 
 # Prompts are cut to this many tokens (CLAP's text tower: RoBERTa with 514 positions; captions
 # and tag prompts are far shorter).
@@ -39,7 +41,8 @@ class Clap:
     name: str = "clap"
 
     @property
-    def device(self) -> torch.device:
+    def device(self):
+        """The ``torch.device`` the model is on."""
         return next(self.model.parameters()).device
 
     @property
@@ -92,6 +95,7 @@ def tiny_clap(seed: int = 0) -> Clap:
     """A small random CLAP built offline from transformers' config classes (tests only: its
     scores mean nothing). Same ``seed``, same weights. Text goes through a byte-level tokenizer
     (``ByT5Tokenizer``, which needs no files) instead of CLAP's RoBERTa one."""
+    import torch
     from transformers import ByT5Tokenizer, ClapConfig, ClapFeatureExtractor, ClapModel
 
     tokenizer = ByT5Tokenizer()
@@ -109,9 +113,10 @@ def tiny_clap(seed: int = 0) -> Clap:
     return Clap(model, extractor, tokenizer, f"tiny-clap:{seed}")
 
 
-def _pooled(output) -> torch.Tensor:
-    """transformers 5 returns an output object whose ``pooler_output`` is the projected,
-    normalised embedding; 4.x returned the tensor itself."""
+def _pooled(output):
+    """``[N, P]`` tensor: transformers 5 returns an output object whose ``pooler_output`` is the
+    projected, normalised embedding; 4.x returned the tensor itself."""
+    import torch
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -131,25 +136,27 @@ def resampled_mono(wave: np.ndarray, sample_rate: int, rate: int) -> np.ndarray:
     return np.ascontiguousarray(resample(_mono(wave), int(sample_rate), int(rate)), dtype=np.float32)
 
 
-@torch.no_grad()
 def clap_audio_embeddings(clap: Clap, waves: tp.Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     """``[N, P]`` unit-norm float64 CLAP audio embeddings. Clips are mixed to mono, resampled to
     CLAP's rate (48 kHz) and cut to the start of its window (10 s for laion's models): the feature
     extractor would otherwise pick a random crop of a longer clip, and scores would vary."""
+    import torch
     fe = clap.feature_extractor
     limit = int(fe.nb_max_samples)
     audio = [resampled_mono(w, sample_rate, fe.sampling_rate)[:limit] for w in waves]
     inputs = fe(audio, sampling_rate=fe.sampling_rate, return_tensors="pt")
     inputs = {k: v.to(clap.device) for k, v in inputs.items()}
-    emb = _pooled(clap.model.get_audio_features(**inputs))
+    with torch.no_grad():
+        emb = _pooled(clap.model.get_audio_features(**inputs))
     return torch.nn.functional.normalize(emb.double(), dim=-1).cpu().numpy()
 
 
-@torch.no_grad()
 def clap_text_embeddings(clap: Clap, texts: tp.Sequence[str]) -> np.ndarray:
     """``[M, P]`` unit-norm float64 CLAP text embeddings."""
+    import torch
     tokens = clap.tokenizer(list(texts), padding=True, truncation=True, max_length=CLAP_TEXT_MAX_TOKENS,
                             return_tensors="pt")
-    emb = _pooled(clap.model.get_text_features(input_ids=tokens["input_ids"].to(clap.device),
-                                               attention_mask=tokens["attention_mask"].to(clap.device)))
+    with torch.no_grad():
+        emb = _pooled(clap.model.get_text_features(input_ids=tokens["input_ids"].to(clap.device),
+                                                   attention_mask=tokens["attention_mask"].to(clap.device)))
     return torch.nn.functional.normalize(emb.double(), dim=-1).cpu().numpy()

@@ -23,6 +23,8 @@ NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress",
 # Tag options: the tag pass after conversion keeps its own keys (tagging.py), so changing them
 # re-scores or re-captions without converting (or decoding) anything again.
 TAG_OPTIONS = ("tagger", "tagger_model", "tag_vocabulary", "tag_threshold", "max_tags_per_field")
+# Options that change only the captions, not the audio (the tag pass's embedding cache ignores them).
+CAPTION_OPTIONS = ("analyze", "caption_template")
 TAGGERS = ("none", "clap")
 DEFAULT_TAGGER_MODEL = "laion/larger_clap_music"
 # The default template before it gained {style} and {mood}. Those are empty without --tagger, so
@@ -67,8 +69,9 @@ class PrepareOptions:
                                group="tags")
     tag_vocabulary: str | None = option(None, "YAML file of the tags to score (default: the shipped "
                                         "dataset_tools/tag_vocabulary.yaml)", metavar="YAML", group="tags")
-    tag_threshold: float = option(0.15, "keep a tag whose score (its share of its field's softmax) is at "
-                                  "least this", metavar="P", group="tags")
+    tag_threshold: float = option(0.15, "keep a tag whose score (its share of the softmax over its field's "
+                                  "tags and a background prompt) is at least this and above the "
+                                  "background's", metavar="P", group="tags")
     max_tags_per_field: int = option(2, "at most this many tags per field (instrument, mood, style)",
                                      metavar="N", group="tags")
     # MIDI
@@ -132,3 +135,7 @@ class PrepareOptions:
         if fields["caption_template"] == DEFAULT_TEMPLATE:
             fields["caption_template"] = FORMER_DEFAULT_TEMPLATE
         return fields
+
+    def audio_fields(self) -> dict:
+        """The options that change the segments' audio (the key of the tag pass's embeddings)."""
+        return {k: v for k, v in self.output_fields().items() if k not in CAPTION_OPTIONS}

@@ -13,8 +13,10 @@ Steps:
    stops the run (``RunFailedError``);
 6. remove outputs of sources that vanished or now produce fewer segments;
 7. with ``--tagger clap``, tag every track whose tags are not current (``tagging.py``: one
-   CLAP embedding per track, cached; captions and .json rewritten with the tags);
-8. split by track and write the manifests (``manifest.py``) and ``prepare_report.json``.
+   CLAP embedding per track, cached; captions and .json rewritten with the tags); without
+   it, remove the tags of a former tagged run;
+8. split by track and write the manifests (``manifest.py``) and ``prepare_report.json`` (also
+   when the tag pass failed; ``RunFailedError`` after them).
 
 SRC is only ever read, and in OUT only prepare's own files are ever replaced or deleted.
 Interrupting (Ctrl-C or a kill) at any point is safe: outputs are written atomically and
@@ -106,7 +108,8 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
             file in OUT where this run would write that prepare did not write (all raised
             before any work).
         OutputLockedError: another run is using OUT.
-        RunFailedError: the disk is full or read-only (after saving progress).
+        RunFailedError: the disk is full or read-only (after saving progress), or the tag pass
+            failed (after writing the manifests and the report).
         KeyboardInterrupt: after saving progress, when interrupted.
     """
     options = options or PrepareOptions()
@@ -140,6 +143,9 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         sf_id = f"{soundfont}:{st.st_size}:{st.st_mtime_ns}"
     base_hash = options_hash(options.output_fields())
     midi_hash = options_hash({**options.output_fields(), "soundfont_file": sf_id})
+    # What the audio depends on (not the caption options): the tag pass's embedding cache key.
+    audio_hash = options_hash(options.audio_fields())
+    midi_audio_hash = options_hash({**options.audio_fields(), "soundfont_file": sf_id})
 
     tasks, up_to_date = [], []
     for source in scan.sources:
@@ -216,10 +222,16 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
         if bar is not None:
             bar.close()
         _save_state(state, quiet=fatal is not None)  # also on Ctrl-C: the next run resumes from here
-    tagging = None
-    if fatal is None:
+    tagging, tag_error = None, ""
+    if fatal is None and (tagger is not None or any(rec.get("tag_key") for rec in state.records.values())):
         from .tagging import tag_tracks
-        tagging = tag_tracks(out, state, tagger, options.caption_template, progress=options.progress).as_dict()
+        audio = {s.rel: midi_audio_hash if s.kind == "midi" else audio_hash for s in scan.sources}
+        try:
+            tagging = tag_tracks(out, state, tagger, options.caption_template, audio,
+                                 progress=options.progress).as_dict()
+        except Exception as exc:  # e.g. out of GPU memory: the converted dataset still gets its manifests
+            tag_error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            tagging = {"model": tagger.model_id if tagger else "", "error": tag_error}
 
     records = {rel: state.records[rel] for rel in sorted(current) if rel in state.records}
     tracks = {rel: rec["track"]["genre"] for rel, rec in records.items() if rec.get("status") == "converted"}
@@ -234,6 +246,9 @@ def _prepare_locked(src: Path, out: Path, options: PrepareOptions, soundfont, st
     counts = mf.write_manifests(out, rows, unlabelled)
     report = build_report(**facts, manifest_counts=counts, elapsed=time.perf_counter() - started)
     report.save(out)
+    if tag_error:
+        raise RunFailedError(f"the tag pass failed ({tag_error}); the converted segments, the manifests and "
+                             f"{REPORT_FILE} are written: run the same command again to tag the rest")
     return report
 
 

@@ -64,11 +64,16 @@ class PrepareReport:
                          f"valid tracks; {len(self.unlabelled)} unlabelled track(s) in unlabelled.jsonl")
         skipped = [(item["source"], item["reason"]) for item in self.skipped]
         failed = [(item["source"], item["reason"]) for item in self.failed]
-        if self.tagging.get("model"):
-            t = self.tagging
+        t = self.tagging
+        if t.get("error"):
+            lines.append(f"  tags ({t.get('model') or 'none'}): the tag pass failed: {t['error']}")
+        elif t.get("model"):
             lines.append(f"  tags ({t['model']}): {t['tracks_tagged_this_run']} track(s) tagged this run, "
                          f"{t['embeddings_computed']} embedding(s) computed, {t['embeddings_from_cache']} from "
                          f"the cache" + (f", {len(t['failed'])} failed" if t.get("failed") else ""))
+        if t.get("untagged_this_run"):
+            lines.append(f"  tags removed from {t['untagged_this_run']} track(s) (run with --tagger clap to "
+                         f"keep them)")
         if self.longest_caption:
             c = self.longest_caption
             lines.append(f"  longest caption ({c['words']} words, {c['path']}): {c['caption']}")

@@ -4,10 +4,12 @@ A music CLAP (transformers' ``ClapModel``, default ``laion/larger_clap_music``) 
 SOURCE track once: the mean of up to ``WINDOWS`` windows of CLAP's length (10 s) spread over
 the track's prepared segments, i.e. the audio MusicGen will train on (vocals removed, trimmed,
 MIDI rendered). Each field of the vocabulary (``tag_vocabulary.yaml``: instrument, mood, style)
-is scored zero-shot: a softmax over the field's prompts of CLAP's logits (its trained
-temperature times the cosine), so a score is the tag's share among its field's tags. Tags at or
-above ``--tag-threshold`` are kept, best first, at most ``--max-tags-per-field``; they go into
-every segment's caption and ``.json`` (``captions.with_tags``/``music_info``).
+is scored zero-shot: a softmax of CLAP's logits (its trained temperature times the cosine) over
+the field's prompts plus a background prompt ("music": none of the tags), so a score is the
+tag's share. Tags scoring at least ``--tag-threshold`` and more than the background are kept,
+best first, at most ``--max-tags-per-field``: a track may get no tag in a field, and a field of
+one tag is not kept by default. They go into every segment's caption and ``.json``
+(``captions.with_tags``/``music_info``).
 
 Why CLAP rather than essentia's discogs/MTG-Jamendo heads: CLAP runs on the torch and
 transformers this project already installs, on every platform, and scores any words a user
@@ -15,11 +17,17 @@ writes in a vocabulary; essentia has no Windows wheels on PyPI, its classifier h
 essentia-tensorflow and model files from essentia's own site, and they score fixed label sets.
 
 Caching: the track embedding is stored in ``OUT/.prepare_tag_cache/<key>.npy``, keyed by the
-source's path, size and mtime, the conversion options (what the segments hold) and the CLAP
-model's identity. A record remembers the key of its tags (embedding key, vocabulary, threshold,
-count): a re-run with nothing changed does nothing, a new vocabulary or threshold re-scores
-from the cached embeddings without reading audio, and a reconverted track is tagged again.
-Turning the tagger off re-renders tagged captions without tags.
+source's path, size and mtime, the conversion options that change the audio (not the caption
+template or ``--no-analyze``) and the CLAP model's identity. A record remembers the key of its
+tags (embedding key, vocabulary, threshold, count, caption template): a re-run with nothing
+changed does nothing, a new vocabulary, threshold or template re-scores and re-captions from
+the cached embeddings without reading audio, and a reconverted track is tagged again. Turning
+the tagger off re-renders tagged captions without tags. A template set by ``captions
+--template`` (the record's ``caption_template``) is kept by these re-renders until the track
+is reconverted.
+
+``check_tagger`` loads the model and embeds the prompts before any work, so a model that cannot
+load is a one-line error before conversion, not after it.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ from .options import DEFAULT_TAGGER_MODEL
 
 DEFAULT_VOCABULARY = Path(__file__).with_name("tag_vocabulary.yaml")
 DEFAULT_PROMPT = "{} music"
+DEFAULT_BACKGROUND = "music"   # "none of these tags": a tag must beat it to be kept
 CACHE_DIR = ".prepare_tag_cache"
 WINDOWS = 3               # CLAP windows averaged per track
 SAVE_EVERY_SECONDS = 3.0
@@ -48,15 +57,20 @@ SAVE_EVERY_SECONDS = 3.0
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Field (instrument, mood, style) -> (prompt with ``{}``, tags)."""
+    """Field (instrument, mood, style) -> (prompt with ``{}``, tags, background prompt)."""
     fields: dict
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.fields, sort_keys=True).encode()).hexdigest()[:16]
 
+    def tags(self, name: str) -> list[str]:
+        return self.fields[name][1]
+
     def prompts(self, name: str) -> list[str]:
-        prompt, tags = self.fields[name]
-        return [prompt.format(tag) for tag in tags]
+        """The field's prompts, its tags' then the background's last. ``{}`` is replaced as plain
+        text (not ``str.format``: other braces in a prompt are just characters)."""
+        prompt, tags, background = self.fields[name]
+        return [prompt.replace("{}", tag) for tag in tags] + [background]
 
 
 def load_vocabulary(path=None) -> Vocabulary:
@@ -76,28 +90,39 @@ def load_vocabulary(path=None) -> Vocabulary:
     for name, spec in data.items():
         if name not in TAG_FIELDS:
             raise ValueError(f"tag vocabulary {path}: unknown field {name!r}; use {', '.join(TAG_FIELDS)}")
-        prompt, tags = DEFAULT_PROMPT, spec
+        prompt, tags, background = DEFAULT_PROMPT, spec, DEFAULT_BACKGROUND
         if isinstance(spec, dict):
-            prompt, tags = spec.get("prompt", DEFAULT_PROMPT), spec.get("tags")
+            unknown = sorted(set(spec) - {"prompt", "tags", "background"})
+            if unknown:
+                raise ValueError(f"tag vocabulary {path}: unknown key {unknown[0]!r} in {name!r}; "
+                                 f"use prompt, tags, background")
+            prompt = spec.get("prompt", DEFAULT_PROMPT)
+            tags, background = spec.get("tags"), spec.get("background", DEFAULT_BACKGROUND)
         if not isinstance(prompt, str) or prompt.count("{}") != 1:
             raise ValueError(f"tag vocabulary {path}: the prompt of {name!r} must hold one '{{}}' for the tag")
+        if not isinstance(background, str) or not background.strip():
+            raise ValueError(f"tag vocabulary {path}: the background of {name!r} must be a phrase (e.g. 'music')")
         if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t.strip() for t in tags):
             raise ValueError(f"tag vocabulary {path}: {name!r} needs a non-empty list of tags (words)")
-        fields[name] = (prompt, list(dict.fromkeys(t.strip() for t in tags)))
+        fields[name] = (prompt, list(dict.fromkeys(t.strip() for t in tags)), background.strip())
     return Vocabulary(fields)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaggerSetup:
-    """What ``check_tagger`` resolved before any work: the model to load and its identity."""
-    model: str            # what load_clap gets: "tiny:SEED", a folder or a hub name
+    """What ``check_tagger`` loaded before any work: the model, its identity and the prompts'
+    embeddings (``text[field] = (tags, [T + 1, P] unit-norm rows, the background's last)``)."""
+    model: str            # what load_clap got: "tiny:SEED", a folder or a hub name
     model_id: str         # identity in the cache keys (folder/weights stat, hub commit)
     vocabulary: Vocabulary
     threshold: float
     max_tags: int
+    clap: object = field(default=None, repr=False)
+    text: dict = field(default_factory=dict, repr=False)
 
-    def tag_key(self, embedding_key: str) -> str:
-        text = json.dumps([embedding_key, self.vocabulary.key(), self.threshold, self.max_tags])
+    def tag_key(self, embedding_key: str, template: str) -> str:
+        """What a record's tags and captions depend on (besides its facts)."""
+        text = json.dumps([embedding_key, self.vocabulary.key(), self.threshold, self.max_tags, template])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -136,11 +161,29 @@ def resolve_model(name: str) -> tuple[str, str]:
     return name, f"{name}@{Path(snapshot).name}"
 
 
-def check_tagger(options) -> TaggerSetup:
-    """Everything ``--tagger clap`` needs, checked before any work (one-line errors)."""
+def check_tagger(options, device: str | None = None) -> TaggerSetup:
+    """Everything ``--tagger clap`` needs, loaded before any work: the vocabulary, the CLAP
+    model (a cache or folder with only part of its files fails here, not after converting)
+    and its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
     model, model_id = resolve_model(options.tagger_model)
-    return TaggerSetup(model, model_id, load_vocabulary(options.tag_vocabulary),
-                       float(options.tag_threshold), int(options.max_tags_per_field))
+    vocabulary = load_vocabulary(options.tag_vocabulary)
+    from .clap import clap_text_embeddings, load_clap
+    try:
+        if device is None:
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        clap = load_clap(model, device=device)
+        text = {name: (vocabulary.tags(name), clap_text_embeddings(clap, vocabulary.prompts(name)))
+                for name in vocabulary.fields}
+    except Exception as exc:  # transformers/safetensors/torch raise many kinds for broken weights
+        reason = "files missing or incomplete" if isinstance(exc, ClapUnavailableError) else \
+            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        raise ClapUnavailableError(
+            f"CLAP model {options.tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
+            f"preprocessor_config.json) as ClapModel and ClapProcessor save_pretrained write them; "
+            f"`hf download {DEFAULT_TAGGER_MODEL}` fetches them all, or leave out --tagger") from None
+    return TaggerSetup(model, model_id, vocabulary, float(options.tag_threshold),
+                       int(options.max_tags_per_field), clap, text)
 
 
 # --- audio of a track ------------------------------------------------------------------------
@@ -190,11 +233,15 @@ class EmbeddingCache:
     def __init__(self, out: Path):
         self.folder = Path(out) / CACHE_DIR
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, dim: int) -> np.ndarray | None:
+        """The cached ``[dim]`` embedding, or None (missing, unreadable, wrong shape or not finite)."""
         try:
-            return np.load(self.folder / f"{key}.npy", allow_pickle=False)
+            embedding = np.load(self.folder / f"{key}.npy", allow_pickle=False)
         except (OSError, ValueError):
             return None
+        if embedding.shape != (dim,) or embedding.dtype.kind != "f" or not np.isfinite(embedding).all():
+            return None
+        return embedding
 
     def put(self, key: str, embedding: np.ndarray) -> None:
         self.folder.mkdir(exist_ok=True)
@@ -204,23 +251,29 @@ class EmbeddingCache:
             tmp.write_bytes(buffer.getvalue())
 
 
-def embedding_key(rel: str, rec: dict, model_id: str) -> str:
-    text = json.dumps([rel, rec.get("size"), rec.get("mtime_ns"), rec.get("options"), model_id])
+def embedding_key(rel: str, rec: dict, audio_options: str, model_id: str) -> str:
+    """Key of a track's embedding: its source and the options its audio depends on
+    (``audio_options``, a hash of ``PrepareOptions.audio_fields``)."""
+    text = json.dumps([rel, rec.get("size"), rec.get("mtime_ns"), audio_options, model_id])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def score_tags(embedding: np.ndarray, text: dict, logit_scale: float, threshold: float,
                max_tags: int) -> dict:
-    """``{field: {tag: score}}``, best first: per field, the softmax over its tags of
-    ``logit_scale`` times the cosine of ``embedding`` ``[P]`` with each tag's prompt
-    (``text[field] = (tags, [T, P] unit-norm rows)``); tags >= ``threshold``, at most ``max_tags``."""
+    """``{field: {tag: score}}``, best first: per field, the softmax over its prompts and the
+    background prompt of ``logit_scale`` times their cosines with ``embedding`` ``[P]``
+    (``text[field] = (T tags, [T + 1, P] unit-norm rows, the background's last)``). A tag is
+    kept when its score is >= ``threshold`` and above the background's (else "none of these"),
+    at most ``max_tags``."""
     tags = {}
     for name, (words, rows) in text.items():
         logits = logit_scale * (rows @ embedding)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
+        background = probs[len(words)]
         order = sorted(range(len(words)), key=lambda i: (-probs[i], i))
-        tags[name] = {words[i]: round(float(probs[i]), 4) for i in order[:max_tags] if probs[i] >= threshold}
+        tags[name] = {words[i]: round(float(probs[i]), 4) for i in order[:max_tags]
+                      if probs[i] >= threshold and probs[i] > background}
     return tags
 
 
@@ -232,6 +285,7 @@ class TagSummary:
     embeddings_computed: int = 0
     embeddings_from_cache: int = 0
     untagged_this_run: int = 0       # tags removed (tagger off after a tagged run)
+    error: str = ""                  # the pass stopped (conversion, manifests and report are kept)
     failed: list = field(default_factory=list)   # [{"source", "reason"}]
 
     def as_dict(self) -> dict:
@@ -255,31 +309,40 @@ def rewrite_captions(out: Path, rec: dict, template: str, tags: dict | None) -> 
                                                                ensure_ascii=False, indent=2) + "\n")
 
 
-def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, progress: bool = False) -> TagSummary:
+def record_template(rec: dict, template: str) -> str:
+    """The template of a record's captions: the one ``captions --template`` set on it (kept
+    until the track is reconverted, which makes a new record), else prepare's ``template``."""
+    return rec.get("caption_template") or template
+
+
+def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio_options: dict | None = None,
+               progress: bool = False) -> TagSummary:
     """Bring the tags of every converted record in ``state`` in line with ``setup`` (None:
-    no tags), rewriting the captions and .json files of the tracks whose tags change and
-    saving the state as it goes. The CLAP model is loaded only when something needs scoring."""
+    no tags) and ``template``, rewriting the captions and .json files of the tracks whose tags
+    or template change and saving the state as it goes. ``audio_options``: source -> hash of
+    the options its audio depends on (the embedding cache's key; default: the record's
+    conversion options)."""
     summary = TagSummary(model=setup.model_id if setup else "")
     converted = [(rel, rec) for rel, rec in sorted(state.records.items()) if rec.get("status") == "converted"]
     if setup is None:
         for rel, rec in converted:
             if rec.get("tag_key"):
-                rewrite_captions(out, rec, template, None)
+                rewrite_captions(out, rec, record_template(rec, template), None)
                 rec.pop("tag_key")
                 rec["track"].pop("tags", None)
                 summary.untagged_this_run += 1
         if summary.untagged_this_run:
             state.save()
         return summary
-    keys = {rel: embedding_key(rel, rec, setup.model_id) for rel, rec in converted}
-    todo = [(rel, rec) for rel, rec in converted if rec.get("tag_key") != setup.tag_key(keys[rel])]
+    audio_options = audio_options or {}
+    keys = {rel: embedding_key(rel, rec, audio_options.get(rel, rec.get("options")), setup.model_id)
+            for rel, rec in converted}
+    tag_keys = {rel: setup.tag_key(keys[rel], record_template(rec, template)) for rel, rec in converted}
+    todo = [(rel, rec) for rel, rec in converted if rec.get("tag_key") != tag_keys[rel]]
     if not todo:
         return summary
-    import torch
-    from .clap import clap_text_embeddings, load_clap
-    clap = load_clap(setup.model, device="cuda" if torch.cuda.is_available() else "cpu")
-    text = {name: (setup.vocabulary.fields[name][1], clap_text_embeddings(clap, setup.vocabulary.prompts(name)))
-            for name in setup.vocabulary.fields}
+    clap, text = setup.clap, setup.text
+    dim = next(iter(text.values()))[1].shape[1]
     cache = EmbeddingCache(out)
     bar = None
     if progress:
@@ -288,7 +351,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, progr
     last_save = time.monotonic()
     try:
         for rel, rec in todo:
-            embedding = cache.get(keys[rel])
+            embedding = cache.get(keys[rel], dim)
             if embedding is None:
                 try:
                     embedding = track_embedding(clap, out, rec["segments"])
@@ -301,9 +364,9 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, progr
             else:
                 summary.embeddings_from_cache += 1
             tags = score_tags(embedding, text, clap.logit_scale, setup.threshold, setup.max_tags)
-            rewrite_captions(out, rec, template, tags)
+            rewrite_captions(out, rec, record_template(rec, template), tags)
             rec["track"]["tags"] = tags
-            rec["tag_key"] = setup.tag_key(keys[rel])
+            rec["tag_key"] = tag_keys[rel]
             summary.tracks_tagged_this_run += 1
             if bar is not None:
                 bar.update(1)

@@ -198,10 +198,18 @@ def _load_clap(config: EvaluateConfig, device: str, notes: list):
         notes.append("CLAP figures skipped (--clap none).")
         return None
     from ..models import ModelUnavailableError
+    from dataset_tools.clap import tiny_seed
+
     from .embeddings import load_clap, tiny_clap
-    if config.clap == "tiny":
-        notes.append("CLAP: a tiny random model (--clap tiny): its figures mean nothing, they test the pipeline.")
-        return tiny_clap(seed=0)
+    try:
+        seed = tiny_seed(config.clap)   # tiny / tiny:SEED, as load_clap takes them
+    except ValueError as err:
+        notes.append(f"CLAP not measured: {err}.")
+        return None
+    if seed is not None:
+        notes.append(f"CLAP: a tiny random model (--clap {config.clap}): its figures mean nothing, they test "
+                     f"the pipeline.")
+        return tiny_clap(seed=seed)
     try:
         return load_clap(config.clap, device=device)
     except ModelUnavailableError as err:

@@ -208,3 +208,184 @@ def test_windows_spread_over_the_track_and_stay_inside_segments():
     assert window_spans(short, 10.0) == [("s.wav", 0.0, 4.0)]
     segs = [{"path": f"t__{i:03d}.wav", "start": 4.0 * i, "duration": 4.0} for i in range(15)]   # 60 s
     assert window_spans(segs, 10.0) == [("t__002.wav", 0.0, 4.0), ("t__007.wav", 0.0, 4.0), ("t__012.wav", 0.0, 4.0)]
+
+
+# --- review fixes ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tagged(src, tmp_path_factory) -> Path:
+    """A dataset of ``src`` prepared with TAGGED (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("tagged") / "out"
+    _prepare(src, out, **TAGGED)
+    return out
+
+
+def _copy(tagged: Path, tmp_path: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(tagged, tmp_path / "out"))
+
+
+def _counting(monkeypatch):
+    import dataset_tools.convert as convert
+    import dataset_tools.tagging as tagging
+    calls = {"read_window": 0, "load_audio": 0}
+
+    def counting(name, module):
+        func = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return func(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+    counting("read_window", tagging)
+    counting("load_audio", convert)
+    return calls
+
+
+def test_a_template_change_on_a_tagged_dataset_recaptions_from_the_cached_embeddings(src, tagged, tmp_path,
+                                                                                    monkeypatch):
+    """The template is part of a track's tag key; the embeddings' key ignores caption options."""
+    from dataset_tools.options import FORMER_DEFAULT_TEMPLATE
+    out = _copy(tagged, tmp_path)
+    calls = _counting(monkeypatch)
+    before = _infos(out)
+    assert all(" mood" in i["description"] for i in before.values())
+    # Hashes as the default template (no reconversion), but it has no {mood}: the captions change.
+    report = _prepare(src, out, **dict(TAGGED, caption_template=FORMER_DEFAULT_TEMPLATE))
+    assert report.converted_this_run == 0 and report.tagging["tracks_tagged_this_run"] == 3
+    for rel, info in _infos(out).items():
+        assert " mood" not in info["description"] and info["tags"] == before[rel]["tags"]
+        assert (out / rel).with_suffix(".txt").read_text() == info["description"]
+    assert calls == {"read_window": 0, "load_audio": 0}
+    # Another template reconverts (the audio is decoded again: the counter counts) but the
+    # embeddings come from the cache: the template does not change the audio.
+    report = _prepare(src, out, **dict(TAGGED, caption_template="{genre} music, {mood} mood"))
+    assert report.converted_this_run == 3 and calls["load_audio"] == 3 and calls["read_window"] == 0
+    assert report.tagging["embeddings_from_cache"] == 3 and report.tagging["embeddings_computed"] == 0
+    for rel, info in _infos(out).items():
+        assert info["description"] == f"{info['genre'].capitalize()} music, {' and '.join(info['moods'])} mood"
+
+
+def test_a_captions_template_survives_retagging_and_untagging_until_reconverted(src, tagged, tmp_path, capsys):
+    out = _copy(tagged, tmp_path)
+    assert main(["captions", str(out), "--template", "{genre} music, {mood} mood"]) == 0
+    capsys.readouterr()
+    report = _prepare(src, out, **dict(TAGGED, tag_threshold=0.01))
+    assert report.converted_this_run == 0
+    for rel, info in _infos(out).items():
+        assert info["description"] == f"{info['genre'].capitalize()} music, {' and '.join(info['moods'])} mood"
+        assert (out / rel).with_suffix(".txt").read_text() == info["description"]
+    report = _prepare(src, out)   # tagger off: tags removed, the captions template kept
+    assert report.converted_this_run == 0 and report.tagging["untagged_this_run"] == 3
+    assert "tags removed from 3 track(s) (run with --tagger clap to keep them)" in report.summary()
+    for rel, info in _infos(out).items():
+        assert info["description"] == info["genre"].capitalize() + " music" == \
+            (out / rel).with_suffix(".txt").read_text()
+    report = _prepare(src, out, caption_template="{genre} music, {title}")   # reconverted: prepare's template
+    assert report.converted_this_run == 3
+    assert _infos(out)["jazz/Blue Tone__000.json"]["description"] == "Jazz music, Blue Tone"
+
+
+def test_a_partial_model_is_a_one_line_error_before_any_work(src, tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+    from dataset_tools.clap import tiny_clap
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--laion--larger_clap_music" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--laion--larger_clap_music" / "refs").mkdir()
+    (cache / "models--laion--larger_clap_music" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    weights_only = tmp_path / "weights_only"   # config.json and model.safetensors, no processor files
+    tiny_clap(0).model.save_pretrained(weights_only)
+    capsys.readouterr()
+    for model in ("laion/larger_clap_music", str(weights_only)):
+        out = tmp_path / "out"
+        code = main(["prepare", str(src), str(out), "--tagger", "clap", "--tagger-model", model])
+        err = capsys.readouterr().err
+        assert code == EXIT_BAD_INPUT and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "cannot be loaded" in err and "to get CLAP figures" not in err
+        assert not out.exists()
+
+
+def test_a_failing_tag_pass_still_writes_the_manifests_and_the_report(src, tmp_path, monkeypatch):
+    import dataset_tools.tagging as tagging
+    from dataset_tools.files import RunFailedError
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(tagging, "score_tags", out_of_memory)
+    out = tmp_path / "out"
+    with pytest.raises(RunFailedError, match="tag pass failed .*CUDA out of memory"):
+        _prepare(src, out, **TAGGED)
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["tracks"] == 3 and "CUDA out of memory" in report["tagging"]["error"]
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+def test_prompts_replace_the_braces_as_plain_text(tmp_path):
+    from dataset_tools.tagging import load_vocabulary
+    path = tmp_path / "v.yaml"
+    for prompt, expected in (("{} {x}", "happy {x}"), ("the {} of {0}", "the happy of {0}"),
+                             ("{{}}", "{happy}"), ("{} {.__class__}", "happy {.__class__}")):
+        path.write_text(f'mood:\n  prompt: "{prompt}"\n  tags: [happy, sad]\n')
+        prompts = load_vocabulary(path).prompts("mood")
+        assert prompts[0] == expected and prompts[1] == expected.replace("happy", "sad")
+        assert prompts[2] == "music"   # the background prompt
+    path.write_text('mood:\n  prompt: "{} music"\n  tags: [happy]\n  colour: red\n')
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        load_vocabulary(path)
+
+
+def test_a_tag_must_beat_the_background_prompt():
+    """A softmax share alone keeps a one-tag field's tag always (share 1.0) and the best of
+    every field: the background prompt ("none of these") lets a field stay empty."""
+    from dataset_tools.tagging import score_tags
+    background = np.array([1.0, 0.0, 0.0])
+    rows = {"instrument": (["piano"], np.array([[0.0, 1.0, 0.0], background])),
+            "mood": (["calm", "sad"], np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.8], background]))}
+    near_background = np.array([0.9, 0.3, 0.3]) / np.linalg.norm([0.9, 0.3, 0.3])
+    assert score_tags(near_background, rows, 10.0, 0.0, 2) == {"instrument": {}, "mood": {}}
+    near_calm = np.array([0.3, 0.0, 0.95]) / np.linalg.norm([0.3, 0.0, 0.95])
+    tags = score_tags(near_calm, rows, 10.0, 0.0, 2)
+    assert tags["instrument"] == {} and list(tags["mood"]) == ["calm", "sad"]
+
+
+def test_prepare_without_a_tagger_does_not_import_torch(src, tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from dataset_tools.options import PrepareOptions; from dataset_tools.prepare import prepare; "
+            f"prepare({str(src)!r}, {str(tmp_path / 'out')!r}, PrepareOptions(segment_seconds=2.0, "
+            "min_seconds=0.5, workers=1, progress=False, analyze=False)); "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_cached_embeddings_of_the_wrong_shape_are_ignored(tmp_path):
+    from dataset_tools.tagging import EmbeddingCache
+    cache = EmbeddingCache(tmp_path)
+    cache.put("k", np.ones(3))
+    assert cache.get("k", 8) is None and cache.get("k", 3).shape == (3,)
+    cache.put("nan", np.full(3, np.nan))
+    assert cache.get("nan", 3) is None
+
+
+def test_the_default_options_hash_is_pinned():
+    """Datasets prepared before the tagger existed must stay up to date: the default options
+    (the new default template included) hash as they did."""
+    from dataset_tools.state import options_hash
+    assert options_hash(PrepareOptions().output_fields()) == "0d24df55838aac49"
+    assert options_hash(PrepareOptions(tagger="clap", tag_threshold=0.5).output_fields()) == "0d24df55838aac49"
+
+
+def test_evaluation_takes_every_tiny_clap_name_with_its_note():
+    from types import SimpleNamespace
+
+    from musicgen_trainer.evaluation.evaluate import _load_clap
+    notes = []
+    clap = _load_clap(SimpleNamespace(clap="tiny:1"), "cpu", notes)
+    assert clap.name == "tiny-clap:1" and "tiny random model (--clap tiny:1)" in notes[-1]
+    assert _load_clap(SimpleNamespace(clap="tiny:x"), "cpu", notes) is None
+    assert notes[-1].startswith("CLAP not measured: bad tiny CLAP name 'tiny:x'")
