@@ -229,10 +229,16 @@ def test_cli_export_writes_and_refuses_in_one_line(tmp_path, capsys):
     assert main(["export", "tiny", "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not list(out.glob("*.bin"))  # safetensors only
+    # Every export gets its model card, here with one clip generated now (no run, no training samples).
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "samples/sample_01.wav" in card
+    assert (out / "samples" / "sample_01.wav").is_file()
     capsys.readouterr()
     assert main(["export", "tiny", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
+    assert main(["export", "tiny", "--out", str(out), "--overwrite", "--samples", "0"]) == 0  # card rewritten
+    assert "sample_01.wav" not in (out / "README.md").read_text()
 
 
 def test_run_and_adapter_folders_export_their_export(exported, tmp_path):
