@@ -10,7 +10,10 @@ A second Ctrl-C abandons the current step (KeyboardInterrupt, as before: the las
 stays). With several processes (torchrun, accelerate launch) a terminal's Ctrl-C reaches all of
 them, but a signal sent to one process (``kill -INT PID``) reaches one only: the flag is reduced
 over the processes after each step (one tiny all-reduce), so every process stops at the same
-step and none waits forever in a collective the others left.
+step and none waits forever in a collective the others left. torchrun's agent answers Ctrl-C by
+sending SIGTERM to its workers and kills them 30 s later: SIGTERM after a request never
+abandons the step, so the state is saved when step and save take less than that (otherwise the
+previous state stays: states are written atomically).
 """
 from __future__ import annotations
 
@@ -56,9 +59,11 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # the second one: abandon the step
-            self.uninstall()
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == signal.SIGINT:  # a second Ctrl-C: abandon the step
+                self.uninstall()
+                raise KeyboardInterrupt
+            return  # SIGTERM after the request (torchrun's agent passes Ctrl-C on so): still stopping
         self.requested = True
         print("\nstopping after this step, then saving a resumable state (Ctrl-C again to abandon the step)",
               file=sys.stderr, flush=True)

@@ -164,8 +164,13 @@ def _cwd() -> str:
 
 
 def start_training(app, model_key: str, dataset: str, run_name: str, options: tp.Dict[str, tp.Any]) -> jobs.JobInfo:
-    """Start a new run (JobBusyError when one runs in that folder already)."""
+    """Start a new run (JobBusyError when one runs in that folder already; ModelUnavailableError,
+    one line, for a released model that is neither downloaded nor downloadable here)."""
+    from ..models import ModelUnavailableError, unavailable_reason
     config = build_config(app, model_key, dataset, run_name, options)
+    reason = unavailable_reason(config.model)  # a released model not downloaded: say so now, not in a log
+    if reason:
+        raise ModelUnavailableError(reason)
     out = Path(config.out)
     if (out / "run.json").is_file():
         _busy(out)
@@ -173,8 +178,9 @@ def start_training(app, model_key: str, dataset: str, run_name: str, options: tp
     return jobs.start_job("train", train_argv(config), out, cwd=_cwd())
 
 
-def resume_training(app, run_name: str) -> jobs.JobInfo:
-    """Continue a stopped run: its last command line with ``--resume``."""
+def resume_training(app, run_name: str, steps: tp.Optional[int] = None) -> jobs.JobInfo:
+    """Continue a stopped run: its last command line with ``--resume`` (and ``--steps steps``
+    when given: a run can be continued past its first goal; its other options stay the same)."""
     out = run_folder(app, run_name)
     info = jobs.job_status(out)
     if not (out / "run.json").is_file():
@@ -182,8 +188,19 @@ def resume_training(app, run_name: str) -> jobs.JobInfo:
     _busy(out)
     if info is None or info.kind != "train":
         raise ValueError(f"run {run_name!r} was not started from this page: resume it with train.py --resume")
-    argv = [a for a in info.argv if a != "--resume"] + ["--resume"]
-    return jobs.start_job("train", argv, out, cwd=_cwd())
+    argv = [a for a in info.argv if a != "--resume"]
+    if steps is not None and int(steps) >= 1:
+        argv = _set_flag(argv, "--steps", str(int(steps)))
+    return jobs.start_job("train", argv + ["--resume"], out, cwd=_cwd())
+
+
+def _set_flag(argv: tp.List[str], name: str, value: str) -> tp.List[str]:
+    argv = list(argv)
+    if name in argv:
+        argv[argv.index(name) + 1] = value
+    else:
+        argv += [name, value]
+    return argv
 
 
 def _busy(out: Path) -> None:
@@ -230,6 +247,9 @@ class RunView:
             parts.append(f"ETA {format_seconds(self.eta_s)}")
         if self.state == "stopped":
             parts.append("stopped: Resume continues from the saved step")
+        errors = [line for line in self.log.splitlines() if line.startswith("error: ")]
+        if self.state == "failed" and errors:
+            parts.append(errors[-1])
         return " · ".join(parts)
 
 
@@ -258,8 +278,9 @@ def view_run(app, run_name: str) -> RunView:
     info = jobs.job_status(out)
     if info is not None:
         view.state = info.state
-        view.log = public_log(app, jobs.read_log(out, max_bytes=8192), out, run_name)
-    view.rows = read_metrics(out / METRICS_FILE)
+        if not (out / jobs.LOG_FILE).is_symlink():  # files the run wrote, not links to elsewhere
+            view.log = public_log(app, jobs.read_log(out, max_bytes=8192), out, run_name)
+    view.rows = read_metrics(out / METRICS_FILE) if not (out / METRICS_FILE).is_symlink() else []
     view.step = view.rows[-1]["step"] if view.rows else 0
     try:
         view.total = int(json.loads((out / "config.json").read_text(encoding="utf-8")).get("total_steps") or 0)
@@ -325,12 +346,16 @@ def memory_estimate(app, model_key: str, options: tp.Dict[str, tp.Any]) -> str:
         chosen = plan(config, facts, precision, config.gpu_memory)
         changes = chosen.changes(config)
         what = ", ".join(f"{flag(k)}" + ("" if v is True else f" {v}") for k, v in changes.items()) or "your settings"
-        return (f"Memory plan for {config.gpu_memory:g} GB: {what}; estimated peak {chosen.estimate_gib:.1f} GiB + "
+        return (f"Memory plan for {config.gpu_memory:g} GB: {what}; estimated peak {_gib(chosen.estimate_gib)} GiB + "
                 f"{CUDA_CONTEXT_GIB:g} GiB CUDA context{where} ({'; '.join(chosen.reasons[1:]) or 'fits as it is'}).")
     gib = estimate_for(facts, config, precision, config.batch_size, False, config.optimizer, lora, 1)
-    return (f"Estimated peak memory: {gib:.1f} GiB + {CUDA_CONTEXT_GIB:g} GiB CUDA context{where} ({precision}, batch "
+    return (f"Estimated peak memory: {_gib(gib)} GiB + {CUDA_CONTEXT_GIB:g} GiB CUDA context{where} ({precision}, batch "
             f"{config.batch_size}, {config.segment_seconds:g} s clips" + (f", LoRA rank {lora}" if lora else "")
             + "); an estimate from the architecture, not a measurement.")
+
+
+def _gib(value: float) -> str:
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def architecture_facts(value: str, config: TrainConfig):

@@ -82,6 +82,13 @@ def build_compare_tab(app) -> None:
         reveal = gr.Button("Reveal", elem_id="cmp-reveal")
         revealed = gr.Markdown(elem_id="cmp-revealed")
 
+    def on_load():  # fine-tunes trained since the page was built (rate-limited: App.rescan)
+        app.rescan()
+        models, adapters = app.dropdown_choices(), app.adapter_choices()
+        return (gr.Dropdown(choices=models), gr.Dropdown(choices=models), gr.Dropdown(choices=adapters),
+                gr.Dropdown(choices=adapters))
+
+    gr.on(triggers=None, fn=on_load, outputs=[model_a, model_b, adapter_a, adapter_b], api_visibility="private")
     run.click(on_compare, inputs=[model_a, adapter_a, model_b, adapter_b, prompt, seed, duration, blind],
               outputs=[audio_a, audio_b, summary, token, revealed], api_name="compare",
               concurrency_limit=1, concurrency_id="generate")  # one generation at a time, with the Generate tab's

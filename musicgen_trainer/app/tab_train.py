@@ -39,9 +39,10 @@ def build_train_tab(app) -> None:
             return f"**no estimate: {exc.__class__.__name__}**"
 
     def on_start(model_key, dataset, run_name, *values):
+        from ..models import ModelUnavailableError
         try:
             st.start_training(app, model_key, dataset, run_name, options_of(values))
-        except ValueError as exc:  # JobBusyError, OutsideRootError, a bad option: one line
+        except (ValueError, ModelUnavailableError) as exc:  # JobBusyError, OutsideRootError, offline: one line
             raise fail(exc) from None
         return *on_poll(run_name), gr.Dropdown(choices=st.list_runs(app), value=run_name.strip())
 
@@ -54,9 +55,9 @@ def build_train_tab(app) -> None:
             gr.Info("nothing is running in this run")
         return on_poll(run_name)
 
-    def on_resume(run_name):
+    def on_resume(run_name, steps):
         try:
-            st.resume_training(app, run_name)
+            st.resume_training(app, run_name, int(steps) if steps else None)
         except ValueError as exc:
             raise fail(exc) from None
         return on_poll(run_name)
@@ -103,17 +104,18 @@ def build_train_tab(app) -> None:
                               info="the run's folder under checkpoints/", elem_id="train-run", scale=2)
         refresh = gr.Button("Refresh lists", size="sm", scale=0, min_width=120)
     widgets = []
-    with gr.Row():
-        for name in st.PAGE_OPTIONS:
-            low, high, step = BOUNDS[name]
-            widgets.append(gr.Number(value=st.PAGE_DEFAULTS[name], label=LABELS[name], info=st.field_help(name),
-                                     minimum=low, maximum=high, precision=0 if step else None,
-                                     elem_id=f"train-{name.replace('_', '-')}", min_width=140))
+    for row in (st.PAGE_OPTIONS[:4], st.PAGE_OPTIONS[4:]):
+        with gr.Row():
+            for name in row:
+                low, high, step = BOUNDS[name]
+                widgets.append(gr.Number(value=st.PAGE_DEFAULTS[name], label=LABELS[name], info=st.field_help(name),
+                                         minimum=low, maximum=high, precision=0 if step else None,
+                                         elem_id=f"train-{name.replace('_', '-')}", min_width=140))
     estimate = gr.Markdown(elem_id="train-estimate")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-        resume = gr.Button("Resume", elem_id="train-resume")
+        resume = gr.Button("Resume (to the Steps above)", elem_id="train-resume")
         runs = gr.Dropdown(choices=st.list_runs(app), label="Show run", elem_id="train-runs", allow_custom_value=False)
     status = gr.Markdown(elem_id="train-status")
     with gr.Row():
@@ -133,7 +135,7 @@ def build_train_tab(app) -> None:
                 concurrency_limit=1, concurrency_id="train_control")
     stop.click(on_stop, inputs=run_name, outputs=shown, api_name="train_stop",
                concurrency_limit=1, concurrency_id="train_control")
-    resume.click(on_resume, inputs=run_name, outputs=shown, api_name="train_resume",
+    resume.click(on_resume, inputs=[run_name, widgets[0]], outputs=shown, api_name="train_resume",
                  concurrency_limit=1, concurrency_id="train_control")
     # The API's estimate (the page's runs on every change above).
     gr.Button("Estimate", visible=False).click(on_estimate, inputs=inputs, outputs=estimate,
@@ -141,7 +143,8 @@ def build_train_tab(app) -> None:
     timer.tick(on_poll, inputs=run_name, outputs=shown, api_name="train_status", show_progress="hidden",
                concurrency_limit=None)
     runs.input(on_pick, inputs=runs, outputs=run_name, api_visibility="private")
-    refresh.click(on_refresh_lists, outputs=[model, dataset], api_name="train_lists",
+    # like the Generate tab's rescan: private (the lists are what the page shows; App.rescan is rate-limited)
+    refresh.click(on_refresh_lists, outputs=[model, dataset], api_visibility="private",
                   concurrency_limit=1, concurrency_id="rescan")
     # On page load: reattach to the run that is training now (or the newest run).
     gr.on(triggers=None, fn=on_load, outputs=[runs, run_name], api_visibility="private")

@@ -143,6 +143,9 @@ def test_api_start_status_busy_and_done(served, tmp_path):
     app, client = served
     out = tmp_path / "checkpoints" / "api-run"
     options = list(OPTIONS.values())
+    with pytest.raises(AppError, match="not in the local cache"):  # offline (HF_HUB_OFFLINE=1), not downloaded
+        client.predict("facebook/musicgen-small", "mine-prepared", "released", *options, api_name="/train_start")
+    assert not (tmp_path / "checkpoints" / "released").exists()
     client.predict("tiny", "mine-prepared", "api-run", *options, api_name="/train_start")
     try:
         assert jobs.job_status(out).running
@@ -164,4 +167,114 @@ def test_api_start_status_busy_and_done(served, tmp_path):
         client.predict("tiny", "mine-prepared", "api-run", *options, api_name="/train_start")
     client.predict("api-run", api_name="/train_stop")  # nothing runs: a note, no error
     with pytest.raises(AppError, match="nothing to resume"):
-        client.predict("never-started", api_name="/train_resume")
+        client.predict("never-started", 10, api_name="/train_resume")
+
+
+def test_browser_train_stop_reattach_resume_then_compare(studio, tmp_path):
+    """The page in headless Chromium: Start a tiny run, see its curve and a sample, reload and find
+    it reattached, Stop, Resume to a few more steps until done, then Compare base vs the export
+    blind and Reveal. MUSICGEN_STUDIO_SCREENSHOTS=docs/images keeps studio-train.png and studio-compare.png."""
+    from test_app_browser import CHROMEDRIVER, CHROMIUM, chrome, open_tab
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("needs Debian's chromium and chromium-driver (see test_app_browser.py)")
+    pytest.importorskip("selenium", reason="the browser check needs selenium (requirements-dev.txt)")
+    import re
+    import shutil
+    import tempfile
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from musicgen_trainer.app.page import serve_in_background
+    studio.rescan_interval = 0.0  # the export made below is listed at the next page load
+    demo, url = serve_in_background(studio)
+    out = tmp_path / "checkpoints" / "browser-run"
+    shots = os.environ.get("MUSICGEN_STUDIO_SCREENSHOTS")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    driver = None
+
+    def status(d):
+        return d.find_element(By.CSS_SELECTOR, "#train-status").text
+
+    def set_value(selector, value):
+        box = driver.find_element(By.CSS_SELECTOR, selector)
+        box.send_keys(Keys.CONTROL + "a")
+        box.send_keys(str(value) + Keys.TAB)
+
+    def pick(elem_id, label):
+        driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
+        WebDriverWait(driver, 30).until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]")
+                                                   if o.get_attribute("aria-label") == label])[0].click()
+
+    try:
+        driver = chrome(profile)
+        driver.get(url)
+        open_tab(driver, "Train")
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: "Estimated peak memory" in d.find_element(By.CSS_SELECTOR, "#train-estimate").text)
+        set_value("#train-run input", "browser-run")
+        for name, value in (("steps", 2000), ("batch-size", 2), ("segment-seconds", 1), ("sample-every", 3),
+                            ("eval-every", 3), ("lr", 0.001)):
+            set_value(f"#train-{name} input", value)
+        driver.find_element(By.CSS_SELECTOR, "#train-start").click()
+        wait.until(lambda d: "**running**" in status(d) or "running" in status(d))
+        # the curve (a Vega plot) and a sample appear while it trains
+        WebDriverWait(driver, 180).until(lambda d: re.search(r"step \d{2,} of 2000", status(d)))  # 10 points
+        WebDriverWait(driver, 180).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#train-curve canvas, #train-curve svg"))
+        WebDriverWait(driver, 180).until(lambda d: "Samples at step" in d.find_element(By.CSS_SELECTOR,
+                                                                                     "#train-sample-note").text)
+        if shots:
+            driver.save_screenshot(str(Path(shots) / "studio-train.png"))
+        # a reload (or a second browser) finds the running job
+        driver.refresh()
+        open_tab(driver, "Train")
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#train-run input").get_attribute("value") == "browser-run")
+        wait.until(lambda d: "running" in status(d))
+        driver.find_element(By.CSS_SELECTOR, "#train-stop").click()
+        WebDriverWait(driver, 120).until(lambda d: "stopped" in status(d))
+        stopped_at = int(re.search(r"step (\d+) of", status(driver)).group(1))
+        assert jobs.job_status(out).returncode == 130 and 3 <= stopped_at < 2000
+        set_value("#train-steps input", stopped_at + 2)
+        driver.find_element(By.CSS_SELECTOR, "#train-resume").click()
+        WebDriverWait(driver, 180).until(lambda d: "done" in status(d))
+        assert f"step {stopped_at + 2} of {stopped_at + 2}" in status(driver)
+        assert (out / "export" / "state_dict.bin").is_file()
+        assert str(tmp_path) not in driver.page_source
+
+        driver.refresh()
+        open_tab(driver, "Compare")
+        pick("cmp-model-a", "tiny (random weights, for testing)")
+        pick("cmp-model-b", "fine-tune: browser-run/export (jazz, rock)")
+        set_value("#cmp-duration input[type=number]", 1)
+        driver.find_element(By.CSS_SELECTOR, "#cmp-prompt textarea").send_keys("jazz take 1")
+        driver.find_element(By.CSS_SELECTOR, "#cmp-run").click()
+        WebDriverWait(driver, 180).until(lambda d: "seed 0" in d.find_element(By.CSS_SELECTOR, "#cmp-summary").text)
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR,
+                                                                       "#cmp-audio-a audio, #cmp-audio-b audio")) == 2)
+        assert "browser-run" not in driver.find_element(By.CSS_SELECTOR, "#cmp-audio-a").get_attribute("innerHTML")
+        driver.find_element(By.CSS_SELECTOR, "#cmp-reveal").click()
+        revealed = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#cmp-revealed").text or False)
+        assert "export:browser-run/export" in revealed and "tiny" in revealed
+        if shots:
+            driver.save_screenshot(str(Path(shots) / "studio-compare.png"))
+    finally:
+        if driver is not None:
+            driver.quit()
+        jobs.stop_job(out, force=True)
+        demo.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_the_run_view_follows_no_links_out_of_the_run(studio, tmp_path):
+    out = tmp_path / "checkpoints" / "linked"
+    out.mkdir()
+    secret = tmp_path / "outside" / "secret.jsonl"
+    secret.write_text(json.dumps({"step": 1, "loss": 1.0, "note": "secret"}) + "\n")
+    jobs._write(out, jobs.JobInfo(kind="train", folder=str(out), argv=["x"], started=time.time(), returncode=0))
+    os.symlink(secret, out / jobs.LOG_FILE)
+    os.symlink(secret, out / "metrics.jsonl")
+    (out / "samples" / "step_00000001").mkdir(parents=True)
+    os.symlink(secret, out / "samples" / "step_00000001" / "00_x.wav")
+    view = st.view_run(studio, "linked")
+    assert view.state == "done" and view.log == "" and view.rows == [] and view.samples == []

@@ -158,3 +158,46 @@ def test_the_studio_stop_is_ctrl_c_and_resume_finishes(dataset, tmp_path):
                   batch_size=2, export_dtype="fp16"))
     assert (out / "export" / "state_dict.bin").is_file()
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, step + 3))
+
+
+def _agree(rank: int, world: int, init: str, asked: bool, results) -> None:
+    import torch.distributed as dist
+
+    from musicgen_trainer.stop_request import StopRequest
+
+    class Acc:  # what StopRequest reads of accelerate's Accelerator
+        num_processes, device = world, "cpu"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        stop = StopRequest(Acc())
+        first = stop.agreed()  # nobody asked yet
+        stop.requested = asked
+        results.put((rank, first, stop.agreed()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_asked_of_one_process_stops_every_process(tmp_path):
+    """``kill -INT`` of one rank: after the step every rank agrees to stop (none is left waiting in
+    the next step's collectives)."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_agree, args=(rank, 2, init, rank == 1, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(results.get(timeout=5) for _ in procs) == [(0, False, True), (1, False, True)]
+
+
+def test_sigterm_after_a_stop_request_does_not_abandon_the_step():
+    from musicgen_trainer.stop_request import StopRequest
+    stop = StopRequest()
+    stop._handle(signal.SIGINT, None)
+    stop._handle(signal.SIGTERM, None)  # torchrun's agent passing Ctrl-C on
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)  # a second Ctrl-C
