@@ -26,6 +26,11 @@ def build_train_tab(app) -> None:
     def fail(exc: Exception):
         return gr.Error(app.public_text(str(exc)), print_exception=False)
 
+    def empty_curve():
+        # None, not an empty frame: the plot's first data then sets its axes and series (an
+        # empty frame's would stay: categorical axes, no lines)
+        return None
+
     def options_of(values):
         return dict(zip(st.PAGE_OPTIONS, values))
 
@@ -64,12 +69,13 @@ def build_train_tab(app) -> None:
 
     def on_poll(run_name):
         if not (run_name or "").strip():
-            return st.RunView().summary(), pd.DataFrame(columns=["step", "loss", "series"]), None, "", ""
+            return st.RunView().summary(), empty_curve(), None, "", ""
         try:
             view = st.view_run(app, run_name)
         except ValueError as exc:
-            return f"**{app.public_text(str(exc))}**", pd.DataFrame(columns=["step", "loss", "series"]), None, "", ""
-        points = pd.DataFrame(st.curve(view.rows), columns=["step", "loss", "series"])
+            return f"**{app.public_text(str(exc))}**", empty_curve(), None, "", ""
+        found = st.curve(view.rows)
+        points = pd.DataFrame(found, columns=["step", "loss", "series"]) if found else empty_curve()
         sample = str(view.samples[0]) if view.samples else None
         names = ", ".join(p.stem for p in view.samples)
         sample_note = f"Samples at step {view.sample_step}: {names}" if view.samples else "No samples yet."

@@ -182,6 +182,7 @@ def test_browser_train_stop_reattach_resume_then_compare(studio, tmp_path):
     import shutil
     import tempfile
 
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -203,12 +204,21 @@ def test_browser_train_stop_reattach_resume_then_compare(studio, tmp_path):
         box.send_keys(str(value) + Keys.TAB)
 
     def pick(elem_id, label):
-        driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
-        WebDriverWait(driver, 30).until(lambda d: [o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]")
-                                                   if o.get_attribute("aria-label") == label])[0].click()
+        def attempt(d):  # the lists are refreshed on load: an option may be redrawn under the click
+            try:
+                d.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
+                options = [o for o in d.find_elements(By.CSS_SELECTOR, "[role=option]")
+                           if o.get_attribute("aria-label") == label]
+                if options:
+                    options[0].click()
+                return d.find_element(By.CSS_SELECTOR, f"#{elem_id} input").get_attribute("value") == label
+            except StaleElementReferenceException:
+                return False
+        WebDriverWait(driver, 60, poll_frequency=1).until(attempt)
 
     try:
         driver = chrome(profile)
+        driver.set_window_size(1400, 1500)  # the whole tab in the screenshots
         driver.get(url)
         open_tab(driver, "Train")
         wait = WebDriverWait(driver, 120)
