@@ -16,6 +16,7 @@ never loads released weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -374,9 +375,15 @@ def architecture_facts(value: str, config: TrainConfig):
         frames = int(round(min(config.segment_seconds, 30.0) * 50))
         return dataclasses.replace(facts, frames=frames, codebooks=8 if "stereo" in base else 4,
                                    prefix=235 if "melody" in base else 0)
-    from ..models import load_model
     tiny = base if base in TINY_MODELS else "tiny"
-    return facts_from_model(load_model(tiny, device="cpu"), config)
+    return facts_from_model(_tiny_model(tiny), config)
+
+
+@functools.lru_cache(maxsize=len(TINY_MODELS))
+def _tiny_model(name: str):
+    """A tiny model, built once (the estimate is asked again at every change of an option)."""
+    from ..models import load_model
+    return load_model(name, device="cpu")
 
 
 def _mtime(path: Path) -> float:
