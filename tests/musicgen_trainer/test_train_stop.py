@@ -201,3 +201,13 @@ def test_sigterm_after_a_stop_request_does_not_abandon_the_step():
     assert stop.requested
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)  # a second Ctrl-C
+
+
+def test_a_foreign_metrics_file_stops_a_new_run_before_any_work(dataset, tmp_path):
+    from musicgen_trainer.run_folder import RunFolderError
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("my own notes\n")
+    with pytest.raises(RunFolderError, match=r"metrics.jsonl exists and was not written by a run"):
+        train(_config(dataset, out, tmp_path / "cache", steps=1))
+    assert (out / "metrics.jsonl").read_text() == "my own notes\n"
