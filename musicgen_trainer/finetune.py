@@ -302,7 +302,7 @@ def train(config: TrainConfig) -> Path:
     world, accum, rank = acc.num_processes, config.grad_accum, acc.process_index
     # Ctrl-C / SIGTERM (the studio's Stop): finish the current step, save a resumable state as
     # save_every does, stop (TrainingStopped: exit 130). A second Ctrl-C abandons the step.
-    stop = StopRequest(acc)
+    stop, stopped = StopRequest(acc), False
     try:
         stop.install()
         while state.step < steps:
@@ -338,6 +338,7 @@ def train(config: TrainConfig) -> Path:
                     run.save_state(state.step, saving, config.keep_last)
                 del saving
             if stopping and state.step < steps:
+                stopped = True
                 break
     finally:
         stop.uninstall()
@@ -346,7 +347,7 @@ def train(config: TrainConfig) -> Path:
             writer.flush()
         if metrics_log is not None:
             metrics_log.close()
-    if stop.requested and state.step < steps:
+    if stopped:  # (an early stop or the last step exports as usual, whatever was asked meanwhile)
         if writer:
             writer.close()
         acc.wait_for_everyone()
