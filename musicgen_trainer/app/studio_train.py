@@ -27,7 +27,7 @@ from pathlib import Path
 from ..metrics_log import METRICS_FILE, read_metrics
 from ..train_config import TrainConfig
 from . import jobs
-from .paths import OutsideRootError, confined, list_folders, public
+from .paths import OutsideRootError, confined, list_folders
 
 # The options the page sets (widgets, labels and help derive from these TrainConfig fields).
 PAGE_OPTIONS = ("steps", "lr", "batch_size", "segment_seconds", "lora", "gpu_memory", "sample_every", "eval_every")

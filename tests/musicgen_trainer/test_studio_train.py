@@ -11,7 +11,6 @@ import pytest
 import soundfile as sf
 
 from musicgen_trainer.app import jobs, studio_train as st
-from musicgen_trainer.app.paths import OutsideRootError
 from musicgen_trainer.metrics_log import read_metrics
 
 
