@@ -96,12 +96,17 @@ def build_train_tab(app) -> None:
         return (gr.Dropdown(choices=st.base_model_choices(app)),
                 gr.Dropdown(choices=st.prepared_datasets(app.data_root)))
 
+    def default_base():  # musicgen-small when it is downloaded (training a test model is the exception)
+        from .page import _hub_cached
+        small = "facebook/musicgen-small"
+        return small if small in app.by_key and _hub_cached(small) else "tiny"
+
     gr.Markdown("Fine-tune a base model on a prepared dataset. The run is `train.py` in the background: "
                 "it goes on when you close the page; Stop saves it, Resume continues it.")
     datasets = st.prepared_datasets(app.data_root)
     models = st.base_model_choices(app)
     with gr.Row():
-        model = gr.Dropdown(choices=models, value="tiny", label="Base model", info=st.field_help("model"),
+        model = gr.Dropdown(choices=models, value=default_base(), label="Base model", info=st.field_help("model"),
                             elem_id="train-model", scale=3)
         dataset = gr.Dropdown(choices=datasets, value=datasets[0] if datasets else None, label="Prepared dataset",
                               info="a folder under the data root with manifest.jsonl", elem_id="train-dataset",
