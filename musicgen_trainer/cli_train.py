@@ -48,7 +48,8 @@ class _StoppedWhileWorking(RuntimeError):
 
 def main(argv=None) -> int:
     """Exit status: 0 done, 2 bad input (nothing trained), 1 failed while training (the saved
-    states stay usable: --resume continues), 130 interrupted."""
+    states stay usable: --resume continues), 130 interrupted (Ctrl-C or SIGTERM while training:
+    the state of the last completed step is saved first, "stopped at step N; resume with --resume")."""
     from dataset_tools.atomic import os_error_line
     from dataset_tools.cli import run_command
 
@@ -63,8 +64,12 @@ def main(argv=None) -> int:
             print(format_description(describe(config)))
             return 0
         from .finetune import train
+        from .stop_request import TrainingStopped
         try:
             train(config)
+        except TrainingStopped as stopped:  # Ctrl-C/SIGTERM: the state of its step is saved
+            print(stopped, file=sys.stderr)
+            return stopped.exit_status
         except OSError as exc:  # disk full, permission denied while working
             if isinstance(exc, FileNotFoundError):
                 raise

@@ -4,6 +4,8 @@ Layout of ``config.out``::
 
     run.json               the run's record: id, base model, options, its saved states (run_folder.py)
     config.json            the options of the latest start or resume
+    metrics.jsonl          one JSON line per logged step: loss, lr, tokens/s, elapsed seconds, and
+                           the held-out loss where evaluated (what the studio's curve reads: metrics_log.py)
     checkpoints/step_*.pt  full training states (the last ``keep_last``), for --resume
     tensorboard/           losses, ce_q1..q4, lr, grad norm, tokens/s, validation loss, samples
     samples/step_*/        audio generated from text alone every ``sample_every`` steps
@@ -37,6 +39,8 @@ from .train_config import TrainConfig, total_steps
 from .step import (TrainState, export_weights, make_state, prepare_lm_for_training, resolve_dropouts,
                        resolve_precision, train_step)
 from .train_eval import BestSoFar, GenreCheck, HeldOutEval, generate_clips, resolve_classifier, write_export
+from .metrics_log import MetricsLog
+from .stop_request import StopRequest, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +288,8 @@ def train(config: TrainConfig) -> Path:
                                                      "total_steps": steps}, indent=2) + "\n")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"))
+    # OUT/metrics.jsonl: a resumed run keeps the lines up to its step (none beyond: no doubled curve)
+    metrics_log = MetricsLog(out / "metrics.jsonl", state.step) if acc.is_main_process else None
     prompts = config.sample_prompts or default_prompts(train_clips, valid_clips)
     genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
     extra = {"genres": genres, "train_config": config.to_dict(), "caption_examples": prompts}
@@ -295,7 +301,11 @@ def train(config: TrainConfig) -> Path:
     bar = tqdm(total=steps, initial=state.step, desc="training", unit="step",
                disable=not (config.progress and acc.is_main_process), dynamic_ncols=True)
     world, accum, rank = acc.num_processes, config.grad_accum, acc.process_index
+    # Ctrl-C / SIGTERM (the studio's Stop): finish the current step, save a resumable state as
+    # save_every does, stop (TrainingStopped: exit 130). A second Ctrl-C abandons the step.
+    stop, stopped = StopRequest(acc), False
     try:
+        stop.install()
         while state.step < steps:
             t0 = time.perf_counter()
             first = (state.step * world + rank) * accum
@@ -311,22 +321,39 @@ def train(config: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}",
                             tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
-            if held_out.due(state.step, steps) and held_out.run(state, writer):
+            early = held_out.due(state.step, steps) and held_out.run(state, writer)
+            if metrics_log is not None and (state.step % config.log_every == 0 or state.step == steps
+                                            or "valid_loss" in state.history[-1]):
+                metrics_log.write(state.history[-1])
+            if early:
                 break  # early stop (every process agrees): the state and export below as usual
             if config.sample_every and state.step % config.sample_every == 0 and \
                     (acc.is_main_process or state.sharded):
                 _write_samples(state, prompts, out / "samples" / f"step_{state.step:08d}", writer,
                                write=acc.is_main_process)
-            if state.step % config.save_every == 0 and state.step < steps and \
+            stopping = stop.agreed()  # every process the same answer (or none would leave the collectives)
+            if (state.step % config.save_every == 0 or stopping) and state.step < steps and \
                     (acc.is_main_process or state.sharded):
                 saving = _training_state_dict(state, acc.is_main_process, held_out.best)  # gathers under FSDP
                 if acc.is_main_process:
                     run.save_state(state.step, saving, config.keep_last)
                 del saving
+            if stopping and state.step < steps:
+                stopped = True
+                break
     finally:
+        stop.uninstall()
         bar.close()
         if writer:
             writer.flush()
+        if metrics_log is not None:
+            metrics_log.close()
+    if stopped:  # (an early stop or the last step exports as usual, whatever was asked meanwhile)
+        if writer:
+            writer.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        raise TrainingStopped(state.step)
     export_dir = out / "export"
     if acc.is_main_process or state.sharded:  # under FSDP every process gathers, the main one writes
         final_state = _training_state_dict(state, acc.is_main_process, held_out.best)

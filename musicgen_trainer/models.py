@@ -194,6 +194,17 @@ def _with_offline_errors(load: tp.Callable, name: str):
         raise
 
 
+def unavailable_reason(name: str) -> tp.Optional[str]:
+    """Without loading anything: the one-line reason why hub model ``name`` cannot load here (not
+    cached and the hub unreachable), as ``load_model`` would raise it; None when it may load."""
+    name = resolve_name(name)
+    if "/" not in name or name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
+        return None
+    if _hub_reachable() or (_cached(name, LM_FILE) and _cached(name, COMPRESSION_FILE)):
+        return None
+    return _unavailable_message(name)
+
+
 def _load_pretrained(name: str, device: str):
     if "/" not in name:
         known = ", ".join(["tiny", "tiny-melody", TINY_STEREO_NAME, "random:small", *SHORT_NAMES])

@@ -367,7 +367,7 @@ def _show(value) -> str:
 def _refuse_foreign(out: Path) -> None:
     """Stop a new run before any work if something not written by this run stands where it
     would write. A user's other files in OUT (or in its sub-folders, under other names) stay."""
-    in_the_way = [out / "config.json", out / "export" / "state_dict.bin",
+    in_the_way = [out / "config.json", out / "metrics.jsonl", out / "export" / "state_dict.bin",
                   out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
     in_the_way += [out / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [out / BEST_EXPORT / name for name in EXPORT_FILES]
@@ -386,7 +386,7 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     """--overwrite: delete the previous run's files (only those train.py writes), keep the rest."""
     out = Path(out)
     ours = [out / "checkpoints" / name for name in record.get("states", [])]
-    ours += [out / "config.json", out / "export" / "state_dict.bin",
+    ours += [out / "config.json", out / "metrics.jsonl", out / "export" / "state_dict.bin",
              out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
     ours += _card_files(out / "export")
     ours += [out / "adapter" / name for name in ADAPTER_FILES]
