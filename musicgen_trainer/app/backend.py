@@ -368,3 +368,14 @@ def _result_stamp(path: Path) -> tp.Optional[int]:
             return marker.stat().st_mtime_ns
         except OSError:
             return None
+
+
+def hub_cached(name: str) -> bool:
+    """Whether hub model ``name``'s weights are in the local cache (nothing is downloaded)."""
+    import os
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(name, "state_dict.bin", cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"))
+        return isinstance(found, str)
+    except Exception:
+        return False

@@ -24,7 +24,7 @@ import time
 import typing as tp
 from pathlib import Path
 
-from .backend import APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER
+from .backend import APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER, hub_cached
 
 logger = logging.getLogger("musicgen_trainer.app")
 
@@ -133,7 +133,7 @@ class App:
         exports = [c for c in self.choices if c.export]
         if exports:  # the most recently exported fine-tune
             return max(exports, key=lambda c: _mtime(Path(c.value) / "state_dict.bin")).value
-        if "facebook/musicgen-small" in self.by_value and _hub_cached("facebook/musicgen-small"):
+        if "facebook/musicgen-small" in self.by_value and hub_cached("facebook/musicgen-small"):
             return "facebook/musicgen-small"
         return "tiny"
 
@@ -185,16 +185,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _hub_cached(name: str) -> bool:
-    import os
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        found = try_to_load_from_cache(name, "state_dict.bin", cache_dir=os.environ.get("AUDIOCRAFT_CACHE_DIR"))
-        return isinstance(found, str)
-    except Exception:
-        return False
 
 
 def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,

@@ -97,9 +97,9 @@ def build_train_tab(app) -> None:
                 gr.Dropdown(choices=st.prepared_datasets(app.data_root)))
 
     def default_base():  # musicgen-small when it is downloaded (training a test model is the exception)
-        from .page import _hub_cached
+        from .backend import hub_cached
         small = "facebook/musicgen-small"
-        return small if small in app.by_key and _hub_cached(small) else "tiny"
+        return small if small in app.by_key and hub_cached(small) else "tiny"
 
     gr.Markdown("Fine-tune a base model on a prepared dataset. The run is `train.py` in the background: "
                 "it goes on when you close the page; Stop saves it, Resume continues it.")
