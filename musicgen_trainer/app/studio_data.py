@@ -99,6 +99,38 @@ def cli_flags(cls, values: tp.Mapping[str, tp.Any]) -> tp.List[str]:
     return argv
 
 
+def coerce(cls, name: str, value: tp.Any) -> tp.Any:
+    """The page's ``value`` for option ``name`` of ``cls`` as the field's type: a number field may
+    come as text (an optional one, e.g. ``loudness_lufs``, is a text box: empty means None);
+    a whole-number field must be whole. ValueError (one line) otherwise."""
+    import typing
+    kind = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    optional = type(None) in typing.get_args(kind)
+    plain = args[0] if args else kind
+    if plain not in (int, float) or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "" or value.lower() in ("none", "off"):
+            if optional:
+                return None
+            raise ValueError(f"{field_label(name)} needs a value")
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{field_label(name)} must be a number, got {value[:40]!r}") from None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{field_label(name)} needs a value")
+    if plain is int:
+        if float(value) != int(float(value)):
+            raise ValueError(f"{field_label(name)} must be a whole number, got {value}")
+        return int(float(value))
+    return float(value)
+
+
 def prepare_options(values: tp.Mapping[str, tp.Any]) -> PrepareOptions:
     """``PrepareOptions`` from the page's values (only :data:`MAIN_PREPARE_OPTIONS`), checked by
     the dataclass itself (ValueError, one line)."""
@@ -110,11 +142,7 @@ def prepare_options(values: tp.Mapping[str, tp.Any]) -> PrepareOptions:
         if isinstance(value, str):
             if len(value) > MAX_TEXT_OPTION_CHARS or any(ord(ch) < 32 for ch in value):
                 raise ValueError(f"{field_label(name)} must be one line of at most {MAX_TEXT_OPTION_CHARS} characters")
-        if name in ("channels", "seed") and value is not None:
-            if float(value) != int(float(value)):
-                raise ValueError(f"{field_label(name)} must be a whole number, got {value}")
-            value = int(float(value))
-        clean[name] = value
+        clean[name] = coerce(PrepareOptions, name, value)
     return PrepareOptions(**clean)
 
 

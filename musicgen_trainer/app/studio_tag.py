@@ -30,7 +30,7 @@ from dataset_tools.dataset_format import UNKNOWN_GENRE_DIRS
 from . import jobs
 from .paths import OutsideRootError, confined
 from .studio_captions import dataset_folder
-from .studio_data import PROJECT_ROOT, JobView, cli_flags, field_label, hide_roots, job_view, require_root
+from .studio_data import PROJECT_ROOT, JobView, cli_flags, coerce, hide_roots, job_view, require_root
 
 CLASSIFIER_PREFIX = "genre-"  # checkpoints/genre-<dataset>, as `genre_classifier train` names it
 PROPOSALS = "proposals.csv"   # the dry run's results (and proposals.json beside it)
@@ -69,15 +69,8 @@ def classifier_options(values: tp.Mapping[str, tp.Any]) -> tp.Dict[str, tp.Any]:
     unknown = set(values) - set(MAIN_TRAIN_OPTIONS)
     if unknown:
         raise ValueError(f"not an option of the page: {', '.join(sorted(unknown))}")
-    clean = {}
-    for name, value in values.items():
-        if name in ("epochs", "patience", "batch_size", "seed"):
-            if value is None or float(value) != int(float(value)):
-                raise ValueError(f"{field_label(name)} must be a whole number, got {value}")
-            value = int(float(value))
-        elif name in ("val_fraction", "test_fraction"):
-            value = float(value)
-        clean[name] = value
+    from genre_classifier.training import TrainConfig
+    clean = {name: coerce(TrainConfig, name, value) for name, value in values.items()}
     # TrainConfig checks these in __post_init__ (which also wants DATA to exist): the same rules here.
     if not 1 <= clean.get("epochs", 1) <= 1000 or clean.get("batch_size", 1) < 1 or clean.get("patience", 0) < 0:
         raise ValueError("epochs must be 1-1000, batch size >= 1 and patience >= 0")

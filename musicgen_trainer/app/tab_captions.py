@@ -79,7 +79,7 @@ def build_captions_tab(app) -> None:
     with gr.Row():
         dataset = gr.Dropdown(choices=datasets(), value=None, label="Prepared dataset", elem_id="captions-dataset",
                               scale=3, allow_custom_value=True)
-        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="captions-refresh")
     with gr.Row():
         which = gr.Radio(list(sc.FILTERS), value="all", label="Show", elem_id="captions-filter")
         genre = gr.Dropdown(choices=[sc.ALL_GENRES], value=sc.ALL_GENRES, label="Genre", elem_id="captions-genre",
@@ -109,6 +109,7 @@ def build_captions_tab(app) -> None:
 
     filters = [dataset, which, genre, search, page]
     listed = [table, page_line, genre, replace_genre, page]
+    dataset.focus(guarded(app, on_datasets), outputs=dataset, api_visibility="private", queue=False)  # new ones since the page loaded
     refresh.click(guarded(app, on_datasets), outputs=dataset, api_name="captions_datasets", queue=False)
     for trigger in (dataset.change, which.change, genre.change, search.submit):
         trigger(guarded(app, on_list), inputs=filters, outputs=listed, api_visibility="private")

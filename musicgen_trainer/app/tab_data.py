@@ -67,6 +67,10 @@ def option_inputs(cls, names: tp.Sequence[str], defaults: tp.Optional[dict] = No
             inputs.append(gr.Checkbox(value=bool(default), **common))
         elif meta.get("choices"):
             inputs.append(gr.Dropdown(choices=list(meta["choices"]), value=default, **common))
+        elif plain in (int, float) and type(None) in args:
+            # Optional: a text box, empty for None (a Number box cannot be empty: it would send 0).
+            inputs.append(gr.Textbox(value="" if default is None else f"{default:g}", max_length=40,
+                                     placeholder="empty: off", **common))
         elif plain in (int, float):
             inputs.append(gr.Number(value=default, precision=0 if plain is int else None, **common))
         else:
@@ -163,6 +167,7 @@ def build_data_tab(app) -> None:
     timer = gr.Timer(POLL_SECONDS, active=False)
     results = [progress, log, report, genres, chart]
 
+    library.focus(guarded(app, on_folders), outputs=library, api_visibility="private", queue=False)  # new ones since the page loaded
     refresh.click(guarded(app, on_folders), outputs=library, api_name="data_folders", queue=False)
     library.change(on_library, inputs=library, outputs=output, api_visibility="private", queue=False)
     start.click(guarded(app, on_start), inputs=[library, output, *options], outputs=[*results, timer],

@@ -60,7 +60,9 @@ def build_tag_tab(app) -> None:
 
     def on_status(dataset):
         running = bool(dataset) and stg.classifier_view(root, checkpoints, dataset).running
-        return (*status(dataset), *proposals_update(dataset), gr.Timer(active=running))
+        # The proposals are offered once the job has ended (ticks never undo the user's choices).
+        offer = (gr.update(), gr.update()) if running else proposals_update(dataset)
+        return (*status(dataset), *offer, gr.Timer(active=running))
 
     def on_dataset(dataset):
         return on_status(dataset)
@@ -101,7 +103,7 @@ def build_tag_tab(app) -> None:
     with gr.Row():
         dataset = gr.Dropdown(choices=datasets(), value=None, label="Prepared dataset", elem_id="tag-dataset",
                               scale=3, allow_custom_value=True)
-        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="tag-refresh")
     with gr.Accordion("Classifier options", open=False):
         options = option_inputs(TrainConfig, stg.MAIN_TRAIN_OPTIONS)
     with gr.Row():
@@ -129,13 +131,15 @@ def build_tag_tab(app) -> None:
         player = gr.Audio(label="Track", type="numpy", interactive=False, elem_id="tag-audio")
     with gr.Row():
         mode = gr.Radio(list(APPLY_MODES), value="move", label="File accepted tracks by",
-                        info=sd.field_help(TagConfig, "apply"), elem_id="tag-mode")
+                        info="move: out of unknown/ into the genre folder; copy: unknown/ keeps them too",
+                        elem_id="tag-mode")
         apply = gr.Button("Apply accepted", variant="primary", elem_id="tag-apply")
     table = gr.Dataframe(headers=["track", "genre", "confidence", "top 3", "above threshold"], interactive=False,
                          visible=False)
     timer = gr.Timer(POLL_SECONDS, active=False)
 
     shown = [progress, log, report, matrix]
+    dataset.focus(guarded(app, on_datasets), outputs=dataset, api_visibility="private", queue=False)  # new ones since the page loaded
     refresh.click(guarded(app, on_datasets), outputs=dataset, api_name="tag_datasets", queue=False)
     dataset.change(guarded(app, on_dataset), inputs=dataset, outputs=[*shown, accept, listen, timer],
                    api_visibility="private")
