@@ -110,6 +110,7 @@ def classifier_view(root, checkpoints, dataset: str) -> JobView:
     """The classifier folder's job (training or proposing), its progress from the bar or epoch lines."""
     if not (dataset or "").strip():
         return JobView("none")
+    dataset_folder(root, dataset)
     view = job_view(classifier_folder(checkpoints, dataset), require_root(root), checkpoints)
     epochs = _EPOCH.findall(view.log)
     if view.kind == "classifier" and epochs:
@@ -120,6 +121,7 @@ def classifier_view(root, checkpoints, dataset: str) -> JobView:
 def classifier_report(root, checkpoints, dataset: str) -> tp.Tuple[str, tp.Optional[Path]]:
     """``(markdown, confusion-matrix PNG)`` of the dataset's trained classifier (its test split)."""
     from genre_classifier.model_folder import REPORT_DIR, read_info
+    dataset_folder(root, dataset)
     folder = classifier_folder(checkpoints, dataset)
     info = read_info(folder)
     metrics = (info.get("metrics") or {}).get("test") or {}
@@ -155,6 +157,7 @@ def _proposals_file(checkpoints, dataset: str) -> Path:
 
 def load_proposals(root, checkpoints, dataset: str) -> tp.List[Proposal]:
     """The last dry run's proposals for the dataset, one per track (tracks it skipped left out)."""
+    dataset_folder(root, dataset)  # a dataset under the data root, or one line
     path = _proposals_file(checkpoints, dataset)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -62,7 +62,7 @@ def option_inputs(cls, names: tp.Sequence[str], defaults: tp.Optional[dict] = No
         kind = hints[name]
         args = typing.get_args(kind)
         plain = next((a for a in args if a is not type(None)), kind) if args else kind
-        common = dict(label=sd.field_label(name), info=sd.field_help(cls, name), elem_id=f"opt-{name.replace('_', '-')}")
+        common = dict(min_width=220, label=sd.field_label(name), info=sd.field_help(cls, name), elem_id=f"opt-{name.replace('_', '-')}")
         if plain is bool:
             inputs.append(gr.Checkbox(value=bool(default), **common))
         elif meta.get("choices"):
@@ -151,7 +151,7 @@ def build_data_tab(app) -> None:
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="data-refresh")
         output = gr.Textbox(label="Dataset folder (under the data root)", max_length=200, elem_id="data-output",
                             scale=3)
-    with gr.Accordion("Prepare options", open=False):
+    with gr.Accordion("Prepare options", open=False), gr.Row():
         options = option_inputs(PrepareOptions, sd.MAIN_PREPARE_OPTIONS)
     with gr.Row():
         start = gr.Button("Prepare", variant="primary", elem_id="data-start")

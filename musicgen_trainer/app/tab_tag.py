@@ -104,7 +104,7 @@ def build_tag_tab(app) -> None:
         dataset = gr.Dropdown(choices=datasets(), value=None, label="Prepared dataset", elem_id="tag-dataset",
                               scale=3, allow_custom_value=True)
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100, elem_id="tag-refresh")
-    with gr.Accordion("Classifier options", open=False):
+    with gr.Accordion("Classifier options", open=False), gr.Row():
         options = option_inputs(TrainConfig, stg.MAIN_TRAIN_OPTIONS)
     with gr.Row():
         train = gr.Button("Train classifier", variant="primary", elem_id="tag-train")

@@ -256,6 +256,8 @@ def test_browser_prepare_then_edit_a_caption_then_tag(root, tmp_path):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-chart img"))
         assert "Skipped: 1" in driver.find_element(By.CSS_SELECTOR, "#data-report").text
         assert "done" in driver.find_element(By.CSS_SELECTOR, "#data-progress").text
+        driver.find_element(By.XPATH, "//button[contains(., 'Prepare options')]").click()  # closed again
+        driver.execute_script("window.scrollTo(0, 0)")
         _shot(driver, tmp_path, "studio-data.png")
 
         # Captions: pick the dataset, click the first row, edit its caption, save.
