@@ -214,6 +214,14 @@ def replace_in_genre(root, dataset: str, genre: str, find: str, replace: str) ->
     return len(changes)
 
 
+def segment_caption(root, dataset: str, segment: str) -> str:
+    """The caption of a listed segment (as the trainer reads it)."""
+    wav = _segment_path(dataset_folder(root, dataset), (segment or "").strip())
+    if wav is None:
+        raise ValueError(f"{segment!r} is not a segment of this dataset")
+    return read_caption(wav)
+
+
 def segment_audio(root, dataset: str, segment: str) -> tp.Tuple[int, tp.Any]:
     """``(sample_rate, samples [frames] or [frames, channels])`` of a listed segment, for a player."""
     import soundfile as sf

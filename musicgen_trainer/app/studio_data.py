@@ -23,7 +23,7 @@ from dataset_tools.report import REPORT_FILE
 from dataset_tools.state import STATE_FILE
 
 from . import jobs
-from .paths import OutsideRootError, confined, list_folders, public
+from .paths import confined, list_folders
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m dataset_tools` is importable
 PREPARED_SUFFIX = "-prepared"
@@ -299,6 +299,3 @@ def prepare_results(root, output: str) -> PrepareResults:
               for genre, g in stats.genres.items()]
     return PrepareResults(hide_roots("\n".join(lines), root), genres, Path(stats.chart) if stats.chart else None)
 
-
-__all__ = ["OutsideRootError", "library_choices", "dataset_choices", "default_output", "prepare_command",
-           "start_prepare", "stop_prepare", "running_prepare", "prepare_view", "prepare_results", "public"]

@@ -118,6 +118,21 @@ def classifier_view(root, checkpoints, dataset: str) -> JobView:
     return view
 
 
+def running_classifier(root, checkpoints) -> tp.Optional[str]:
+    """The prepared dataset whose classifier job (training or proposing) runs now, if any: what a
+    reloaded page attaches to."""
+    from .studio_data import dataset_choices
+    try:
+        names = dataset_choices(root)
+    except ValueError:
+        return None
+    for name in names:
+        info = jobs.job_status(classifier_folder(checkpoints, name)) if checkpoints else None
+        if info is not None and info.running:
+            return name
+    return None
+
+
 def classifier_report(root, checkpoints, dataset: str) -> tp.Tuple[str, tp.Optional[Path]]:
     """``(markdown, confusion-matrix PNG)`` of the dataset's trained classifier (its test split)."""
     from genre_classifier.model_folder import REPORT_DIR, read_info

@@ -48,11 +48,7 @@ def build_captions_tab(app) -> None:
 
     def on_select(dataset, segment):
         """(caption, audio) of one segment."""
-        folder = sc.dataset_folder(root, dataset)
-        wav = sc._segment_path(folder, (segment or "").strip())
-        if wav is None:
-            raise ValueError(f"{segment!r} is not a segment of this dataset")
-        return sc.read_caption(wav), sc.segment_audio(root, dataset, segment)
+        return sc.segment_caption(root, dataset, segment), sc.segment_audio(root, dataset, segment)
 
     def on_row(dataset, table, evt):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index

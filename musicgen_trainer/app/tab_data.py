@@ -28,11 +28,9 @@ def page_error(app, exc: BaseException):
 
 
 def guarded(app, fn):
-    """``fn`` with the page's error convention: input errors as one-line messages, anything else
-    logged on the server and shown as one line."""
+    """``fn`` with the page's error convention: input errors (ValueError: bad paths, bad options,
+    ``JobBusyError``) as one-line messages, anything else logged on the server and shown as one line."""
     import functools
-
-    from .jobs import JobBusyError  # noqa: F401  (a ValueError: one line like the others)
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):

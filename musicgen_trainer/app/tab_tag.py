@@ -95,7 +95,9 @@ def build_tag_tab(app) -> None:
         return (summary, *proposals_update(dataset))
 
     def on_load():
-        return gr.Dropdown(choices=datasets())
+        # A reloaded page follows a running job again (picking the dataset starts the status ticks).
+        running = stg.running_classifier(root, checkpoints)
+        return gr.Dropdown(choices=datasets(), **({"value": running} if running else {}))
 
     gr.Markdown("Train the genre classifier on a prepared dataset's genre folders, then let it propose genres "
                 "for the tracks in `unknown/`: listen, accept or reject each, and file the accepted ones "

@@ -34,6 +34,15 @@ def chrome(user_data_dir: str):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def open_tab(driver, name: str, timeout: float = 60) -> None:
+    """Click the page's tab ``name`` (the page opens on its first tab, Data)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    tabs = WebDriverWait(driver, timeout).until(
+        lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text.strip() == name])
+    tabs[0].click()
+
+
 def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
     pytest.importorskip("selenium", reason="the browser check needs selenium (requirements-dev.txt)")
     from selenium.webdriver.common.by import By
@@ -52,6 +61,7 @@ def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
     try:
         driver = chrome(profile)  # inside the try: a browser that fails to start still stops the server
         driver.get(url)
+        open_tab(driver, "Generate")
         wait = WebDriverWait(driver, 90)
         prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
         assert "MusicGen" in driver.title

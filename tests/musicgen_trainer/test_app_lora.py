@@ -237,7 +237,7 @@ def test_picking_an_adapter_in_a_browser_sets_its_base_and_generates(checkpoints
     import os
     import tempfile
 
-    from test_app_browser import CHROMEDRIVER, CHROMIUM, chrome
+    from test_app_browser import CHROMEDRIVER, CHROMIUM, chrome, open_tab
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("needs Debian's chromium and chromium-driver (see test_app_browser.py)")
     pytest.importorskip("selenium", reason="the browser check needs selenium (requirements-dev.txt)")
@@ -254,6 +254,7 @@ def test_picking_an_adapter_in_a_browser_sets_its_base_and_generates(checkpoints
     try:
         driver = chrome(profile)
         driver.get(url)
+        open_tab(driver, "Generate")
         wait = WebDriverWait(driver, 90)
         picker = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#adapter input"))
         picker.click()

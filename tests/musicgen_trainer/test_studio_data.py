@@ -185,14 +185,6 @@ def test_the_data_tabs_api_refuses_paths_outside_the_root_with_one_line(served, 
 
 # --- the browser test of the Data, Captions and Tag tabs -------------------------------------------
 
-def _open_tab(driver, name):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-    tab = WebDriverWait(driver, 60).until(
-        lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text.strip() == name])
-    tab[0].click()
-
-
 def _shot(driver, tmp_path, name):
     shot = tmp_path / name
     driver.save_screenshot(str(shot))
@@ -220,6 +212,7 @@ def test_browser_prepare_then_edit_a_caption_then_tag(root, tmp_path):
     """In headless Chromium: prepare the library, edit one caption, train the classifier, accept one
     proposal for unknown/ and apply it. MUSICGEN_STUDIO_SCREENSHOTS=docs/images keeps the screenshots."""
     from test_app_browser import CHROMEDRIVER, CHROMIUM, chrome
+    from test_app_browser import open_tab as _open_tab
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("needs Debian's chromium and chromium-driver (see test_app_browser.py)")
     pytest.importorskip("selenium", reason="the browser check needs selenium (requirements-dev.txt)")

@@ -119,8 +119,11 @@ def test_applying_refuses_unknown_tracks_crafted_paths_and_running_jobs(roots):
     with pytest.raises(OutsideRootError):
         stg.apply_proposals(root, checkpoints, "../outside", ["crafted"])
     folder = checkpoints / "genre-lib-prepared"
+    assert stg.running_classifier(root, checkpoints) is None
     jobs.start_job("tag", [sys.executable, "-c", "import time; time.sleep(30)"], folder)
     try:
+        assert stg.running_classifier(root, checkpoints) == "lib-prepared"  # a reloaded page follows it
+        assert stg.classifier_view(root, checkpoints, "lib-prepared").running
         with pytest.raises(ValueError, match="tag is running"):
             stg.apply_proposals(root, checkpoints, "lib-prepared", ["unknown/mystery 0.wav"])
     finally:
