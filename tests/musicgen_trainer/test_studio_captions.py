@@ -106,8 +106,10 @@ def test_a_linked_sidecar_a_dataset_outside_the_root_and_a_running_prepare_are_r
     with pytest.raises(ValueError, match="not a plain file"):
         sc.set_caption(root, "lib-prepared", "beats/beats 1.wav", "x")
     assert target.read_text() == "keep me"
-    os.symlink(folder, root.parent / "outside" / "elsewhere")
-    for dataset in ("../outside/elsewhere", "/tmp", str(folder)):
+    import shutil
+    shutil.copytree(folder, root.parent / "outside" / "theirs-prepared")  # a dataset outside the root...
+    os.symlink(root.parent / "outside" / "theirs-prepared", root / "link-out")  # ...and a link to it inside
+    for dataset in ("../outside/theirs-prepared", "link-out", "/tmp", str(folder)):
         with pytest.raises(OutsideRootError):
             sc.set_caption(root, dataset, "beats/beats 0.wav", "x")
     with pytest.raises(ValueError, match="at most 500 characters"):
@@ -116,6 +118,8 @@ def test_a_linked_sidecar_a_dataset_outside_the_root_and_a_running_prepare_are_r
     with pytest.raises(ValueError, match="prepare is running"):
         sc.set_caption(root, "lib-prepared", "beats/beats 0.wav", "x")
     assert _caption_files(root, "beats/beats 0.wav")[0] == "Beats music, beats 0"
+    theirs = root.parent / "outside" / "theirs-prepared" / "beats" / "beats 0.txt"
+    assert theirs.read_text() == "Beats music, beats 0"
 
 
 @pytest.fixture
