@@ -162,19 +162,26 @@ def build_demo(app: App):
     from a folder of music to a fine-tune and a comparison (see docs/app.md)."""
     import gradio as gr
 
+    from .tab_captions import build_captions_tab
     from .tab_compare import build_compare_tab
+    from .tab_data import build_data_tab
     from .tab_generate import build_generate_tab
+    from .tab_tag import build_tag_tab
     from .tab_train import build_train_tab
 
     with gr.Blocks(title="MusicGen", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## MusicGen studio: your music in, a fine-tuned MusicGen out")
         with gr.Tabs(elem_id="tabs"):
-            # studio tabs (Data, Captions, Tag, Train) go here, in that order
+            with gr.Tab("Data", id="data", elem_id="tab-data"):
+                build_data_tab(app)
+            with gr.Tab("Captions", id="captions", elem_id="tab-captions"):
+                build_captions_tab(app)
+            with gr.Tab("Tag", id="tag", elem_id="tab-tag"):
+                build_tag_tab(app)
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 build_train_tab(app)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 build_generate_tab(app)
-            # the Compare tab goes here
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 build_compare_tab(app)
     return demo
