@@ -55,6 +55,7 @@ class JobInfo:
     running: bool = False     # from the lock, when read back
     finished: tp.Optional[float] = None
     returncode: tp.Optional[int] = None
+    stop_asked: bool = False  # Stop (SIGINT) reached the job: however it ended, it was stopped
 
     @property
     def state(self) -> str:
@@ -64,6 +65,8 @@ class JobInfo:
             return "running"
         if self.returncode is None:
             return "lost"
+        if self.returncode != 0 and self.stop_asked:
+            return "stopped"  # e.g. stopped while Python was still starting: exit status 1, not 130
         return {0: "done", 130: "stopped", -signal.SIGINT: "stopped"}.get(self.returncode, "failed")
 
 
@@ -91,7 +94,8 @@ def job_status(folder: tp.Union[str, os.PathLike]) -> tp.Optional[JobInfo]:
             return None
         info = JobInfo(kind=str(data["kind"]), folder=str(folder), argv=[str(a) for a in data["argv"]],
                        started=float(data["started"]), pid=int(data.get("pid") or 0), id=str(data.get("id", "")),
-                       finished=data.get("finished"), returncode=data.get("returncode"))
+                       finished=data.get("finished"), returncode=data.get("returncode"),
+                       stop_asked=bool(data.get("stop_asked")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     info.running = _lock_held(folder)
@@ -165,6 +169,10 @@ def stop_job(folder: tp.Union[str, os.PathLike], force: bool = False) -> bool:
     state first); ``force`` kills it instead. Returns whether a running job was signalled."""
     _reap()
     info = job_status(folder)
+    deadline = time.monotonic() + 5.0
+    while info is not None and info.running and info.pid <= 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # just started: the wrapper has not written its pid yet
+        info = job_status(folder)
     if info is None or not info.running or info.pid <= 0:
         return False
     try:
@@ -226,16 +234,21 @@ def _record(folder: Path, job_id: str, **changes) -> None:
 
 def _run_wrapped(folder: Path, job_id: str, argv: tp.List[str]) -> int:
     """The wrapper: run ``argv``, record its exit status in the job file, exit with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Stop is for the command; we stay to record it
+    # Stop is for the command; we stay to record its status. A Stop that comes before the command
+    # exists is remembered and passed on once it does.
+    stop_asked: tp.List[int] = []
+    signal.signal(signal.SIGINT, lambda *_: stop_asked.append(1))
     _record(folder, job_id, pid=os.getpid())
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        if stop_asked:
+            proc.send_signal(signal.SIGINT)
         code = proc.wait()
     except OSError as exc:
         print(f"error: cannot start {argv[0]}: {exc.strerror or exc}", flush=True)
         code = 127
-    _record(folder, job_id, finished=time.time(), returncode=code)
+    _record(folder, job_id, finished=time.time(), returncode=code, stop_asked=bool(stop_asked))
     return code
 
 

@@ -95,3 +95,13 @@ def test_progress_is_read_from_the_jobs_progress_bar(tmp_path):
     assert jobs.wait_job(tmp_path / "p", timeout=60).state == "done"
     assert jobs.progress_of(jobs.read_log(tmp_path / "p")) == (7, 7, "prepare")
     assert jobs.progress_of("no bar here") is None
+
+
+def test_a_stop_right_after_the_start_is_not_lost(tmp_path):
+    """Stop clicked at once: before the wrapper wrote its pid, or before the command exists."""
+    jobs.start_job("sleep", _python("import time; time.sleep(60)"), tmp_path / "s")
+    try:
+        assert jobs.stop_job(tmp_path / "s")
+        assert jobs.wait_job(tmp_path / "s", timeout=30).state == "stopped"
+    finally:
+        jobs.stop_job(tmp_path / "s", force=True)
