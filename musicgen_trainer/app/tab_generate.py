@@ -127,6 +127,8 @@ def build_generate_tab(app) -> None:
     adapter.change(on_adapter, inputs=[adapter, model], outputs=[model, adapter_note], api_visibility="private")
     rescan.click(on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private",
                  concurrency_limit=1, concurrency_id="rescan")
+    # On page load too: a fine-tune exported since the page was built (e.g. by the Train tab) is offered.
+    gr.on(triggers=None, fn=on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private")
     # The adapter comes last, optional ("none"): API scripts written before it still work.
     run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
                                    cfg_coef, seed, midi, adapter],

@@ -251,6 +251,18 @@ def test_browser_train_stop_reattach_resume_then_compare(studio, tmp_path):
         assert (out / "export" / "state_dict.bin").is_file()
         assert str(tmp_path) not in driver.page_source
 
+        # Generate from the new export (it is in the page's model list after the reload)
+        driver.refresh()
+        open_tab(driver, "Generate")
+        pick("model", "fine-tune: browser-run/export (jazz, rock)")
+        set_value("#duration input[type=number]", 1)
+        driver.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys("late night take")
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        WebDriverWait(driver, 180).until(lambda d: any(
+            a.get_attribute("href").endswith(".wav") for a in d.find_elements(By.CSS_SELECTOR, "#output-audio a[download]")))
+        assert "browser-run" in driver.find_element(By.CSS_SELECTOR, "#summary").text or \
+            "late night take" in driver.find_element(By.CSS_SELECTOR, "#summary").text
+
         driver.refresh()
         open_tab(driver, "Compare")
         pick("cmp-model-a", "tiny (random weights, for testing)")
