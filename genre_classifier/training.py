@@ -21,7 +21,7 @@ import numpy as np
 from dataset_tools.atomic import write_json_atomic
 from dataset_tools.cli import option
 
-from .data import DatasetError, Split, check_genres, discover, split_by_track
+from .data import DatasetError, Split, check_genres, discover, genre_counts, split_by_track
 from .evaluation import TrackScores, format_report, score_tracks, write_report
 from .extract import extract_many
 from .features import FeatureSettings
@@ -31,6 +31,7 @@ from .options import RunOptions, existing_dir
 
 log = logging.getLogger("genre_classifier")
 TEMPERATURE_RANGE = (0.1, 10.0)
+CV_FILE = "cv.json"  # the cross-validation report (train --cv), beside classifier.json
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig(RunOptions):
     augment: bool = option(False, "random window positions, gain and time masks")
     calibrate: bool = option(False, "fit a temperature on the validation split so confidences are honest")
     overwrite: bool = option(False, "replace a model already in --out")
+    cv: int = option(0, "K-fold cross-validation grouped by recording, next to a pooled-feature baseline on "
+                        "the same folds; the final model is then trained on everything (0: one split)",
+                     metavar="K")
     features: FeatureSettings = FeatureSettings()
 
     def __post_init__(self):
@@ -78,6 +82,10 @@ class TrainConfig(RunOptions):
                 and self.val_fraction + self.test_fraction <= 0.8):
             raise ValueError("val_fraction and test_fraction must each be between 0 and 1 (exclusive) and "
                              "leave at least 20 % of the tracks for training")
+        if not isinstance(self.cv, int) or isinstance(self.cv, bool) or self.cv == 1 or self.cv < 0:
+            raise ValueError(f"cv must be 0 (one split) or a number of folds >= 2, got {self.cv!r}")
+        if self.cv and self.calibrate:
+            raise ValueError("--calibrate fits on the validation split of one split; it is not available with --cv")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
 
@@ -169,35 +177,43 @@ def _part_tracks(classifier: Classifier, part_files: list, feats: dict) -> list[
     return list(grouped.values())
 
 
-def _fit(keras, model, config: TrainConfig, split: Split, feats: dict, labels: list, val_data) -> tuple:
-    """Train with early stopping; returns (history dict, seconds per epoch, total seconds)."""
+def _fit(keras, model, config: TrainConfig, train_files: list, feats: dict, labels: list, val_data,
+         epochs: int | None = None) -> tuple:
+    """Train on ``train_files``; with ``val_data`` ``(x, y)`` early stopping keeps the best epoch,
+    without it the model trains exactly ``epochs`` epochs. Returns (history dict, seconds per
+    epoch, total seconds)."""
     settings = config.features
+    epochs = epochs or config.epochs
     epoch_seconds: list[float] = []
-    callbacks = [_EpochLog.make(keras, config.epochs, epoch_seconds),
-                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               restore_best_weights=True)]
+    callbacks = [_EpochLog.make(keras, epochs, epoch_seconds)]
+    if val_data is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                       restore_best_weights=True))
     if config.augment:
         from .augment import WindowSampler, make_dataset
-        sampler = WindowSampler([feats[f.path].mfcc for f in split.train],
-                                [labels.index(f.genre) for f in split.train], settings.frames,
+        sampler = WindowSampler([feats[f.path].mfcc for f in train_files],
+                                [labels.index(f.genre) for f in train_files], settings.frames,
                                 settings.n_mels, seed=config.seed)
         fit_args = {"x": make_dataset(keras, sampler, config.batch_size)}
     else:
-        x_train, y_train = _arrays(split.train, feats, labels, settings)
+        x_train, y_train = _arrays(train_files, feats, labels, settings)
         fit_args = {"x": x_train, "y": y_train, "batch_size": config.batch_size, "shuffle": True}
     started = time.perf_counter()
-    history = model.fit(**fit_args, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    history = model.fit(**fit_args, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0)
     return history.history, epoch_seconds, time.perf_counter() - started
 
 
-def train(config: TrainConfig) -> Path:
-    """Train on ``config.data``; returns the model folder (``config.out``)."""
-    settings = config.features
+def _load(config: TrainConfig) -> tuple[list, list, dict, dict, list]:
+    """Discover, check and featurise the dataset: ``(files, labels, feats, sha1, skipped)``;
+    the split's requirements are checked before any feature is extracted."""
     all_files = discover(config.data)
     all_genres = check_genres(all_files, config.data)
     log.info("found %d audio files in %d genre folders: %s", len(all_files), len(all_genres), ", ".join(all_genres))
-    split_by_track(all_files, config.val_fraction, config.test_fraction, config.seed)  # too few tracks: fail now
-
+    if config.cv:
+        from .cross_validation import grouped_folds
+        grouped_folds(all_files, config.cv, config.seed)  # too few recordings: fail now
+    else:
+        split_by_track(all_files, config.val_fraction, config.test_fraction, config.seed)
     feats, sha1, skipped = _extract(config, all_files)
     files = [f for f in all_files if f.path in feats]
     for genre in all_genres:
@@ -205,7 +221,38 @@ def train(config: TrainConfig) -> Path:
             first = next(s["reason"] for s in skipped if s["path"].startswith(genre + "/"))
             raise DatasetError(f"genre '{genre}' has no usable tracks: all its files were skipped "
                                f"(first reason: {first})")
-    labels = check_genres(files, config.data)
+    return files, check_genres(files, config.data), feats, sha1, skipped
+
+
+def format_counts(counts: dict, parts: dict | None = None) -> str:
+    """The per-genre table: source recordings next to segment files and 3 s windows
+    (``parts``: ``{part: {genre: recordings}}`` of the split, when there is one)."""
+    lines = [f"{'genre':<14}{'recordings':>10}{'files':>8}{'windows':>9}" + ("   train/val/test recordings"
+                                                                            if parts else "")]
+    for genre, c in counts.items():
+        split = "   " + "/".join(str(parts[p].get(genre, 0)) for p in ("train", "val", "test")) if parts else ""
+        lines.append(f"{genre:<14}{c['recordings']:>10}{c['files']:>8}{c.get('windows', 0):>9}{split}")
+    return "\n".join(lines)
+
+
+def _save_folder(config: TrainConfig) -> Path:
+    """``config.out``, emptied of a previous model's files when ``overwrite``."""
+    out = config.out
+    if config.overwrite and out.exists():
+        for name in (INFO_FILE, MODEL_FILE, SPLIT_FILE, CV_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(config: TrainConfig) -> Path:
+    """Train on ``config.data``; returns the model folder (``config.out``)."""
+    settings = config.features
+    files, labels, feats, sha1, skipped = _load(config)
+    if config.cv:
+        from .cross_validation import train_cv
+        return train_cv(config, files, labels, feats, sha1, skipped)
     split = split_by_track(files, config.val_fraction, config.test_fraction, config.seed)
 
     from .model import build_model, compile_model, import_keras
@@ -215,10 +262,16 @@ def train(config: TrainConfig) -> Path:
     counts = {part: {"tracks": len({f.track for f in fs}), "files": len(fs)} for part, fs in split.parts().items()}
     counts["train"]["segments"] = sum(len(feats[f.path].windows(settings)) for f in split.train)
     counts["val"]["segments"] = len(y_val)
-    log.info("split by track: %s", ", ".join(f"{p} {c['tracks']} tracks" for p, c in counts.items()))
+    log.info("split by recording: %s", ", ".join(f"{p} {c['tracks']} recordings" for p, c in counts.items()))
+    windows = {f.path: len(feats[f.path].windows(settings)) for f in files}
+    counts["genres"] = genre_counts(files, windows)
+    per_part = {part: {g: c["recordings"] for g, c in genre_counts(fs).items()} for part, fs in split.parts().items()}
+    for genre, c in counts["genres"].items():
+        c.update({part: per_part[part].get(genre, 0) for part in per_part})
+    log.info("%s", format_counts(counts["genres"], per_part))
     model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
                           config.learning_rate, config.weight_decay)
-    history, epoch_seconds, train_seconds = _fit(keras, model, config, split, feats, labels, (x_val, y_val))
+    history, epoch_seconds, train_seconds = _fit(keras, model, config, split.train, feats, labels, (x_val, y_val))
 
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
     if config.calibrate:
@@ -238,12 +291,7 @@ def train(config: TrainConfig) -> Path:
         metrics["test"]["ece_uncalibrated"] = score_tracks(_part_tracks(raw, split.test, feats), labels)["track"]["ece"]
     report.update(data=str(config.data), split="test", skipped=skipped)
 
-    out = config.out
-    if config.overwrite and out.exists():
-        for name in (INFO_FILE, MODEL_FILE, SPLIT_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _save_folder(config)
     write_json_atomic(out / SPLIT_FILE, _split_json(split, sha1, config.seed))
     write_report(report, out / REPORT_DIR, f"{config.data.name} test split - {config.head}")
     val_losses = history["val_loss"]
