@@ -136,9 +136,9 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
     from .baseline import PooledBaseline, pooled_many
     from .data import genre_counts
     from .extract import default_workers
-    from .model import build_model, compile_model, import_keras
+    from .model import import_keras
     from .model_folder import REPORT_DIR, SPLIT_FILE, Classifier
-    from .training import CV_FILE, _arrays, _fit, _part_tracks, _save_folder, _split_json, format_counts
+    from .training import CV_FILE, _arrays, _fit, _part_tracks, _save_folder, _split_json, format_counts, new_model
 
     settings, k = config.features, config.cv
     folds = grouped_folds(files, k, config.seed)
@@ -161,8 +161,7 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
                  len({f.track for f in train_part}), len({f.track for f in val_part}), len(test_keys))
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.seed + i)
-        model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
-                              config.learning_rate, config.weight_decay)
+        model = new_model(config, len(labels))
         history, _, _ = _fit(keras, model, config, train_part, feats, labels,
                              _arrays(val_part, feats, labels, settings))
         best_epochs.append(int(np.argmin(history["val_loss"])) + 1)
@@ -191,8 +190,7 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
     log.info("final model: every recording, %d epochs (the median best epoch of the folds)", final_epochs)
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
-    model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
-                          config.learning_rate, config.weight_decay)
+    model = new_model(config, len(labels))
     history, epoch_seconds, train_seconds = _fit(keras, model, config, files, feats, labels, None, epochs=final_epochs)
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
 

@@ -203,6 +203,14 @@ def _fit(keras, model, config: TrainConfig, train_files: list, feats: dict, labe
     return history.history, epoch_seconds, time.perf_counter() - started
 
 
+def new_model(config: TrainConfig, n_labels: int):
+    """A compiled, untrained model for ``config``."""
+    from .model import build_model, compile_model
+    settings = config.features
+    return compile_model(build_model(settings.frames, settings.n_mfcc, n_labels, config.head),
+                         config.learning_rate, config.weight_decay)
+
+
 def _load(config: TrainConfig) -> tuple[list, list, dict, dict, list]:
     """Discover, check and featurise the dataset: ``(files, labels, feats, sha1, skipped)``;
     the split's requirements are checked before any feature is extracted."""
@@ -255,7 +263,7 @@ def train(config: TrainConfig) -> Path:
         return train_cv(config, files, labels, feats, sha1, skipped)
     split = split_by_track(files, config.val_fraction, config.test_fraction, config.seed)
 
-    from .model import build_model, compile_model, import_keras
+    from .model import import_keras
     keras = import_keras()
     keras.utils.set_random_seed(config.seed)
     x_val, y_val = _arrays(split.val, feats, labels, settings)
@@ -269,8 +277,7 @@ def train(config: TrainConfig) -> Path:
     for genre, c in counts["genres"].items():
         c.update({part: per_part[part].get(genre, 0) for part in per_part})
     log.info("%s", format_counts(counts["genres"], per_part))
-    model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
-                          config.learning_rate, config.weight_decay)
+    model = new_model(config, len(labels))
     history, epoch_seconds, train_seconds = _fit(keras, model, config, split.train, feats, labels, (x_val, y_val))
 
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
