@@ -138,7 +138,8 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
     from .extract import default_workers
     from .model import import_keras
     from .model_folder import REPORT_DIR, SPLIT_FILE, Classifier
-    from .training import CV_FILE, _arrays, _fit, _part_tracks, _save_folder, _split_json, format_counts, new_model
+    from .fitting import (CV_FILE, fit, format_counts, new_model, part_tracks, prepare_out, split_json,
+                          window_arrays)
 
     settings, k = config.features, config.cv
     folds = grouped_folds(files, k, config.seed)
@@ -162,10 +163,10 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.seed + i)
         model = new_model(config, len(labels))
-        history, _, _ = _fit(keras, model, config, train_part, feats, labels,
-                             _arrays(val_part, feats, labels, settings))
+        history, _, _ = fit(keras, model, config, train_part, feats, labels,
+                             window_arrays(val_part, feats, labels, settings))
         best_epochs.append(int(np.argmin(history["val_loss"])) + 1)
-        fold_cnn = _part_tracks(Classifier(keras_model=model, labels=labels, settings=settings), test, feats)
+        fold_cnn = part_tracks(Classifier(keras_model=model, labels=labels, settings=settings), test, feats)
         fit_files = train_part + val_part  # the baseline needs no early stopping: it uses the whole training part
         baseline = PooledBaseline(len(labels), seed=config.seed).fit(
             np.concatenate([pooled[f.path] for f in fit_files]),
@@ -191,11 +192,11 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     model = new_model(config, len(labels))
-    history, epoch_seconds, train_seconds = _fit(keras, model, config, files, feats, labels, None, epochs=final_epochs)
+    history, epoch_seconds, train_seconds = fit(keras, model, config, files, feats, labels, None, epochs=final_epochs)
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
 
-    out = _save_folder(config)
-    write_json_atomic(out / SPLIT_FILE, _split_json(Split(train=list(files)), sha1, config.seed))
+    out = prepare_out(config)
+    write_json_atomic(out / SPLIT_FILE, split_json(Split(train=list(files)), sha1, config.seed))
     write_json_atomic(out / CV_FILE, report)
     oof = score_tracks(cnn_tracks, labels)  # the CNN's out-of-fold predictions: every recording once
     oof.update(data=str(config.data), split=f"{k}-fold cross-validation (out of fold)", skipped=skipped)

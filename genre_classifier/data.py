@@ -11,7 +11,6 @@ each file its own track, with a loud warning.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -21,8 +20,9 @@ import numpy as np
 
 from dataset_tools.dataset_format import AUDIO_EXTENSIONS, UNKNOWN_GENRE_DIRS
 
+from .grouping import MANIFEST, group_recordings, read_manifest  # noqa: F401 (MANIFEST, read_manifest: re-exported)
+
 log = logging.getLogger("genre_classifier")
-MANIFEST = "manifest.jsonl"
 
 
 class DatasetError(ValueError):
@@ -65,31 +65,11 @@ def list_audio_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def read_manifest(root: Path) -> dict[str, dict]:
-    """``{relative path: manifest entry}`` from ``root/manifest.jsonl``; {} when there is none."""
-    file = Path(root) / MANIFEST
-    if not file.is_file():
-        return {}
-    entries, bad = {}, 0
-    for line in file.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            entries[str(entry["path"])] = entry
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-    if bad:
-        log.warning("warning: %d unreadable line(s) in %s were ignored", bad, file)
-    return entries
-
-
 def discover(root) -> list[LabelledFile]:
     """Every audio file in the genre folders of ``root`` (``unknown/`` excluded)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    from .grouping import group_recordings
     found = []
     for genre_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         name = genre_dir.name

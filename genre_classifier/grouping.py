@@ -15,13 +15,16 @@ test "tracks" were segments of training tracks). The recording of a file is foun
 """
 from __future__ import annotations
 
+import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_tools.files import SEGMENT_SEPARATOR
 
-from .data import MANIFEST, read_manifest
+log = logging.getLogger("genre_classifier")
+MANIFEST = "manifest.jsonl"
 _SEGMENT_NAME = re.compile(rf"^(?P<base>.+?){re.escape(SEGMENT_SEPARATOR)}\d{{3,}}$")
 
 
@@ -60,6 +63,25 @@ class Grouping:
                 f"is BY FILE. If these files are pieces cut from longer recordings, pieces of one recording "
                 f"can land in training and test and the accuracy will be overstated: train on the prepared "
                 f"folder with its {MANIFEST}, or keep prepare's file names")
+
+
+def read_manifest(root: Path) -> dict[str, dict]:
+    """``{relative path: manifest entry}`` from ``root/manifest.jsonl``; {} when there is none."""
+    file = Path(root) / MANIFEST
+    if not file.is_file():
+        return {}
+    entries, bad = {}, 0
+    for line in file.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries[str(entry["path"])] = entry
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+    if bad:
+        log.warning("warning: %d unreadable line(s) in %s were ignored", bad, file)
+    return entries
 
 
 def _read_sources(manifest: Path) -> dict[str, str]:

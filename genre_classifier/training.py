@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -21,17 +20,18 @@ import numpy as np
 from dataset_tools.atomic import write_json_atomic
 from dataset_tools.cli import option
 
-from .data import DatasetError, Split, check_genres, discover, genre_counts, split_by_track
-from .evaluation import TrackScores, format_report, score_tracks, write_report
+from .data import DatasetError, check_genres, discover, genre_counts, split_by_track
+from .evaluation import format_report, score_tracks, write_report
 from .extract import extract_many
 from .features import FeatureSettings
+from .fitting import (fit, format_counts, new_model, part_tracks, prepare_out, split_json,
+                      window_arrays)
 from .model import HEADS
 from .model_folder import INFO_FILE, MODEL_FILE, REPORT_DIR, SPLIT_FILE, Classifier
 from .options import RunOptions, existing_dir
 
 log = logging.getLogger("genre_classifier")
 TEMPERATURE_RANGE = (0.1, 10.0)
-CV_FILE = "cv.json"  # the cross-validation report (train --cv), beside classifier.json
 
 
 @dataclass
@@ -106,43 +106,6 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
-def _arrays(files, feats, labels, settings):
-    """Stack the fixed-grid windows of ``files``: ``x`` [n, frames, n_mfcc, 1], ``y`` [n]."""
-    index = {g: i for i, g in enumerate(labels)}
-    xs = [feats[f.path].windows(settings) for f in files]
-    y = np.concatenate([[index[f.genre]] * len(w) for f, w in zip(files, xs)]).astype(np.int64)
-    return np.concatenate(xs)[..., None], y
-
-
-def _split_json(split: Split, sha1: dict, seed: int) -> dict:
-    out = {"seed": seed}
-    for part, files in split.parts().items():
-        tracks: dict[str, dict] = {}
-        for f in files:
-            entry = tracks.setdefault(f.track, {"track": f.track, "genre": f.genre, "files": []})
-            entry["files"].append({"path": f.rel, "sha1": sha1[f.path]})
-        out[part] = list(tracks.values())
-    return out
-
-
-class _EpochLog:
-    """Keras callback factory: logs one line per epoch and records its wall time."""
-
-    @staticmethod
-    def make(keras, epochs: int, seconds: list):
-        class EpochLog(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                seconds.append(time.perf_counter() - self.start)
-                logs = logs or {}
-                log.info("epoch %3d/%d  loss %.3f  acc %.3f  val_loss %.3f  val_acc %.3f  (%.1f s)",
-                         epoch + 1, epochs, logs.get("loss", np.nan), logs.get("accuracy", np.nan),
-                         logs.get("val_loss", np.nan), logs.get("val_accuracy", np.nan), seconds[-1])
-        return EpochLog()
-
-
 def _extract(config: TrainConfig, all_files: list) -> tuple[dict, dict, list]:
     """Features of every file: ``({path: TrackFeatures}, {path: sha1}, [skipped {path, reason}])``."""
     feats, sha1, skipped = {}, {}, []
@@ -159,56 +122,6 @@ def _extract(config: TrainConfig, all_files: list) -> tuple[dict, dict, list]:
     log.info("features: %d files (%d from the cache), %d skipped, %.1f s", len(feats), cached, len(skipped),
              time.perf_counter() - started)
     return feats, sha1, skipped
-
-
-def _part_tracks(classifier: Classifier, part_files: list, feats: dict) -> list[TrackScores]:
-    """Window probabilities of each track of one split part (one batched prediction)."""
-    windows = [feats[f.path].windows(classifier.settings) for f in part_files]
-    probs = classifier.predict_windows(np.concatenate(windows)) if windows else None
-    grouped: dict[str, TrackScores] = {}
-    offset = 0
-    for f, w in zip(part_files, windows):
-        t = grouped.setdefault(f.track, TrackScores(f.track, f.genre, [], []))
-        t.files.append(f.rel)
-        t.segment_probs.append(probs[offset:offset + len(w)])
-        offset += len(w)
-    for t in grouped.values():
-        t.segment_probs = np.concatenate(t.segment_probs)
-    return list(grouped.values())
-
-
-def _fit(keras, model, config: TrainConfig, train_files: list, feats: dict, labels: list, val_data,
-         epochs: int | None = None) -> tuple:
-    """Train on ``train_files``; with ``val_data`` ``(x, y)`` early stopping keeps the best epoch,
-    without it the model trains exactly ``epochs`` epochs. Returns (history dict, seconds per
-    epoch, total seconds)."""
-    settings = config.features
-    epochs = epochs or config.epochs
-    epoch_seconds: list[float] = []
-    callbacks = [_EpochLog.make(keras, epochs, epoch_seconds)]
-    if val_data is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                                       restore_best_weights=True))
-    if config.augment:
-        from .augment import WindowSampler, make_dataset
-        sampler = WindowSampler([feats[f.path].mfcc for f in train_files],
-                                [labels.index(f.genre) for f in train_files], settings.frames,
-                                settings.n_mels, seed=config.seed)
-        fit_args = {"x": make_dataset(keras, sampler, config.batch_size)}
-    else:
-        x_train, y_train = _arrays(train_files, feats, labels, settings)
-        fit_args = {"x": x_train, "y": y_train, "batch_size": config.batch_size, "shuffle": True}
-    started = time.perf_counter()
-    history = model.fit(**fit_args, validation_data=val_data, epochs=epochs, callbacks=callbacks, verbose=0)
-    return history.history, epoch_seconds, time.perf_counter() - started
-
-
-def new_model(config: TrainConfig, n_labels: int):
-    """A compiled, untrained model for ``config``."""
-    from .model import build_model, compile_model
-    settings = config.features
-    return compile_model(build_model(settings.frames, settings.n_mfcc, n_labels, config.head),
-                         config.learning_rate, config.weight_decay)
 
 
 def _load(config: TrainConfig) -> tuple[list, list, dict, dict, list]:
@@ -232,28 +145,6 @@ def _load(config: TrainConfig) -> tuple[list, list, dict, dict, list]:
     return files, check_genres(files, config.data), feats, sha1, skipped
 
 
-def format_counts(counts: dict, parts: dict | None = None) -> str:
-    """The per-genre table: source recordings next to segment files and 3 s windows
-    (``parts``: ``{part: {genre: recordings}}`` of the split, when there is one)."""
-    lines = [f"{'genre':<14}{'recordings':>10}{'files':>8}{'windows':>9}" + ("   train/val/test recordings"
-                                                                            if parts else "")]
-    for genre, c in counts.items():
-        split = "   " + "/".join(str(parts[p].get(genre, 0)) for p in ("train", "val", "test")) if parts else ""
-        lines.append(f"{genre:<14}{c['recordings']:>10}{c['files']:>8}{c.get('windows', 0):>9}{split}")
-    return "\n".join(lines)
-
-
-def _save_folder(config: TrainConfig) -> Path:
-    """``config.out``, emptied of a previous model's files when ``overwrite``."""
-    out = config.out
-    if config.overwrite and out.exists():
-        for name in (INFO_FILE, MODEL_FILE, SPLIT_FILE, CV_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def train(config: TrainConfig) -> Path:
     """Train on ``config.data``; returns the model folder (``config.out``)."""
     settings = config.features
@@ -266,7 +157,7 @@ def train(config: TrainConfig) -> Path:
     from .model import import_keras
     keras = import_keras()
     keras.utils.set_random_seed(config.seed)
-    x_val, y_val = _arrays(split.val, feats, labels, settings)
+    x_val, y_val = window_arrays(split.val, feats, labels, settings)
     counts = {part: {"tracks": len({f.track for f in fs}), "files": len(fs)} for part, fs in split.parts().items()}
     counts["train"]["segments"] = sum(len(feats[f.path].windows(settings)) for f in split.train)
     counts["val"]["segments"] = len(y_val)
@@ -278,7 +169,7 @@ def train(config: TrainConfig) -> Path:
         c.update({part: per_part[part].get(genre, 0) for part in per_part})
     log.info("%s", format_counts(counts["genres"], per_part))
     model = new_model(config, len(labels))
-    history, epoch_seconds, train_seconds = _fit(keras, model, config, split.train, feats, labels, (x_val, y_val))
+    history, epoch_seconds, train_seconds = fit(keras, model, config, split.train, feats, labels, (x_val, y_val))
 
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
     if config.calibrate:
@@ -287,19 +178,19 @@ def train(config: TrainConfig) -> Path:
         if np.isclose(classifier.temperature, TEMPERATURE_RANGE).any():
             log.warning("warning: the temperature hit its bound %.2f: the validation split is too small or too "
                         "easy to calibrate on; treat confidences with care", classifier.temperature)
-    report = score_tracks(_part_tracks(classifier, split.test, feats), labels)  # the test split, scored once
+    report = score_tracks(part_tracks(classifier, split.test, feats), labels)  # the test split, scored once
     metrics = {}
-    for part, rep in (("val", score_tracks(_part_tracks(classifier, split.val, feats), labels)), ("test", report)):
+    for part, rep in (("val", score_tracks(part_tracks(classifier, split.val, feats), labels)), ("test", report)):
         metrics[part] = {"track_accuracy": rep["track"]["accuracy"], "segment_accuracy": rep["segment"]["accuracy"],
                          "macro_f1": rep["track"]["macro_f1"], "ece": rep["track"]["ece"],
                          "tracks": rep["track"]["count"]}
     if config.calibrate:  # keep the uncalibrated error too, so calibration's effect is visible
         raw = Classifier(keras_model=model, labels=labels, settings=settings)
-        metrics["test"]["ece_uncalibrated"] = score_tracks(_part_tracks(raw, split.test, feats), labels)["track"]["ece"]
+        metrics["test"]["ece_uncalibrated"] = score_tracks(part_tracks(raw, split.test, feats), labels)["track"]["ece"]
     report.update(data=str(config.data), split="test", skipped=skipped)
 
-    out = _save_folder(config)
-    write_json_atomic(out / SPLIT_FILE, _split_json(split, sha1, config.seed))
+    out = prepare_out(config)
+    write_json_atomic(out / SPLIT_FILE, split_json(split, sha1, config.seed))
     write_report(report, out / REPORT_DIR, f"{config.data.name} test split - {config.head}")
     val_losses = history["val_loss"]
     training = {
