@@ -103,3 +103,15 @@ def test_train_refuses_it_in_one_line_with_exit_2(tmp_path, capsys):
     assert status == 2
     assert err[-1].startswith("error: genre 'jazz' has only 3 recording") and "--cv K" in err[-1]
     assert not (tmp_path / "m").exists()  # refused before any work
+
+
+def test_evaluate_warns_about_a_genre_with_one_held_out_recording(trained_model, tmp_path, caplog):
+    from gc_helpers import write_wav
+    from genre_classifier.evaluation import EvaluateConfig, evaluate
+    write_wav(tmp_path / "other" / "drone" / "d.wav", 4.0, genre="drone", seed=71)
+    for i in range(2):
+        write_wav(tmp_path / "other" / "beats" / f"b{i}.wav", 4.0, genre="beats", seed=72 + i)
+    with caplog.at_level(logging.WARNING, logger="genre_classifier"):
+        evaluate(EvaluateConfig(data=tmp_path / "other", model=trained_model, out=tmp_path / "eval", progress=False))
+    assert "genre 'drone' has only 1 held-out recording" in caplog.text
+    assert "genre 'beats'" not in caplog.text
