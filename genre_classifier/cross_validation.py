@@ -136,10 +136,10 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
     from .baseline import PooledBaseline, pooled_many
     from .data import genre_counts
     from .extract import default_workers
-    from .model import import_keras
-    from .model_folder import REPORT_DIR, SPLIT_FILE, Classifier
     from .fitting import (CV_FILE, fit, format_counts, new_model, part_tracks, prepare_out, split_json,
                           window_arrays)
+    from .model import import_keras
+    from .model_folder import REPORT_DIR, SPLIT_FILE, Classifier
 
     settings, k = config.features, config.cv
     folds = grouped_folds(files, k, config.seed)
@@ -163,9 +163,11 @@ def train_cv(config, files: list[LabelledFile], labels: list[str], feats: dict, 
         keras.backend.clear_session()
         keras.utils.set_random_seed(config.seed + i)
         model = new_model(config, len(labels))
-        history, _, _ = fit(keras, model, config, train_part, feats, labels,
-                             window_arrays(val_part, feats, labels, settings))
-        best_epochs.append(int(np.argmin(history["val_loss"])) + 1)
+        # No validation recording is left when every genre has one recording in the training part
+        # (e.g. 2 per genre, 2 folds): the fold then trains the full --epochs.
+        val_data = window_arrays(val_part, feats, labels, settings) if val_part else None
+        history, _, _ = fit(keras, model, config, train_part, feats, labels, val_data)
+        best_epochs.append(int(np.argmin(history["val_loss"])) + 1 if val_part else config.epochs)
         fold_cnn = part_tracks(Classifier(keras_model=model, labels=labels, settings=settings), test, feats)
         fit_files = train_part + val_part  # the baseline needs no early stopping: it uses the whole training part
         baseline = PooledBaseline(len(labels), seed=config.seed).fit(

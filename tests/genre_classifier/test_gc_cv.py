@@ -84,3 +84,15 @@ def test_cv_report_has_the_baseline_on_the_same_folds(tmp_path, caplog):
     from genre_classifier.model_folder import load_classifier
     probs = load_classifier(out).predict_windows(np.zeros((1, 130, 13, 1), np.float32))
     assert probs.shape == (1, 2)
+
+
+def test_cv_with_no_validation_recording_left_trains_the_full_epochs(tmp_path):
+    """2 recordings per genre, 2 folds: each fold's training part has one recording per genre and
+    none to validate on."""
+    from genre_classifier.toy import make_toy_dataset
+    from genre_classifier.training import TrainConfig, train
+    make_toy_dataset(tmp_path / "data", genres=("drone", "beats"), tracks_per_genre=2, seconds=(3.5, 4.0), seed=6)
+    out = train(TrainConfig(data=tmp_path / "data", out=tmp_path / "m", cv=2, epochs=2, batch_size=8,
+                            workers=1, progress=False))
+    cv = json.loads((out / "cv.json").read_text())
+    assert cv["recordings"] == 4 and [f["best_epoch"] for f in cv["models"][0]["folds"]] == [2, 2]
