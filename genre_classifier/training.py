@@ -4,7 +4,8 @@ Order of work, and why: features are extracted (cached, in parallel) before the 
 genre whose files are all unreadable is reported by name instead of failing later; the split
 is by track, stratified and seeded; early stopping watches the validation loss and keeps the
 best weights; the test split is scored only once, at the end, and its report is saved with
-the model so the figures a user sees are honest.
+the model so the figures a user sees are honest. With ``cv`` (``--cv K``),
+`cross_validation.train_cv` replaces the single split once the features are extracted.
 """
 from __future__ import annotations
 
