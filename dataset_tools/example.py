@@ -61,6 +61,9 @@ class ExampleOptions:
     audio_format: str = option("flac", "file format; mid writes MIDI only (prepare renders it)",
                                choices=FORMATS, aliases=("--format",))
     soundfont: str | None = option(None, "General MIDI soundfont (default: found on the system)", metavar="SF2")
+    instrument: int | None = option(None, "play every genre on this General MIDI program (0-127) instead of its "
+                                    "own: a harder library where only the music tells the genres apart",
+                                    metavar="PROGRAM")
     workers: int | None = option(None, "worker processes (default: all cores)", metavar="N")
     force: bool = option(False, "rebuild even if OUT already holds this exact example")
     progress: bool = option(True, "show a progress bar")
@@ -75,6 +78,8 @@ class ExampleOptions:
         self.audio_format = str(self.audio_format).lower().lstrip(".")
         if self.audio_format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.audio_format}")
+        if self.instrument is not None and (not isinstance(self.instrument, int) or not 0 <= self.instrument <= 127):
+            raise ValueError(f"instrument must be a General MIDI program between 0 and 127, got {self.instrument}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ValueError(f"workers must be a whole number >= 1, got {self.workers}")
 
@@ -142,6 +147,7 @@ def _make_piece(slot: _Slot) -> dict:
     from .midi_render import MidiError, read_midi, render_midi, sanitize_midi
     from .segments import SILENCE_DB, trim_silence
     opts, spec = slot.options, GENRES[slot.genre]
+    program = spec.program if opts.instrument is None else opts.instrument
     last_reason = "no candidate pieces in the music21 corpus"
     for rel in slot.candidates:
         try:
@@ -157,7 +163,7 @@ def _make_piece(slot: _Slot) -> dict:
                 target = Path(slot.out) / slot.folder / f"{safe_name(name)}.{opts.audio_format}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if opts.audio_format == "mid":
-                    clean, summary = sanitize_midi(read_midi(midi_path), force_program=spec.program,
+                    clean, summary = sanitize_midi(read_midi(midi_path), force_program=program,
                                                    max_seconds=opts.max_seconds)
                     if summary.notes == 0:
                         raise MidiError("MIDI has no notes")
@@ -167,7 +173,7 @@ def _make_piece(slot: _Slot) -> dict:
                     seconds = summary.last_note_end
                 else:
                     audio, rate, _ = render_midi(midi_path, SAMPLE_RATE, slot.soundfont,
-                                                 force_program=spec.program, max_seconds=opts.max_seconds)
+                                                 force_program=program, max_seconds=opts.max_seconds)
                     start, end = trim_silence(audio, SILENCE_DB)
                     audio = audio[:, start:end]
                     part = Path(tmp) / f"out.{opts.audio_format}"

@@ -3,13 +3,14 @@
 Layout: ``DATA/<genre>/**/<file>.<audio ext>``; folders named like ``unknown/`` (see
 ``UNKNOWN_GENRE_DIRS``) and hidden folders are not genres and are ignored. A dataset written by
 ``dataset_tools prepare`` has ``DATA/manifest.jsonl``; its ``source`` field names the original
-track each 30 s segment was cut from, and all segments of one source form one *track*, so the
-split never puts pieces of one recording on both sides (which would inflate the accuracy).
-Without a manifest, each file is its own track.
+track each 30 s segment was cut from, and all segments of one source form one *track* (a
+recording), so the split never puts pieces of one recording on both sides (which would inflate
+the accuracy). The manifest is also found in a parent or sub-folder, and without one prepare's
+segment names (``name__000.wav``) group the files; see `grouping`. Only when neither works is
+each file its own track, with a loud warning.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ import numpy as np
 
 from dataset_tools.dataset_format import AUDIO_EXTENSIONS, UNKNOWN_GENRE_DIRS
 
+from .grouping import MANIFEST, group_recordings, read_manifest  # noqa: F401 (MANIFEST, read_manifest: re-exported)
+
 log = logging.getLogger("genre_classifier")
-MANIFEST = "manifest.jsonl"
 
 
 class DatasetError(ValueError):
@@ -63,41 +65,24 @@ def list_audio_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def read_manifest(root: Path) -> dict[str, dict]:
-    """``{relative path: manifest entry}`` from ``root/manifest.jsonl``; {} when there is none."""
-    file = Path(root) / MANIFEST
-    if not file.is_file():
-        return {}
-    entries, bad = {}, 0
-    for line in file.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            entries[str(entry["path"])] = entry
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-    if bad:
-        log.warning("warning: %d unreadable line(s) in %s were ignored", bad, file)
-    return entries
-
-
 def discover(root) -> list[LabelledFile]:
     """Every audio file in the genre folders of ``root`` (``unknown/`` excluded)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
-    manifest = read_manifest(root)
-    files = []
+    found = []
     for genre_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         name = genre_dir.name
         if name.startswith(".") or name.lower() in UNKNOWN_GENRE_DIRS:
             continue
-        for path in list_audio_files(genre_dir):
-            rel = path.relative_to(root).as_posix()
-            source = (manifest.get(rel) or {}).get("source")
-            files.append(LabelledFile(path=path, rel=rel, genre=name,
-                                      track=f"source:{source}" if source else f"file:{rel}"))
+        found += [(path, name) for path in list_audio_files(genre_dir)]
+    grouping = group_recordings(root, [path for path, _ in found])
+    files = [LabelledFile(path=path, rel=path.relative_to(root).as_posix(), genre=genre, track=key)
+             for (path, genre), key in zip(found, grouping.keys)]
+    if files:
+        log.info("recordings: %s", grouping.describe())
+        if grouping.warning(root):
+            log.warning("%s", grouping.warning(root))
     stray = [p.name for p in root.iterdir() if p.is_file() and is_audio(p)]
     if stray:
         log.warning("warning: %d audio file(s) directly in %s have no genre folder and are ignored",
@@ -117,39 +102,67 @@ def check_genres(files: list[LabelledFile], root) -> list[str]:
     return genres
 
 
+MIN_TEST_RECORDINGS = 2  # an accuracy measured on one recording of a genre is 0 % or 100 %, not a figure
+
+
 def split_by_track(files: list[LabelledFile], val_fraction: float = 0.15, test_fraction: float = 0.15,
                    seed: int = 0) -> Split:
-    """Stratified, seeded split by track.
+    """Stratified, seeded split by track (recording).
 
-    Within each genre, tracks are shuffled with ``seed`` and ``round(n * fraction)`` (at least
-    one when the fraction is > 0) go to test and to validation; the rest train. Every file of a
-    track follows its track. Raises DatasetError naming the genre when a genre has too few
-    tracks to give each part one.
+    Within each genre, tracks are shuffled with ``seed``; ``round(n * test_fraction)`` of them, and
+    at least ``MIN_TEST_RECORDINGS``, go to test, ``round(n * val_fraction)`` (at least one) to
+    validation; the rest train. Every file of a track follows its track. Raises DatasetError
+    naming the genre, with the reason, when a genre has too few tracks for that.
     """
     tracks: dict[str, list[LabelledFile]] = defaultdict(list)
     for f in files:
         tracks[f.track].append(f)
-    by_genre: dict[str, list[str]] = defaultdict(list)
-    for key, members in tracks.items():
-        # A track's files normally share a genre folder; if not, the majority decides its stratum.
-        genre = Counter(m.genre for m in members).most_common(1)[0][0]
-        by_genre[genre].append(key)
+    by_genre = tracks_by_genre(tracks)
     rng = np.random.default_rng(seed)
     split = Split()
     for genre in sorted(by_genre):
         keys = sorted(by_genre[genre])
         rng.shuffle(keys)
         n = len(keys)
-        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+        n_test = max(MIN_TEST_RECORDINGS, round(n * test_fraction)) if test_fraction > 0 else 0
         n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
         if n - n_test - n_val < 1:
-            need = 1 + (test_fraction > 0) + (val_fraction > 0)
+            need = 1 + n_test + n_val
             raise DatasetError(
-                f"genre '{genre}' has only {n} usable track(s); splitting by track needs at least "
-                f"{need} (one each for training, validation and test). Add tracks to '{genre}/' or "
-                f"move that folder out of the dataset")
+                f"genre '{genre}' has only {n} recording(s) (usable tracks); the split needs at least {need}: "
+                f"{n_test} for the test (an accuracy on fewer than {MIN_TEST_RECORDINGS} recordings of a genre "
+                f"is 0 % or 100 %, not a figure), {n_val} for validation and 1 for training. Add recordings "
+                f"to '{genre}/' or move that folder out of the dataset"
+                + ("; or score every recording once with --cv K" if n >= 3 else ""))
         parts = (("test", keys[:n_test]), ("val", keys[n_test:n_test + n_val]), ("train", keys[n_test + n_val:]))
         for part, chosen in parts:
             for key in chosen:
                 getattr(split, part).extend(sorted(tracks[key], key=lambda f: f.rel))
     return split
+
+
+def tracks_by_genre(tracks: dict[str, list[LabelledFile]]) -> dict[str, list[str]]:
+    """``{genre: [track keys]}``; a track whose files sit in several genre folders counts for the
+    genre of most of them."""
+    by_genre: dict[str, list[str]] = defaultdict(list)
+    for key, members in tracks.items():
+        by_genre[Counter(m.genre for m in members).most_common(1)[0][0]].append(key)
+    return by_genre
+
+
+def genre_counts(files: list[LabelledFile], windows: dict | None = None) -> dict[str, dict]:
+    """``{genre: {"recordings", "files", "windows"?}}``: how many source recordings stand behind
+    each genre's files (``windows``: ``{path: number of 3 s windows}`` when known)."""
+    counts: dict[str, dict] = {}
+    for f in files:
+        c = counts.setdefault(f.genre, {"recordings": set(), "files": 0, "windows": 0})
+        c["recordings"].add(f.track)
+        c["files"] += 1
+        if windows is not None:
+            c["windows"] += windows.get(f.path, 0)
+    out = {}
+    for genre, c in sorted(counts.items()):
+        out[genre] = {"recordings": len(c["recordings"]), "files": c["files"]}
+        if windows is not None:
+            out[genre]["windows"] = c["windows"]
+    return out

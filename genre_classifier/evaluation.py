@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,10 @@ def evaluate(config: EvaluateConfig) -> dict:
     if not tracks:
         raise ValueError(f"no held-out tracks left to evaluate in {config.data} (all were used in training"
                          f"{' or skipped' if skipped else ''}); pass --include-training-tracks to score them anyway")
+    per_genre = Counter(t.genre for t in tracks)
+    for genre in sorted(g for g, n in per_genre.items() if n < 2):
+        log.warning("warning: genre '%s' has only %d held-out recording here: its per-genre figures are 0 %% or "
+                    "100 %%, not a measurement", genre, per_genre[genre])
     report = score_tracks(tracks, classifier.labels)
     report.update(data=str(config.data), model=str(config.model), excluded_training_tracks=excluded,
                   skipped=skipped)

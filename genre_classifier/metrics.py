@@ -104,3 +104,18 @@ def plot_confusion(matrix, labels: Sequence[str], path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95 % for z = 1.96) of a proportion ``correct / total``.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not zero-width at 0 % or 100 %,
+    which is what small test sets produce (10/10 correct: [0.72, 1.0]).
+    """
+    if total <= 0:
+        return 0.0, 1.0
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -23,6 +23,11 @@ import sys
 from importlib import import_module
 
 HEADS = ("baseline", "gap")
+# Keras' default (0.99) leaves the moving statistics that predictions use at about half their
+# initial values (mean 0, variance 1) after 60 steps, and a small dataset has only 2-3 steps per
+# epoch: the model then scores near chance on validation while training accuracy is 100 %
+# (measured on the demo's library: 20 recordings). 0.9 forgets the start within ~30 steps.
+BN_MOMENTUM = 0.9
 
 
 def import_keras():
@@ -69,7 +74,7 @@ def build_model(frames: int, n_mfcc: int, n_labels: int, head: str = "baseline")
     for i, (filters, kernel, pool, stride) in enumerate(blocks, start=1):
         x = layers.Conv2D(filters, kernel, activation="relu", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(pool, strides=stride, padding="same", name=f"pool{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}")(x)
     if head == "gap":
         x = layers.Concatenate(name="pool_global")([layers.GlobalAveragePooling2D()(x),
                                                    layers.GlobalMaxPooling2D()(x)])

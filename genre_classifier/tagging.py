@@ -22,7 +22,8 @@ from dataset_tools.atomic import write_json_atomic, write_text_atomic
 from dataset_tools.cli import option
 from dataset_tools.dataset_format import UNKNOWN_GENRE_DIRS
 
-from .data import list_audio_files, read_manifest
+from .data import list_audio_files
+from .grouping import group_recordings
 from .model_folder import read_info
 from .options import RunOptions, existing_dir
 
@@ -134,16 +135,9 @@ class TagResult:
 
 
 def _track_keys(files: list[Path], directory: Path) -> list[str]:
-    """Group key per file: the manifest's ``source`` when the dataset has one, else the file."""
-    keys = [f.relative_to(directory).as_posix() for f in files]
-    for root in (directory, directory.parent):
-        manifest = read_manifest(root)
-        if manifest:
-            for i, f in enumerate(files):
-                source = (manifest.get(f.relative_to(root).as_posix()) or {}).get("source")
-                keys[i] = f"source:{source}" if source else keys[i]
-            break
-    return keys
+    """Recording key per file (`grouping.group_recordings`): the manifest's ``source`` when the
+    dataset has one (here or in a parent folder), else prepare's segment names, else the file."""
+    return group_recordings(directory, files).keys
 
 
 def write_results(result: TagResult, meta: dict) -> None:

@@ -4,13 +4,13 @@ Order of work, and why: features are extracted (cached, in parallel) before the 
 genre whose files are all unreadable is reported by name instead of failing later; the split
 is by track, stratified and seeded; early stopping watches the validation loss and keeps the
 best weights; the test split is scored only once, at the end, and its report is saved with
-the model so the figures a user sees are honest.
+the model so the figures a user sees are honest. With ``cv`` (``--cv K``),
+`cross_validation.train_cv` replaces the single split once the features are extracted.
 """
 from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -21,10 +21,12 @@ import numpy as np
 from dataset_tools.atomic import write_json_atomic
 from dataset_tools.cli import option
 
-from .data import DatasetError, Split, check_genres, discover, split_by_track
-from .evaluation import TrackScores, format_report, score_tracks, write_report
+from .data import DatasetError, check_genres, discover, genre_counts, split_by_track
+from .evaluation import format_report, score_tracks, write_report
 from .extract import extract_many
 from .features import FeatureSettings
+from .fitting import (fit, format_counts, new_model, part_tracks, prepare_out, split_json,
+                      window_arrays)
 from .model import HEADS
 from .model_folder import INFO_FILE, MODEL_FILE, REPORT_DIR, SPLIT_FILE, Classifier
 from .options import RunOptions, existing_dir
@@ -57,6 +59,9 @@ class TrainConfig(RunOptions):
     augment: bool = option(False, "random window positions, gain and time masks")
     calibrate: bool = option(False, "fit a temperature on the validation split so confidences are honest")
     overwrite: bool = option(False, "replace a model already in --out")
+    cv: int = option(0, "K-fold cross-validation grouped by recording, next to a pooled-feature baseline on "
+                        "the same folds; the final model is then trained on everything (0: one split)",
+                     metavar="K")
     features: FeatureSettings = FeatureSettings()
 
     def __post_init__(self):
@@ -78,6 +83,10 @@ class TrainConfig(RunOptions):
                 and self.val_fraction + self.test_fraction <= 0.8):
             raise ValueError("val_fraction and test_fraction must each be between 0 and 1 (exclusive) and "
                              "leave at least 20 % of the tracks for training")
+        if not isinstance(self.cv, int) or isinstance(self.cv, bool) or self.cv == 1 or self.cv < 0:
+            raise ValueError(f"cv must be 0 (one split) or a number of folds >= 2, got {self.cv!r}")
+        if self.cv and self.calibrate:
+            raise ValueError("--calibrate fits on the validation split of one split; it is not available with --cv")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of: {', '.join(HEADS)}")
 
@@ -98,43 +107,6 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
-def _arrays(files, feats, labels, settings):
-    """Stack the fixed-grid windows of ``files``: ``x`` [n, frames, n_mfcc, 1], ``y`` [n]."""
-    index = {g: i for i, g in enumerate(labels)}
-    xs = [feats[f.path].windows(settings) for f in files]
-    y = np.concatenate([[index[f.genre]] * len(w) for f, w in zip(files, xs)]).astype(np.int64)
-    return np.concatenate(xs)[..., None], y
-
-
-def _split_json(split: Split, sha1: dict, seed: int) -> dict:
-    out = {"seed": seed}
-    for part, files in split.parts().items():
-        tracks: dict[str, dict] = {}
-        for f in files:
-            entry = tracks.setdefault(f.track, {"track": f.track, "genre": f.genre, "files": []})
-            entry["files"].append({"path": f.rel, "sha1": sha1[f.path]})
-        out[part] = list(tracks.values())
-    return out
-
-
-class _EpochLog:
-    """Keras callback factory: logs one line per epoch and records its wall time."""
-
-    @staticmethod
-    def make(keras, epochs: int, seconds: list):
-        class EpochLog(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                seconds.append(time.perf_counter() - self.start)
-                logs = logs or {}
-                log.info("epoch %3d/%d  loss %.3f  acc %.3f  val_loss %.3f  val_acc %.3f  (%.1f s)",
-                         epoch + 1, epochs, logs.get("loss", np.nan), logs.get("accuracy", np.nan),
-                         logs.get("val_loss", np.nan), logs.get("val_accuracy", np.nan), seconds[-1])
-        return EpochLog()
-
-
 def _extract(config: TrainConfig, all_files: list) -> tuple[dict, dict, list]:
     """Features of every file: ``({path: TrackFeatures}, {path: sha1}, [skipped {path, reason}])``."""
     feats, sha1, skipped = {}, {}, []
@@ -153,51 +125,17 @@ def _extract(config: TrainConfig, all_files: list) -> tuple[dict, dict, list]:
     return feats, sha1, skipped
 
 
-def _part_tracks(classifier: Classifier, part_files: list, feats: dict) -> list[TrackScores]:
-    """Window probabilities of each track of one split part (one batched prediction)."""
-    windows = [feats[f.path].windows(classifier.settings) for f in part_files]
-    probs = classifier.predict_windows(np.concatenate(windows)) if windows else None
-    grouped: dict[str, TrackScores] = {}
-    offset = 0
-    for f, w in zip(part_files, windows):
-        t = grouped.setdefault(f.track, TrackScores(f.track, f.genre, [], []))
-        t.files.append(f.rel)
-        t.segment_probs.append(probs[offset:offset + len(w)])
-        offset += len(w)
-    for t in grouped.values():
-        t.segment_probs = np.concatenate(t.segment_probs)
-    return list(grouped.values())
-
-
-def _fit(keras, model, config: TrainConfig, split: Split, feats: dict, labels: list, val_data) -> tuple:
-    """Train with early stopping; returns (history dict, seconds per epoch, total seconds)."""
-    settings = config.features
-    epoch_seconds: list[float] = []
-    callbacks = [_EpochLog.make(keras, config.epochs, epoch_seconds),
-                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               restore_best_weights=True)]
-    if config.augment:
-        from .augment import WindowSampler, make_dataset
-        sampler = WindowSampler([feats[f.path].mfcc for f in split.train],
-                                [labels.index(f.genre) for f in split.train], settings.frames,
-                                settings.n_mels, seed=config.seed)
-        fit_args = {"x": make_dataset(keras, sampler, config.batch_size)}
-    else:
-        x_train, y_train = _arrays(split.train, feats, labels, settings)
-        fit_args = {"x": x_train, "y": y_train, "batch_size": config.batch_size, "shuffle": True}
-    started = time.perf_counter()
-    history = model.fit(**fit_args, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    return history.history, epoch_seconds, time.perf_counter() - started
-
-
-def train(config: TrainConfig) -> Path:
-    """Train on ``config.data``; returns the model folder (``config.out``)."""
-    settings = config.features
+def _load(config: TrainConfig) -> tuple[list, list, dict, dict, list]:
+    """Discover, check and featurise the dataset: ``(files, labels, feats, sha1, skipped)``;
+    the split's requirements are checked before any feature is extracted."""
     all_files = discover(config.data)
     all_genres = check_genres(all_files, config.data)
     log.info("found %d audio files in %d genre folders: %s", len(all_files), len(all_genres), ", ".join(all_genres))
-    split_by_track(all_files, config.val_fraction, config.test_fraction, config.seed)  # too few tracks: fail now
-
+    if config.cv:
+        from .cross_validation import grouped_folds
+        grouped_folds(all_files, config.cv, config.seed)  # too few recordings: fail now
+    else:
+        split_by_track(all_files, config.val_fraction, config.test_fraction, config.seed)
     feats, sha1, skipped = _extract(config, all_files)
     files = [f for f in all_files if f.path in feats]
     for genre in all_genres:
@@ -205,20 +143,34 @@ def train(config: TrainConfig) -> Path:
             first = next(s["reason"] for s in skipped if s["path"].startswith(genre + "/"))
             raise DatasetError(f"genre '{genre}' has no usable tracks: all its files were skipped "
                                f"(first reason: {first})")
-    labels = check_genres(files, config.data)
+    return files, check_genres(files, config.data), feats, sha1, skipped
+
+
+def train(config: TrainConfig) -> Path:
+    """Train on ``config.data``; returns the model folder (``config.out``)."""
+    settings = config.features
+    files, labels, feats, sha1, skipped = _load(config)
+    if config.cv:
+        from .cross_validation import train_cv
+        return train_cv(config, files, labels, feats, sha1, skipped)
     split = split_by_track(files, config.val_fraction, config.test_fraction, config.seed)
 
-    from .model import build_model, compile_model, import_keras
+    from .model import import_keras
     keras = import_keras()
     keras.utils.set_random_seed(config.seed)
-    x_val, y_val = _arrays(split.val, feats, labels, settings)
+    x_val, y_val = window_arrays(split.val, feats, labels, settings)
     counts = {part: {"tracks": len({f.track for f in fs}), "files": len(fs)} for part, fs in split.parts().items()}
     counts["train"]["segments"] = sum(len(feats[f.path].windows(settings)) for f in split.train)
     counts["val"]["segments"] = len(y_val)
-    log.info("split by track: %s", ", ".join(f"{p} {c['tracks']} tracks" for p, c in counts.items()))
-    model = compile_model(build_model(settings.frames, settings.n_mfcc, len(labels), config.head),
-                          config.learning_rate, config.weight_decay)
-    history, epoch_seconds, train_seconds = _fit(keras, model, config, split, feats, labels, (x_val, y_val))
+    log.info("split by recording: %s", ", ".join(f"{p} {c['tracks']} recordings" for p, c in counts.items()))
+    windows = {f.path: len(feats[f.path].windows(settings)) for f in files}
+    counts["genres"] = genre_counts(files, windows)
+    per_part = {part: {g: c["recordings"] for g, c in genre_counts(fs).items()} for part, fs in split.parts().items()}
+    for genre, c in counts["genres"].items():
+        c.update({part: per_part[part].get(genre, 0) for part in per_part})
+    log.info("%s", format_counts(counts["genres"], per_part))
+    model = new_model(config, len(labels))
+    history, epoch_seconds, train_seconds = fit(keras, model, config, split.train, feats, labels, (x_val, y_val))
 
     classifier = Classifier(keras_model=model, labels=labels, settings=settings)
     if config.calibrate:
@@ -227,24 +179,19 @@ def train(config: TrainConfig) -> Path:
         if np.isclose(classifier.temperature, TEMPERATURE_RANGE).any():
             log.warning("warning: the temperature hit its bound %.2f: the validation split is too small or too "
                         "easy to calibrate on; treat confidences with care", classifier.temperature)
-    report = score_tracks(_part_tracks(classifier, split.test, feats), labels)  # the test split, scored once
+    report = score_tracks(part_tracks(classifier, split.test, feats), labels)  # the test split, scored once
     metrics = {}
-    for part, rep in (("val", score_tracks(_part_tracks(classifier, split.val, feats), labels)), ("test", report)):
+    for part, rep in (("val", score_tracks(part_tracks(classifier, split.val, feats), labels)), ("test", report)):
         metrics[part] = {"track_accuracy": rep["track"]["accuracy"], "segment_accuracy": rep["segment"]["accuracy"],
                          "macro_f1": rep["track"]["macro_f1"], "ece": rep["track"]["ece"],
                          "tracks": rep["track"]["count"]}
     if config.calibrate:  # keep the uncalibrated error too, so calibration's effect is visible
         raw = Classifier(keras_model=model, labels=labels, settings=settings)
-        metrics["test"]["ece_uncalibrated"] = score_tracks(_part_tracks(raw, split.test, feats), labels)["track"]["ece"]
+        metrics["test"]["ece_uncalibrated"] = score_tracks(part_tracks(raw, split.test, feats), labels)["track"]["ece"]
     report.update(data=str(config.data), split="test", skipped=skipped)
 
-    out = config.out
-    if config.overwrite and out.exists():
-        for name in (INFO_FILE, MODEL_FILE, SPLIT_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / SPLIT_FILE, _split_json(split, sha1, config.seed))
+    out = prepare_out(config)
+    write_json_atomic(out / SPLIT_FILE, split_json(split, sha1, config.seed))
     write_report(report, out / REPORT_DIR, f"{config.data.name} test split - {config.head}")
     val_losses = history["val_loss"]
     training = {

@@ -76,6 +76,19 @@ def test_example_can_write_midi_with_each_genres_instrument(tmp_path):
         assert 0 < mid.length <= 4.0 + 0.01
 
 
+def test_example_can_play_every_genre_on_one_instrument(tmp_path):
+    """--instrument 0: the harder library the genre classifier is measured on (all on piano)."""
+    report = build_example(tmp_path / "piano", ExampleOptions(pieces_per_genre=1, unknown_pieces=0, max_seconds=4.0,
+                                                              audio_format="mid", instrument=0, workers=1,
+                                                              progress=False))
+    assert {f["genre"] for f in report.files} == set(GENRES)
+    for f in report.files:
+        mid = read_midi(tmp_path / "piano" / f["file"])
+        assert {m.program for t in mid.tracks for m in t if m.type == "program_change"} == {0}
+    with pytest.raises(ValueError, match="instrument must be a General MIDI program"):
+        ExampleOptions(instrument=128)
+
+
 @needs_soundfont
 def test_example_then_prepare_then_stats(example_library, tmp_path):
     src, example = example_library

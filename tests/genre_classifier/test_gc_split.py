@@ -48,7 +48,7 @@ def test_manifest_source_groups_segments_into_tracks(tmp_path):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_split_never_leaks_a_track_and_is_stratified(seed):
-    files = _files({"rock": 7, "jazz": 12, "folk": 3, "metal": 20})
+    files = _files({"rock": 7, "jazz": 12, "folk": 4, "metal": 20})
     split = split_by_track(files, val_fraction=0.15, test_fraction=0.15, seed=seed)
     parts = split.parts()
     tracks = {name: {f.track for f in part} for name, part in parts.items()}
@@ -75,7 +75,7 @@ def test_split_is_reproducible_and_depends_on_seed():
 
 def test_genre_with_too_few_tracks_is_named():
     files = _files({"rock": 10, "jazz": 2})
-    with pytest.raises(DatasetError, match="genre 'jazz' has only 2 usable track"):
+    with pytest.raises(DatasetError, match="genre 'jazz' has only 2 recording"):
         split_by_track(files)
 
 
