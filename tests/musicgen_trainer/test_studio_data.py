@@ -220,6 +220,7 @@ def test_browser_prepare_then_edit_a_caption_then_tag(root, tmp_path):
     import tempfile
 
     from selenium.webdriver.common.by import By
+    make_library(root / "lib", tracks_per_genre=4)  # the classifier's test split needs 2 recordings of each genre
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -244,7 +245,7 @@ def test_browser_prepare_then_edit_a_caption_then_tag(root, tmp_path):
         if analyze.is_selected():
             analyze.click()
         driver.find_element(By.CSS_SELECTOR, "#data-start").click()
-        WebDriverWait(driver, 180).until(lambda d: "8 tracks -> 8 segments" in d.find_element(
+        WebDriverWait(driver, 180).until(lambda d: "10 tracks -> 10 segments" in d.find_element(
             By.CSS_SELECTOR, "#data-report").text)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#data-chart img"))
         assert "Skipped: 1" in driver.find_element(By.CSS_SELECTOR, "#data-report").text
