@@ -123,7 +123,7 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
         # save_pretrained stores T5's tied input embedding once, as shared.weight.
         t5_state.setdefault("encoder.embed_tokens.weight", t5_state.get("shared.weight"))
         # The folder's own tokenizer (its files are there), whatever name the config records.
-        local_tokenizer = None if byt5 else _auto_tokenizer(folder)
+        local_tokenizer = None if byt5 else _folder_tokenizer(folder, int(config["text_encoder"]["vocab_size"]))
         lm = build_lm_from_config(xp, device="cpu", t5_state=t5_state, tokenizer=local_tokenizer)
         cross = len(xp.fuser.cross) > 0
         melody = "self_wav" in xp.conditioners
@@ -156,12 +156,15 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
 def _full_config(folder: Path) -> dict:
     """``config.json`` through transformers' own config classes: every field, defaults included
     (a saved config may leave out the values that equal the defaults)."""
-    from transformers import AutoConfig
+    from transformers import MusicgenConfig, MusicgenMelodyConfig
     from transformers.utils import logging
+    raw = read_config(folder) or {}
+    # transformers' own config class, never AutoConfig: a config.json's auto_map must not pick code.
+    cls = MusicgenMelodyConfig if raw.get("model_type") == "musicgen_melody" else MusicgenConfig
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
     try:
-        return AutoConfig.from_pretrained(str(folder)).to_dict()
+        return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False).to_dict()
     except (OSError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder}: transformers cannot read its config.json: {first}") from None
@@ -177,12 +180,19 @@ def _generation_config(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _auto_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+def _folder_tokenizer(folder: Path, vocab_size: int):
+    """The folder's sentencepiece T5 tokenizer (``tiny.load_t5_tokenizer``: transformers' own class,
+    never code from the folder); ValueError (one line) when it has no vocabulary or more tokens
+    than the text encoder's embedding has rows."""
+    from ..tiny import TokenizerUnavailable, load_t5_tokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder}: cannot load its tokenizer: {str(exc).splitlines()[0][:160]}") from None
+        tokenizer = load_t5_tokenizer(str(folder), local=True)
+    except TokenizerUnavailable as exc:
+        raise ValueError(f"{folder}: cannot load its tokenizer: {exc}") from None
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"{folder}: its tokenizer has {len(tokenizer)} tokens, more than the text encoder's "
+                         f"{vocab_size} embeddings")
+    return tokenizer
 
 
 def read_record(folder: Path) -> tp.Optional[dict]:
