@@ -165,7 +165,7 @@ def _full_config(folder: Path) -> dict:
     logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False).to_dict()
-    except (OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - e.g. strict-dataclass field errors: the file's fault, one line
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder}: transformers cannot read its config.json: {first}") from None
     finally:
@@ -173,11 +173,7 @@ def _full_config(folder: Path) -> dict:
 
 
 def _generation_config(folder: Path) -> dict:
-    try:
-        data = json.loads((folder / "generation_config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return _small_json(folder / "generation_config.json") or {}
 
 
 def _folder_tokenizer(folder: Path, vocab_size: int):
@@ -195,21 +191,31 @@ def _folder_tokenizer(folder: Path, vocab_size: int):
     return tokenizer
 
 
-def read_record(folder: Path) -> tp.Optional[dict]:
-    """Our record of a transformers export (what we wrote), or None for a folder we did not write."""
-    try:
-        data = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+JSON_MAX_BYTES = 1 << 20  # a MusicGen config.json or our record is a few KB; a larger one is neither
 
 
-def read_config(folder: Path) -> tp.Optional[dict]:
+def _small_json(path: Path) -> tp.Optional[dict]:
+    """The JSON object in ``path`` when it is a regular file of at most ``JSON_MAX_BYTES``, else None.
+    The app lists every folder under checkpoints/ this way at start-up: a config.json linked to
+    /dev/zero, a FIFO or a huge file must not hang or exhaust memory."""
     try:
-        data = json.loads((Path(folder) / "config.json").read_text())
+        if not path.is_file() or path.stat().st_size > JSON_MAX_BYTES:
+            return None
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(JSON_MAX_BYTES + 1))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_record(folder: Path) -> tp.Optional[dict]:
+    """Our record of a transformers export (what we wrote), or None for a folder we did not write."""
+    data = _small_json(Path(folder) / RECORD_FILE)
+    return data if data is not None and data.get("format") == RECORD_FORMAT else None
+
+
+def read_config(folder: Path) -> tp.Optional[dict]:
+    return _small_json(Path(folder) / "config.json")
 
 
 def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
@@ -232,10 +238,47 @@ def read_safetensors(folder: Path) -> dict:
     return state
 
 
+def check_weights_fit_config(folder: Path, config: dict, state: dict) -> None:
+    """ValueError (one line) unless every tensor transformers' model of ``config`` has is in
+    ``state`` with the same shape. Checked before anything is built for real: config.json is the
+    sender's, and its sizes (vocabularies, widths, layers, codec filters) decide what is allocated;
+    the tensors' own shapes bound that by the size of the downloaded weights."""
+    from transformers import (MusicgenConfig, MusicgenForConditionalGeneration, MusicgenMelodyConfig,
+                              MusicgenMelodyForConditionalGeneration)
+    # Layer counts first: building thousands of layers, even on the meta device, takes minutes.
+    for prefix, section, field in (("decoder.model.decoder.layers.", "decoder", "num_hidden_layers"),
+                                   ("text_encoder.encoder.block.", "text_encoder", "num_layers")):
+        found = len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+        wanted = (config.get(section) or {}).get(field)
+        if wanted != found:
+            raise ValueError(f"{folder}: config.json says {section}.{field} = {str(wanted)[:20]}, "
+                             f"the weights have {found}")
+    melody = config.get("model_type") == "musicgen_melody"
+    config_cls, model_cls = ((MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration) if melody
+                             else (MusicgenConfig, MusicgenForConditionalGeneration))
+    from .transformers_format import _quiet_transformers
+    try:
+        with _quiet_transformers(), torch.device("meta"):  # shapes only: nothing is allocated
+            expected = model_cls(config_cls.from_dict(config)).state_dict()
+    except Exception as exc:  # noqa: BLE001 - any value transformers rejects is the file's fault: one line
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{folder}: transformers cannot build its config.json: {type(exc).__name__}: "
+                         f"{first}") from None
+    for key, tensor in expected.items():
+        if key == "text_encoder.encoder.embed_tokens.weight":  # tied to shared.weight, stored once
+            key = "text_encoder.shared.weight"
+        if key not in state:
+            raise ValueError(f"{folder}: the weights lack {key} (config.json describes a different model)")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"{folder}: {key} has shape {tuple(state[key].shape)}, config.json says "
+                             f"{tuple(tensor.shape)}")
+
+
 def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "cpu"):
     """audiocraft's ``MusicGen`` from a transformers MusicGen folder (ValueError, one line, when it
     cannot be read or converted)."""
     folder = Path(folder)
     state = read_safetensors(folder)
     config = _full_config(folder)
+    check_weights_fit_config(folder, config, state)
     return build_musicgen(folder, config, state, read_record(folder) or {}, device)

@@ -138,3 +138,142 @@ def test_tokenizer_folder_without_vocabulary_is_refused(sentencepiece_hf, tmp_pa
     with pytest.raises(ModelUnavailableError, match="vocabulary") as err:
         load_model(str(folder), device="cpu")
     assert "\n" not in str(err.value)
+
+
+# --- config.json sizes, listing, and what --overwrite may delete -------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_hf(tiny_model, tmp_path_factory):
+    """The tiny model's transformers export (byte-level tokenizer)."""
+    from musicgen_trainer.sharing.transformers_format import export_transformers
+    return export_transformers(tiny_model, tmp_path_factory.mktemp("tiny_hf") / "hf")
+
+
+def edit_config(folder: Path, section: str, field: str, value) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config[section][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("text_encoder", "vocab_size", 10 ** 12, "text_encoder.shared.weight has shape"),  # 2e15 bytes if built
+    ("decoder", "num_hidden_layers", 40, "num_hidden_layers = 40, the weights have 2"),
+    ("audio_encoder", "num_filters", 64, "has shape"),
+    ("audio_encoder", "upsampling_ratios", [8, 0, 4, 4], "cannot build"),  # was a ZeroDivisionError
+    ("decoder", "num_codebooks", None, "cannot read its config.json"),  # was a strict-dataclass error
+])
+def test_config_sizes_must_match_the_weights_before_anything_is_built(tiny_hf, tmp_path, section, field, value,
+                                                                       message):
+    """config.json is the sender's: its sizes decide what is allocated, so they are checked against
+    the tensors' shapes first (one line), never trusted to build a model 10^12 tokens wide."""
+    from musicgen_trainer.models import ModelUnavailableError, load_model
+    folder = copy_folder(tiny_hf, tmp_path / "hf")
+    edit_config(folder, section, field, value)
+    with pytest.raises(ModelUnavailableError, match=message) as err:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_weights_missing_a_tensor_are_refused_in_one_line(tiny_hf, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from musicgen_trainer.models import ModelUnavailableError, load_model
+    folder = copy_folder(tiny_hf, tmp_path / "hf")
+    state = load_file(str(folder / "model.safetensors"))
+    del state["text_encoder.shared.weight"]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelUnavailableError, match="lack text_encoder.shared.weight") as err:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_listing_reads_only_small_regular_config_files(tmp_path):
+    """The app lists every folder under checkpoints/ at start-up: a huge config.json, one linked
+    to /dev/zero or a FIFO is skipped, never read to the end (memory) or waited on (hang)."""
+    import os
+
+    from musicgen_trainer.sharing.transformers_import import is_transformers_folder
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps({"model_type": "musicgen", "pad": "x" * (2 << 20)}))
+    assert not is_transformers_folder(big)
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "config.json").write_text(json.dumps({"model_type": "musicgen"}))
+    assert is_transformers_folder(small)
+    zero = tmp_path / "zero"
+    zero.mkdir()
+    (zero / "config.json").symlink_to("/dev/zero")
+    assert not is_transformers_folder(zero)
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "config.json")
+    assert not is_transformers_folder(fifo)
+
+
+def rewrite_record(folder: Path, files) -> None:
+    from musicgen_trainer.sharing.transformers_format import RECORD_FILE
+    record = json.loads((folder / RECORD_FILE).read_text())
+    record["files"] = files
+    (folder / RECORD_FILE).write_text(json.dumps(record))
+
+
+def test_a_foreign_record_cannot_choose_what_overwrite_deletes(tiny_model, tiny_hf, tmp_path):
+    """A cloned repo carries the sender's record: naming .git/config or notes/ in it must not make
+    ``--overwrite`` delete them (the reviewer's exp4); a record whose files is a string is refused."""
+    from musicgen_trainer.sharing.transformers_format import export_transformers
+    clone = copy_folder(tiny_hf, tmp_path / "clone")
+    (clone / ".git").mkdir()
+    (clone / ".git" / "config").write_text("[core]")
+    (clone / "notes").mkdir()
+    (clone / "notes" / "mine.txt").write_text("mine")
+    rewrite_record(clone, ["config.json", ".git/config", "notes/mine.txt"])
+    with pytest.raises(ValueError, match="never writes") as err:
+        export_transformers(tiny_model, clone, overwrite=True)
+    assert "\n" not in str(err.value)
+    assert (clone / ".git" / "config").read_text() == "[core]" and (clone / "notes" / "mine.txt").exists()
+    rewrite_record(clone, "README.md")
+    (clone / "README.md").write_text("their card")
+    with pytest.raises(ValueError, match="list of file names"):
+        export_transformers(tiny_model, clone, overwrite=True)
+    assert (clone / "README.md").read_text() == "their card" and (clone / "config.json").exists()
+
+
+def test_overwrite_never_replaces_a_file_the_old_export_did_not_write(tiny_model, tiny_hf, tmp_path):
+    """A new export writing a name the old record did not list (e.g. spiece.model when the
+    tokenizer kind changes) stops in one line instead of replacing the user's file."""
+    from musicgen_trainer.sharing.transformers_format import RECORD_FILE, export_transformers
+    out = copy_folder(tiny_hf, tmp_path / "hf")
+    files = json.loads((out / RECORD_FILE).read_text())["files"]
+    rewrite_record(out, [f for f in files if f != "generation_config.json"])
+    (out / "generation_config.json").write_text("mine")
+    with pytest.raises(ValueError, match="did not write") as err:
+        export_transformers(tiny_model, out, overwrite=True)
+    assert "\n" not in str(err.value)
+    assert (out / "generation_config.json").read_text() == "mine" and (out / "model.safetensors").exists()
+
+
+def test_a_crash_during_overwrite_leaves_a_folder_the_next_overwrite_repairs(tiny_model, tiny_hf, tmp_path,
+                                                                            monkeypatch):
+    """Killed while moving the new files in: the folder still has a record listing every file of
+    ours, so the next ``--overwrite`` recognises it and finishes (it used to be refused as foreign)."""
+    import os
+
+    from musicgen_trainer.sharing import transformers_format
+    from musicgen_trainer.sharing.transformers_format import RECORD_FILE, export_transformers
+    out = copy_folder(tiny_hf, tmp_path / "hf")
+    (out / "notes.txt").write_text("mine")
+    real = os.replace
+
+    def crash(src, dst):
+        if Path(dst) == out / "model.safetensors":
+            raise OSError("simulated crash")
+        return real(src, dst)
+    monkeypatch.setattr(transformers_format.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        export_transformers(tiny_model, out, overwrite=True, dtype="fp16")
+    monkeypatch.setattr(transformers_format.os, "replace", real)
+    export_transformers(tiny_model, out, overwrite=True, dtype="fp16")
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["dtype"] == "fp16" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir() if p.name != "notes.txt") == sorted(record["files"])
