@@ -213,7 +213,8 @@ def export_transformers(source: tp.Union[str, os.PathLike, tp.Any], out: tp.Unio
         generation_config_for(model).save_pretrained(tmp)
         processor_for(model, hf).save_pretrained(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        record = {"format": RECORD_FORMAT, "source": getattr(model, "name", str(source)), "dtype": dtype,
+        record = {"format": RECORD_FORMAT, "source": shareable_name(getattr(model, "name", str(source))),
+                  "dtype": dtype,
                   "max_duration": float(model.max_duration), "files": files + [RECORD_FILE]}
         tiny = _tiny_facts(model)
         if tiny:
@@ -224,6 +225,13 @@ def export_transformers(source: tp.Union[str, os.PathLike, tp.Any], out: tp.Unio
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def shareable_name(source: str) -> str:
+    """What the record says the export was made from: a model name as given, a local folder by its
+    own name only (the record is pushed with the export: no home or absolute paths)."""
+    path = Path(str(source)).expanduser()
+    return path.name if path.is_absolute() or path.exists() or str(source).startswith(("~", ".")) else str(source)
 
 
 def _usual_permissions(folder: Path) -> None:

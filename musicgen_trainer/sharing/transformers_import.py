@@ -60,7 +60,7 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     if ae.get("use_conv_shortcut", True) or ae.get("normalize", False) or ae.get("norm_type") != "weight_norm":
         raise NotExpressible("the audio codec is not MusicGen's 32 kHz EnCodec kind (conv shortcuts, input "
                              "normalisation or another norm)")
-    tiny = record.get("tiny") or {}
+    tiny = _trusted_tiny_facts(record)
     ratios = [int(r) for r in ae["upsampling_ratios"]]
     frame_rate = math.ceil(int(ae["sampling_rate"]) / math.prod(ratios))
     n_q = int(1000 * float(ae["target_bandwidths"][-1]) // (frame_rate * math.ceil(math.log2(ae["codebook_size"]))))
@@ -73,7 +73,7 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
                      t5_layers=int(te["num_layers"]), t5_heads=int(te["num_heads"]), t5_ff=int(te["d_ff"]),
                      codec_filters=int(ae["num_filters"]), codec_dim=int(ae["hidden_size"]),
                      codec_lstm=0 if _lstm_is_zero(state) else int(ae["num_lstm_layers"]),
-                     max_duration=float(record.get("max_duration", 30.0)), stereo=channels == 2)
+                     max_duration=_record_window(record), stereo=channels == 2)
     xp = tiny_melody_xp_config(cfg) if melody else tiny_xp_config(cfg)
     causal = bool(ae.get("use_causal_conv", False))
     xp.sample_rate = xp.encodec.sample_rate = int(ae["sampling_rate"])
@@ -103,6 +103,29 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
             xp.musicgen_trainer.separator = HTDEMUCS
         xp.conditioners.self_wav.chroma_stem.n_chroma = int(config.get("num_chroma", 12))
     return xp
+
+
+def _record_window(record: dict) -> float:
+    """The export's context window from our record (a pushed record is the sender's): a number of
+    seconds in (0, MUSICGEN_MAX_SECONDS], else MusicGen's 30 s."""
+    from ..runtime import MUSICGEN_MAX_SECONDS
+    try:
+        value = float(record.get("max_duration", 30.0))
+    except (TypeError, ValueError):
+        return 30.0
+    return value if 0 < value <= MUSICGEN_MAX_SECONDS else 30.0
+
+
+def _trusted_tiny_facts(record: dict) -> dict:
+    """The record's tiny-melody separator facts, only when they describe the separator ``tiny``
+    builds (its config, an integer seed): anything else would build an HTDemucs of the sender's
+    choosing, so the folder is treated as one we did not write (htdemucs)."""
+    from ..tiny import TINY_DEMUCS
+    tiny = record.get("tiny")
+    if not isinstance(tiny, dict) or tiny.get("demucs_config") != dict(TINY_DEMUCS):
+        return {}
+    seed = tiny.get("seed", 0)
+    return tiny if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32 else {}
 
 
 def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device: str):
@@ -227,15 +250,28 @@ def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
 def read_safetensors(folder: Path) -> dict:
     """Every tensor of the folder's safetensors weights (one file or shards); never a pickle."""
     from safetensors.torch import load_file
-    files = sorted(folder.glob("*.safetensors"))
+    files = _weight_files(folder)
     if not files:
         pickles = [p.name for p in folder.glob("*.bin")]
         found = f" (only {', '.join(pickles)}: pickles, not loaded)" if pickles else ""
-        raise ValueError(f"{folder} has no .safetensors weights{found}; convert it to safetensors first")
+        raise ValueError(f"{folder} has no model.safetensors weights{found}; convert it to safetensors first")
     state: dict = {}
     for path in files:
         state.update(load_file(str(path)))
     return state
+
+
+def _weight_files(folder: Path) -> tp.List[Path]:
+    """The files transformers itself would read: ``model.safetensors``, else the shards that
+    ``model.safetensors.index.json`` maps (inside the folder); never any other stray .safetensors,
+    whose tensors would override the model's."""
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = _small_json(folder / "model.safetensors.index.json") or {}
+    names = sorted({str(n) for n in (index.get("weight_map") or {}).values()}) if isinstance(
+        index.get("weight_map"), dict) else []
+    shards = [folder / n for n in names if "/" not in n and "\\" not in n and not n.startswith(".")]
+    return shards if shards and all(p.is_file() for p in shards) else []
 
 
 def check_weights_fit_config(folder: Path, config: dict, state: dict) -> None:
@@ -256,14 +292,18 @@ def check_weights_fit_config(folder: Path, config: dict, state: dict) -> None:
     melody = config.get("model_type") == "musicgen_melody"
     config_cls, model_cls = ((MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration) if melody
                              else (MusicgenConfig, MusicgenForConditionalGeneration))
-    from .transformers_format import _quiet_transformers
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
     try:
-        with _quiet_transformers(), torch.device("meta"):  # shapes only: nothing is allocated
+        with torch.device("meta"):  # shapes only: nothing is allocated
             expected = model_cls(config_cls.from_dict(config)).state_dict()
     except Exception as exc:  # noqa: BLE001 - any value transformers rejects is the file's fault: one line
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder}: transformers cannot build its config.json: {type(exc).__name__}: "
                          f"{first}") from None
+    finally:
+        logging.set_verbosity(level)
     for key, tensor in expected.items():
         if key == "text_encoder.encoder.embed_tokens.weight":  # tied to shared.weight, stored once
             key = "text_encoder.shared.weight"

@@ -277,3 +277,73 @@ def test_a_crash_during_overwrite_leaves_a_folder_the_next_overwrite_repairs(tin
     record = json.loads((out / RECORD_FILE).read_text())
     assert record["dtype"] == "fp16" and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir() if p.name != "notes.txt") == sorted(record["files"])
+
+
+# --- what else a downloaded folder could steer --------------------------------------------------
+
+class Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_pickled_weights_are_never_opened(tiny_hf, tmp_path):
+    """A real pickle payload as ``pytorch_model.bin``: alone it is refused in one line, beside a
+    valid ``model.safetensors`` it is ignored; its code never runs either way."""
+    from musicgen_trainer.models import ModelUnavailableError, load_model
+    marker = tmp_path / "PAYLOAD_RAN"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "config.json").write_text((tiny_hf / "config.json").read_text())
+    torch.save({"weight": Payload(marker)}, alone / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailableError, match="pytorch_model.bin") as err:
+        load_model(str(alone), device="cpu")
+    assert "\n" not in str(err.value) and not marker.exists()
+    beside = copy_folder(tiny_hf, tmp_path / "beside")
+    torch.save({"weight": Payload(marker)}, beside / "pytorch_model.bin")
+    load_model(str(beside), device="cpu")
+    assert not marker.exists()
+
+
+def test_a_stray_safetensors_file_does_not_override_the_weights(tiny_model, tiny_hf, tmp_path):
+    """Only model.safetensors (or the shards its index maps) is read, as transformers does: a stray
+    ``zz.safetensors`` beside it cannot replace the model's tensors."""
+    from safetensors.torch import save_file
+
+    from musicgen_trainer.models import load_model
+    folder = copy_folder(tiny_hf, tmp_path / "hf")
+    t5 = tiny_model.lm.condition_provider.conditioners["description"].t5
+    shared = t5.shared.weight
+    save_file({"text_encoder.shared.weight": torch.zeros_like(shared)}, str(folder / "zz.safetensors"))
+    back = load_model(str(folder), device="cpu")
+    loaded = back.lm.condition_provider.conditioners["description"].t5.shared.weight
+    assert torch.equal(loaded, shared)
+
+
+def test_the_record_cannot_choose_the_separator_or_an_absurd_window():
+    """Our record travels with a pushed export: its tiny separator config is used only when it is
+    the one tiny builds, and its window only within MusicGen's 30 s."""
+    from musicgen_trainer.sharing.transformers_import import _record_window, _trusted_tiny_facts
+    from musicgen_trainer.tiny import TINY_DEMUCS
+    ours = {"tiny": {"demucs_config": dict(TINY_DEMUCS), "seed": 3}}
+    assert _trusted_tiny_facts(ours) == ours["tiny"]
+    assert _trusted_tiny_facts({"tiny": {"demucs_config": dict(TINY_DEMUCS, depth=1000), "seed": 3}}) == {}
+    assert _trusted_tiny_facts({"tiny": {"demucs_config": dict(TINY_DEMUCS), "seed": "x"}}) == {}
+    assert _record_window({"max_duration": 8.0}) == 8.0
+    assert _record_window({"max_duration": 1e9}) == 30.0 and _record_window({"max_duration": "nan"}) == 30.0
+
+
+def test_the_record_names_a_local_source_folder_without_its_path(tiny_hf, tmp_path):
+    """The record is pushed with the export: a model loaded from a local folder is recorded by the
+    folder's name, not its absolute (home) path."""
+    from musicgen_trainer.models import load_model
+    from musicgen_trainer.sharing.transformers_format import RECORD_FILE, export_transformers
+    model = load_model(str(tiny_hf), device="cpu")
+    out = export_transformers(model, tmp_path / "again")
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["source"] == tiny_hf.name and str(tmp_path.parent) not in json.dumps(record)
