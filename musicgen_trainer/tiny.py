@@ -140,20 +140,57 @@ def _named_tokenizer(xp_cfg: DictConfig):
     """The tokenizer an ``xp.cfg`` names (``musicgen_trainer.tokenizer``, set for models converted
     from transformers' format with a sentencepiece T5): from the transformers folder it came from
     while that folder exists, else by hub name from the cache, as audiocraft's own
-    ``T5Conditioner`` loads it; None for the byte-level default. ValueError (one line) otherwise."""
+    ``T5Conditioner`` loads it; None for the byte-level default. ValueError (one line) otherwise.
+
+    The xp.cfg comes with a downloaded export, so both values are the sender's: only the T5 names
+    are accepted, and the tokenizer is built by transformers' own ``T5Tokenizer`` class, never by
+    an ``Auto*`` class that would offer to run code shipped beside it."""
     import os
     ours = xp_cfg.musicgen_trainer
     name = ours.get("tokenizer", None)
     if not name or name == "byt5":
         return None
-    from transformers import AutoTokenizer
-    folder = ours.get("tokenizer_folder", None)
-    source = folder if folder and os.path.isdir(folder) else str(name)
+    if str(name) not in T5_ALIASES.values():
+        raise TokenizerUnavailable(f"the model names an unknown text tokenizer {str(name)[:80]!r} "
+                                   f"(expected byt5 or {', '.join(T5_ALIASES.values())})")
+    folder = str(ours.get("tokenizer_folder", None) or "")
+    # Only an absolute folder: a relative one would resolve against wherever the user runs from.
+    if folder and os.path.isabs(folder) and os.path.isdir(folder):
+        return load_t5_tokenizer(folder, local=True)
+    return load_t5_tokenizer(str(name), local=False)
+
+
+T5_TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+
+def load_t5_tokenizer(source: str, local: bool):
+    """A sentencepiece T5 tokenizer from a folder (``local``) or the hub cache, with transformers'
+    concrete ``T5Tokenizer`` (files are read as data: no custom code, ``trust_remote_code=False``).
+    A folder must hold its vocabulary (``tokenizer.json`` or ``spiece.model``): without one,
+    transformers builds a tokenizer of special tokens only that turns every caption into unknowns.
+    ``TokenizerUnavailable`` (one line) otherwise."""
+    import os
+    from transformers import T5Tokenizer
+    if local and not any(os.path.isfile(os.path.join(source, f)) for f in T5_TOKENIZER_FILES):
+        raise TokenizerUnavailable(f"the model's text tokenizer folder {source} has no vocabulary "
+                                   f"({' or '.join(T5_TOKENIZER_FILES)})")
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
+        if not local and not _hub_vocabulary(source):
+            raise TokenizerUnavailable(f"the model's text tokenizer ({source}) is neither cached nor downloadable "
+                                       f"(no {' or '.join(T5_TOKENIZER_FILES)})")
+        return T5Tokenizer.from_pretrained(source, local_files_only=local, trust_remote_code=False)
+    except TokenizerUnavailable:
+        raise
+    except (OSError, ValueError, TypeError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise TokenizerUnavailable(f"the model's text tokenizer ({source}) cannot be loaded: {first}") from None
+
+
+def _hub_vocabulary(name: str) -> bool:
+    """Whether the hub repo ``name`` (cache first, as transformers does) has a T5 vocabulary file."""
+    from transformers.utils import cached_file
+    return any(cached_file(name, f, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False) for f in T5_TOKENIZER_FILES)
 
 
 class TokenizerUnavailable(ValueError):

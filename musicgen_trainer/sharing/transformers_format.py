@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import typing as tp
@@ -26,6 +27,12 @@ from .transformers_weights import (NotExpressible, codec_config, codec_to_transf
                                    lm_to_transformers, mono_codec, text_encoder)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The only names an export writes (transformers' save_pretrained of the model, generation config
+# and processor, and our record): the only names --overwrite may delete.
+OUR_FILES = re.compile(r"(config|generation_config|tokenizer_config|special_tokens_map|added_tokens|tokenizer"
+                       r"|preprocessor_config|processor_config|chat_template)\.json|model(-\d{5}-of-\d{5})?"
+                       r"\.safetensors|model\.safetensors\.index\.json|spiece\.model|chat_template\.jinja|"
+                       + re.escape(RECORD_FILE))
 
 
 # --- audiocraft -> transformers ----------------------------------------------------------
@@ -174,6 +181,15 @@ def check_out_folder(out: Path, overwrite: bool) -> tp.Optional[dict]:
     record = read_record(out)
     if record is None:
         raise ValueError(f"--out {out} is not empty and is not an export of ours: choose a new or empty folder")
+    files = record.get("files")
+    # Every pushed export carries a record, so a clone of someone's repo has one too: it decides
+    # nothing beyond the names this export itself writes, at the top of the folder.
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ValueError(f"--out {out}: its {RECORD_FILE} has no list of file names; not an export of ours")
+    foreign = [f for f in files if not OUR_FILES.fullmatch(f)]
+    if foreign:
+        raise ValueError(f"--out {out}: its {RECORD_FILE} lists {foreign[0][:80]!r}, a file this export never "
+                         f"writes; not replacing it: choose a new or empty folder")
     if not overwrite:
         raise ValueError(f"--out {out} already holds an export: add --overwrite to replace it")
     return record
@@ -197,7 +213,8 @@ def export_transformers(source: tp.Union[str, os.PathLike, tp.Any], out: tp.Unio
         generation_config_for(model).save_pretrained(tmp)
         processor_for(model, hf).save_pretrained(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        record = {"format": RECORD_FORMAT, "source": getattr(model, "name", str(source)), "dtype": dtype,
+        record = {"format": RECORD_FORMAT, "source": shareable_name(getattr(model, "name", str(source))),
+                  "dtype": dtype,
                   "max_duration": float(model.max_duration), "files": files + [RECORD_FILE]}
         tiny = _tiny_facts(model)
         if tiny:
@@ -208,6 +225,13 @@ def export_transformers(source: tp.Union[str, os.PathLike, tp.Any], out: tp.Unio
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def shareable_name(source: str) -> str:
+    """What the record says the export was made from: a model name as given, a local folder by its
+    own name only (the record is pushed with the export: no home or absolute paths)."""
+    path = Path(str(source)).expanduser()
+    return path.name if path.is_absolute() or path.exists() or str(source).startswith(("~", ".")) else str(source)
 
 
 def _usual_permissions(folder: Path) -> None:
@@ -231,6 +255,11 @@ def _tiny_facts(model) -> dict:
 
 
 def _move_into(tmp: Path, out: Path, previous: tp.Optional[dict]) -> None:
+    """Move the finished export ``tmp`` into ``out``. Over a previous export: refuse (one line,
+    nothing changed) a new file whose name is taken by a file the old record does not list; else
+    first record the union of old and new names, delete the old files, move the new ones in, and
+    replace the record last. A crash at any point leaves a record listing every file of ours there,
+    so the next --overwrite still recognises the folder and cleans it up."""
     if not out.exists():
         os.replace(tmp, out)
         return
@@ -238,13 +267,21 @@ def _move_into(tmp: Path, out: Path, previous: tp.Optional[dict]) -> None:
         out.rmdir()
         os.replace(tmp, out)
         return
-    for name in previous.get("files", []):  # ours only: whatever else lives there stays
+    old = set(previous.get("files", []))
+    new = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    taken = [n for n in new if n not in old and (out / n).exists()]
+    if taken:
+        raise ValueError(f"--out {out} holds {taken[0]}, which its previous export did not write: move it away "
+                         f"or choose a new folder")
+    interim = dict(previous, files=sorted(old | set(new)))
+    part = out / f".{RECORD_FILE}.part"
+    part.write_text(json.dumps(interim, indent=2) + "\n")
+    os.replace(part, out / RECORD_FILE)
+    for name in sorted(old - {RECORD_FILE}):  # ours only: whatever else lives there stays
         target = out / name
-        if target.is_file() and out.resolve() in target.resolve().parents:
+        if target.is_file() and not target.is_symlink():
             target.unlink()
-    for path in sorted(tmp.rglob("*")):
-        if path.is_file() and path.name != RECORD_FILE:
-            dest = out / path.relative_to(tmp)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
+    for name in new:
+        if name != RECORD_FILE:
+            os.replace(tmp / name, out / name)
     os.replace(tmp / RECORD_FILE, out / RECORD_FILE)  # last: the record says the folder is complete

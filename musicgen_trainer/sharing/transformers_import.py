@@ -60,7 +60,7 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     if ae.get("use_conv_shortcut", True) or ae.get("normalize", False) or ae.get("norm_type") != "weight_norm":
         raise NotExpressible("the audio codec is not MusicGen's 32 kHz EnCodec kind (conv shortcuts, input "
                              "normalisation or another norm)")
-    tiny = record.get("tiny") or {}
+    tiny = _trusted_tiny_facts(record)
     ratios = [int(r) for r in ae["upsampling_ratios"]]
     frame_rate = math.ceil(int(ae["sampling_rate"]) / math.prod(ratios))
     n_q = int(1000 * float(ae["target_bandwidths"][-1]) // (frame_rate * math.ceil(math.log2(ae["codebook_size"]))))
@@ -73,7 +73,7 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
                      t5_layers=int(te["num_layers"]), t5_heads=int(te["num_heads"]), t5_ff=int(te["d_ff"]),
                      codec_filters=int(ae["num_filters"]), codec_dim=int(ae["hidden_size"]),
                      codec_lstm=0 if _lstm_is_zero(state) else int(ae["num_lstm_layers"]),
-                     max_duration=float(record.get("max_duration", 30.0)), stereo=channels == 2)
+                     max_duration=_record_window(record), stereo=channels == 2)
     xp = tiny_melody_xp_config(cfg) if melody else tiny_xp_config(cfg)
     causal = bool(ae.get("use_causal_conv", False))
     xp.sample_rate = xp.encodec.sample_rate = int(ae["sampling_rate"])
@@ -105,6 +105,29 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     return xp
 
 
+def _record_window(record: dict) -> float:
+    """The export's context window from our record (a pushed record is the sender's): a number of
+    seconds in (0, MUSICGEN_MAX_SECONDS], else MusicGen's 30 s."""
+    from ..runtime import MUSICGEN_MAX_SECONDS
+    try:
+        value = float(record.get("max_duration", 30.0))
+    except (TypeError, ValueError):
+        return 30.0
+    return value if 0 < value <= MUSICGEN_MAX_SECONDS else 30.0
+
+
+def _trusted_tiny_facts(record: dict) -> dict:
+    """The record's tiny-melody separator facts, only when they describe the separator ``tiny``
+    builds (its config, an integer seed): anything else would build an HTDemucs of the sender's
+    choosing, so the folder is treated as one we did not write (htdemucs)."""
+    from ..tiny import TINY_DEMUCS
+    tiny = record.get("tiny")
+    if not isinstance(tiny, dict) or tiny.get("demucs_config") != dict(TINY_DEMUCS):
+        return {}
+    seed = tiny.get("seed", 0)
+    return tiny if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 32 else {}
+
+
 def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device: str):
     """audiocraft ``MusicGen`` (eval mode, on ``device``) from the folder's config and tensors."""
     from audiocraft.models import MusicGen, builders
@@ -123,7 +146,7 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
         # save_pretrained stores T5's tied input embedding once, as shared.weight.
         t5_state.setdefault("encoder.embed_tokens.weight", t5_state.get("shared.weight"))
         # The folder's own tokenizer (its files are there), whatever name the config records.
-        local_tokenizer = None if byt5 else _auto_tokenizer(folder)
+        local_tokenizer = None if byt5 else _folder_tokenizer(folder, int(config["text_encoder"]["vocab_size"]))
         lm = build_lm_from_config(xp, device="cpu", t5_state=t5_state, tokenizer=local_tokenizer)
         cross = len(xp.fuser.cross) > 0
         melody = "self_wav" in xp.conditioners
@@ -156,13 +179,16 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
 def _full_config(folder: Path) -> dict:
     """``config.json`` through transformers' own config classes: every field, defaults included
     (a saved config may leave out the values that equal the defaults)."""
-    from transformers import AutoConfig
+    from transformers import MusicgenConfig, MusicgenMelodyConfig
     from transformers.utils import logging
+    raw = read_config(folder) or {}
+    # transformers' own config class, never AutoConfig: a config.json's auto_map must not pick code.
+    cls = MusicgenMelodyConfig if raw.get("model_type") == "musicgen_melody" else MusicgenConfig
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
     try:
-        return AutoConfig.from_pretrained(str(folder)).to_dict()
-    except (OSError, ValueError, TypeError) as exc:
+        return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False).to_dict()
+    except Exception as exc:  # noqa: BLE001 - e.g. strict-dataclass field errors: the file's fault, one line
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ValueError(f"{folder}: transformers cannot read its config.json: {first}") from None
     finally:
@@ -170,36 +196,49 @@ def _full_config(folder: Path) -> dict:
 
 
 def _generation_config(folder: Path) -> dict:
+    return _small_json(folder / "generation_config.json") or {}
+
+
+def _folder_tokenizer(folder: Path, vocab_size: int):
+    """The folder's sentencepiece T5 tokenizer (``tiny.load_t5_tokenizer``: transformers' own class,
+    never code from the folder); ValueError (one line) when it has no vocabulary or more tokens
+    than the text encoder's embedding has rows."""
+    from ..tiny import TokenizerUnavailable, load_t5_tokenizer
     try:
-        data = json.loads((folder / "generation_config.json").read_text())
+        tokenizer = load_t5_tokenizer(str(folder), local=True)
+    except TokenizerUnavailable as exc:
+        raise ValueError(f"{folder}: cannot load its tokenizer: {exc}") from None
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"{folder}: its tokenizer has {len(tokenizer)} tokens, more than the text encoder's "
+                         f"{vocab_size} embeddings")
+    return tokenizer
+
+
+JSON_MAX_BYTES = 1 << 20  # a MusicGen config.json or our record is a few KB; a larger one is neither
+
+
+def _small_json(path: Path) -> tp.Optional[dict]:
+    """The JSON object in ``path`` when it is a regular file of at most ``JSON_MAX_BYTES``, else None.
+    The app lists every folder under checkpoints/ this way at start-up: a config.json linked to
+    /dev/zero, a FIFO or a huge file must not hang or exhaust memory."""
+    try:
+        if not path.is_file() or path.stat().st_size > JSON_MAX_BYTES:
+            return None
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(JSON_MAX_BYTES + 1))
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _auto_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder}: cannot load its tokenizer: {str(exc).splitlines()[0][:160]}") from None
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_record(folder: Path) -> tp.Optional[dict]:
     """Our record of a transformers export (what we wrote), or None for a folder we did not write."""
-    try:
-        data = json.loads((folder / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == RECORD_FORMAT else None
+    data = _small_json(Path(folder) / RECORD_FILE)
+    return data if data is not None and data.get("format") == RECORD_FORMAT else None
 
 
 def read_config(folder: Path) -> tp.Optional[dict]:
-    try:
-        data = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _small_json(Path(folder) / "config.json")
 
 
 def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
@@ -211,15 +250,68 @@ def is_transformers_folder(folder: tp.Union[str, os.PathLike]) -> bool:
 def read_safetensors(folder: Path) -> dict:
     """Every tensor of the folder's safetensors weights (one file or shards); never a pickle."""
     from safetensors.torch import load_file
-    files = sorted(folder.glob("*.safetensors"))
+    files = _weight_files(folder)
     if not files:
         pickles = [p.name for p in folder.glob("*.bin")]
         found = f" (only {', '.join(pickles)}: pickles, not loaded)" if pickles else ""
-        raise ValueError(f"{folder} has no .safetensors weights{found}; convert it to safetensors first")
+        raise ValueError(f"{folder} has no model.safetensors weights{found}; convert it to safetensors first")
     state: dict = {}
     for path in files:
         state.update(load_file(str(path)))
     return state
+
+
+def _weight_files(folder: Path) -> tp.List[Path]:
+    """The files transformers itself would read: ``model.safetensors``, else the shards that
+    ``model.safetensors.index.json`` maps (inside the folder); never any other stray .safetensors,
+    whose tensors would override the model's."""
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    index = _small_json(folder / "model.safetensors.index.json") or {}
+    names = sorted({str(n) for n in (index.get("weight_map") or {}).values()}) if isinstance(
+        index.get("weight_map"), dict) else []
+    shards = [folder / n for n in names if "/" not in n and "\\" not in n and not n.startswith(".")]
+    return shards if shards and all(p.is_file() for p in shards) else []
+
+
+def check_weights_fit_config(folder: Path, config: dict, state: dict) -> None:
+    """ValueError (one line) unless every tensor transformers' model of ``config`` has is in
+    ``state`` with the same shape. Checked before anything is built for real: config.json is the
+    sender's, and its sizes (vocabularies, widths, layers, codec filters) decide what is allocated;
+    the tensors' own shapes bound that by the size of the downloaded weights."""
+    from transformers import (MusicgenConfig, MusicgenForConditionalGeneration, MusicgenMelodyConfig,
+                              MusicgenMelodyForConditionalGeneration)
+    # Layer counts first: building thousands of layers, even on the meta device, takes minutes.
+    for prefix, section, field in (("decoder.model.decoder.layers.", "decoder", "num_hidden_layers"),
+                                   ("text_encoder.encoder.block.", "text_encoder", "num_layers")):
+        found = len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+        wanted = (config.get(section) or {}).get(field)
+        if wanted != found:
+            raise ValueError(f"{folder}: config.json says {section}.{field} = {str(wanted)[:20]}, "
+                             f"the weights have {found}")
+    melody = config.get("model_type") == "musicgen_melody"
+    config_cls, model_cls = ((MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration) if melody
+                             else (MusicgenConfig, MusicgenForConditionalGeneration))
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # the special token 2048 "outside the vocabulary": MusicGen's design
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = model_cls(config_cls.from_dict(config)).state_dict()
+    except Exception as exc:  # noqa: BLE001 - any value transformers rejects is the file's fault: one line
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{folder}: transformers cannot build its config.json: {type(exc).__name__}: "
+                         f"{first}") from None
+    finally:
+        logging.set_verbosity(level)
+    for key, tensor in expected.items():
+        if key == "text_encoder.encoder.embed_tokens.weight":  # tied to shared.weight, stored once
+            key = "text_encoder.shared.weight"
+        if key not in state:
+            raise ValueError(f"{folder}: the weights lack {key} (config.json describes a different model)")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"{folder}: {key} has shape {tuple(state[key].shape)}, config.json says "
+                             f"{tuple(tensor.shape)}")
 
 
 def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "cpu"):
@@ -228,4 +320,5 @@ def load_transformers_folder(folder: tp.Union[str, os.PathLike], device: str = "
     folder = Path(folder)
     state = read_safetensors(folder)
     config = _full_config(folder)
+    check_weights_fit_config(folder, config, state)
     return build_musicgen(folder, config, state, read_record(folder) or {}, device)
