@@ -158,22 +158,25 @@ class StaticDecoder(nn.Module):
         for i, layer in enumerate(tr.layers):
             x = self._layer(i, layer, x, pos, length)
         if lm.out_norm is not None:
-            x = lm.out_norm(x)
-        return torch.stack([lm.linears[k](x) for k in range(len(lm.linears))], dim=1)
+            x = _norm(lm.out_norm, x)
+        return torch.stack([_linear(lm.linears[k], x) for k in range(len(lm.linears))], dim=1)
 
     def _layer(self, i: int, layer, x: torch.Tensor, pos, length) -> torch.Tensor:
-        # As StreamingTransformerLayer.forward, eval mode (dropouts are identities).
+        # As StreamingTransformerLayer.forward, eval mode (dropouts are identities); the same
+        # functional calls its modules make, without their per-call overhead.
         cross = self.cross_k[i] is not None
         if layer.norm_first:
-            x = x + layer.layer_scale_1(self._self_attention(i, layer.self_attn, layer.norm1(x), pos, length))
+            x = _add_scaled(x, layer.layer_scale_1, self._self_attention(i, layer.self_attn, _norm(layer.norm1, x), pos, length))
             if cross:
-                x = x + layer.layer_scale_cross(self._cross_attention(i, layer.cross_attention, layer.norm_cross(x)))
-            return x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+                x = _add_scaled(x, layer.layer_scale_cross,
+                                self._cross_attention(i, layer.cross_attention, _norm(layer.norm_cross, x)))
+            return _add_scaled(x, layer.layer_scale_2, _feed_forward(layer, _norm(layer.norm2, x)))
         src = x
-        x = layer.norm1(x + layer.layer_scale_1(self._self_attention(i, layer.self_attn, x, pos, length)))
+        x = _norm(layer.norm1, _add_scaled(x, layer.layer_scale_1, self._self_attention(i, layer.self_attn, x, pos, length)))
         if cross:  # audiocraft's post-norm layer queries the cross-attention with the layer's input
-            x = layer.norm_cross(x + layer.layer_scale_cross(self._cross_attention(i, layer.cross_attention, src)))
-        return layer.norm2(x + layer.layer_scale_2(layer._ff_block(x)))
+            x = _norm(layer.norm_cross, _add_scaled(x, layer.layer_scale_cross,
+                                                    self._cross_attention(i, layer.cross_attention, src)))
+        return _norm(layer.norm2, _add_scaled(x, layer.layer_scale_2, _feed_forward(layer, x)))
 
     def _self_attention(self, i: int, attn, x: torch.Tensor, pos, length) -> torch.Tensor:
         w, bias, out_proj = _proj(attn)
@@ -193,7 +196,7 @@ class StaticDecoder(nn.Module):
                 out = self._attend(attn, q, kc, vc, causal=False, mask=mask)
             else:
                 out = self._attend(attn, q, kc[:, :, :length], vc[:, :, :length], causal=False, mask=None)
-        return out_proj(out.transpose(1, 2).reshape(b, t, self.dim))
+        return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
 
     def _cross_attention(self, i: int, attn, x: torch.Tensor) -> torch.Tensor:
         w, bias, out_proj = _proj(attn)
@@ -201,7 +204,7 @@ class StaticDecoder(nn.Module):
         q = self._heads(F.linear(x, w[:d], None if bias is None else bias[:d]))
         out = self._attend(attn, q, self.cross_k[i], self.cross_v[i], causal=False, mask=None)
         b, _, t, _ = out.shape
-        return out_proj(out.transpose(1, 2).reshape(b, t, self.dim))
+        return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
 
     @staticmethod
     def _attend(attn, q, k, v, causal: bool, mask) -> torch.Tensor:
@@ -209,6 +212,27 @@ class StaticDecoder(nn.Module):
         if attn.attention_as_float32:
             q, k, v = q.float(), k.float(), v.float()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype)
+
+
+def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(mod) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return F.linear(x, mod.weight, mod.bias)
+    return mod(x)  # e.g. a LoRA layer not merged: its own forward
+
+
+def _norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(mod) is nn.LayerNorm:
+        return F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, mod.eps)
+    return mod(x)
+
+
+def _add_scaled(x: torch.Tensor, scale: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    return x + (y if type(scale) is nn.Identity else scale(y))
+
+
+def _feed_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    # nn.TransformerEncoderLayer._ff_block in eval mode.
+    return _linear(layer.linear2, layer.activation(_linear(layer.linear1, x)))
 
 
 def _compile_mode(device: torch.device) -> str:
