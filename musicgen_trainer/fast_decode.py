@@ -88,9 +88,13 @@ class StaticDecoder(nn.Module):
         # may mutate in place (CUDA graphs keep their addresses).
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        if torch.device(device).type == "cuda":  # CUDA graphs: the caches keep their address, mutated in place
+            for buf in (self.k_cache, self.v_cache):
+                torch._dynamo.mark_static_address(buf)
         self.cross_k: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
         self.cross_v: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
         self.positions = torch.arange(t_max, device=device)
+        self._sin: tp.Optional[torch.Tensor] = None  # [1, t_max, D] positional embeddings, made once
         self._compiled: tp.Optional[tp.Callable] = None
 
     # --- per request ---------------------------------------------------------------
@@ -150,11 +154,11 @@ class StaticDecoder(nn.Module):
 
         lm, tr = self.lm, self.lm.transformer
         b, t, c = x.shape
-        if pos is None:
-            positions = self.positions[:t].view(1, -1, 1)
-        else:
-            positions = pos.view(1, 1, 1)
-        x = x + tr.positional_scale * create_sin_embedding(positions, c, max_period=tr.max_period, dtype=x.dtype)
+        if self._sin is None or self._sin.dtype != x.dtype:
+            # The same elementwise function of the position as audiocraft's, once for all positions.
+            self._sin = create_sin_embedding(self.positions.view(1, -1, 1), c, max_period=tr.max_period, dtype=x.dtype)
+        pos_emb = self._sin[:, :t] if pos is None else self._sin.index_select(1, pos)
+        x = x + tr.positional_scale * pos_emb
         for i, layer in enumerate(tr.layers):
             x = self._layer(i, layer, x, pos, length)
         if lm.out_norm is not None:

@@ -86,6 +86,23 @@ class _Session:
         self.decoder = None
 
 
+def sample_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """audiocraft's ``utils.sample_top_k`` (same result, same RNG draws), with the k-th largest
+    probability found by ``kthvalue`` (one selection) instead of ``topk`` (a partial sort): the
+    threshold is the same element, the kept probabilities and their sum the same values.
+
+    Args:
+        probs: ``[..., card]`` probabilities (overwritten, as audiocraft's).
+    Returns:
+        ``[..., 1]`` sampled indices.
+    """
+    from audiocraft.utils import utils
+    threshold = torch.kthvalue(probs, probs.shape[-1] - k + 1, dim=-1, keepdim=True).values
+    probs *= (probs >= threshold).float()
+    probs.div_(probs.sum(dim=-1, keepdim=True))
+    return utils.multinomial(probs, num_samples=1)
+
+
 def _cache_dtype(lm, device: torch.device) -> torch.dtype:
     # MusicGen runs its LM under fp16 autocast on CUDA: the keys/values are then fp16.
     if torch.is_autocast_enabled(device.type):
@@ -159,7 +176,7 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
             if top_p > 0.0:
                 return utils.sample_top_p(probs, p=top_p)
             if top_k > 0:
-                return utils.sample_top_k(probs, k=top_k)
+                return sample_top_k(probs, k=top_k)
             return utils.multinomial(probs, num_samples=1)
         return torch.argmax(logits, dim=-1, keepdim=True)
 
@@ -172,8 +189,8 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
             logits = dec.step(both(gen_sequence[..., offset - 1:offset]), positions[p:p + 1], p + 1,
                               compiled=session.compile)
         next_token = sample(logits)
-        valid_mask = mask[..., offset:offset + 1].expand(B, -1, -1)
-        next_token[~valid_mask] = lm.special_token_id
+        # Positions the pattern leaves empty hold the special token; prompt codes are kept.
+        next_token = torch.where(mask[..., offset:offset + 1], next_token, lm.special_token_id)
         current = gen_sequence[..., offset:offset + 1]
         gen_sequence[..., offset:offset + 1] = torch.where(current == unknown, next_token, current)
         if callback is not None:

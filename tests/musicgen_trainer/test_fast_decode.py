@@ -171,6 +171,24 @@ def test_unsupported_model_falls_back_to_audiocrafts_loop():
     assert torch.equal(fast, slow)
 
 
+@pytest.mark.parametrize("k", [1, 7, 250, 2048])
+def test_top_k_sampling_matches_audiocrafts_draws(k):
+    """Our top-k (kthvalue threshold) keeps the same probabilities and draws the same codes and
+    RNG amounts as audiocraft's sample_top_k, ties included."""
+    from audiocraft.utils import utils
+    from musicgen_trainer.fast_generate import sample_top_k
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(3, 4, 2048, generator=g) * 3
+    logits[0, 0, :300] = 1.0  # ties at the threshold
+    probs = torch.softmax(logits, dim=-1)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        theirs, after_theirs = utils.sample_top_k(probs.clone(), k), torch.rand(2)
+        torch.manual_seed(seed)
+        ours, after_ours = sample_top_k(probs.clone(), k), torch.rand(2)
+        assert torch.equal(ours, theirs) and torch.equal(after_ours, after_theirs)
+
+
 def test_bad_decoder_is_refused():
     with pytest.raises(ValueError, match="decoder must be one of fast, audiocraft"):
         GenerationConfig(decoder="turbo")
