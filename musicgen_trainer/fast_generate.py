@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import typing as tp
-import weakref
 
 import torch
 
 from .fast_decode import StaticDecoder, bucket_length, unsupported_reason
 
-# Compiled decoders are kept per LM (warming a compiled step costs seconds to minutes): the last one.
-_COMPILED: "weakref.WeakKeyDictionary[tp.Any, StaticDecoder]" = weakref.WeakKeyDictionary()
+# A compiled decoder is kept on its LM (warming a compiled step costs seconds to minutes), under
+# this attribute (outside the module tree: not a submodule, not in the state dict).
+_KEPT = "_fast_decoder"
 
 
 def default_compile(device: torch.device) -> bool:
@@ -71,15 +71,18 @@ class _Session:
 
     def decoder_for(self, batch: int, positions: int, dtype: torch.dtype, device: torch.device) -> StaticDecoder:
         t_max = bucket_length(positions) if self.compile else positions
-        dec = self.decoder if self.decoder is not None else (_COMPILED.get(self.lm) if self.compile else None)
+        dec = self.decoder if self.decoder is not None else (self.lm.__dict__.get(_KEPT) if self.compile else None)
+        # A larger cache serves a shorter request too (a request's last window, a shorter clip):
+        # positions past the current one are never read.
         if dec is None or dec.batch != batch or dec.t_max < t_max or dec.k_cache.dtype != dtype \
-                or dec.k_cache.device != device or (self.compile and dec.t_max != t_max):
+                or dec.k_cache.device != device:
             dec = None
             self.decoder = None  # free the previous cache before allocating the next
+            self.lm.__dict__.pop(_KEPT, None)
             dec = StaticDecoder(self.lm, batch, t_max, dtype, device)
         self.decoder = dec
         if self.compile:
-            _COMPILED[self.lm] = dec
+            self.lm.__dict__[_KEPT] = dec
         return dec
 
     def close(self) -> None:
@@ -156,6 +159,8 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     # The fuser on an empty input returns the prepended conditions alone and the cross source.
     empty = torch.zeros(b2, 0, lm.dim, device=device, dtype=next(lm.parameters()).dtype)
     prefix, cross = lm.fuser(empty, condition_tensors)
+    if cross is None and any(layer.cross_attention is not None for layer in lm.transformer.layers):
+        raise ValueError("the LM has cross-attention layers but no cross-attention condition was given")
     n_prefix = prefix.shape[1]
     dec = session.decoder_for(b2, n_prefix + seq_len - 1, _cache_dtype(lm, device), device)
     dec.set_cross(cross)
