@@ -49,18 +49,31 @@ def unsupported_reason(lm) -> tp.Optional[str]:
         for attn in (layer.self_attn, layer.cross_attention):
             if attn is None:
                 continue
+            if hasattr(attn, "base_layer") and not getattr(attn, "merged", True):
+                # peft's ParamWrapper reparametrises in_proj_weight inside its own forward, which
+                # the decoder does not call (raw_weights_folded or a merged model are fine).
+                return "an unmerged LoRA adapter on the attention's input projection"
+            attn = _base(attn)
             if attn.past_context is not None or attn.kv_repeat != 1 or attn.qk_layer_norm:
                 return "attention with past_context, kv_repeat or qk_layer_norm"
             if attn.rope is not None:
                 return "rotary embeddings"
-        if not layer.self_attn.causal:
+        if not _base(layer.self_attn).causal:
             return "non-causal self-attention"
     return None
+
+
+def _base(attn):
+    """audiocraft's attention module under peft's wrapper (``ParamWrapper`` on ``in_proj``), if any."""
+    while hasattr(attn, "base_layer"):
+        attn = attn.base_layer
+    return attn
 
 
 def _proj(attn) -> tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], nn.Module]:
     """(in_proj weight [3D, D], bias [3D] or None, out_proj) of audiocraft's attention, custom or
     ``nn.MultiheadAttention``: both pack q, k, v as ``(p h d)`` with p outermost."""
+    attn = _base(attn)
     if attn.custom:
         return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj
     return attn.mha.in_proj_weight, attn.mha.in_proj_bias, attn.mha.out_proj
@@ -77,7 +90,7 @@ class StaticDecoder(nn.Module):
         super().__init__()
         self.__dict__["lm"] = lm
         tr = lm.transformer
-        first = tr.layers[0].self_attn
+        first = _base(tr.layers[0].self_attn)
         self.heads = first.num_heads
         self.dim = first.embed_dim
         self.head_dim = self.dim // self.heads
@@ -213,7 +226,7 @@ class StaticDecoder(nn.Module):
     @staticmethod
     def _attend(attn, q, k, v, causal: bool, mask) -> torch.Tensor:
         dtype = q.dtype
-        if attn.attention_as_float32:
+        if _base(attn).attention_as_float32:
             q, k, v = q.float(), k.float(), v.float()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype)
 

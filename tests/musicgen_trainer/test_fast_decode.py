@@ -195,3 +195,31 @@ def test_top_k_sampling_matches_audiocrafts_draws(k):
 def test_bad_decoder_is_refused():
     with pytest.raises(ValueError, match="decoder must be one of fast, audiocraft"):
         GenerationConfig(decoder="turbo")
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_lora_adapted_lm_gives_audiocrafts_codes(folded):
+    """An LM with peft LoRA adapters (trained: B not zero) on every target, in_proj included: with
+    the in_proj adapters folded (training samples) the fast decoder runs and reads the folded
+    weights; unfolded, audiocraft's loop runs (the adapter lives in peft's forward)."""
+    import contextlib
+    from musicgen_trainer.fast_generate import fast_decoding
+    from musicgen_trainer.lora import apply_lora, raw_weights_folded
+    from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
+    model = build_tiny_musicgen(TinyConfig(seed=4))
+    apply_lora(model.lm, 4, targets=["in_proj", "out_proj", "linear1", "linear2"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.lm.eval()
+    model.set_generation_params(duration=0.4, top_k=50, cfg_coef=3.0)
+    with raw_weights_folded(model.lm) if folded else contextlib.nullcontext():
+        torch.manual_seed(1)
+        slow = model.generate(["a", "b"], return_tokens=True)[1]
+        torch.manual_seed(1)
+        with fast_decoding(model) as state:
+            assert state["fast"] == folded
+            fast = model.generate(["a", "b"], return_tokens=True)[1]
+    assert torch.equal(fast, slow)
