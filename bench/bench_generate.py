@@ -193,7 +193,7 @@ def cache_bytes(model, batch: int, frames: int) -> int:
     """Our static cache for one window: layers x (k, v) x 2B x (positions) x dim x element size."""
     lm = model.lm
     frames = min(frames, int(model.max_duration * model.frame_rate))
-    positions = frames + len(lm.pattern_provider.get_pattern(frames).layout)  # + the delays' steps
+    positions = len(lm.pattern_provider.get_pattern(frames).layout)  # the frames + the delays' steps
     return len(lm.transformer.layers) * 2 * 2 * batch * positions * lm.dim * next(lm.parameters()).element_size()
 
 
