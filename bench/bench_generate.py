@@ -21,6 +21,15 @@ Models (random weights, built offline):
 
     python bench/bench_generate.py                          # tiny 5 s + small-size 1 s, CPU: a few minutes
     python bench/bench_generate.py --models tiny --repeats 5 --device cuda
+
+``--decoders``: the language model's decoding loop alone (``MusicGen._generate_tokens``: the
+conditions, every LM step, sampling), our fast decoder (``fast_generate``, the default of
+``generate()``) against audiocraft's own loop, alternating, the same seed (the codes are
+checked identical). Per case (model:batch:seconds): tokens/s (batch x codebooks x frames per
+second) of each, their ratio, process CPU time, and the peak resident memory above the
+starting point during the call (sampled every 2 ms) next to the size of our static cache::
+
+    python bench/bench_generate.py --decoders --cases tiny:1:5,tiny:8:30,small:1:5 --repeats 3
 """
 from __future__ import annotations
 
@@ -61,7 +70,9 @@ def direct(model, prompts, seconds: float, seed: int):
 
 def ours(model, prompts, seconds: float, seed: int):
     from musicgen_trainer.generation import GenerationConfig, generate
-    return generate(model, prompts, GenerationConfig(duration=seconds, seed=seed, extend_stride=15.0))
+    # audiocraft's loop: this compares the wrapper alone (--decoders compares the loops)
+    return generate(model, prompts, GenerationConfig(duration=seconds, seed=seed, extend_stride=15.0,
+                                                     decoder="audiocraft"))
 
 
 def timed(fn, *args):
@@ -136,6 +147,122 @@ def bench_model(name: str, seconds: float, batch: int, repeats: int, device: str
     return row
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_above_start(fn, *args):
+    """(result, peak resident bytes above the value at the start of the call), sampled every 2 ms."""
+    import threading
+    start, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes() - start)
+            time.sleep(0.002)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        out = fn(*args)
+    finally:
+        done.set()
+        t.join()
+    return out, max(peak[0], _rss_bytes() - start)
+
+
+def lm_tokens(model, prompts, seconds: float, seed: int, decoder: str, compile=None):
+    """Codes ``[B, K, F]`` from ``MusicGen._generate_tokens`` with ``decoder`` (fast / audiocraft)."""
+    import torch
+    from musicgen_trainer.fast_generate import fast_decoding
+    frames = math.ceil(seconds * model.frame_rate - 1e-9)
+    model.set_generation_params(use_sampling=True, top_k=250, top_p=0.0, temperature=1.0,
+                                duration=(frames + 0.5) / model.frame_rate, cfg_coef=3.0,
+                                extend_stride=min(15.0, model.max_duration / 2))
+    torch.manual_seed(seed)
+    attributes, _ = model._prepare_tokens_and_attributes(prompts, None)
+    with torch.no_grad():
+        if decoder == "audiocraft":
+            return model._generate_tokens(attributes, None)
+        with fast_decoding(model, compile=compile) as state:
+            assert state["fast"], state["reason"]
+            return model._generate_tokens(attributes, None)
+
+
+def cache_bytes(model, batch: int, frames: int) -> int:
+    """Our static cache for one window: layers x (k, v) x 2B x (positions) x dim x element size."""
+    lm = model.lm
+    frames = min(frames, int(model.max_duration * model.frame_rate))
+    positions = len(lm.pattern_provider.get_pattern(frames).layout)  # the frames + the delays' steps
+    return len(lm.transformer.layers) * 2 * 2 * batch * positions * lm.dim * next(lm.parameters()).element_size()
+
+
+def bench_decoders(name: str, batch: int, seconds: float, repeats: int, device: str, compile=None) -> dict:
+    """Tokens/s of our decoder vs audiocraft's loop (see the module doc)."""
+    import torch
+    from musicgen_trainer.models import load_model
+    model = load_model("tiny" if name == "tiny" else f"random:{name}", device=device)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    for which in ("audiocraft", "fast"):  # warm-up (kernels, allocator; compiled steps when asked)
+        lm_tokens(model, prompts, min(seconds, 0.2 if compile is None else seconds), 0, which, compile)
+    frames = math.ceil(seconds * model.frame_rate - 1e-9)
+    stats = {w: {"wall": [], "cpu": [], "peak": []} for w in ("audiocraft", "fast")}
+    same = True
+    for r in range(repeats):
+        outs = {}
+        for which in (("audiocraft", "fast") if r % 2 == 0 else ("fast", "audiocraft")):
+            (t, c, out), peak = peak_rss_above_start(timed, lm_tokens, model, prompts, seconds, 100 + r, which, compile)
+            stats[which]["wall"].append(t)
+            stats[which]["cpu"].append(c)
+            stats[which]["peak"].append(peak)
+            outs[which] = out
+        same &= torch.equal(outs["audiocraft"], outs["fast"])
+    tokens = batch * model.lm.n_q * frames
+    row = {"model": name, "batch": batch, "seconds": seconds, "frames": frames, "repeats": repeats,
+           "device": device, "same_codes": bool(same), "cache_mb": round(cache_bytes(model, batch, frames) / 2 ** 20, 1)}
+    for which, st in stats.items():
+        med = statistics.median(st["wall"])
+        row[which] = {"median_s": round(med, 3), "min_s": round(min(st["wall"]), 3),
+                      "cpu_median_s": round(statistics.median(st["cpu"]), 3),
+                      "tokens_per_s": round(tokens / med, 1), "steps_per_s": round(frames / med, 2),
+                      "peak_rss_mb": round(max(st["peak"]) / 2 ** 20, 1)}
+    row["ratio"] = round(row["audiocraft"]["median_s"] / row["fast"]["median_s"], 2)
+    row["ratio_min"] = round(row["audiocraft"]["min_s"] / row["fast"]["min_s"], 2)
+    row["ratio_cpu"] = round(row["audiocraft"]["cpu_median_s"] / row["fast"]["cpu_median_s"], 2)
+    del model
+    return row
+
+
+def main_decoders(args, device: str) -> int:
+    import torch
+    rows = []
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        try:
+            name, batch, seconds = case.split(":")
+            batch, seconds = int(batch), float(seconds)
+        except ValueError:
+            print(f"error: bad case {case!r}: use MODEL:BATCH:SECONDS, e.g. small:1:5", file=sys.stderr)
+            return 2
+        if name not in ("tiny", "small", "medium", "large"):
+            print(f"error: unknown model {name!r} (tiny, small, medium, large)", file=sys.stderr)
+            return 2
+        r = bench_decoders(name, batch, seconds, args.repeats, device)
+        rows.append(r)
+        print(f"{name:5s} x{batch} {seconds:g} s  audiocraft {r['audiocraft']['tokens_per_s']:8.0f} tok/s "
+              f"({r['audiocraft']['median_s']:.2f} s, cpu {r['audiocraft']['cpu_median_s']:.2f} s, "
+              f"peak +{r['audiocraft']['peak_rss_mb']:.0f} MB)  fast {r['fast']['tokens_per_s']:8.0f} tok/s "
+              f"({r['fast']['median_s']:.2f} s, cpu {r['fast']['cpu_median_s']:.2f} s, peak +{r['fast']['peak_rss_mb']:.0f} MB, "
+              f"cache {r['cache_mb']:.0f} MB)  ratio {r['ratio']:.2f}x (best-of {r['ratio_min']:.2f}x, "
+              f"cpu {r['ratio_cpu']:.2f}x)  same codes: {r['same_codes']}", flush=True)
+    meta = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
+            "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    print(json.dumps(meta))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,small", help="comma-separated: tiny, small (default both)")
@@ -145,10 +272,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--decoders", action="store_true", help="the LM loop alone: our fast decoder vs audiocraft's")
+    p.add_argument("--cases", default="tiny:1:5,tiny:8:5,tiny:1:30,tiny:8:30,small:1:5,small:8:5",
+                   help="with --decoders: MODEL:BATCH:SECONDS, comma-separated")
     args = p.parse_args(argv)
     import torch
     from musicgen_trainer.runtime import default_device
     device = default_device(args.device)
+    if args.decoders:
+        return main_decoders(args, device)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name not in ("tiny", "small"):

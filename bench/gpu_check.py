@@ -14,7 +14,12 @@ Checks:
 - ``train``: ``train()`` end to end on CUDA (cached codes, export, reload, generation) for the
   tiny melody and stereo variants, on a small synthetic dataset;
 - ``resume``: 4 steps in one go vs 2 steps + resume to 4: the losses after resuming must match;
-- ``generate``: generation with random musicgen-small shapes: seconds per second of audio.
+- ``generate``: generation with random musicgen-small shapes: seconds per second of audio;
+- ``decode``: the LM decoding loop alone, musicgen-small shapes in bf16 (weights cast, no
+  autocast), batch 1 and 8, our fast decoder (static cache; compiled with CUDA graphs,
+  ``mode="reduce-overhead"``, warmed once first, and eager) against audiocraft's loop, alternating:
+  steps/s of each, the ratio, the share of codes identical to audiocraft's, and steps/s against
+  the bandwidth bound (LM weight bytes / the GPU's memory bandwidth, when it is in ``BANDWIDTH_GBS``).
 
 Usage:
     python bench/gpu_check.py [--json results.json]      # on a CUDA machine (~5-8 min)
@@ -40,6 +45,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
                "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+
+# HBM bandwidth (GB/s) from the vendors' data sheets: one decode step streams every LM weight once.
+BANDWIDTH_GBS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L40S": 864.0, "L4": 300.0, "A10": 600.0,
+                 "RTX 4090": 1008.0, "RTX 3090": 936.0, "V100": 900.0, "T4": 320.0}
+# (model, batch, seconds): the decode check's cases.
+DECODE_PLAN = [("random:small", 1, 5.0), ("random:small", 8, 5.0)]
+SMOKE_DECODE_PLAN = [("tiny", 1, 0.5)]
 
 # (model, batch, seconds per crop, measured steps): 30 s crops as users train.
 STEP_PLAN = [("random:small", 2, 30.0, 4), ("random:medium", 2, 30.0, 3)]
@@ -240,6 +252,65 @@ def check_generate(model_name: str, device: str, seconds: float) -> dict:
             "wav_shape": list(wavs[0].shape)}
 
 
+def bandwidth_gbs(device) -> float | None:
+    import torch
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BANDWIDTH_GBS.items() if k in name), None)
+
+
+def check_decode(model_name: str, batch: int, seconds: float, device: str, smoke: bool) -> dict:
+    """Our fast decoder (compiled and eager) vs audiocraft's loop on the same model, same seed."""
+    import torch
+
+    from audiocraft.utils.autocast import TorchAutocast
+    from musicgen_trainer.fast_generate import fast_decoding
+    from musicgen_trainer.models import load_model
+    model = load_model(model_name, device=device)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    model.lm.to(dtype)
+    model.autocast = TorchAutocast(enabled=False)  # the weights' own dtype, for both loops
+    frames = max(1, round(seconds * model.frame_rate))
+    model.set_generation_params(duration=(frames + 0.5) / model.frame_rate, top_k=250, cfg_coef=3.0)
+    attributes, _ = model._prepare_tokens_and_attributes(["a calm piano piece"] * batch, None)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run(which: str):
+        torch.manual_seed(0)
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if which == "audiocraft":
+                out = model._generate_tokens(attributes, None)
+            else:
+                with fast_decoding(model, compile=which == "compiled") as state:
+                    assert state["fast"], state["reason"]
+                    out = model._generate_tokens(attributes, None)
+        sync()
+        return time.perf_counter() - t0, out
+
+    kinds = ("audiocraft", "eager") if smoke else ("audiocraft", "eager", "compiled")
+    warm = {k: run(k)[0] for k in kinds}  # the compiled step is captured here (once per shape)
+    times = {k: [] for k in kinds}
+    outs = {}
+    for r in range(1 if smoke else 2):
+        for k in (kinds if r % 2 == 0 else kinds[::-1]):
+            t, outs[k] = run(k)
+            times[k].append(t)
+    best = {k: min(v) for k, v in times.items()}
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.lm.parameters())
+    bw = bandwidth_gbs(device)
+    fastest = min(best[k] for k in kinds if k != "audiocraft")
+    return {"check": "decode", "model": model_name, "batch": batch, "seconds_of_audio": seconds, "frames": frames,
+            "dtype": str(dtype).replace("torch.", ""), "warmup_s": warm,
+            **{f"{k}_steps_per_s": frames / best[k] for k in kinds},
+            "ratio": best["audiocraft"] / fastest,
+            "same_codes": {k: float((outs[k] == outs["audiocraft"]).float().mean()) for k in kinds if k != "audiocraft"},
+            "lm_weight_gb": weight_bytes / 1e9,
+            "bound_steps_per_s": (bw * 1e9 / weight_bytes) if bw else None}
+
+
 def _fmt(r: dict) -> str:
     if "error" in r:
         return f"| {r['check']} | {r.get('model', '')} {r.get('precision', '')} | FAILED: {r['error']} |"
@@ -253,6 +324,12 @@ def _fmt(r: dict) -> str:
     if r["check"] == "generate":
         return (f"| generate | {r['model']} {r['seconds_of_audio']:g} s | {r['wall_s']:.1f} s "
                 f"({r['realtime_factor']:.2f}x real time, {r['frames_per_s']:.1f} frames/s) |")
+    if r["check"] == "decode":
+        steps = ", ".join(f"{k} {r[k + '_steps_per_s']:.1f}" for k in ("audiocraft", "eager", "compiled")
+                          if k + "_steps_per_s" in r)
+        bound = f", bound {r['bound_steps_per_s']:.0f} steps/s" if r.get("bound_steps_per_s") else ""
+        return (f"| decode | {r['model']} {r['dtype']} b{r['batch']} {r['seconds_of_audio']:g} s | steps/s: {steps}; "
+                f"ratio {r['ratio']:.2f}x{bound}; same codes {r['same_codes']} |")
     rest = {k: v for k, v in r.items() if k not in ("check", "model")}
     return f"| {r['check']} | {r.get('model', '')} | {json.dumps(rest)} |"
 
@@ -261,7 +338,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script runs")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
-    parser.add_argument("--only", default="step,train,resume,generate", help="comma-separated checks to run")
+    parser.add_argument("--only", default="step,train,resume,generate,decode", help="comma-separated checks to run")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     import torch
@@ -296,6 +373,10 @@ def main() -> int:
         if "generate" in only:
             name, seconds = ("tiny", 1.0) if args.smoke else ("random:small", 5.0)
             plan.append(("generate", lambda: check_generate(name, device, seconds), {"model": name}))
+        if "decode" in only:
+            for d_model, d_batch, d_seconds in (SMOKE_DECODE_PLAN if args.smoke else DECODE_PLAN):
+                plan.append(("decode", lambda m=d_model, b=d_batch, s=d_seconds: check_decode(m, b, s, device, args.smoke),
+                             {"model": d_model, "batch": d_batch}))
         for check, run, about in plan:
             t0 = time.perf_counter()
             try:

@@ -12,12 +12,17 @@ audiocraft's windowed continuation: each new window is conditioned on the last
 ``window - extend_stride`` seconds. The global RNG is left untouched; the same seed gives
 the same output for the same request.
 
+The language model's loop is ``fast_generate``'s by default (``decoder="fast"``: a static
+key/value cache, cross-attention keys/values computed once, the same codes as audiocraft's
+loop); ``decoder="audiocraft"`` runs audiocraft's own.
+
 ``progress`` is ``False``, ``True`` (a text bar on stderr) or a callable ``(done, total)``
 called after each language-model step, ``total`` being all the steps of the request
 (every window included).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -31,6 +36,8 @@ from dataset_tools.cli import option
 
 GENERATION_MAX_SECONDS = 600.0    # longest clip generated in one request (windowed beyond the model's window)
 EXTEND_STRIDE = 18.0              # audiocraft's default stride for generation beyond the window
+
+DECODERS = ("fast", "audiocraft")
 
 ProgressFn = tp.Callable[[int, int], None]
 Progress = tp.Union[bool, ProgressFn, None]
@@ -53,6 +60,9 @@ class GenerationConfig:
                                     "random one unless given, recorded in the JSON)")
     extend_stride: float = option(EXTEND_STRIDE, "seconds added per window beyond the model's window", metavar="S")
     use_sampling: bool = option(True, "sample (off: always the most likely code)")
+    decoder: str = option("fast", "language-model decoding loop: fast (static key/value cache, both guidance "
+                          "halves in one batch: the same codes as audiocraft's loop, sooner) or audiocraft "
+                          "(its own loop, for comparison)", choices=DECODERS)
 
     def __post_init__(self):
         if not isinstance(self.duration, (int, float)) or not math.isfinite(self.duration) \
@@ -71,6 +81,8 @@ class GenerationConfig:
             raise ValueError(f"cfg_coef must be between 0 and 100, got {self.cfg_coef}")
         if not (math.isfinite(self.extend_stride) and self.extend_stride > 0):
             raise ValueError(f"extend_stride must be more than 0 seconds, got {self.extend_stride}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.seed is not None and not 0 <= int(self.seed) < 2 ** 63:
             raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
 
@@ -278,12 +290,21 @@ def _run(model, config: GenerationConfig, progress: Progress, total_frames: int,
             if config.seed is not None:
                 torch.manual_seed(int(config.seed))
                 random.seed(int(config.seed))
-            with torch.no_grad():
+            with torch.no_grad(), _decoding(model, config):
                 return call()
     finally:
         random.setstate(python_rng)
         model.set_custom_progress_callback(None)
         close()
+
+
+def _decoding(model, config: GenerationConfig):
+    """The LM loop for ``config.decoder``: ``fast_generate.fast_decoding`` (which itself keeps
+    audiocraft's loop for models it does not reproduce), or audiocraft's own."""
+    if config.decoder == "audiocraft":
+        return contextlib.nullcontext()
+    from .fast_generate import fast_decoding
+    return fast_decoding(model)
 
 
 def _progress_reporter(progress: Progress, total: int) -> tp.Tuple[tp.Callable[[int], None], tp.Callable[[], None]]:

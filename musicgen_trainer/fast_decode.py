@@ -1,0 +1,261 @@
+"""A faster forward pass for audiocraft's ``LMModel`` when decoding: static cache, one batch.
+
+audiocraft decodes through its streaming modules: at every step each self-attention layer
+concatenates its past keys/values with the new ones (a copy of the whole cache per step), each
+cross-attention layer projects the text condition to keys/values again, and the positional
+embedding, the fuser and the streaming state are Python bookkeeping around small kernels.
+``StaticDecoder`` runs the same arithmetic on the same weights (the LM's own modules and
+parameters, read in place: fine-tuned or LoRA-merged weights are ordinary weights) with:
+
+- a preallocated key/value cache per self-attention layer ``[B2, H, T_max, D/H]``, written in
+  place at the step's position;
+- cross-attention keys/values projected once per request;
+- a decode step of fixed shapes (one token per stream, the position as a tensor): with
+  ``compile`` it is ``torch.compile``d (``mode="reduce-overhead"``, CUDA graphs, on CUDA) and
+  attends over the whole cache with a position mask; eager, it attends over the filled part.
+
+The decoding loop itself (conditions, classifier-free guidance, delay pattern, sampling, the
+RNG order) is in ``fast_generate.py``. ``unsupported_reason(lm)`` names what this module does
+not reproduce (callers then use audiocraft's own loop).
+"""
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+CACHE_BUCKET = 64  # cache lengths are rounded up to this, so compiled steps are reused across lengths
+
+
+def unsupported_reason(lm) -> tp.Optional[str]:
+    """None when ``StaticDecoder`` reproduces ``lm``'s forward pass, else why not (one phrase)."""
+    from audiocraft.modules.transformer import StreamingTransformerLayer
+
+    tr = getattr(lm, "transformer", None)
+    if tr is None or not hasattr(tr, "layers"):
+        return "the LM has no audiocraft StreamingTransformer"
+    if getattr(lm, "_fsdp", None) is not None:
+        return "the LM is wrapped in FSDP"
+    if getattr(tr, "positional_embedding", "sin") != "sin":
+        return f"positional embedding {tr.positional_embedding!r} (only 'sin')"
+    fuse = getattr(lm.fuser, "fuse2cond", {})
+    if fuse.get("sum") or fuse.get("input_interpolate"):
+        return "conditions fused by sum or interpolation (only prepend and cross-attention)"
+    for layer in tr.layers:
+        if type(layer) is not StreamingTransformerLayer:
+            return f"custom transformer layer {type(layer).__name__}"
+        for attn in (layer.self_attn, layer.cross_attention):
+            if attn is None:
+                continue
+            if hasattr(attn, "base_layer") and not getattr(attn, "merged", True):
+                # peft's ParamWrapper reparametrises in_proj_weight inside its own forward, which
+                # the decoder does not call (raw_weights_folded or a merged model are fine).
+                return "an unmerged LoRA adapter on the attention's input projection"
+            attn = _base(attn)
+            if attn.past_context is not None or attn.kv_repeat != 1 or attn.qk_layer_norm:
+                return "attention with past_context, kv_repeat or qk_layer_norm"
+            if attn.rope is not None:
+                return "rotary embeddings"
+        if not _base(layer.self_attn).causal:
+            return "non-causal self-attention"
+    return None
+
+
+def _base(attn):
+    """audiocraft's attention module under peft's wrapper (``ParamWrapper`` on ``in_proj``), if any."""
+    while hasattr(attn, "base_layer"):
+        attn = attn.base_layer
+    return attn
+
+
+def _proj(attn) -> tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], nn.Module]:
+    """(in_proj weight [3D, D], bias [3D] or None, out_proj) of audiocraft's attention, custom or
+    ``nn.MultiheadAttention``: both pack q, k, v as ``(p h d)`` with p outermost."""
+    attn = _base(attn)
+    if attn.custom:
+        return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj
+    return attn.mha.in_proj_weight, attn.mha.in_proj_bias, attn.mha.out_proj
+
+
+class StaticDecoder(nn.Module):
+    """Forward pass of one ``LMModel`` for a batch of ``B2`` streams (both CFG halves) over a
+    preallocated cache of ``t_max`` positions. ``prefill`` then ``step``, one request at a time.
+
+    The LM is held outside the module tree (its parameters are read, never copied or owned).
+    """
+
+    def __init__(self, lm, batch: int, t_max: int, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.__dict__["lm"] = lm
+        tr = lm.transformer
+        first = _base(tr.layers[0].self_attn)
+        self.heads = first.num_heads
+        self.dim = first.embed_dim
+        self.head_dim = self.dim // self.heads
+        self.t_max = t_max
+        self.batch = batch
+        shape = (len(tr.layers), batch, self.heads, t_max, self.head_dim)
+        # Buffers (not plain attributes) so that a compiled step sees them as static inputs it
+        # may mutate in place (CUDA graphs keep their addresses).
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        if torch.device(device).type == "cuda":  # CUDA graphs: the caches keep their address, mutated in place
+            for buf in (self.k_cache, self.v_cache):
+                torch._dynamo.mark_static_address(buf)
+        self.cross_k: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
+        self.cross_v: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
+        self.positions = torch.arange(t_max, device=device)
+        self._sin: tp.Optional[torch.Tensor] = None  # [1, t_max, D] positional embeddings, made once
+        self._compiled: tp.Optional[tp.Callable] = None
+
+    # --- per request ---------------------------------------------------------------
+
+    def set_cross(self, cross: tp.Optional[torch.Tensor]) -> None:
+        """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once."""
+        for i, layer in enumerate(self.lm.transformer.layers):
+            if layer.cross_attention is None or cross is None:
+                self.cross_k[i] = self.cross_v[i] = None
+                continue
+            w, b, _ = _proj(layer.cross_attention)
+            d = self.dim
+            k = F.linear(cross, w[d:2 * d], None if b is None else b[d:2 * d])
+            v = F.linear(cross, w[2 * d:], None if b is None else b[2 * d:])
+            self.cross_k[i], self.cross_v[i] = self._heads(k), self._heads(v)
+
+    def prefill(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the first ``T0`` inputs (condition prefix + tokens) from position 0.
+
+        Args:
+            x: embedded input ``[B2, T0, D]`` (prefix and summed token embeddings).
+        Returns:
+            logits ``[B2, K, T0, card]``.
+        """
+        return self._forward(x, None, x.shape[1])
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B2, K, T]`` codes -> ``[B2, T, D]``, summed in audiocraft's order (bit-identical)."""
+        emb = self.lm.emb
+        return sum([emb[k](tokens[:, k]) for k in range(len(emb))])
+
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, length: int,
+             compiled: bool = False) -> torch.Tensor:
+        """One decoding step: codes ``[B2, K, 1]`` at position ``pos`` (``[1]`` long tensor, equal to
+        ``length - 1``) -> logits ``[B2, K, card]``."""
+        if compiled:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._fixed_step, mode=_compile_mode(tokens.device),
+                                               fullgraph=False, dynamic=False)
+            return self._compiled(tokens, pos)
+        return self._forward(self.embed(tokens), pos, length)[:, :, -1]
+
+    def _fixed_step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # Fixed shapes: the attention spans the whole cache, the unfilled part masked out.
+        return self._forward(self.embed(tokens), pos, None)[:, :, -1]
+
+    # --- the transformer ---------------------------------------------------------------
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def _forward(self, x: torch.Tensor, pos: tp.Optional[torch.Tensor], length: tp.Optional[int]) -> torch.Tensor:
+        """``x`` ``[B2, T, D]`` at positions ``pos..pos+T-1`` (prefill: ``pos`` None, from 0);
+        ``length`` the filled cache length after this call (None: mask instead of slicing)."""
+        from audiocraft.modules.transformer import create_sin_embedding
+
+        lm, tr = self.lm, self.lm.transformer
+        b, t, c = x.shape
+        if self._sin is None or self._sin.dtype != x.dtype:
+            # The same elementwise function of the position as audiocraft's, once for all positions.
+            self._sin = create_sin_embedding(self.positions.view(1, -1, 1), c, max_period=tr.max_period, dtype=x.dtype)
+        pos_emb = self._sin[:, :t] if pos is None else self._sin.index_select(1, pos)
+        x = x + tr.positional_scale * pos_emb
+        for i, layer in enumerate(tr.layers):
+            x = self._layer(i, layer, x, pos, length)
+        if lm.out_norm is not None:
+            x = _norm(lm.out_norm, x)
+        return torch.stack([_linear(lm.linears[k], x) for k in range(len(lm.linears))], dim=1)
+
+    def _layer(self, i: int, layer, x: torch.Tensor, pos, length) -> torch.Tensor:
+        # As StreamingTransformerLayer.forward, eval mode (dropouts are identities); the same
+        # functional calls its modules make, without their per-call overhead.
+        cross = self.cross_k[i] is not None
+        if layer.norm_first:
+            x = _add_scaled(x, layer.layer_scale_1, self._self_attention(i, layer.self_attn, _norm(layer.norm1, x), pos, length))
+            if cross:
+                x = _add_scaled(x, layer.layer_scale_cross,
+                                self._cross_attention(i, layer.cross_attention, _norm(layer.norm_cross, x)))
+            return _add_scaled(x, layer.layer_scale_2, _feed_forward(layer, _norm(layer.norm2, x)))
+        src = x
+        x = _norm(layer.norm1, _add_scaled(x, layer.layer_scale_1, self._self_attention(i, layer.self_attn, x, pos, length)))
+        if cross:  # audiocraft's post-norm layer queries the cross-attention with the layer's input
+            x = _norm(layer.norm_cross, _add_scaled(x, layer.layer_scale_cross,
+                                                    self._cross_attention(i, layer.cross_attention, src)))
+        return _norm(layer.norm2, _add_scaled(x, layer.layer_scale_2, _feed_forward(layer, x)))
+
+    def _self_attention(self, i: int, attn, x: torch.Tensor, pos, length) -> torch.Tensor:
+        w, bias, out_proj = _proj(attn)
+        b, t, _ = x.shape
+        qkv = F.linear(x, w, bias).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B2, H, T, d]
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        if pos is None:  # prefill from position 0: causal over the new positions only
+            kc[:, :, :t].copy_(k)
+            vc[:, :, :t].copy_(v)
+            out = self._attend(attn, q, k, v, causal=t > 1, mask=None)
+        else:
+            kc.index_copy_(2, pos, k)
+            vc.index_copy_(2, pos, v)
+            if length is None:
+                mask = (self.positions <= pos).view(1, 1, 1, -1)
+                out = self._attend(attn, q, kc, vc, causal=False, mask=mask)
+            else:
+                out = self._attend(attn, q, kc[:, :, :length], vc[:, :, :length], causal=False, mask=None)
+        return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
+
+    def _cross_attention(self, i: int, attn, x: torch.Tensor) -> torch.Tensor:
+        w, bias, out_proj = _proj(attn)
+        d = self.dim
+        q = self._heads(F.linear(x, w[:d], None if bias is None else bias[:d]))
+        out = self._attend(attn, q, self.cross_k[i], self.cross_v[i], causal=False, mask=None)
+        b, _, t, _ = out.shape
+        return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
+
+    @staticmethod
+    def _attend(attn, q, k, v, causal: bool, mask) -> torch.Tensor:
+        dtype = q.dtype
+        if _base(attn).attention_as_float32:
+            q, k, v = q.float(), k.float(), v.float()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype)
+
+
+def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(mod) in (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return F.linear(x, mod.weight, mod.bias)
+    return mod(x)  # e.g. a LoRA layer not merged: its own forward
+
+
+def _norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(mod) is nn.LayerNorm:
+        return F.layer_norm(x, mod.normalized_shape, mod.weight, mod.bias, mod.eps)
+    return mod(x)
+
+
+def _add_scaled(x: torch.Tensor, scale: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    return x + (y if type(scale) is nn.Identity else scale(y))
+
+
+def _feed_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    # nn.TransformerEncoderLayer._ff_block in eval mode.
+    return _linear(layer.linear2, layer.activation(_linear(layer.linear1, x)))
+
+
+def _compile_mode(device: torch.device) -> str:
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def bucket_length(t: int) -> int:
+    """Cache length for ``t`` positions, rounded up so that a compiled step is reused."""
+    return -(-t // CACHE_BUCKET) * CACHE_BUCKET

@@ -1,0 +1,225 @@
+"""The fast decoder (fast_decode / fast_generate) gives audiocraft's codes: tiny, stereo and melody
+models, with and without guidance, greedy and sampled, within one window, a full window, beyond
+the window, continuation; it is the default and really runs; unsupported models fall back."""
+import pytest
+import torch
+
+from musicgen_trainer.generation import (GenerationConfig, generate, generate_continuation,
+                                         generate_with_melody)
+
+WINDOW = 1.2  # seconds: a short window, so that windowed generation takes few steps
+MODELS = {}
+
+
+def _model(name: str):
+    """load_model(name) with a 1.2 s window (cached per test module)."""
+    if name not in MODELS:
+        from musicgen_trainer.models import load_model
+        model = load_model(name, device="cpu")
+        model.max_duration = WINDOW
+        MODELS[name] = model
+    return MODELS[name]
+
+
+def _codes(model, call):
+    """Run ``call()`` and return the codes audiocraft decoded to audio ``[B, K, F]``."""
+    seen = []
+    original = model.generate_audio
+
+    def record(tokens):
+        seen.append(tokens.clone())
+        return original(tokens)
+    model.generate_audio = record
+    try:
+        call()
+    finally:
+        del model.generate_audio
+    assert len(seen) == 1
+    return seen[0]
+
+
+def _fast_and_audiocraft(model, call_for):
+    """Codes with decoder="fast" (asserting audiocraft's LM loop never runs) and "audiocraft"."""
+    from audiocraft.models.lm import LMModel
+    original = LMModel.generate
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("audiocraft's LM loop ran under decoder='fast'")
+    LMModel.generate = forbidden
+    try:
+        fast = _codes(model, call_for("fast"))
+    finally:
+        LMModel.generate = original
+    slow = _codes(model, call_for("audiocraft"))
+    return fast, slow
+
+
+SAMPLING = {
+    "greedy": dict(use_sampling=False),
+    "top_k": dict(top_k=250, temperature=1.0),
+    "top_p": dict(top_k=0, top_p=0.9, temperature=1.3),
+}
+# (model, seconds, sampling, cfg_coef): 0.4 s within the window, 1.18 s its full length (59
+# frames; audiocraft asks for half a frame more), 2.5 s three windows with a 0.6 s stride.
+CASES = [
+    ("tiny", 0.4, "greedy", 3.0), ("tiny", 0.4, "top_k", 3.0), ("tiny", 0.4, "top_p", 1.0),
+    ("tiny", 1.18, "top_k", 3.0), ("tiny", 2.5, "greedy", 3.0), ("tiny", 2.5, "top_k", 1.0),
+    ("tiny-stereo", 0.4, "greedy", 1.0), ("tiny-stereo", 1.18, "top_p", 3.0), ("tiny-stereo", 2.5, "top_k", 3.0),
+]
+
+
+@pytest.mark.parametrize("name, seconds, sampling, cfg", CASES)
+def test_text_generation_gives_audiocrafts_codes(name, seconds, sampling, cfg):
+    model = _model(name)
+
+    def call_for(decoder):
+        config = GenerationConfig(duration=seconds, seed=3, cfg_coef=cfg, decoder=decoder, **SAMPLING[sampling])
+        return lambda: generate(model, ["lo-fi jazz piano", "rock", ""], config)
+    fast, slow = _fast_and_audiocraft(model, call_for)
+    assert fast.shape == slow.shape and fast.shape[1] == model.lm.num_codebooks
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("name, seconds", [("tiny", 0.5), ("tiny-stereo", 2.0)])
+def test_continuation_gives_audiocrafts_codes(name, seconds):
+    model = _model(name)
+    prompt = 0.1 * torch.randn(model.audio_channels, 12800, generator=torch.Generator().manual_seed(0))
+
+    def call_for(decoder):
+        config = GenerationConfig(duration=seconds, seed=5, decoder=decoder, top_k=50)
+        return lambda: generate_continuation(model, prompt, 32000, ["a", "b"], config)
+    fast, slow = _fast_and_audiocraft(model, call_for)
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("seconds, sampling, cfg", [(0.4, "top_k", 3.0), (1.5, "greedy", 1.0)])
+def test_melody_generation_gives_audiocrafts_codes(seconds, sampling, cfg):
+    """Melody models prepend the chroma and the caption to the LM input (no cross-attention)."""
+    model = _model("tiny-melody")
+    t = torch.arange(32000) / 32000
+    melody = torch.sin(2 * torch.pi * 440 * t)[None]
+
+    def call_for(decoder):
+        config = GenerationConfig(duration=seconds, seed=7, cfg_coef=cfg, decoder=decoder, **SAMPLING[sampling])
+        return lambda: generate_with_melody(model, melody, 32000, ["piano", "choir"], config)
+    fast, slow = _fast_and_audiocraft(model, call_for)
+    assert torch.equal(fast, slow)
+
+
+def test_without_conditions_no_guidance_batch():
+    """No conditions at all: audiocraft runs a single batch (no CFG half); so does ours. (The
+    melody model's LM: audiocraft's loop needs a cross-attention source where layers have one.)"""
+    from musicgen_trainer.fast_generate import fast_lm_generate
+    lm = _model("tiny-melody").lm
+    kwargs = dict(num_samples=2, max_gen_len=30, use_sampling=True, top_k=100)
+    torch.manual_seed(11)
+    slow = lm.generate(None, [], **kwargs)
+    torch.manual_seed(11)
+    fast = fast_lm_generate(lm, None, [], **kwargs)
+    assert torch.equal(fast, slow)
+
+
+def test_fixed_shape_step_gives_audiocrafts_codes(monkeypatch):
+    """The step torch.compile captures (whole cache, position mask), run eagerly here."""
+    import musicgen_trainer.fast_decode as fast_decode
+    from musicgen_trainer.fast_generate import fast_decoding
+    model = _model("tiny")
+    monkeypatch.setattr(fast_decode.torch, "compile", lambda fn, **kwargs: fn)
+    model.set_generation_params(duration=2.5, top_k=250, cfg_coef=3.0, extend_stride=0.6)
+    torch.manual_seed(2)
+    slow = model.generate(["a", "bb"], return_tokens=True)[1]
+    torch.manual_seed(2)
+    try:
+        with fast_decoding(model, compile=True) as state:
+            assert state["fast"]
+            fast = model.generate(["a", "bb"], return_tokens=True)[1]
+    finally:
+        model.lm.__dict__.pop("_fast_decoder", None)  # the kept "compiled" decoder
+    assert torch.equal(fast, slow)
+
+
+def test_fast_is_the_default_and_generate_is_restored():
+    from audiocraft.models.lm import LMModel
+    model = _model("tiny")
+    assert GenerationConfig().decoder == "fast"
+    calls = []
+    original = LMModel.generate
+    LMModel.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        generate(model, ["x"], GenerationConfig(duration=0.1))
+        assert calls == []
+        generate(model, ["x"], GenerationConfig(duration=0.1, decoder="audiocraft"))
+        assert calls == [1]
+    finally:
+        LMModel.generate = original
+    assert "generate" not in model.lm.__dict__  # the instance's generate is audiocraft's again
+
+
+def test_unsupported_model_falls_back_to_audiocrafts_loop():
+    """A feature the static decoder does not reproduce (here the positional embedding is named
+    'sin_rope', though without rotary layers): audiocraft's loop runs, so the output is still
+    audiocraft's."""
+    from musicgen_trainer.fast_decode import unsupported_reason
+    from musicgen_trainer.fast_generate import fast_decoding
+    from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
+    model = build_tiny_musicgen(TinyConfig(seed=2))
+    assert unsupported_reason(model.lm) is None
+    model.lm.transformer.positional_embedding = "sin_rope"
+    assert "positional embedding" in unsupported_reason(model.lm)
+    model.set_generation_params(duration=0.3, use_sampling=False)
+    with fast_decoding(model) as state:
+        assert not state["fast"]
+        fast = model.generate(["x"], return_tokens=True)[1]
+    slow = model.generate(["x"], return_tokens=True)[1]
+    assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("k", [1, 7, 250, 2048])
+def test_top_k_sampling_matches_audiocrafts_draws(k):
+    """Our top-k (kthvalue threshold) keeps the same probabilities and draws the same codes and
+    RNG amounts as audiocraft's sample_top_k, ties included."""
+    from audiocraft.utils import utils
+    from musicgen_trainer.fast_generate import sample_top_k
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(3, 4, 2048, generator=g) * 3
+    logits[0, 0, :300] = 1.0  # ties at the threshold
+    probs = torch.softmax(logits, dim=-1)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        theirs, after_theirs = utils.sample_top_k(probs.clone(), k), torch.rand(2)
+        torch.manual_seed(seed)
+        ours, after_ours = sample_top_k(probs.clone(), k), torch.rand(2)
+        assert torch.equal(ours, theirs) and torch.equal(after_ours, after_theirs)
+
+
+def test_bad_decoder_is_refused():
+    with pytest.raises(ValueError, match="decoder must be one of fast, audiocraft"):
+        GenerationConfig(decoder="turbo")
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_lora_adapted_lm_gives_audiocrafts_codes(folded):
+    """An LM with peft LoRA adapters (trained: B not zero) on every target, in_proj included: with
+    the in_proj adapters folded (training samples) the fast decoder runs and reads the folded
+    weights; unfolded, audiocraft's loop runs (the adapter lives in peft's forward)."""
+    import contextlib
+    from musicgen_trainer.fast_generate import fast_decoding
+    from musicgen_trainer.lora import apply_lora, raw_weights_folded
+    from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
+    model = build_tiny_musicgen(TinyConfig(seed=4))
+    apply_lora(model.lm, 4, targets=["in_proj", "out_proj", "linear1", "linear2"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    model.lm.eval()
+    model.set_generation_params(duration=0.4, top_k=50, cfg_coef=3.0)
+    with raw_weights_folded(model.lm) if folded else contextlib.nullcontext():
+        torch.manual_seed(1)
+        slow = model.generate(["a", "b"], return_tokens=True)[1]
+        torch.manual_seed(1)
+        with fast_decoding(model) as state:
+            assert state["fast"] == folded
+            fast = model.generate(["a", "b"], return_tokens=True)[1]
+    assert torch.equal(fast, slow)
