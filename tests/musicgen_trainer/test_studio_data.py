@@ -3,7 +3,6 @@ statistics; the same through the page's API (gradio_client); no path outside the
 Also the one browser test of the Data, Captions and Tag tabs (prepare -> edit a caption -> tag)."""
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
