@@ -10,7 +10,9 @@ roots are on the server (:func:`public` names a path relative to its root again)
 """
 from __future__ import annotations
 
+import json
 import os
+import stat
 import typing as tp
 from pathlib import Path, PurePosixPath
 
@@ -97,3 +99,58 @@ def list_folders(root: tp.Union[str, os.PathLike], relative: str = "", depth: in
                     return sorted(set(found))
         level = nxt
     return sorted(set(found))
+
+
+MAX_RECORD_BYTES = 1 << 20  # JSON records the page reads (job, run, report, proposals): ours are KBs
+
+
+def read_regular_file(path: tp.Union[str, os.PathLike], max_bytes: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of ``path`` when it is a regular file of at most ``max_bytes``, opened without
+    following a link at its last component (a folder may be confined while a file in it is a link
+    out), never blocking on a FIFO and never reading a device such as /dev/zero.
+
+    Raises:
+        OSError: one line, for anything else (missing, a link, not a regular file, too large).
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise OSError(f"{path.name}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name}: not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(f"{path.name}: larger than {max_bytes} bytes")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise OSError(f"{path.name}: larger than {max_bytes} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def read_json_record(path: tp.Union[str, os.PathLike], max_bytes: int = MAX_RECORD_BYTES) -> tp.Optional[dict]:
+    """A JSON object from ``path`` read as :func:`read_regular_file` does; None when it is not one."""
+    try:
+        data = json.loads(read_regular_file(path, max_bytes).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_regular_file(path: tp.Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` itself (not a link's target) is a regular file: what the page may serve."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from musicgen_trainer.app import jobs
-from musicgen_trainer.app.paths import OutsideRootError, confined, list_folders, public
+from musicgen_trainer.app.paths import (OutsideRootError, confined, is_regular_file, list_folders, public,
+                                        read_json_record, read_regular_file)
 
 
 @pytest.fixture
@@ -105,3 +106,19 @@ def test_a_stop_right_after_the_start_is_not_lost(tmp_path):
         assert jobs.wait_job(tmp_path / "s", timeout=30).state == "stopped"
     finally:
         jobs.stop_job(tmp_path / "s", force=True)
+
+
+def test_records_are_read_only_from_small_regular_files(root, tmp_path):
+    folder = root / "mine"
+    (folder / "ok.json").write_text('{"a": 1}')
+    (folder / "list.json").write_text("[1]")
+    (folder / "big.json").write_text("{" + " " * (2 << 20) + "}")
+    os.symlink(tmp_path / "secret" / "passwords.txt", folder / "link.json")
+    os.symlink("/dev/zero", folder / "zero.json")
+    os.mkfifo(folder / "fifo.json")
+    assert read_json_record(folder / "ok.json") == {"a": 1}
+    for name in ("list.json", "big.json", "link.json", "zero.json", "fifo.json", "missing.json"):
+        assert read_json_record(folder / name) is None  # quickly: no hang on the FIFO, no read of /dev/zero
+    with pytest.raises(OSError, match="cannot be read"):
+        read_regular_file(folder / "link.json")  # a link, even to a readable file
+    assert is_regular_file(folder / "ok.json") and not is_regular_file(folder / "link.json")
