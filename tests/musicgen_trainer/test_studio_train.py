@@ -3,6 +3,7 @@ the memory estimate without weights) and its API through gradio_client (start, a
 refused while one runs, status with the curve, stop, resume)."""
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -299,3 +300,70 @@ def test_the_run_view_follows_no_links_out_of_the_run(studio, tmp_path):
     os.symlink(secret, out / "samples" / "step_00000001" / "00_x.wav")
     view = st.view_run(studio, "linked")
     assert view.state == "done" and view.log == "" and view.rows == [] and view.samples == []
+
+
+def _stopped_run(studio, tmp_path, name="run1", argv=None, **changes):
+    """A run folder as a stopped page run leaves it: run.json, config.json, the job's record."""
+    config = st.build_config(studio, "tiny", "mine-prepared", name,
+                             {"steps": 4, "lr": 1e-4, "batch_size": 2, "segment_seconds": 1, "sample_every": 0,
+                              "eval_every": 0})
+    out = Path(config.out)
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "config.json").write_text(json.dumps({**config.to_dict(), "total_steps": 4, **changes}))
+    jobs._write(out, jobs.JobInfo(kind="train", folder=str(out), argv=argv or st.train_argv(config),
+                                  started=time.time(), returncode=130))
+    return out
+
+
+def test_resume_never_runs_the_stored_command_line(studio, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    out = _stopped_run(studio, tmp_path, argv=["/bin/sh", "-c", f"echo PWNED > {marker}; true"])
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, cwd=None: started.append((argv, folder)))
+    st.resume_training(studio, "run1", steps=6)
+    (argv, folder), = started
+    assert not marker.exists() and folder == out
+    assert argv[:3] == [sys.executable, "-m", "musicgen_trainer.cli_train"] and argv[-1] == "--resume"
+    from musicgen_trainer.cli_train import build_parser, config_from_args
+    again = config_from_args(build_parser().parse_args(argv[3:]))
+    assert again.out == str(out) and again.steps == 6 and again.batch_size == 2 and again.resume == "auto"
+    assert again.data == str((tmp_path / "datasets" / "mine-prepared").resolve()) and again.model == "tiny"
+
+
+@pytest.mark.parametrize("changes", [{"data": "/etc"}, {"model": "/bin/sh"}, {"model": "facebook/musicgen-large"},
+                                     {"steps": "4; rm -rf /"}, {"lr": None, "batch_size": [1]}, {"data": None}])
+def test_resume_refuses_recorded_values_that_do_not_validate(studio, tmp_path, monkeypatch, changes):
+    _stopped_run(studio, tmp_path, **changes)
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="cannot be resumed from the page") as err:
+        st.resume_training(studio, "run1")
+    assert "\n" not in str(err.value)
+
+
+def test_resume_refuses_an_unreadable_config(studio, tmp_path, monkeypatch):
+    out = _stopped_run(studio, tmp_path)
+    (out / "config.json").unlink()
+    os.symlink("/dev/zero", out / "config.json")
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="config.json is missing or unreadable"):
+        st.resume_training(studio, "run1")
+
+
+def test_resume_of_a_planned_run_passes_the_plan_not_the_gpu_size(studio, tmp_path, monkeypatch):
+    _stopped_run(studio, tmp_path, gpu_memory=24.0, grad_accum=2, activation_checkpointing=True, lora=8)
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, cwd=None: started.append(argv))
+    st.resume_training(studio, "run1")
+    from musicgen_trainer.cli_train import build_parser, config_from_args
+    again = config_from_args(build_parser().parse_args(started[0][3:]))
+    assert again.gpu_memory is None and again.grad_accum == 2 and again.activation_checkpointing and again.lora == 8
+
+
+def test_run_names_of_the_tag_tabs_classifiers_are_refused(studio, tmp_path):
+    with pytest.raises(ValueError, match="genre-") as err:
+        st.start_training(studio, "tiny", "mine-prepared", "genre-x", {})
+    assert "\n" not in str(err.value) and not (tmp_path / "checkpoints" / "genre-x").exists()
+    (tmp_path / "checkpoints" / "genre-jazz").mkdir()
+    (tmp_path / "checkpoints" / "genre-jazz" / jobs.JOB_FILE).write_text("{}")
+    assert "genre-jazz" not in st.list_runs(studio)
