@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
 import sys
@@ -354,20 +353,29 @@ def view_run(app, run_name: str) -> RunView:
             view.log = public_log(app, jobs.read_log(out, max_bytes=8192), out, run_name)
     view.rows = read_metrics(out / METRICS_FILE) if not (out / METRICS_FILE).is_symlink() else []
     view.step = view.rows[-1]["step"] if view.rows else 0
-    try:
-        view.total = int(json.loads((out / "config.json").read_text(encoding="utf-8")).get("total_steps") or 0)
-    except (OSError, ValueError, AttributeError):
-        view.total = 0
+    record = read_json_record(out / "config.json")  # bounded, no link, no FIFO or device
+    total = (record or {}).get("total_steps")
+    view.total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
     speeds = [r["tokens_per_s"] for r in view.rows[-ETA_WINDOW:] if r.get("tokens_per_s")]
     view.tokens_per_s = sum(speeds) / len(speeds) if speeds else None
     view.eta_s = eta_seconds(view.rows, view.total)
-    steps = sorted(p for p in (out / "samples").glob("step_*") if p.is_dir()) if (out / "samples").is_dir() else []
-    for folder in reversed(steps):  # the newest step with its clips written
-        wavs = sorted(p for p in folder.glob("*.wav") if p.is_file() and not p.is_symlink())
-        if wavs:
-            view.samples, view.sample_step = wavs[:MAX_SAMPLES], int(folder.name.split("_")[-1])
-            break
+    view.samples, view.sample_step = newest_samples(out)
     return view
+
+
+def newest_samples(out: Path) -> tp.Tuple[tp.List[Path], int]:
+    """The clips of the newest ``samples/step_*`` folder with clips written, and its step: real
+    folders inside the run and regular files only (a link anywhere on the way is left out)."""
+    samples = out / "samples"
+    if samples.is_symlink() or not samples.is_dir():
+        return [], 0
+    steps = sorted(p for p in samples.glob("step_*")
+                   if not p.is_symlink() and p.is_dir() and re.fullmatch(r"step_\d{1,12}", p.name))
+    for folder in reversed(steps):  # the newest step with its clips written
+        wavs = sorted(p for p in folder.glob("*.wav") if is_regular_file(p))
+        if wavs:
+            return wavs[:MAX_SAMPLES], int(folder.name.split("_")[-1])
+    return [], 0
 
 
 def public_log(app, text: str, out: Path, run_name: str) -> str:

@@ -367,3 +367,33 @@ def test_run_names_of_the_tag_tabs_classifiers_are_refused(studio, tmp_path):
     (tmp_path / "checkpoints" / "genre-jazz").mkdir()
     (tmp_path / "checkpoints" / "genre-jazz" / jobs.JOB_FILE).write_text("{}")
     assert "genre-jazz" not in st.list_runs(studio)
+
+
+@pytest.mark.parametrize("link", ["samples", "step"])
+def test_the_run_view_serves_no_clip_through_a_linked_samples_or_step_folder(studio, tmp_path, link):
+    out = tmp_path / "checkpoints" / "linked"
+    out.mkdir()
+    elsewhere = tmp_path / "outside" / "samples"
+    (elsewhere / "step_00000001").mkdir(parents=True)
+    sf.write(elsewhere / "step_00000001" / "00_x.wav", np.zeros(320, np.float32), 32000)
+    if link == "samples":
+        os.symlink(elsewhere, out / "samples")
+    else:
+        (out / "samples").mkdir()
+        os.symlink(elsewhere / "step_00000001", out / "samples" / "step_00000002")
+    os.mkfifo(tmp_path / "outside" / "fifo")
+    (out / "samples" / "step_00000000").mkdir(exist_ok=True) if link == "step" else None
+    if link == "step":  # a FIFO named like a clip is no clip either (it would block a reader)
+        os.mkfifo(out / "samples" / "step_00000000" / "00_y.wav")
+    view = st.view_run(studio, "linked")
+    assert view.samples == [] and view.sample_step == 0
+
+
+def test_the_run_view_reads_a_bounded_config(studio, tmp_path):
+    out = tmp_path / "checkpoints" / "zero"
+    out.mkdir()
+    os.symlink("/dev/zero", out / "config.json")  # would be read forever
+    assert st.view_run(studio, "zero").total == 0
+    (out / "config.json").unlink()
+    (out / "config.json").write_text(json.dumps({"total_steps": 9}))
+    assert st.view_run(studio, "zero").total == 9
