@@ -280,9 +280,19 @@ def _busy(out: Path) -> None:
         raise jobs.JobBusyError(f"{info.kind} is already running in this run: wait for it or stop it first")
 
 
-def stop_training(app, run_name: str) -> bool:
-    """Ctrl-C to the run's job: it finishes its step, saves its state, and stops (exit 130)."""
-    return jobs.stop_job(run_folder(app, run_name))
+STOP_ALREADY_ASKED = ("Stop was already asked: the run finishes its step, saves it and stops by itself "
+                      "(Resume continues from there)")
+
+
+def stop_training(app, run_name: str) -> str:
+    """Ctrl-C to the run's job: it finishes its step, saves its state, and stops (exit 130).
+    Returns what happened for the page: "stopping", "already" (a stop was asked before: not
+    signalled again, since a second Ctrl-C abandons the step and its save) or "" (nothing runs)."""
+    out = run_folder(app, run_name)
+    info = jobs.job_status(out)
+    if info is not None and info.running and info.stop_asked:
+        return "already"
+    return "stopping" if jobs.stop_job(out) else ""
 
 
 # --- what the page shows -------------------------------------------------------------------

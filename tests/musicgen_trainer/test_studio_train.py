@@ -1,6 +1,7 @@
 """The studio's Train tab: its backend (lists, confinement, the command line, the run's view,
 the memory estimate without weights) and its API through gradio_client (start, a second start
 refused while one runs, status with the curve, stop, resume)."""
+import dataclasses
 import json
 import os
 import sys
@@ -397,3 +398,17 @@ def test_the_run_view_reads_a_bounded_config(studio, tmp_path):
     (out / "config.json").unlink()
     (out / "config.json").write_text(json.dumps({"total_steps": 9}))
     assert st.view_run(studio, "zero").total == 9
+
+
+def test_a_second_stop_says_a_stop_was_asked_and_signals_nothing(studio, tmp_path, monkeypatch):
+    out = tmp_path / "checkpoints" / "run1"
+    out.mkdir()
+    asked = jobs.JobInfo(kind="train", folder=str(out), argv=[], started=time.time(), pid=12345, running=True,
+                         stop_asked=True)
+    monkeypatch.setattr(jobs, "job_status", lambda folder: asked)
+    monkeypatch.setattr(jobs, "stop_job", lambda *a, **k: pytest.fail("signalled again"))
+    assert st.stop_training(studio, "run1") == "already"
+    signalled = []
+    monkeypatch.setattr(jobs, "job_status", lambda folder: dataclasses.replace(asked, stop_asked=False))
+    monkeypatch.setattr(jobs, "stop_job", lambda folder, force=False: signalled.append(folder) or True)
+    assert st.stop_training(studio, "run1") == "stopping" and signalled == [out.resolve()]
