@@ -3,8 +3,9 @@
 A run is ``train.py`` itself (``python -m musicgen_trainer.cli_train``) as a job of its run
 folder ``checkpoints/<run name>`` (app/jobs.py): it outlives the page, one run per folder, its
 log in the folder. Stop is Ctrl-C (train.py saves a resumable state at the last completed step
-and exits 130); Resume starts the same command line with ``--resume``. What the page shows is
-read from the run folder only: ``metrics.jsonl`` (the curve, tokens/s, ETA), ``config.json``
+and exits 130); Resume builds the command again from the run's ``config.json``, validated as a
+start is, with ``--resume`` (a command line stored in the folder is never run). What the page
+shows is read from the run folder only: ``metrics.jsonl`` (the curve, tokens/s, ETA), ``config.json``
 (total steps), ``samples/step_*`` and the job's status and log.
 
 Every name from the page is confined (app/paths.py): the dataset to the data root, the run to
@@ -24,6 +25,7 @@ import typing as tp
 from pathlib import Path
 
 from ..metrics_log import METRICS_FILE, read_metrics
+from ..optimizers import OPTIMIZERS
 from ..train_config import TrainConfig
 from . import jobs
 from .paths import OutsideRootError, confined, is_regular_file, list_folders, public, read_json_record
@@ -163,8 +165,7 @@ def _plan_values(planned: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
             raise ValueError("grad_accum must be a whole number from 1")
         values["grad_accum"] = accum
     if "optimizer" in planned:
-        choices = {f.name: f for f in dataclasses.fields(TrainConfig)}["optimizer"].metadata.get("cli", {}).get("choices")
-        if planned["optimizer"] not in (choices or ("adamw",)):
+        if planned["optimizer"] not in OPTIMIZERS:
             raise ValueError("optimizer is not one train.py knows")
         values["optimizer"] = planned["optimizer"]
     if "activation_checkpointing" in planned:

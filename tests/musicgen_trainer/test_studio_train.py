@@ -412,3 +412,11 @@ def test_a_second_stop_says_a_stop_was_asked_and_signals_nothing(studio, tmp_pat
     monkeypatch.setattr(jobs, "job_status", lambda folder: dataclasses.replace(asked, stop_asked=False))
     monkeypatch.setattr(jobs, "stop_job", lambda folder, force=False: signalled.append(folder) or True)
     assert st.stop_training(studio, "run1") == "stopping" and signalled == [out.resolve()]
+
+
+@pytest.mark.parametrize("plan", [{"optimizer": "sgd; rm"}, {"grad_accum": "2"}, {"activation_checkpointing": "yes"}])
+def test_resume_refuses_a_plan_that_does_not_validate(studio, tmp_path, monkeypatch, plan):
+    _stopped_run(studio, tmp_path, gpu_memory=24.0, **plan)
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="cannot be resumed from the page"):
+        st.resume_training(studio, "run1")
