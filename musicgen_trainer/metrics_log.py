@@ -50,15 +50,30 @@ def read_metrics(path: tp.Union[str, os.PathLike], max_bytes: int = MAX_READ_BYT
     lines = raw.split("\n")
     if size > max_bytes:
         lines = lines[1:]  # the first one is cut
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+    return [row for row in map(_row, lines) if row is not None]
+
+
+def _row(line: tp.Union[str, bytes]) -> tp.Optional[dict]:
+    """One line as a dict with an integer step; None for a damaged or half-written line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def _kept_lines(path: Path, resumed_step: int) -> tp.Iterator[str]:
+    """The whole file's lines up to ``resumed_step``, streamed (a long run's file may be larger
+    than what a reader takes: a resume must not cut its beginning)."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return
+    with f:
+        for raw in f:
+            row = _row(raw.decode("utf-8", errors="replace"))
+            if row is not None and row["step"] <= resumed_step:
+                yield json.dumps(row) + "\n"
 
 
 class MetricsLog:
@@ -67,10 +82,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, resumed_step: int = 0):
         self.path = Path(path)
-        kept = [row for row in read_metrics(self.path) if row["step"] <= resumed_step] if resumed_step else []
-        self.offset = float(kept[-1].get("elapsed") or 0.0) if kept else 0.0
+        last = None
         with atomic_path(self.path) as tmp:  # rewritten whole, then appended to
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for line in (_kept_lines(self.path, resumed_step) if resumed_step else ()):
+                    f.write(line)
+                    last = line
+        self.offset = float(_number(json.loads(last).get("elapsed")) or 0.0) if last else 0.0
         self.started = time.monotonic()
         self.file = open(self.path, "a", encoding="utf-8")
 

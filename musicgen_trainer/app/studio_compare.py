@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..generation import GenerationConfig
 from .backend import NO_ADAPTER, AppRequest, run_request
+from .paths import is_regular_file, read_json_record
 
 COMPARE_FOLDER = "compare"        # under the app's output folder
 RECORD = "compare.json"
@@ -30,6 +31,7 @@ TOKEN = re.compile(r"^[0-9a-f]{16}$")
 KEEP_COMPARISONS = 50             # comparison folders kept (the oldest removed first)
 REPORT_DEPTH = 2                  # folders below a run searched for an evaluation report
 VERDICT_CHARS = 1200
+MAX_REPORT_BYTES = 4 << 20        # report.json read (ours are KBs)
 
 
 @dataclasses.dataclass
@@ -143,7 +145,8 @@ def evaluation_report(app, model_key: str) -> tp.Tuple[str, tp.Optional[Path]]:
     for _ in range(REPORT_DEPTH + 1):
         nxt = []
         for folder in level:
-            if (folder / "report.json").is_file() and (folder / "report.html").is_file():
+            # regular files in real folders of the run: a link would serve a file from elsewhere
+            if is_regular_file(folder / "report.json") and is_regular_file(folder / "report.html"):
                 reports.append(folder)
             try:
                 nxt += [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
@@ -152,12 +155,16 @@ def evaluation_report(app, model_key: str) -> tp.Tuple[str, tp.Optional[Path]]:
         level = nxt
     if not reports:
         return "", None
-    newest = max(reports, key=lambda p: (p / "report.json").stat().st_mtime)
-    try:
-        data = json.loads((newest / "report.json").read_text(encoding="utf-8")[:4 << 20])
-        verdict = str(data.get("verdict") or "").strip()
-    except (OSError, ValueError, AttributeError):
-        verdict = ""
+    newest = max(reports, key=lambda p: _mtime(p / "report.json"))
+    data = read_json_record(newest / "report.json", MAX_REPORT_BYTES) or {}  # bounded: no /dev/zero, no FIFO
+    verdict = str(data.get("verdict") or "").strip()
     name = newest.relative_to(root).as_posix()
     text = f"Evaluation report ({name}): " + (verdict[:VERDICT_CHARS] or "no verdict recorded")
     return app.public_text(text), newest / "report.html"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0

@@ -3,8 +3,9 @@
 A run is ``train.py`` itself (``python -m musicgen_trainer.cli_train``) as a job of its run
 folder ``checkpoints/<run name>`` (app/jobs.py): it outlives the page, one run per folder, its
 log in the folder. Stop is Ctrl-C (train.py saves a resumable state at the last completed step
-and exits 130); Resume starts the same command line with ``--resume``. What the page shows is
-read from the run folder only: ``metrics.jsonl`` (the curve, tokens/s, ETA), ``config.json``
+and exits 130); Resume builds the command again from the run's ``config.json``, validated as a
+start is, with ``--resume`` (a command line stored in the folder is never run). What the page
+shows is read from the run folder only: ``metrics.jsonl`` (the curve, tokens/s, ETA), ``config.json``
 (total steps), ``samples/step_*`` and the job's status and log.
 
 Every name from the page is confined (app/paths.py): the dataset to the data root, the run to
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import re
 import sys
@@ -25,9 +25,10 @@ import typing as tp
 from pathlib import Path
 
 from ..metrics_log import METRICS_FILE, read_metrics
+from ..optimizers import OPTIMIZERS
 from ..train_config import TrainConfig
 from . import jobs
-from .paths import OutsideRootError, confined, list_folders
+from .paths import OutsideRootError, confined, is_regular_file, list_folders, public, read_json_record
 
 # The options the page sets (widgets, labels and help derive from these TrainConfig fields).
 PAGE_OPTIONS = ("steps", "lr", "batch_size", "segment_seconds", "lora", "gpu_memory", "sample_every", "eval_every")
@@ -38,6 +39,10 @@ PAGE_DEFAULTS = {"steps": 1000, "lr": 1e-5, "batch_size": 4, "segment_seconds": 
 TINY_MODELS = ("tiny", "tiny-stereo", "tiny-melody")
 MANIFEST_NAMES = ("manifest.jsonl", "data.jsonl")  # what makes a folder a prepared dataset (data.py)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CLASSIFIER_PREFIX = "genre-"  # Tag's classifiers train into checkpoints/genre-<dataset>: not a run's name
+# Options a memory plan (--gpu-memory) decides besides the page's: a resume passes them as the plan
+# chose them (config.json records the planned values), not the GPU size again.
+PLAN_OPTIONS = ("grad_accum", "optimizer", "activation_checkpointing")
 DATASET_DEPTH = 3  # folders under the data root searched for prepared datasets
 MAX_SAMPLES = 6    # sample clips shown (the newest step's)
 ETA_WINDOW = 20    # logged steps the ETA's pace is measured over
@@ -98,6 +103,8 @@ def run_folder(app, name: str) -> Path:
     name = (name or "").strip()
     if not RUN_NAME.match(name) or name in (".", ".."):
         raise OutsideRootError("a run name is one folder name: letters, digits, '.', '_' and '-' (at most 64)")
+    if name.lower().startswith(CLASSIFIER_PREFIX):
+        raise ValueError(f"run names starting with {CLASSIFIER_PREFIX!r} are the Tag tab's classifiers: choose another")
     if not app.checkpoints:
         raise ValueError("the app has no checkpoints folder (--checkpoints)")
     return confined(app.checkpoints, name)
@@ -109,6 +116,8 @@ def list_runs(app) -> tp.List[str]:
         return []
     runs = []
     for name in list_folders(app.checkpoints):
+        if name.lower().startswith(CLASSIFIER_PREFIX):
+            continue  # a classifier the Tag tab trained
         folder = confined(app.checkpoints, name)
         if (folder / "run.json").is_file() or (folder / jobs.JOB_FILE).is_file():
             runs.append((_mtime(folder), name))
@@ -126,8 +135,10 @@ def running_run(app) -> tp.Optional[str]:
 
 # --- start, stop, resume ---------------------------------------------------------------------
 
-def build_config(app, model_key: str, dataset: str, run_name: str, options: tp.Dict[str, tp.Any]) -> TrainConfig:
-    """The run's TrainConfig from the page's choices (validated: ValueError with one line)."""
+def build_config(app, model_key: str, dataset: str, run_name: str, options: tp.Dict[str, tp.Any],
+                 planned: tp.Optional[tp.Dict[str, tp.Any]] = None) -> TrainConfig:
+    """The run's TrainConfig from the page's choices (validated: ValueError with one line);
+    ``planned``: the PLAN_OPTIONS a memory plan chose (a resume of a --gpu-memory run)."""
     values = {}
     for name in PAGE_OPTIONS:
         value = options.get(name, PAGE_DEFAULTS[name])
@@ -140,9 +151,28 @@ def build_config(app, model_key: str, dataset: str, run_name: str, options: tp.D
         values[name] = value
     # a point of the curve every step of a short run, at most every 10 steps of a long one
     log_every = max(1, min(10, values["steps"] // 100))
+    values.update(_plan_values(planned or {}))
     return TrainConfig(data=str(dataset_folder(app, dataset)), model=model_value(app, model_key),
                        out=str(run_folder(app, run_name)), log_every=log_every,
                        sample_seconds=min(TrainConfig.sample_seconds, 2 * values["segment_seconds"]), **values)
+
+
+def _plan_values(planned: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
+    values = {}
+    if "grad_accum" in planned:
+        accum = planned["grad_accum"]
+        if isinstance(accum, bool) or not isinstance(accum, int) or not 1 <= accum <= 4096:
+            raise ValueError("grad_accum must be a whole number from 1")
+        values["grad_accum"] = accum
+    if "optimizer" in planned:
+        if planned["optimizer"] not in OPTIMIZERS:
+            raise ValueError("optimizer is not one train.py knows")
+        values["optimizer"] = planned["optimizer"]
+    if "activation_checkpointing" in planned:
+        if not isinstance(planned["activation_checkpointing"], bool):
+            raise ValueError("activation_checkpointing must be true or false")
+        values["activation_checkpointing"] = planned["activation_checkpointing"]
+    return values
 
 
 def train_argv(config: TrainConfig) -> tp.List[str]:
@@ -153,6 +183,12 @@ def train_argv(config: TrainConfig) -> tp.List[str]:
         value = getattr(config, name)
         if value is not None:
             argv += [flag(name), f"{value:g}" if isinstance(value, float) else str(value)]
+    defaults = TrainConfig(data="x")
+    for name in PLAN_OPTIONS:  # set only by a resume of a planned run: a new run's are train.py's defaults
+        value = getattr(config, name)
+        if value != getattr(defaults, name):
+            argv += [flag(name)] if value is True else [f"--no-{name.replace('_', '-')}"] if value is False \
+                else [flag(name), str(value)]
     argv += ["--log-every", str(config.log_every)]
     if config.sample_every:  # short samples: the page shows them as they appear
         argv += ["--sample-seconds", f"{config.sample_seconds:g}"]
@@ -180,28 +216,63 @@ def start_training(app, model_key: str, dataset: str, run_name: str, options: tp
 
 
 def resume_training(app, run_name: str, steps: tp.Optional[int] = None) -> jobs.JobInfo:
-    """Continue a stopped run: its last command line with ``--resume`` (and ``--steps steps``
-    when given: a run can be continued past its first goal; its other options stay the same)."""
+    """Continue a stopped run with ``--resume`` (and ``--steps steps`` when given: a run can be
+    continued past its first goal; its other options stay the same).
+
+    The command is built again from the run's recorded options (``config.json``), validated as a
+    start is: the dataset confined to the data root, the model one the page lists, ``--out`` this
+    run's folder. A stored command line is never run (a copied run folder could hold any).
+    """
     out = run_folder(app, run_name)
     info = jobs.job_status(out)
-    if not (out / "run.json").is_file():
+    if not is_regular_file(out / "run.json"):
         raise ValueError(f"run {run_name!r} has nothing to resume: start it first")
     _busy(out)
     if info is None or info.kind != "train":
         raise ValueError(f"run {run_name!r} was not started from this page: resume it with train.py --resume")
-    argv = [a for a in info.argv if a != "--resume"]
-    if steps is not None and int(steps) >= 1:
-        argv = _set_flag(argv, "--steps", str(int(steps)))
-    return jobs.start_job("train", argv + ["--resume"], out, cwd=_cwd())
+    config = resume_config(app, run_name, steps)
+    return jobs.start_job("train", train_argv(config) + ["--resume"], out, cwd=_cwd())
 
 
-def _set_flag(argv: tp.List[str], name: str, value: str) -> tp.List[str]:
-    argv = list(argv)
-    if name in argv:
-        argv[argv.index(name) + 1] = value
-    else:
-        argv += [name, value]
-    return argv
+def resume_config(app, run_name: str, steps: tp.Optional[int] = None) -> TrainConfig:
+    """The TrainConfig a resume of ``run_name`` runs, from its ``config.json`` (ValueError, one
+    line, when what it records is not something the page could have started)."""
+    out = run_folder(app, run_name)
+    record = read_json_record(out / "config.json")
+    refuse = f"run {run_name!r} cannot be resumed from the page"
+    if record is None:
+        raise ValueError(f"{refuse}: its config.json is missing or unreadable")
+    try:
+        data, model = record.get("data"), record.get("model")
+        if not isinstance(data, str) or not isinstance(model, str) or app.data_root is None:
+            raise ValueError("its dataset or model is not recorded")
+        try:
+            relative = public(app.data_root, data)
+        except ValueError:
+            raise ValueError("its dataset is not under this app's data root") from None
+        if model in TINY_MODELS:
+            key = model
+        elif model in app.by_value:
+            key = app.key_of(model)
+        else:
+            raise ValueError("its base model is not one the page lists")
+        options = {}
+        for name in PAGE_OPTIONS:
+            value = record.get(name)
+            if value is None:
+                value = 0 if name in ("lora", "gpu_memory") else PAGE_DEFAULTS[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"its {name} is not a number")
+            options[name] = value
+        planned = {}
+        if options["gpu_memory"]:  # the plan's choices are recorded: pass them, not the GPU size again
+            options["gpu_memory"] = 0
+            planned = {name: record[name] for name in PLAN_OPTIONS if name in record}
+        if steps is not None and int(steps) >= 1:
+            options["steps"] = int(steps)
+        return build_config(app, key, relative, run_name, options, planned)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValueError(f"{refuse}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _busy(out: Path) -> None:
@@ -210,9 +281,19 @@ def _busy(out: Path) -> None:
         raise jobs.JobBusyError(f"{info.kind} is already running in this run: wait for it or stop it first")
 
 
-def stop_training(app, run_name: str) -> bool:
-    """Ctrl-C to the run's job: it finishes its step, saves its state, and stops (exit 130)."""
-    return jobs.stop_job(run_folder(app, run_name))
+STOP_ALREADY_ASKED = ("Stop was already asked: the run finishes its step, saves it and stops by itself "
+                      "(Resume continues from there)")
+
+
+def stop_training(app, run_name: str) -> str:
+    """Ctrl-C to the run's job: it finishes its step, saves its state, and stops (exit 130).
+    Returns what happened for the page: "stopping", "already" (a stop was asked before: not
+    signalled again, since a second Ctrl-C abandons the step and its save) or "" (nothing runs)."""
+    out = run_folder(app, run_name)
+    info = jobs.job_status(out)
+    if info is not None and info.running and info.stop_asked:
+        return "already"
+    return "stopping" if jobs.stop_job(out) else ""
 
 
 # --- what the page shows -------------------------------------------------------------------
@@ -283,20 +364,29 @@ def view_run(app, run_name: str) -> RunView:
             view.log = public_log(app, jobs.read_log(out, max_bytes=8192), out, run_name)
     view.rows = read_metrics(out / METRICS_FILE) if not (out / METRICS_FILE).is_symlink() else []
     view.step = view.rows[-1]["step"] if view.rows else 0
-    try:
-        view.total = int(json.loads((out / "config.json").read_text(encoding="utf-8")).get("total_steps") or 0)
-    except (OSError, ValueError, AttributeError):
-        view.total = 0
+    record = read_json_record(out / "config.json")  # bounded, no link, no FIFO or device
+    total = (record or {}).get("total_steps")
+    view.total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
     speeds = [r["tokens_per_s"] for r in view.rows[-ETA_WINDOW:] if r.get("tokens_per_s")]
     view.tokens_per_s = sum(speeds) / len(speeds) if speeds else None
     view.eta_s = eta_seconds(view.rows, view.total)
-    steps = sorted(p for p in (out / "samples").glob("step_*") if p.is_dir()) if (out / "samples").is_dir() else []
-    for folder in reversed(steps):  # the newest step with its clips written
-        wavs = sorted(p for p in folder.glob("*.wav") if p.is_file() and not p.is_symlink())
-        if wavs:
-            view.samples, view.sample_step = wavs[:MAX_SAMPLES], int(folder.name.split("_")[-1])
-            break
+    view.samples, view.sample_step = newest_samples(out)
     return view
+
+
+def newest_samples(out: Path) -> tp.Tuple[tp.List[Path], int]:
+    """The clips of the newest ``samples/step_*`` folder with clips written, and its step: real
+    folders inside the run and regular files only (a link anywhere on the way is left out)."""
+    samples = out / "samples"
+    if samples.is_symlink() or not samples.is_dir():
+        return [], 0
+    steps = sorted(p for p in samples.glob("step_*")
+                   if not p.is_symlink() and p.is_dir() and re.fullmatch(r"step_\d{1,12}", p.name))
+    for folder in reversed(steps):  # the newest step with its clips written
+        wavs = sorted(p for p in folder.glob("*.wav") if is_regular_file(p))
+        if wavs:
+            return wavs[:MAX_SAMPLES], int(folder.name.split("_")[-1])
+    return [], 0
 
 
 def public_log(app, text: str, out: Path, run_name: str) -> str:

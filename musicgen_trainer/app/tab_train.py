@@ -56,7 +56,9 @@ def build_train_tab(app) -> None:
             stopped = st.stop_training(app, run_name)
         except ValueError as exc:
             raise fail(exc) from None
-        if not stopped:
+        if stopped == "already":
+            gr.Info(st.STOP_ALREADY_ASKED)
+        elif not stopped:
             gr.Info("nothing is running in this run")
         return on_poll(run_name)
 

@@ -86,3 +86,33 @@ def test_api_compare_blind_then_reveal(studio):
         assert "more like jazz" in text and Path(html).read_text() == "<html>report</html>"
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("linked", ["report.html", "report.json", "folder"])
+def test_a_report_linked_from_elsewhere_is_not_shown(tmp_path, tiny_model, linked):
+    import os
+
+    from musicgen_trainer.app.page import App
+    from musicgen_trainer.exports import export_model
+    export_model(tiny_model, tmp_path / "checkpoints" / "run" / "export")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "report.json").write_text(json.dumps({"verdict": "secret verdict"}))
+    (outside / "report.html").write_text("<html>secret</html>")
+    if linked == "folder":
+        os.symlink(outside, tmp_path / "checkpoints" / "run" / "eval")
+    else:
+        report = tmp_path / "checkpoints" / "run" / "eval"
+        report.mkdir()
+        other = "report.json" if linked == "report.html" else "report.html"
+        (report / other).write_text((outside / other).read_text())
+        os.symlink(outside / linked, report / linked)
+    app = App(checkpoints=str(tmp_path / "checkpoints"), out=str(tmp_path / "out"), pretrained=[], midi_default=False,
+              data_root=str(tmp_path / "datasets"))
+    assert sc.evaluation_report(app, "export:run/export") == ("", None)
+
+
+def test_a_report_json_is_read_bounded(studio, monkeypatch):
+    monkeypatch.setattr(sc, "MAX_REPORT_BYTES", 16)  # the real report is larger: not read at all
+    text, html = sc.evaluation_report(studio, "export:jazzrun/export")
+    assert "no verdict recorded" in text and "more like jazz" not in text and html.name == "report.html"

@@ -1,8 +1,10 @@
 """The studio's Train tab: its backend (lists, confinement, the command line, the run's view,
 the memory estimate without weights) and its API through gradio_client (start, a second start
 refused while one runs, status with the curve, stop, resume)."""
+import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -299,3 +301,122 @@ def test_the_run_view_follows_no_links_out_of_the_run(studio, tmp_path):
     os.symlink(secret, out / "samples" / "step_00000001" / "00_x.wav")
     view = st.view_run(studio, "linked")
     assert view.state == "done" and view.log == "" and view.rows == [] and view.samples == []
+
+
+def _stopped_run(studio, tmp_path, name="run1", argv=None, **changes):
+    """A run folder as a stopped page run leaves it: run.json, config.json, the job's record."""
+    config = st.build_config(studio, "tiny", "mine-prepared", name,
+                             {"steps": 4, "lr": 1e-4, "batch_size": 2, "segment_seconds": 1, "sample_every": 0,
+                              "eval_every": 0})
+    out = Path(config.out)
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "config.json").write_text(json.dumps({**config.to_dict(), "total_steps": 4, **changes}))
+    jobs._write(out, jobs.JobInfo(kind="train", folder=str(out), argv=argv or st.train_argv(config),
+                                  started=time.time(), returncode=130))
+    return out
+
+
+def test_resume_never_runs_the_stored_command_line(studio, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    out = _stopped_run(studio, tmp_path, argv=["/bin/sh", "-c", f"echo PWNED > {marker}; true"])
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, cwd=None: started.append((argv, folder)))
+    st.resume_training(studio, "run1", steps=6)
+    (argv, folder), = started
+    assert not marker.exists() and folder == out
+    assert argv[:3] == [sys.executable, "-m", "musicgen_trainer.cli_train"] and argv[-1] == "--resume"
+    from musicgen_trainer.cli_train import build_parser, config_from_args
+    again = config_from_args(build_parser().parse_args(argv[3:]))
+    assert again.out == str(out) and again.steps == 6 and again.batch_size == 2 and again.resume == "auto"
+    assert again.data == str((tmp_path / "datasets" / "mine-prepared").resolve()) and again.model == "tiny"
+
+
+@pytest.mark.parametrize("changes", [{"data": "/etc"}, {"model": "/bin/sh"}, {"model": "facebook/musicgen-large"},
+                                     {"steps": "4; rm -rf /"}, {"lr": None, "batch_size": [1]}, {"data": None}])
+def test_resume_refuses_recorded_values_that_do_not_validate(studio, tmp_path, monkeypatch, changes):
+    _stopped_run(studio, tmp_path, **changes)
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="cannot be resumed from the page") as err:
+        st.resume_training(studio, "run1")
+    assert "\n" not in str(err.value)
+
+
+def test_resume_refuses_an_unreadable_config(studio, tmp_path, monkeypatch):
+    out = _stopped_run(studio, tmp_path)
+    (out / "config.json").unlink()
+    os.symlink("/dev/zero", out / "config.json")
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="config.json is missing or unreadable"):
+        st.resume_training(studio, "run1")
+
+
+def test_resume_of_a_planned_run_passes_the_plan_not_the_gpu_size(studio, tmp_path, monkeypatch):
+    _stopped_run(studio, tmp_path, gpu_memory=24.0, grad_accum=2, activation_checkpointing=True, lora=8)
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, cwd=None: started.append(argv))
+    st.resume_training(studio, "run1")
+    from musicgen_trainer.cli_train import build_parser, config_from_args
+    again = config_from_args(build_parser().parse_args(started[0][3:]))
+    assert again.gpu_memory is None and again.grad_accum == 2 and again.activation_checkpointing and again.lora == 8
+
+
+def test_run_names_of_the_tag_tabs_classifiers_are_refused(studio, tmp_path):
+    with pytest.raises(ValueError, match="genre-") as err:
+        st.start_training(studio, "tiny", "mine-prepared", "genre-x", {})
+    assert "\n" not in str(err.value) and not (tmp_path / "checkpoints" / "genre-x").exists()
+    (tmp_path / "checkpoints" / "genre-jazz").mkdir()
+    (tmp_path / "checkpoints" / "genre-jazz" / jobs.JOB_FILE).write_text("{}")
+    assert "genre-jazz" not in st.list_runs(studio)
+
+
+@pytest.mark.parametrize("link", ["samples", "step"])
+def test_the_run_view_serves_no_clip_through_a_linked_samples_or_step_folder(studio, tmp_path, link):
+    out = tmp_path / "checkpoints" / "linked"
+    out.mkdir()
+    elsewhere = tmp_path / "outside" / "samples"
+    (elsewhere / "step_00000001").mkdir(parents=True)
+    sf.write(elsewhere / "step_00000001" / "00_x.wav", np.zeros(320, np.float32), 32000)
+    if link == "samples":
+        os.symlink(elsewhere, out / "samples")
+    else:
+        (out / "samples").mkdir()
+        os.symlink(elsewhere / "step_00000001", out / "samples" / "step_00000002")
+    os.mkfifo(tmp_path / "outside" / "fifo")
+    (out / "samples" / "step_00000000").mkdir(exist_ok=True) if link == "step" else None
+    if link == "step":  # a FIFO named like a clip is no clip either (it would block a reader)
+        os.mkfifo(out / "samples" / "step_00000000" / "00_y.wav")
+    view = st.view_run(studio, "linked")
+    assert view.samples == [] and view.sample_step == 0
+
+
+def test_the_run_view_reads_a_bounded_config(studio, tmp_path):
+    out = tmp_path / "checkpoints" / "zero"
+    out.mkdir()
+    os.symlink("/dev/zero", out / "config.json")  # would be read forever
+    assert st.view_run(studio, "zero").total == 0
+    (out / "config.json").unlink()
+    (out / "config.json").write_text(json.dumps({"total_steps": 9}))
+    assert st.view_run(studio, "zero").total == 9
+
+
+def test_a_second_stop_says_a_stop_was_asked_and_signals_nothing(studio, tmp_path, monkeypatch):
+    out = tmp_path / "checkpoints" / "run1"
+    out.mkdir()
+    asked = jobs.JobInfo(kind="train", folder=str(out), argv=[], started=time.time(), pid=12345, running=True,
+                         stop_asked=True)
+    monkeypatch.setattr(jobs, "job_status", lambda folder: asked)
+    monkeypatch.setattr(jobs, "stop_job", lambda *a, **k: pytest.fail("signalled again"))
+    assert st.stop_training(studio, "run1") == "already"
+    signalled = []
+    monkeypatch.setattr(jobs, "job_status", lambda folder: dataclasses.replace(asked, stop_asked=False))
+    monkeypatch.setattr(jobs, "stop_job", lambda folder, force=False: signalled.append(folder) or True)
+    assert st.stop_training(studio, "run1") == "stopping" and signalled == [out.resolve()]
+
+
+@pytest.mark.parametrize("plan", [{"optimizer": "sgd; rm"}, {"grad_accum": "2"}, {"activation_checkpointing": "yes"}])
+def test_resume_refuses_a_plan_that_does_not_validate(studio, tmp_path, monkeypatch, plan):
+    _stopped_run(studio, tmp_path, gpu_memory=24.0, **plan)
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(ValueError, match="cannot be resumed from the page"):
+        st.resume_training(studio, "run1")

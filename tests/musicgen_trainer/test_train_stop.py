@@ -126,6 +126,19 @@ def test_metrics_log_keeps_the_lines_up_to_the_resumed_step(tmp_path):
     assert read_metrics(path) == []
 
 
+def test_a_resume_keeps_the_early_lines_of_a_file_larger_than_a_reader_takes(tmp_path, monkeypatch):
+    """A reader takes the file's last MAX_READ_BYTES (16 MB); the rewrite on resume takes it all
+    (the cap made small here, so the file need not be 16 MB)."""
+    monkeypatch.setattr(read_metrics, "__defaults__", (200,))
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0, "elapsed": float(s)}) + "\n" for s in range(1, 41)))
+    assert read_metrics(path)[0]["step"] > 1  # the reader's window does not reach the start
+    log = MetricsLog(path, resumed_step=30)
+    log.close()
+    assert log.offset == 30.0
+    assert [r["step"] for r in read_metrics(path, max_bytes=1 << 20)] == list(range(1, 31))
+
+
 def test_the_studio_stop_is_ctrl_c_and_resume_finishes(dataset, tmp_path):
     """train.py as the page runs it (jobs.start_job): Stop once metrics.jsonl shows a step, the
     job exits 130 ("stopped") with the state of that step saved; resuming finishes and exports."""
