@@ -41,6 +41,7 @@ def roots(pristine, tmp_path):
              "destination": "", "note": ""}]
     (tmp_path / "outside" / "x.wav").write_bytes(b"RIFF")
     (folder / "proposals.json").write_text(json.dumps({"rows": rows}))
+    (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"]}))  # the genres it knows
     return tmp_path / "data", checkpoints
 
 
@@ -75,6 +76,7 @@ def test_the_classifier_job_is_genre_classifiers_own_command_line(roots, monkeyp
 
 def test_proposals_need_a_trained_classifier(roots):
     root, checkpoints = roots
+    (checkpoints / "genre-lib-prepared" / "classifier.json").unlink()
     with pytest.raises(ValueError, match="has no classifier.json"):
         stg.start_proposals(root, checkpoints, "lib-prepared", 0.6)
 
@@ -130,6 +132,28 @@ def test_applying_refuses_unknown_tracks_crafted_paths_and_running_jobs(roots):
         jobs.stop_job(folder, force=True)
         jobs.wait_job(folder, timeout=30)
     assert (root / "lib-prepared" / "unknown" / "mystery 0.wav").is_file()
+
+
+def test_a_crafted_predicted_genre_is_never_filed(roots):
+    """proposals.json is a file in a folder anyone may copy in: a "predicted" genre that is not one of
+    the classifier's labels (a path such as ../../outside/evil, or an absolute one) is not offered,
+    and applying it moves nothing."""
+    root, checkpoints = roots
+    data = root / "lib-prepared"
+    path = checkpoints / "genre-lib-prepared" / "proposals.json"
+    rows = json.loads(path.read_text())["rows"]
+    for row, genre in zip(rows[:2], ("../../../outside/evil", str(root.parent / "outside" / "abs"))):
+        row["predicted"] = genre
+    path.write_text(json.dumps({"rows": rows}))
+    assert [p.track for p in stg.load_proposals(root, checkpoints, "lib-prepared")] == ["crafted"]
+    with pytest.raises(ValueError, match="not one of the proposed tracks"):
+        stg.apply_proposals(root, checkpoints, "lib-prepared", ["unknown/mystery 0.wav"])
+    # a crafted label in the classifier's own record is refused too
+    (checkpoints / "genre-lib-prepared" / "classifier.json").write_text(
+        json.dumps({"labels": ["beats", "../../../outside/evil"]}))
+    assert stg.load_proposals(root, checkpoints, "lib-prepared") == []
+    assert sorted(os.listdir(root.parent / "outside")) == ["x.wav"]
+    assert (data / "unknown" / "mystery 0.wav").is_file()
 
 
 @pytest.fixture
