@@ -13,9 +13,12 @@ job lives in the folder it writes:
   bars included: :func:`progress_of` reads them); :func:`read_log` returns the latest job's part.
 
 Stopping sends SIGINT to the job's process group, as Ctrl-C in a terminal would: train.py
-then saves a resumable state before it exits. ``python -m musicgen_trainer.app.jobs FOLDER --
-COMMAND...`` is the small wrapper that runs the command and records its exit status (it
-ignores SIGINT itself so that it is still there to record it).
+then saves a resumable state before it exits. The stop is recorded and sent once (a second
+SIGINT would make train.py abandon its save); ``force`` kills. ``python -m
+musicgen_trainer.app.jobs FOLDER JOB_ID LOCK_FD -- COMMAND...`` is the small wrapper that runs
+the command (handing it the locked descriptor too) and records its exit status (it ignores
+SIGINT itself so that it is still there to record it). The lock, log and record have fixed
+names in a folder anyone may have copied in: none is followed through a link or read unbounded.
 """
 from __future__ import annotations
 
