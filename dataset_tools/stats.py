@@ -117,7 +117,10 @@ def draw_chart(stats: DatasetStats, path: Path) -> Path:
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {label}", va="center")
     ax.set_xlim(0, max(hours) * 1.25 if max(hours) > 0 else 1)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from .atomic import atomic_path
+    try:  # a new file renamed into place: a link at ``path`` is replaced, never written through
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -32,6 +32,20 @@ MANIFEST_FILES = (MANIFEST, "train.jsonl", "valid.jsonl")
 UNLABELLED_MANIFEST = "unlabelled.jsonl"
 
 
+def check_genre_folder(genre) -> str:
+    """``genre`` when it is one plain folder name (no ``/``, ``..``, leading ``.`` or ``-``, no
+    control characters): what a genre may be before a track is filed under ``INTO/<genre>``.
+
+    Raises:
+        ValueError: one line, for anything that could name a place outside ``INTO`` or a hidden folder.
+    """
+    text = genre if isinstance(genre, str) else ""
+    if (not text or text != text.strip() or "/" in text or "\\" in text or text in (".", "..")
+            or text[0] in ".-" or any(ord(ch) < 32 for ch in text) or len(text) > 200):
+        raise ValueError(f"not a plain genre folder name: {str(genre)[:80]!r}")
+    return text
+
+
 def caption_with_genre(caption: str, genre: str) -> str:
     """``caption`` with the genre in front, worded as ``dataset_tools prepare`` words it for
     labelled tracks ("Hip hop music, ..."), unless it already names the genre."""
@@ -167,16 +181,24 @@ class Filer:
 
     def plan(self, src, genre: str, reserved: set) -> Path:
         """Where ``file(src, genre)`` would put the audio, if the earlier planned ones were filed."""
-        src, folder = Path(src).resolve(), self.into / genre
+        src, folder = Path(src).resolve(), self._genre_folder(genre)
         if src.parent == folder:
             return src
         stem = self.free_stem(folder, src.stem, src.suffix, reserved)
         reserved.update(folder / (stem + s) for s in (src.suffix, *SIDECARS))
         return folder / (stem + src.suffix)
 
+    def _genre_folder(self, genre: str) -> Path:
+        """``INTO/<genre>``, refused (one line) unless ``genre`` is one plain folder name and the
+        folder (a link followed) is still inside ``INTO``."""
+        folder = self.into / check_genre_folder(genre)
+        if Path(os.path.realpath(folder)).parent != self.into:
+            raise ValueError(f"the genre folder {genre!r} is a link out of {self.into.name}")
+        return folder
+
     def file(self, src, genre: str) -> Filed:
         src = Path(src).resolve()
-        folder = self.into / genre
+        folder = self._genre_folder(genre)
         if src.parent == folder:
             return Filed("already in place", src)
         folder.mkdir(parents=True, exist_ok=True)

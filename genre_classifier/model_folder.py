@@ -89,6 +89,12 @@ def read_info(folder) -> dict:
     labels = info["labels"]
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise ModelFolderError(f"{info_file} has no valid label list (need >= 2 genre names)")
+    from .filing import check_genre_folder
+    try:  # a label names the folder `tag --apply` files a track into: never a path
+        for label in labels:
+            check_genre_folder(label)
+    except ValueError as err:
+        raise ModelFolderError(f"{info_file} has a label that is not a genre folder name ({err})") from None
     try:
         FeatureSettings.from_dict(info["features"])
     except KeyError as err:

@@ -11,9 +11,9 @@ from the field, checked by the dataclass before anything starts).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -23,7 +23,10 @@ from dataset_tools.report import REPORT_FILE
 from dataset_tools.state import STATE_FILE
 
 from . import jobs
-from .paths import confined, list_folders
+from .paths import confined, is_regular_file, list_folders, read_json_record
+
+_CHART_LOCK = threading.Lock()
+_CHARTS: tp.Dict[str, tp.Any] = {}  # dataset folder -> the prepare (job id, end, report time) its chart shows
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m dataset_tools` is importable
 PREPARED_SUFFIX = "-prepared"
@@ -95,7 +98,7 @@ def cli_flags(cls, values: tp.Mapping[str, tp.Any]) -> tp.List[str]:
                 raise ValueError(f"{field_label(name)} cannot be left empty")
             argv.append(const[0])
         else:
-            argv += [flag, str(value)]
+            argv.append(f"{flag}={value}")  # a value starting with "-" stays the flag's value
     return argv
 
 
@@ -205,16 +208,30 @@ def running_prepare(root) -> tp.Optional[str]:
     return None
 
 
+def _spellings(path) -> tp.Set[str]:
+    path = Path(path)
+    return {s for s in (str(path), str(path.absolute()), os.path.realpath(path)) if len(s) > 1}  # never "/" alone
+
+
 def hide_roots(text: str, *roots) -> str:
-    """``text`` with each root's server path replaced by its folder name (never a server path in the page)."""
+    """``text`` (a job's log, an error) as the page may show it: each root's server path replaced by
+    its folder name, the interpreter by ``python`` and its installation (site-packages in a
+    traceback) by ``<python>``: never a server path in the page. The one function for every tab's log."""
+    names: tp.List[tp.Tuple[str, str, bool]] = []
     for root in roots:
-        if not root:
-            continue
-        root = Path(root)
-        for spelled in sorted({os.path.realpath(root), str(root.absolute())}, key=len, reverse=True):
-            if len(spelled) > 1:
-                text = text.replace(spelled + os.sep, "").replace(spelled, root.name or ".")
+        if root:
+            names += [(spelled, Path(root).name or ".", True) for spelled in _spellings(root)]
+    names += [(spelled, "python", False) for spelled in _spellings(sys.executable)]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        names += [(spelled, "<python>", False) for spelled in _spellings(prefix)]
+    for spelled, name, strip_sep in sorted(names, key=lambda n: len(n[0]), reverse=True):
+        if strip_sep:
+            text = text.replace(spelled + os.sep, "")
+        text = text.replace(spelled, name)
     return text
+
+
+public_log = hide_roots  # the name the Train tab's log helper shares
 
 
 @dataclasses.dataclass
@@ -272,14 +289,25 @@ GENRE_COLUMNS = ["genre", "tracks", "segments", "train", "valid", "minutes"]
 def prepare_results(root, output: str) -> PrepareResults:
     """The report of the last prepare of ``output`` and the dataset's statistics (the chart is drawn
     into the dataset, as ``dataset_tools stats`` does). ValueError when there is no dataset yet."""
-    from dataset_tools.stats import StatsOptions, dataset_stats
+    from dataset_tools.stats import CHART_FILE, StatsOptions, dataset_stats
     root = require_root(root)
     out = confined(root, output, must_exist=True)
+    report = read_json_record(out / REPORT_FILE)  # bounded; never a link, FIFO or device
+    if report is None:
+        raise ValueError(f"{output!r} has no prepare report yet: run prepare first")
+    # The page polls this (unqueued): draw the chart once per finished prepare, one thread at a
+    # time (pyplot is not thread-safe), and only into a new file renamed into place.
+    info = jobs.job_status(out)
     try:
-        report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ValueError(f"{output!r} has no prepare report yet: run prepare first") from None
-    stats = dataset_stats(out, StatsOptions(examples=0))
+        key = (info.id if info else "", info.finished if info else None, os.stat(out / REPORT_FILE).st_mtime_ns)
+    except OSError:
+        key = None
+    chart_path = out / CHART_FILE
+    with _CHART_LOCK:
+        cached = key is not None and _CHARTS.get(str(out)) == key and is_regular_file(chart_path)
+        stats = dataset_stats(out, StatsOptions(examples=0, chart="" if cached else None))
+        _CHARTS[str(out)] = key
+    chart = chart_path if is_regular_file(chart_path) else None
     lines = [f"**{report.get('tracks', 0)} tracks -> {report.get('segments', 0)} segments "
              f"({report.get('seconds', 0.0) / 3600:.2f} h)** from {report.get('files_found', 0)} audio/MIDI files.",
              f"This run: {report.get('converted_this_run', 0)} converted, {report.get('up_to_date', 0)} already "
@@ -297,5 +325,5 @@ def prepare_results(root, output: str) -> PrepareResults:
                 lines.append(f"- ... and {len(items) - MAX_LISTED_PROBLEMS} more (see {REPORT_FILE})")
     genres = [[genre, g["tracks"], g["segments"], g.get("train", 0), g.get("valid", 0), round(g["seconds"] / 60, 1)]
               for genre, g in stats.genres.items()]
-    return PrepareResults(hide_roots("\n".join(lines), root), genres, Path(stats.chart) if stats.chart else None)
+    return PrepareResults(hide_roots("\n".join(lines), root), genres, chart)
 

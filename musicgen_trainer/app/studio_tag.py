@@ -18,7 +18,7 @@ files come from the proposals the dry run wrote.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import re
 import sys
 import typing as tp
@@ -28,7 +28,7 @@ from dataset_tools.atomic import write_json_atomic
 from dataset_tools.dataset_format import UNKNOWN_GENRE_DIRS
 
 from . import jobs
-from .paths import OutsideRootError, confined
+from .paths import OutsideRootError, confined, is_regular_file, read_json_record
 from .studio_captions import dataset_folder
 from .studio_data import PROJECT_ROOT, JobView, cli_flags, coerce, hide_roots, job_view, require_root
 
@@ -42,7 +42,10 @@ _EPOCH = re.compile(r"epoch\s+(\d+)/(\d+)")
 
 
 def classifier_name(dataset: str) -> str:
-    return CLASSIFIER_PREFIX + Path((dataset or "").strip().rstrip("/")).name
+    """``genre-<dataset>`` from the dataset's whole relative path (``a/ds`` -> ``genre-a-ds``), so two
+    datasets with the same last folder name never share one classifier."""
+    parts = [p for p in Path((dataset or "").strip().rstrip("/")).parts if p not in ("", ".")]
+    return CLASSIFIER_PREFIX + "-".join(parts)
 
 
 def classifier_folder(checkpoints, dataset: str) -> Path:
@@ -52,6 +55,16 @@ def classifier_folder(checkpoints, dataset: str) -> Path:
     if not (dataset or "").strip():
         raise ValueError("choose a prepared dataset")
     return confined(checkpoints, classifier_name(dataset))
+
+
+def _check_classifier_out(out: Path) -> None:
+    """Refuse to train into a folder that holds a fine-tuning run or an export: ``train --overwrite``
+    would replace its report and job record."""
+    # run.json: a fine-tuning run (train.py); export_info.json / state_dict.bin: an export
+    # (musicgen_trainer.exports: not imported here, it loads torch).
+    if any(os.path.lexists(out / name) for name in ("run.json", "export_info.json", "state_dict.bin")):
+        raise ValueError(f"{out.name} holds a training run or an export, not a genre classifier: "
+                         f"rename it before training the classifier")
 
 
 def unknown_folder(data: Path) -> Path:
@@ -88,6 +101,7 @@ def start_classifier(root, checkpoints, dataset: str, values: tp.Mapping[str, tp
     from genre_classifier.training import TrainConfig
     data = dataset_folder(root, dataset)
     out = classifier_folder(checkpoints, dataset)
+    _check_classifier_out(out)
     flags = cli_flags(TrainConfig, classifier_options(values))
     argv = [sys.executable, "-m", "genre_classifier", "train", str(data), "--out", str(out), "--overwrite", *flags]
     return jobs.start_job("classifier", argv, out, cwd=str(PROJECT_ROOT))
@@ -148,7 +162,7 @@ def classifier_report(root, checkpoints, dataset: str) -> tp.Tuple[str, tp.Optio
              f"(best {training.get('best_epoch', '?')})."]
     png = folder / REPORT_DIR / "confusion_matrix.png"
     text = hide_roots("\n\n".join(lines), require_root(root), checkpoints)
-    return text, png if png.is_file() else None
+    return text, png if is_regular_file(png) else None  # never a link out of the folder
 
 
 @dataclasses.dataclass
@@ -174,19 +188,34 @@ def load_proposals(root, checkpoints, dataset: str) -> tp.List[Proposal]:
     """The last dry run's proposals for the dataset, one per track (tracks it skipped left out)."""
     dataset_folder(root, dataset)  # a dataset under the data root, or one line
     path = _proposals_file(checkpoints, dataset)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = read_json_record(path)  # bounded; never a link, FIFO or device
+    if data is None:
         return []
+    labels = _classifier_labels(checkpoints, dataset)
     by_track: tp.Dict[str, Proposal] = {}
     for row in (data.get("rows") or [])[:10_000]:
-        if row.get("status") not in ("tagged", "unknown") or not row.get("predicted"):
+        if not isinstance(row, dict) or row.get("status") not in ("tagged", "unknown") or not row.get("predicted"):
+            continue
+        if row["predicted"] not in labels:  # a crafted genre ("../../x") would name a folder outside
             continue
         proposal = by_track.setdefault(str(row["track"]), Proposal(
             str(row["track"]), str(row["predicted"]), float(row.get("confidence") or 0.0),
             row.get("status") == "tagged", str(row.get("top3", "")), [], str(row.get("applied", ""))))
         proposal.files.append(str(row["file"]))
     return sorted(by_track.values(), key=lambda p: (-p.confidence, p.track))[:MAX_PROPOSALS_SHOWN]
+
+
+def _classifier_labels(checkpoints, dataset: str) -> tp.Set[str]:
+    """The genres the dataset's classifier knows (its ``classifier.json`` labels), each one plain
+    folder name; empty when there is none (or a label is not such a name): then nothing can be filed."""
+    from genre_classifier.filing import check_genre_folder
+    from genre_classifier.model_folder import INFO_FILE
+    info = read_json_record(classifier_folder(checkpoints, dataset) / INFO_FILE) or {}
+    labels = info.get("labels") if isinstance(info.get("labels"), list) else []
+    try:  # one crafted label and the record is not the classifier's (read_info refuses it too)
+        return {check_genre_folder(label) for label in labels}
+    except ValueError:
+        return set()
 
 
 def proposal_audio(root, checkpoints, dataset: str, track: str) -> tp.Tuple[int, tp.Any]:
@@ -198,6 +227,8 @@ def proposal_audio(root, checkpoints, dataset: str, track: str) -> tp.Tuple[int,
         try:
             path = confined(unknown, rel, must_exist=True)
         except OutsideRootError:
+            continue
+        if not is_regular_file(path):  # a FIFO would block the reader, a device never end
             continue
         samples, rate = sf.read(str(path), dtype="int16", frames=int(60 * 48000))
         return rate, samples
@@ -258,12 +289,11 @@ def apply_proposals(root, checkpoints, dataset: str, accepted: tp.Sequence[str],
 def _record_applied(checkpoints, dataset: str, results: tp.Dict[str, str]) -> None:
     """Note in proposals.json what applying did to each file (filed tracks are not offered again)."""
     path = _proposals_file(checkpoints, dataset)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = read_json_record(path)
+    if data is None:
         return
     for row in data.get("rows") or []:
-        if row.get("file") in results:
+        if isinstance(row, dict) and row.get("file") in results:
             row["applied"] = results[row["file"]]
     write_json_atomic(path, data)
 

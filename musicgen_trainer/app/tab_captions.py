@@ -122,8 +122,8 @@ def build_captions_tab(app) -> None:
                    api_name="caption_select")
     save.click(guarded(app, on_save), inputs=[dataset, segment, caption, which, genre, search, page],
                outputs=[note, caption, *listed], api_name="caption_save", concurrency_limit=1,
-               concurrency_id="studio-captions")
+               concurrency_id="studio-jobs")
     replace_button.click(guarded(app, on_replace),
                          inputs=[dataset, replace_genre, find, replace, which, genre, search, page],
                          outputs=[note, *listed], api_name="caption_replace", concurrency_limit=1,
-                         concurrency_id="studio-captions")
+                         concurrency_id="studio-jobs")

@@ -156,5 +156,5 @@ def build_tag_tab(app) -> None:
     table_button.click(guarded(app, on_proposals), inputs=dataset, outputs=table, api_name="tag_proposals")
     listen.change(guarded(app, on_play), inputs=[dataset, listen], outputs=player, api_name="tag_play")
     apply.click(guarded(app, on_apply), inputs=[dataset, accept, mode], outputs=[note, accept, listen],
-                api_name="tag_apply", concurrency_limit=1, concurrency_id="studio-captions")
+                api_name="tag_apply", concurrency_limit=1, concurrency_id="studio-jobs")
     on_load_register(on_load, [dataset])

@@ -1,5 +1,6 @@
 """Model folders: save/load gives identical predictions; unusable folders give clear errors."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -100,3 +101,29 @@ def test_inconsistent_labels_or_shapes(good_folder, tmp_path):
     _edit_info(other, lambda i: i.update(labels=["x", "y"]) or i["features"].update(segment_seconds=5.0, frames=216))
     with pytest.raises(ModelFolderError, match="expects input"):
         load_classifier(other)
+
+
+@pytest.mark.parametrize("label", ["../../outside/evil", "/tmp/evil", "..", ".hidden", "-x", "a/b", "a\\b", ""])
+def test_a_label_must_be_one_plain_folder_name(good_folder, label):
+    """`tag --apply` files a track into INTO/<label>: a crafted classifier.json must not name a path."""
+    _edit_info(good_folder, lambda i: i.update(labels=["x", label]))
+    with pytest.raises(ModelFolderError, match="not a genre folder name"):
+        read_info(good_folder)
+
+
+def test_the_filer_never_files_outside_its_folder(tmp_path):
+    from genre_classifier.filing import Filer
+    into, unknown = tmp_path / "data", tmp_path / "data" / "unknown"
+    unknown.mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", into / "linked")  # a genre folder that is a link out
+    track = unknown / "t1.wav"
+    track.write_bytes(b"RIFF")
+    filer = Filer(into, move=True, source_roots=[unknown, into])
+    for genre in ("../outside", "../../outside/evil", str(tmp_path / "outside"), "linked", ".x", "a/b"):
+        with pytest.raises(ValueError):
+            filer.file(track, genre)
+        with pytest.raises(ValueError):
+            filer.plan(track, genre, set())
+    filer.close()
+    assert track.read_bytes() == b"RIFF" and os.listdir(tmp_path / "outside") == []

@@ -112,6 +112,46 @@ def test_prepare_runs_as_a_job_with_progress_and_its_report_and_chart_are_read_b
     assert results.genres == [["beats", 3, 3, 2, 1, 0.2], ["drone", 3, 3, 2, 1, 0.2], ["(unlabelled)", 2, 2, 1, 1, 0.1]]
     assert results.chart.read_bytes()[:4] == b"\x89PNG"
     assert sd.dataset_choices(root) == ["lib-prepared"] and sd.library_choices(root) == ["lib"]
+    assert sys.executable not in view.log and "$ python -m dataset_tools prepare" in view.log  # one public log
+
+
+def test_the_chart_is_drawn_once_per_prepare_and_never_through_a_link(root, monkeypatch, tmp_path):
+    """/prepare_status polls prepare_results: it draws the chart once per finished prepare (pyplot is
+    not thread-safe), and a chart file that is a link out is replaced, never written through."""
+    import dataset_tools.stats as stats
+    sd.start_prepare(root, "lib", "lib-prepared", {"analyze": False})
+    assert jobs.wait_job(root / "lib-prepared", timeout=120).state == "done"
+    chart = sd.prepare_results(root, "lib-prepared").chart
+    drawn = []
+    real_draw = stats.draw_chart
+    monkeypatch.setattr(stats, "draw_chart", lambda *a: drawn.append(1) or real_draw(*a))
+    assert sd.prepare_results(root, "lib-prepared").chart == chart and drawn == []  # the next poll: cached
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.write_text("keep me")
+    chart.unlink()
+    os.symlink(victim, chart)
+    sd._CHARTS.clear()  # a new prepare
+    again = sd.prepare_results(root, "lib-prepared").chart
+    assert drawn == [1] and victim.read_text() == "keep me"
+    assert not again.is_symlink() and again.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_prepare_report_that_is_a_device_or_fifo_is_no_report(root):
+    out = root / "x-prepared"
+    out.mkdir()
+    os.mkfifo(out / "prepare_report.json")
+    with pytest.raises(ValueError, match="no prepare report"):  # at once: the FIFO is not opened for reading
+        sd.prepare_results(root, "x-prepared")
+    (out / "prepare_report.json").unlink()
+    os.symlink("/dev/zero", out / "prepare_report.json")
+    with pytest.raises(ValueError, match="no prepare report"):
+        sd.prepare_results(root, "x-prepared")
+
+
+def test_an_option_value_starting_with_a_dash_stays_the_options_value(root):
+    from dataset_tools.__main__ import _parser
+    argv = sd.prepare_command(root, "lib", "lib-prepared", {"caption_template": "-{genre}"}).argv
+    assert _parser().parse_args(argv[3:]).caption_template == "-{genre}"
 
 
 def test_a_reloaded_page_finds_the_running_prepare_and_a_second_start_is_refused(root):

@@ -1,6 +1,9 @@
 """The studio's two foundations: nothing outside its roots is reachable from the page
 (``app.paths``), and long work runs as a background job that outlives the page (``app.jobs``)."""
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -122,3 +125,118 @@ def test_records_are_read_only_from_small_regular_files(root, tmp_path):
     with pytest.raises(OSError, match="cannot be read"):
         read_regular_file(folder / "link.json")  # a link, even to a readable file
     assert is_regular_file(folder / "ok.json") and not is_regular_file(folder / "link.json")
+
+
+def test_a_linked_log_or_lock_is_never_followed(tmp_path):
+    """studio_job.log / .studio_job.lock have fixed names in a folder anyone may copy in: a link there
+    is neither shown (a secret elsewhere), nor appended to, nor locked."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    os.symlink(secret, folder / jobs.LOG_FILE)
+    assert jobs.read_log(folder) == ""
+    with pytest.raises(ValueError, match="job log"):
+        jobs.start_job("x", _python("print('appended')"), folder)
+    assert secret.read_text() == "password=hunter2\n"
+    assert not (folder / jobs.JOB_FILE).exists()  # refused before anything was recorded
+    os.unlink(folder / jobs.LOG_FILE)
+    os.unlink(folder / jobs.LOCK_FILE)
+    os.symlink(secret, folder / jobs.LOCK_FILE)
+    with pytest.raises(ValueError, match="cannot use this folder"):
+        jobs.start_job("x", _python("pass"), folder)
+    assert secret.read_text() == "password=hunter2\n" and not (folder / jobs.LOG_FILE).exists()
+
+
+def test_job_records_from_dev_zero_or_a_fifo_are_no_job(tmp_path):
+    (tmp_path / "zero").mkdir()
+    os.symlink("/dev/zero", tmp_path / "zero" / jobs.JOB_FILE)
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / jobs.JOB_FILE)
+    (tmp_path / "fifo" / jobs.LOG_FILE).unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "fifo" / jobs.LOG_FILE)
+    for name in ("zero", "fifo"):  # returns at once: no MemoryError, no hang
+        assert jobs.job_status(tmp_path / name) is None and jobs.read_log(tmp_path / name) == ""
+
+
+def test_a_crafted_lock_link_and_pid_never_signal_another_group(tmp_path):
+    """A lock that is a link to a file someone holds locked must not make stop_job trust the record's pid."""
+    import fcntl
+    victim = subprocess.Popen(_python("import time; time.sleep(60)"), start_new_session=True)
+    held = open(tmp_path / "held.lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        folder = tmp_path / "run"
+        folder.mkdir()
+        os.symlink(tmp_path / "held.lock", folder / jobs.LOCK_FILE)
+        (folder / jobs.JOB_FILE).write_text(json.dumps({"format": jobs.JOB_FORMAT, "kind": "train", "argv": [],
+                                                        "started": 1.0, "pid": victim.pid, "id": "x"}))
+        assert not jobs.job_status(folder).running
+        assert not jobs.stop_job(folder, force=True)
+        assert victim.poll() is None  # still alive
+    finally:
+        held.close()
+        victim.kill()
+        victim.wait()
+
+
+def test_a_second_stop_click_sends_no_second_sigint(tmp_path):
+    """A second SIGINT makes train.py abandon the save it is doing: Stop is recorded and sent once;
+    force stays a kill."""
+    count = tmp_path / "sigints"
+    code = ("import signal, time, pathlib\np = pathlib.Path(%r)\n"
+            "def on(*_):\n    p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+            "signal.signal(signal.SIGINT, on)\nprint('ready', flush=True)\n"
+            "while not p.exists(): time.sleep(0.05)\ntime.sleep(1.5)\n" % str(count))
+    folder = tmp_path / "s"
+    jobs.start_job("save", _python(code), folder)
+    try:
+        deadline = time.monotonic() + 30
+        while "\nready" not in jobs.read_log(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert jobs.stop_job(folder)
+        assert jobs.job_status(folder).stop_asked  # recorded: the page shows "stopping"
+        assert jobs.stop_job(folder)  # the second click: nothing sent
+        done = jobs.wait_job(folder, timeout=30)
+        assert count.read_text() == "x" and done.stop_asked
+    finally:
+        jobs.stop_job(folder, force=True)
+
+
+def test_the_command_keeps_the_lock_when_the_wrapper_dies(tmp_path):
+    folder = tmp_path / "w"
+    info = jobs.start_job("sleep", _python("print('up', flush=True); import time; time.sleep(60)"), folder)
+    try:
+        deadline = time.monotonic() + 30
+        while "\nup" not in jobs.read_log(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(info.pid, signal.SIGKILL)  # the wrapper alone
+        jobs.wait_job(folder, timeout=2)  # reaps it
+        assert jobs.job_status(folder).running  # the command still runs and holds the lock
+        with pytest.raises(jobs.JobBusyError):
+            jobs.start_job("second", _python("pass"), folder)
+    finally:
+        os.killpg(info.pid, signal.SIGKILL)  # the group: the command too
+    assert jobs.wait_job(folder, timeout=30).state == "lost"
+
+
+def test_finished_wrappers_are_reaped_by_status_polls_and_the_log_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "LOG_MAX_BYTES", 10)
+    folder = tmp_path / "q"
+    jobs.start_job("quick", _python("print('first job output')"), folder)
+    deadline = time.monotonic() + 30
+    while jobs.job_status(folder).running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    jobs.job_status(folder)  # a poll, as the page's timer does
+    assert jobs._children == []  # no zombie left for the next start to collect
+    jobs.start_job("quick", _python("print('second')"), folder)
+    jobs.wait_job(folder, timeout=30)
+    assert "first job output" in (folder / (jobs.LOG_FILE + ".1")).read_text()
+    assert "first job output" not in (folder / jobs.LOG_FILE).read_text()
+
+
+def test_the_job_wrapper_does_not_load_torch_or_gradio():
+    code = "import sys, musicgen_trainer.app.jobs; print(sorted({'torch', 'gradio'} & set(sys.modules)))"
+    out = subprocess.run(_python(code), capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

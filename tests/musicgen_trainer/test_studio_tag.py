@@ -41,6 +41,7 @@ def roots(pristine, tmp_path):
              "destination": "", "note": ""}]
     (tmp_path / "outside" / "x.wav").write_bytes(b"RIFF")
     (folder / "proposals.json").write_text(json.dumps({"rows": rows}))
+    (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"]}))  # the genres it knows
     return tmp_path / "data", checkpoints
 
 
@@ -75,6 +76,7 @@ def test_the_classifier_job_is_genre_classifiers_own_command_line(roots, monkeyp
 
 def test_proposals_need_a_trained_classifier(roots):
     root, checkpoints = roots
+    (checkpoints / "genre-lib-prepared" / "classifier.json").unlink()
     with pytest.raises(ValueError, match="has no classifier.json"):
         stg.start_proposals(root, checkpoints, "lib-prepared", 0.6)
 
@@ -130,6 +132,65 @@ def test_applying_refuses_unknown_tracks_crafted_paths_and_running_jobs(roots):
         jobs.stop_job(folder, force=True)
         jobs.wait_job(folder, timeout=30)
     assert (root / "lib-prepared" / "unknown" / "mystery 0.wav").is_file()
+
+
+def test_a_crafted_predicted_genre_is_never_filed(roots):
+    """proposals.json is a file in a folder anyone may copy in: a "predicted" genre that is not one of
+    the classifier's labels (a path such as ../../outside/evil, or an absolute one) is not offered,
+    and applying it moves nothing."""
+    root, checkpoints = roots
+    data = root / "lib-prepared"
+    path = checkpoints / "genre-lib-prepared" / "proposals.json"
+    rows = json.loads(path.read_text())["rows"]
+    for row, genre in zip(rows[:2], ("../../../outside/evil", str(root.parent / "outside" / "abs"))):
+        row["predicted"] = genre
+    path.write_text(json.dumps({"rows": rows}))
+    assert [p.track for p in stg.load_proposals(root, checkpoints, "lib-prepared")] == ["crafted"]
+    with pytest.raises(ValueError, match="not one of the proposed tracks"):
+        stg.apply_proposals(root, checkpoints, "lib-prepared", ["unknown/mystery 0.wav"])
+    # a crafted label in the classifier's own record is refused too
+    (checkpoints / "genre-lib-prepared" / "classifier.json").write_text(
+        json.dumps({"labels": ["beats", "../../../outside/evil"]}))
+    assert stg.load_proposals(root, checkpoints, "lib-prepared") == []
+    assert sorted(os.listdir(root.parent / "outside")) == ["x.wav"]
+    assert (data / "unknown" / "mystery 0.wav").is_file()
+
+
+def test_the_classifier_folder_is_named_from_the_whole_path_and_never_a_runs(roots, monkeypatch):
+    """a/ds and b/ds get two classifiers; training never replaces a fine-tuning run's or an export's folder."""
+    root, checkpoints = roots
+    assert stg.classifier_name("a/ds") == "genre-a-ds" != stg.classifier_name("b/ds")
+    assert stg.classifier_name("lib-prepared") == "genre-lib-prepared"
+    monkeypatch.setattr(jobs, "start_job", lambda *a, **kw: pytest.fail("started"))
+    for marker in ("run.json", "export_info.json"):
+        (checkpoints / "genre-lib-prepared" / marker).write_text("{}")
+        with pytest.raises(ValueError, match="holds a training run or an export"):
+            stg.start_classifier(root, checkpoints, "lib-prepared", {})
+        (checkpoints / "genre-lib-prepared" / marker).unlink()
+
+
+def test_a_linked_confusion_matrix_or_a_fifo_track_is_never_served(roots, tmp_path, monkeypatch):
+    import genre_classifier.model_folder as mf
+    root, checkpoints = roots
+    monkeypatch.setattr(mf, "read_info", lambda folder: {"labels": ["beats", "drone"], "metrics": {}, "training": {}})
+    (checkpoints / "genre-lib-prepared" / "report").mkdir()
+    secret = tmp_path / "outside" / "secret.png"
+    secret.write_bytes(b"\x89PNG secret")
+    os.symlink(secret, checkpoints / "genre-lib-prepared" / "report" / "confusion_matrix.png")
+    assert stg.classifier_report(root, checkpoints, "lib-prepared")[1] is None
+    unknown = root / "lib-prepared" / "unknown"
+    (unknown / "mystery 1.wav").unlink()
+    os.mkfifo(unknown / "mystery 1.wav")  # would block the reader
+    with pytest.raises(ValueError, match="no longer in unknown/"):
+        stg.proposal_audio(root, checkpoints, "lib-prepared", "unknown/mystery 1.wav")
+
+
+def test_caption_and_tag_edits_queue_with_the_jobs():
+    """Saving a caption or filing tracks checks that no job runs: one concurrency id with starting one."""
+    from musicgen_trainer.app.page import App, build_demo
+    demo = build_demo(App(checkpoints=None, out="/tmp/x", pretrained=[], midi_default=False, data_root=None))
+    ids = {fn.api_name: fn.concurrency_id for fn in demo.fns.values() if fn.api_name}
+    assert ids["caption_save"] == ids["tag_apply"] == ids["prepare_start"] == ids["classifier_train"]
 
 
 @pytest.fixture
