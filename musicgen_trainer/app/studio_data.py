@@ -327,3 +327,11 @@ def prepare_results(root, output: str) -> PrepareResults:
               for genre, g in stats.genres.items()]
     return PrepareResults(hide_roots("\n".join(lines), root), genres, chart)
 
+
+def choices_or_none(list_folders_fn, root) -> tp.List[str]:
+    """``list_folders_fn(root)`` (``library_choices`` or ``dataset_choices``) for a dropdown: an
+    empty list when the root is missing or unusable (the page then offers nothing, it does not fail)."""
+    try:
+        return list_folders_fn(root)
+    except ValueError:
+        return []

@@ -20,10 +20,7 @@ def build_captions_tab(app) -> None:
     root = app.data_root
 
     def datasets() -> tp.List[str]:
-        try:
-            return sd.dataset_choices(root)
-        except ValueError:
-            return []
+        return sd.choices_or_none(sd.dataset_choices, root)
 
     def on_datasets():
         return gr.Dropdown(choices=datasets())

@@ -98,10 +98,7 @@ def build_data_tab(app) -> None:
     root = app.data_root
 
     def libraries() -> tp.List[str]:
-        try:
-            return sd.library_choices(root)
-        except ValueError:
-            return []
+        return sd.choices_or_none(sd.library_choices, root)
 
     def on_folders():
         return gr.Dropdown(choices=libraries())

@@ -28,10 +28,7 @@ def build_tag_tab(app) -> None:
     root, checkpoints = app.data_root, app.checkpoints
 
     def datasets() -> tp.List[str]:
-        try:
-            return sd.dataset_choices(root)
-        except ValueError:
-            return []
+        return sd.choices_or_none(sd.dataset_choices, root)
 
     def on_datasets():
         return gr.Dropdown(choices=datasets())
