@@ -40,6 +40,8 @@ def _export(args) -> int:
 EXPORT_HELP = ("Write a run's export, an export folder or a model in Hugging Face transformers' format "
                "(MusicgenForConditionalGeneration / pipeline('text-to-audio'), safetensors) or in audiocraft's "
                "layout. See docs/sharing.md.")
+
+
 def _card(args) -> int:
     from dataset_tools.cli import dataclass_from_args
 
