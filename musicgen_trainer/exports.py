@@ -100,6 +100,8 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = _export_config(model.lm.cfg, extra)
+    if is_tiny_config(package_config({"xp.cfg": cfg})):
+        _export_tokenizer(model, cfg, folder)
     plain = package_config({"xp.cfg": cfg})
     yaml = OmegaConf.to_yaml(cfg)
     state = lm_state if lm_state is not None else model.lm.state_dict()
@@ -118,6 +120,18 @@ def export_model(model, folder: tp.Union[str, os.PathLike], lm_state: tp.Optiona
     atomic_torch_save(compression_pkg, folder / COMPRESSION_FILE)
     write_export_info(folder, plain)
     return folder
+
+
+def _export_tokenizer(model, cfg, folder: Path) -> None:
+    """A tiny-conditioner model with a sentencepiece tokenizer (converted from transformers'
+    format): its tokenizer is copied into the export and ``cfg`` names the copy by its relative
+    name (``export_tokenizer.py``); the byte-level one needs no files."""
+    from .export_tokenizer import write_export_tokenizer
+    ours = cfg[OURS]
+    ours.pop("tokenizer_folder", None)  # an older config's path is never written out
+    if str(ours.get("tokenizer", None) or "byt5") != "byt5":
+        tokenizer = model.lm.condition_provider.conditioners["description"].t5_tokenizer
+        ours.tokenizer_folder = write_export_tokenizer(tokenizer, folder)
 
 
 def cast_state(state: dict, dtype: str) -> dict:

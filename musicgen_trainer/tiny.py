@@ -136,16 +136,18 @@ def tiny_text_conditioner(output_dim: int, device: str, t5_config: dict, word_dr
     return _CONDITIONER_CLASS(output_dim, device, t5_config, word_dropout, t5_state, tokenizer)
 
 
-def _named_tokenizer(xp_cfg: DictConfig):
+def _named_tokenizer(xp_cfg: DictConfig, export_folder=None):
     """The tokenizer an ``xp.cfg`` names (``musicgen_trainer.tokenizer``, set for models converted
-    from transformers' format with a sentencepiece T5): from the transformers folder it came from
-    while that folder exists, else by hub name from the cache, as audiocraft's own
-    ``T5Conditioner`` loads it; None for the byte-level default. ValueError (one line) otherwise.
+    from transformers' format with a sentencepiece T5): the export's own copy
+    (``musicgen_trainer.tokenizer_folder``, a name inside ``export_folder``: see
+    ``export_tokenizer``), else by hub name from the cache, as audiocraft's own ``T5Conditioner``
+    loads it; None for the byte-level default. ValueError (one line) otherwise.
 
     The xp.cfg comes with a downloaded export, so both values are the sender's: only the T5 names
-    are accepted, and the tokenizer is built by transformers' own ``T5Tokenizer`` class, never by
-    an ``Auto*`` class that would offer to run code shipped beside it."""
-    import os
+    are accepted, the folder must lie inside the export (no absolute path, ``..`` or link out),
+    and the tokenizer is built by transformers' own ``T5Tokenizer`` class, never by an ``Auto*``
+    class that would offer to run code shipped beside it."""
+    from .export_tokenizer import tokenizer_folder_in
     ours = xp_cfg.musicgen_trainer
     name = ours.get("tokenizer", None)
     if not name or name == "byt5":
@@ -153,10 +155,15 @@ def _named_tokenizer(xp_cfg: DictConfig):
     if str(name) not in T5_ALIASES.values():
         raise TokenizerUnavailable(f"the model names an unknown text tokenizer {str(name)[:80]!r} "
                                    f"(expected byt5 or {', '.join(T5_ALIASES.values())})")
-    folder = str(ours.get("tokenizer_folder", None) or "")
-    # Only an absolute folder: a relative one would resolve against wherever the user runs from.
-    if folder and os.path.isabs(folder) and os.path.isdir(folder):
-        return load_t5_tokenizer(folder, local=True)
+    relative = ours.get("tokenizer_folder", None)
+    if relative:
+        if export_folder is None:  # only an export's config names a folder (in memory: the tokenizer itself)
+            raise TokenizerUnavailable("the model names a text tokenizer folder but no export folder holds it")
+        try:
+            folder = tokenizer_folder_in(export_folder, str(relative))
+        except ValueError as exc:
+            raise TokenizerUnavailable(str(exc)) from None
+        return load_t5_tokenizer(str(folder), local=True)
     return load_t5_tokenizer(str(name), local=False)
 
 
@@ -275,11 +282,13 @@ def stereo_xp_config(xp: DictConfig) -> DictConfig:
 
 def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
                          t5_state: tp.Optional[dict] = None, demucs_state: tp.Optional[dict] = None,
-                         tokenizer=None):
+                         tokenizer=None, export_folder=None):
     """Build audiocraft's ``LMModel`` from an ``xp.cfg`` whose text encoder is the tiny T5.
 
     Mirrors ``audiocraft.models.builders.get_lm_model`` except for the conditioners, which
     audiocraft would download from the hub (T5; for tiny-melody also the demucs separator).
+    ``tokenizer``: the text tokenizer (default: the one the config names, see ``_named_tokenizer``;
+    ``export_folder``: the export the config comes from, which holds its tokenizer copy).
     """
     from audiocraft.models import builders
     from audiocraft.models.lm import LMModel
@@ -296,7 +305,7 @@ def build_lm_from_config(xp_cfg: DictConfig, device: str = "cpu",
         output_dim=kwargs["dim"], device=device,
         t5_config=OmegaConf.to_container(xp_cfg.musicgen_trainer.t5_config),
         word_dropout=float(t5_cfg.word_dropout), t5_state=t5_state,
-        tokenizer=tokenizer if tokenizer is not None else _named_tokenizer(xp_cfg))
+        tokenizer=tokenizer if tokenizer is not None else _named_tokenizer(xp_cfg, export_folder))
     conditioners = {"description": conditioner}
     if "self_wav" in xp_cfg.conditioners:  # tiny-melody (see the section below)
         conditioners["self_wav"] = tiny_chroma_conditioner(xp_cfg, kwargs["dim"], device, demucs_state)
@@ -384,7 +393,7 @@ def load_tiny_export(folder, lm_pkg: dict, xp_cfg: dict, device: str):
         raise ValueError(f"{folder} is a tiny-melody export without its stem separator weights")
     try:
         lm = build_lm_from_config(xp_cfg, device="cpu", t5_state=lm_pkg["text_encoder_state"],
-                                  demucs_state=lm_pkg.get("demucs_state"))
+                                  demucs_state=lm_pkg.get("demucs_state"), export_folder=folder)
         lm.load_state_dict(lm_pkg["best_state"])
         compression_model = load_compression_model(str(folder), device="cpu")
     except (TokenizerUnavailable, SeparatorUnavailable):

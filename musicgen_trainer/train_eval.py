@@ -70,18 +70,20 @@ class BestSoFar:
 
 # --- exports -------------------------------------------------------------------------------
 
-def write_export(model, weights: dict, folder: Path, config, extra: dict, adapter_dir: Path,
-                 adapter_recorded: tp.Optional[Path] = None) -> Path:
+def write_export(model, weights: dict, folder: Path, config, extra: dict, adapter_dir: Path) -> Path:
     """The export of ``weights`` (the LM state dict) to ``folder``, as the run's final one: with
     ``--lora`` the adapter alone goes to ``adapter_dir`` and the export holds the merged weights
-    (and records where the adapter is: ``adapter_recorded``, its path once renamed, if it will be)."""
+    (and records where the adapter is, relative to the export: ``adapter`` inside it, ``../adapter``
+    beside it; never a path of this machine, since an export may be pushed)."""
+    import os
+
     from .exports import export_model
     extra = dict(extra)
     if config.lora:
         from .lora import merged_state_dict, save_adapter
         save_adapter(model.lm, weights, adapter_dir, config, extra={"trained_steps": extra.get("trained_steps")})
         weights = merged_state_dict(model.lm, weights)
-        extra["lora"] = str(adapter_recorded or adapter_dir)
+        extra["lora"] = Path(os.path.relpath(adapter_dir, folder)).as_posix()
     return export_model(model, folder, lm_state=weights, extra=extra, dtype=config.export_dtype)
 
 
@@ -284,8 +286,7 @@ class HeldOutEval:
         extra = {**self.export_extra, "trained_steps": state.step}
 
         def write(folder: Path) -> None:
-            write_export(state.model, weights, folder, self.config, extra, adapter_dir=folder / "adapter",
-                         adapter_recorded=self.run_folder.path / BEST_EXPORT / "adapter")
+            write_export(state.model, weights, folder, self.config, extra, adapter_dir=folder / "adapter")
             add_to_export_info(folder, best={"step": state.step, "valid_ce": ce,
                                              "metric": "held-out cross-entropy (the training objective "
                                                        "on the validation split)"})

@@ -2,9 +2,9 @@
 evaluation, propose genres for the dataset's ``unknown/`` tracks, and file the accepted ones.
 
 Both long steps are the project's own command lines run as background jobs (:mod:`jobs`) in the
-classifier's folder, ``checkpoints/genre-<dataset>``: where ``genre_classifier train`` puts it by
-default and where ``model_folder.classifier_for_dataset`` (train.py's ``--eval-classifier auto``,
-``evaluate``) looks for it:
+classifier's folder, ``checkpoints/genre-<dataset folder name>`` (``classifier_name``): where
+``genre_classifier train`` puts it by default and where ``model_folder.classifier_for_dataset``
+(train.py's ``--eval-classifier auto``, ``evaluate``) looks for it:
 
 - ``python -m genre_classifier train DATA --out checkpoints/genre-<dataset> --overwrite ...``;
 - ``python -m genre_classifier tag DATA/unknown --model ... --report .../proposals.csv``: a dry
@@ -42,19 +42,48 @@ _EPOCH = re.compile(r"epoch\s+(\d+)/(\d+)")
 
 
 def classifier_name(dataset: str) -> str:
-    """``genre-<dataset>`` from the dataset's whole relative path (``a/ds`` -> ``genre-a-ds``), so two
-    datasets with the same last folder name never share one classifier."""
-    parts = [p for p in Path((dataset or "").strip().rstrip("/")).parts if p not in ("", ".")]
-    return CLASSIFIER_PREFIX + "-".join(parts)
+    """``genre-<dataset folder name>`` (``a/ds`` -> ``genre-ds``): the name under checkpoints/ where
+    train.py's ``--eval-classifier auto`` and ``evaluate`` look for a dataset's classifier, built from
+    their own rule (``genre_classifier.model_folder.CLASSIFIER_PLACES``), so the Tag tab's classifier
+    is the one they find. Two datasets with the same folder name would share it: ``classifier_folder``
+    refuses the second (``_check_owner``)."""
+    from genre_classifier.model_folder import CLASSIFIER_PLACES
+    name = Path((dataset or "").strip().rstrip("/")).name
+    template = next(place for place in CLASSIFIER_PLACES if place.startswith("checkpoints/"))
+    return Path(template.format(name=name)).name
 
 
-def classifier_folder(checkpoints, dataset: str) -> Path:
-    """``checkpoints/genre-<dataset name>`` (confined to the checkpoints root)."""
+def classifier_folder(checkpoints, dataset: str, check_owner: bool = True) -> Path:
+    """``checkpoints/genre-<dataset name>`` (confined to the checkpoints root); with ``check_owner``,
+    ValueError (one line) when it holds the classifier of another dataset of the same name."""
     if checkpoints is None:
         raise ValueError("the app has no checkpoints folder (--checkpoints)")
     if not (dataset or "").strip():
         raise ValueError("choose a prepared dataset")
-    return confined(checkpoints, classifier_name(dataset))
+    folder = confined(checkpoints, classifier_name(dataset))
+    if check_owner:
+        _check_owner(folder, dataset)
+    return folder
+
+
+class OtherDatasetsClassifier(ValueError):
+    """The classifier folder of a dataset holds the classifier of another one of the same name."""
+
+
+def _check_owner(folder: Path, dataset: str) -> None:
+    """A classifier records the dataset it was trained on (``classifier.json``'s ``config.data``):
+    one of another dataset with the same folder name (``a/ds`` and ``b/ds``) is neither replaced
+    nor used for this one. A record without it (or a relative one typed elsewhere) says nothing."""
+    from genre_classifier.model_folder import INFO_FILE
+    info = read_json_record(folder / INFO_FILE) or {}
+    recorded = (info.get("config") or {}).get("data") if isinstance(info.get("config"), dict) else None
+    wanted = Path(dataset.strip().rstrip("/")).parts
+    if not isinstance(recorded, str) or not recorded:
+        return
+    if Path(recorded).parts[-len(wanted):] != wanted:
+        raise OtherDatasetsClassifier(f"{folder.name} holds the classifier of another dataset folder named {wanted[-1]!r}: "
+                         f"a dataset's classifier is found by its folder name (train.py --eval-classifier auto), "
+                         f"so rename one of the two dataset folders")
 
 
 def _check_classifier_out(out: Path) -> None:
@@ -125,7 +154,11 @@ def classifier_view(root, checkpoints, dataset: str) -> JobView:
     if not (dataset or "").strip():
         return JobView("none")
     dataset_folder(root, dataset)
-    view = job_view(classifier_folder(checkpoints, dataset), require_root(root), checkpoints)
+    try:
+        folder = classifier_folder(checkpoints, dataset)
+    except OtherDatasetsClassifier:  # not this dataset's job: Train and Propose say why
+        return JobView("none")
+    view = job_view(folder, require_root(root), checkpoints)
     epochs = _EPOCH.findall(view.log)
     if view.kind == "classifier" and epochs:
         view.done, view.total, view.what = int(epochs[-1][0]), int(epochs[-1][1]), "epochs"
@@ -141,7 +174,7 @@ def running_classifier(root, checkpoints) -> tp.Optional[str]:
     except ValueError:
         return None
     for name in names:
-        info = jobs.job_status(classifier_folder(checkpoints, name)) if checkpoints else None
+        info = jobs.job_status(classifier_folder(checkpoints, name, check_owner=False)) if checkpoints else None
         if info is not None and info.running:
             return name
     return None
@@ -187,7 +220,10 @@ def _proposals_file(checkpoints, dataset: str) -> Path:
 def load_proposals(root, checkpoints, dataset: str) -> tp.List[Proposal]:
     """The last dry run's proposals for the dataset, one per track (tracks it skipped left out)."""
     dataset_folder(root, dataset)  # a dataset under the data root, or one line
-    path = _proposals_file(checkpoints, dataset)
+    try:
+        path = _proposals_file(checkpoints, dataset)
+    except OtherDatasetsClassifier:  # another dataset's proposals
+        return []
     data = read_json_record(path)  # bounded; never a link, FIFO or device
     if data is None:
         return []

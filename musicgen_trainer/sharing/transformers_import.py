@@ -41,8 +41,7 @@ def _lstm_is_zero(state: dict) -> bool:
     return bool(lstm) and not any(bool(v.any()) for v in lstm)
 
 
-def xp_config_from_transformers(config: dict, state: dict, record: dict, tokenizer: str,
-                                tokenizer_folder: str = ""):
+def xp_config_from_transformers(config: dict, state: dict, record: dict, tokenizer: str):
     """The audiocraft ``xp.cfg`` (OmegaConf) of the folder's model; ``NotExpressible`` otherwise."""
     from ..tiny import HTDEMUCS, T5_ALIASES, TinyConfig, tiny_melody_xp_config, tiny_xp_config
     dec, te, ae = config.get("decoder") or {}, config.get("text_encoder") or {}, config.get("audio_encoder") or {}
@@ -92,9 +91,9 @@ def xp_config_from_transformers(config: dict, state: dict, record: dict, tokeniz
     xp.codebooks_pattern.delay.delays = delays
     xp.musicgen_trainer.t5_config = {k: te[k] for k in _T5_FIELDS if k in te}
     xp.musicgen_trainer.t5_config.update({"is_encoder_decoder": False, "use_cache": False})
+    # The tokenizer's name only: the model in memory holds the folder's tokenizer itself, and an
+    # audiocraft export of it carries a copy (export_tokenizer.py), never this folder's path.
     xp.musicgen_trainer.tokenizer = tokenizer
-    if tokenizer != "byt5":  # exports of this model find the tokenizer there first (see tiny._named_tokenizer)
-        xp.musicgen_trainer.tokenizer_folder = tokenizer_folder
     if melody:
         if "demucs_config" in tiny:  # a tiny-melody export of ours: its random separator, rebuilt from the seed
             xp.musicgen_trainer.demucs_config = tiny["demucs_config"]
@@ -138,7 +137,7 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
     try:
         byt5 = _tokenizer_class(folder).startswith("ByT5")
         tokenizer = "byt5" if byt5 else T5_ALIASES[int(config["text_encoder"]["d_model"])]
-        xp = xp_config_from_transformers(config, state, record, tokenizer, str(folder.resolve()))
+        xp = xp_config_from_transformers(config, state, record, tokenizer)
         gen = _generation_config(folder)
         if "guidance_scale" in gen:
             xp.classifier_free_guidance.inference_coef = float(gen["guidance_scale"])

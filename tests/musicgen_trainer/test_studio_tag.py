@@ -156,10 +156,9 @@ def test_a_crafted_predicted_genre_is_never_filed(roots):
     assert (data / "unknown" / "mystery 0.wav").is_file()
 
 
-def test_the_classifier_folder_is_named_from_the_whole_path_and_never_a_runs(roots, monkeypatch):
-    """a/ds and b/ds get two classifiers; training never replaces a fine-tuning run's or an export's folder."""
+def test_the_classifier_folder_is_never_a_runs(roots, monkeypatch):
+    """Training never replaces a fine-tuning run's or an export's folder."""
     root, checkpoints = roots
-    assert stg.classifier_name("a/ds") == "genre-a-ds" != stg.classifier_name("b/ds")
     assert stg.classifier_name("lib-prepared") == "genre-lib-prepared"
     monkeypatch.setattr(jobs, "start_job", lambda *a, **kw: pytest.fail("started"))
     for marker in ("run.json", "export_info.json"):
@@ -167,6 +166,45 @@ def test_the_classifier_folder_is_named_from_the_whole_path_and_never_a_runs(roo
         with pytest.raises(ValueError, match="holds a training run or an export"):
             stg.start_classifier(root, checkpoints, "lib-prepared", {})
         (checkpoints / "genre-lib-prepared" / marker).unlink()
+
+
+def test_a_nested_datasets_classifier_is_the_one_train_auto_finds(roots, monkeypatch):
+    """The Tag tab's classifier of a nested dataset (a/ds) is where train.py's --eval-classifier auto
+    (and evaluate) look: one naming rule. A second dataset of the same folder name (b/ds) neither
+    replaces nor uses it (one line), while a/ds itself retrains into it."""
+    import shutil
+
+    from genre_classifier import model_folder
+    from musicgen_trainer.train_eval import resolve_classifier
+    root, checkpoints = roots
+    for parent in ("a", "b"):
+        (root / parent).mkdir()
+        shutil.copytree(root / "lib-prepared", root / parent / "ds", symlinks=True)
+    assert stg.classifier_name("a/ds") == stg.classifier_name("b/ds") == "genre-ds"
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, **kw: started.append(argv))
+    stg.start_classifier(root, checkpoints, "a/ds", {})
+    out = started[-1][started[-1].index("--out") + 1]
+    # what `genre_classifier train` writes there at the end (classifier.json, with the data it trained on)
+    folder = stg.classifier_folder(checkpoints, "a/ds")
+    assert str(folder) == out
+    folder.mkdir()
+    (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"],
+                                                        "config": {"data": started[-1][4]}}))
+    monkeypatch.chdir(checkpoints.parent)  # train.py runs where checkpoints/ is (the studio: the project)
+    data = root / "a" / "ds"
+    assert model_folder.classifier_for_dataset(data).resolve() == folder
+    monkeypatch.setattr(model_folder, "read_info", lambda f: {})  # a real model's check (TensorFlow) aside
+    assert resolve_classifier("auto", str(data)).resolve() == folder
+    stg.start_classifier(root, checkpoints, "a/ds", {})  # a/ds retrains its own
+    assert len(started) == 2
+    for call in (lambda: stg.start_classifier(root, checkpoints, "b/ds", {}),
+                 lambda: stg.start_proposals(root, checkpoints, "b/ds", 0.5)):
+        with pytest.raises(ValueError, match="another dataset folder named 'ds'") as err:
+            call()
+        assert "\n" not in str(err.value) and str(root) not in str(err.value)
+    assert len(started) == 2 and stg.load_proposals(root, checkpoints, "b/ds") == []
+    assert stg.classifier_view(root, checkpoints, "b/ds").state == "none"
 
 
 def test_a_linked_confusion_matrix_or_a_fifo_track_is_never_served(roots, tmp_path, monkeypatch):

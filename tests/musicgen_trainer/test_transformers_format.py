@@ -326,8 +326,13 @@ def sentencepiece_tokenizer(tmp_path_factory):
 def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer, tmp_path):
     """A model with a T5 sentencepiece tokenizer (as the released ones): the transformers folder
     carries it, the converted model uses the folder's (the same token ids), and an audiocraft
-    export of the converted model finds it again while the folder exists, else says so in one line."""
-    from musicgen_trainer.exports import export_model
+    export of the converted model (``export --format audiocraft``) carries a copy under the
+    relative name ``tokenizer``: no path of this machine in any of its files, and it loads with the
+    same token ids once the transformers folder is gone and the export has moved."""
+    from omegaconf import OmegaConf
+
+    from musicgen_trainer.__main__ import main
+    from musicgen_trainer.exports import LM_FILE
     model = load_model("tiny", device="cpu")
     model.lm.condition_provider.conditioners["description"].t5_tokenizer = sentencepiece_tokenizer
     folder = export_transformers(model, tmp_path / "hf")
@@ -335,14 +340,19 @@ def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer
     tokenizer = back.lm.condition_provider.conditioners["description"].t5_tokenizer
     assert "ByT5" not in type(tokenizer).__name__
     assert tokenizer(CAPTIONS).input_ids == sentencepiece_tokenizer(CAPTIONS).input_ids
-    export_model(back, tmp_path / "ac", dtype="fp32")
-    again = load_model(str(tmp_path / "ac"), device="cpu")
+    export = tmp_path / "ac"
+    assert main(["export", str(folder), "--format", "audiocraft", "--out", str(export), "--samples", "0"]) == 0
+    package = torch.load(export / LM_FILE, map_location="cpu", weights_only=True)
+    assert OmegaConf.create(package["xp.cfg"]).musicgen_trainer.tokenizer_folder == "tokenizer"
+    assert (export / "tokenizer" / "tokenizer_config.json").is_file()
+    for path in export.rglob("*"):  # the user's folders appear nowhere (the pushed files included)
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
+    shutil.rmtree(folder)
+    moved = shutil.move(str(export), str(tmp_path / "elsewhere" / "ac"))  # e.g. downloaded on another machine
+    again = load_model(moved, device="cpu")
     assert again.lm.condition_provider.conditioners["description"].t5_tokenizer(CAPTIONS).input_ids == \
         sentencepiece_tokenizer(CAPTIONS).input_ids
-    shutil.rmtree(folder)
-    with pytest.raises(ModelUnavailableError, match="tokenizer") as err:
-        load_model(str(tmp_path / "ac"), device="cpu")
-    assert "\n" not in str(err.value)
 
 
 def test_melody_folder_from_elsewhere_uses_htdemucs(exported, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ Each test builds a real payload (``evil.py`` creates a marker file when imported
 in a fresh interpreter with "y" on stdin, and checks that the marker does not exist.
 """
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def copy_folder(src: Path, dst: Path) -> Path:
 
 
 def test_export_naming_a_tokenizer_folder_with_code_runs_nothing(tiny_model, spiece_folder, tmp_path):
-    """An audiocraft export whose xp.cfg names a tokenizer folder shipped beside it, with custom
+    """An audiocraft export whose xp.cfg names a tokenizer folder shipped inside it, with custom
     tokenizer code (the reviewer's exp1): the code never runs; the vocabulary is read as data."""
     from omegaconf import OmegaConf
 
@@ -92,12 +93,54 @@ def test_export_naming_a_tokenizer_folder_with_code_runs_nothing(tiny_model, spi
     package = torch.load(folder / LM_FILE, map_location="cpu", weights_only=True)
     cfg = OmegaConf.create(package["xp.cfg"])
     cfg.musicgen_trainer.tokenizer = "t5-base"
-    cfg.musicgen_trainer.tokenizer_folder = str(tok)
+    cfg.musicgen_trainer.tokenizer_folder = "tok"  # relative: inside the export
     package["xp.cfg"] = OmegaConf.to_yaml(cfg)
     torch.save(package, folder / LM_FILE)
     result = load_answering_yes(folder)
     assert not marker.exists(), result.stdout + result.stderr
     assert result.returncode == 0 and "refused" not in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("trap", ["absolute", "dotdot", "link-out", "file-link-out"])
+def test_export_naming_a_tokenizer_folder_outside_it_is_refused(tiny_model, spiece_folder, tmp_path, trap):
+    """A downloaded export's xp.cfg that names a tokenizer folder outside the export (an absolute
+    path such as /etc, ``../x``, a link inside that leads out, a vocabulary file linked to a file
+    outside): refused in one line, nothing read from there."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from musicgen_trainer.exports import LM_FILE, export_model
+    from musicgen_trainer.models import ModelUnavailableError, load_model
+    outside = tmp_path / "outside"
+    shutil.copytree(spiece_folder, outside)  # a loadable vocabulary: only the confinement refuses it
+    folder = export_model(tiny_model, tmp_path / "downloaded")
+    name = {"absolute": str(outside), "dotdot": "../outside", "link-out": "tok", "file-link-out": "tok"}[trap]
+    if trap == "link-out":
+        os.symlink(outside, folder / "tok")
+    elif trap == "file-link-out":
+        (folder / "tok").mkdir()
+        for f in outside.iterdir():
+            os.symlink(f, folder / "tok" / f.name)
+    package = torch.load(folder / LM_FILE, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(package["xp.cfg"])
+    cfg.musicgen_trainer.tokenizer = "t5-base"
+    cfg.musicgen_trainer.tokenizer_folder = name
+    package["xp.cfg"] = OmegaConf.to_yaml(cfg)
+    torch.save(package, folder / LM_FILE)
+    with pytest.raises(ModelUnavailableError, match="not a folder inside the export") as err:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_etc_as_tokenizer_folder_is_refused(tmp_path):
+    """The check itself, on the names a booby-trapped xp.cfg could hold."""
+    from musicgen_trainer.export_tokenizer import tokenizer_folder_in
+    (tmp_path / "export" / "tokenizer").mkdir(parents=True)
+    assert tokenizer_folder_in(tmp_path / "export", "tokenizer") == (tmp_path / "export" / "tokenizer").resolve()
+    for name in ("/etc", "../x", "tokenizer/../../x", "C:\\Windows", "..\\x", ".", ""):
+        with pytest.raises(ValueError, match="refused"):
+            tokenizer_folder_in(tmp_path / "export", name)
 
 
 def test_unknown_tokenizer_name_is_refused_in_one_line(tiny_model, tmp_path):

@@ -1,0 +1,78 @@
+"""An export's own copy of its sentencepiece text tokenizer (``tokenizer/`` inside the export).
+
+A model converted from a transformers folder (or any tiny-conditioner model whose T5 tokenizer
+is a sentencepiece one, as the released models') needs that vocabulary to read captions. An
+export carries it under the fixed relative name ``TOKENIZER_DIR`` and its ``xp.cfg`` names it
+so (``musicgen_trainer.tokenizer_folder``), never by a path of the machine that wrote it: a
+pushed export then loads anywhere and says nothing about where its author kept their files.
+
+Loading resolves that name inside the export folder only (``tokenizer_folder_in``): an
+``xp.cfg`` comes with a download, so an absolute path, ``..`` or a link that leads out of the
+folder is refused in one line. The files are read as data by transformers' ``T5Tokenizer``
+(``tiny.load_t5_tokenizer``), never by an ``Auto*`` class that could run code.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import typing as tp
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str:
+    """Save ``tokenizer`` (a transformers tokenizer) into ``folder/tokenizer``, replacing an
+    earlier copy (a re-export into the same folder); returns the relative name to record.
+
+    Written under a temporary name and renamed, so a crash leaves either copy, never half of one.
+    Whatever ``folder/tokenizer`` was (a link the folder came with included) is replaced, not
+    written through."""
+    folder = Path(folder)
+    target = folder / TOKENIZER_DIR
+    fresh = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}-new-", dir=folder))
+    try:
+        tokenizer.save_pretrained(str(fresh))
+        old = None
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}-old-", dir=folder))
+            os.replace(target, old / TOKENIZER_DIR)
+        os.replace(fresh, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if fresh.exists():
+            shutil.rmtree(fresh, ignore_errors=True)
+    return TOKENIZER_DIR
+
+
+def tokenizer_folder_in(export: tp.Union[str, os.PathLike], relative: str) -> Path:
+    """The folder ``relative`` (from an export's ``xp.cfg``) inside the export folder ``export``.
+
+    ValueError (one line) for an absolute path or drive, ``..``, or a folder whose real location
+    (links followed) is not inside the export; the sender's string is shown shortened."""
+    shown = repr(str(relative)[:80])
+    refuse = (f"the model names its text tokenizer folder {shown}, which is not a folder inside the export: "
+              f"refused (an export keeps its tokenizer in {TOKENIZER_DIR}/; export the model again from its source)")
+    text = str(relative)
+    if not text or "\x00" in text or any(p.is_absolute() or p.drive for p in (PurePosixPath(text),
+                                                                                PureWindowsPath(text))):
+        raise ValueError(refuse)
+    parts = PureWindowsPath(text).parts  # splits on / and \ alike
+    if ".." in parts:
+        raise ValueError(refuse)
+    root = Path(os.path.realpath(export))
+    real = Path(os.path.realpath(root.joinpath(*parts)))
+    if real == root or root not in real.parents:
+        raise ValueError(refuse)
+    if not real.is_dir():
+        raise ValueError(f"the model's text tokenizer folder {shown} is missing from the export: copy the whole "
+                         f"export folder (or export the model again)")
+    for name in os.listdir(real):  # a vocabulary file linked to somewhere else is not the export's either
+        path = real / name
+        if path.is_symlink() and root not in Path(os.path.realpath(path)).parents:
+            raise ValueError(refuse)
+    return real
