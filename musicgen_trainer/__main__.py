@@ -20,48 +20,45 @@ def _show(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from dataset_tools.cli import dataclass_from_args
-
-    from .evaluation.evaluate import evaluate
-    from .evaluation.evaluate_config import EvaluateConfig
-    evaluate(dataclass_from_args(EvaluateConfig, args))
-    return 0
-
-
-def _export(args) -> int:
-    from dataset_tools.cli import dataclass_from_args
-
-    from .sharing.export_config import ExportConfig, run_export
-    run_export(dataclass_from_args(ExportConfig, args))
-    return 0
-
-
 EXPORT_HELP = ("Write a run's export, an export folder or a model in Hugging Face transformers' format "
                "(MusicgenForConditionalGeneration / pipeline('text-to-audio'), safetensors) or in audiocraft's "
                "layout. See docs/sharing.md.")
-
-
-def _card(args) -> int:
-    from dataset_tools.cli import dataclass_from_args
-
-    from .sharing.card import CardOptions
-    from .sharing.card_data import card_command
-    card_command(dataclass_from_args(CardOptions, args))
-    return 0
-
-
-def _push(args) -> int:
-    from dataset_tools.cli import dataclass_from_args
-
-    from .sharing.push import PushOptions, push
-    push(dataclass_from_args(PushOptions, args))
-    return 0
-
-
 EVALUATE_HELP = ("Compare a fine-tune with its base model on the dataset's held-out tracks: cross-entropy, "
                  "generated clips (same prompts and seeds), genre adherence, FAD, CLAP, sanity flags; writes "
                  "report.html (with a blind A/B test), report.md and report.json into --out. See docs/evaluation.md.")
+CARD_HELP = ("Write EXPORT/README.md: base model, training data (tracks and hours per genre), settings, evaluation, "
+             "samples, usage. See docs/sharing.md.")
+PUSH_HELP = "Upload EXPORT (weights, README.md, samples/) to the Hub repo --repo as one commit. See docs/sharing.md."
+
+
+def _option_commands():
+    """The subcommands that are one options dataclass (each field a flag) handed to one function:
+    ``(name, short help, description, options class, "module:function")``. The function's module is
+    imported only when its command runs (evaluate loads torch and the models)."""
+    from .evaluation.evaluate_config import EvaluateConfig
+    from .sharing.card import CardOptions
+    from .sharing.export_config import ExportConfig
+    from .sharing.push import PushOptions
+    return (
+        ("evaluate", "compare a fine-tune with its base: report.html/md/json", EVALUATE_HELP, EvaluateConfig,
+         ".evaluation.evaluate:evaluate"),
+        ("export", "write a model in transformers' format (or audiocraft's)", EXPORT_HELP, ExportConfig,
+         ".sharing.export_config:run_export"),
+        ("card", "(re)write an export's model card: README.md with samples", CARD_HELP, CardOptions,
+         ".sharing.card_data:card_command"),
+        ("push", "upload an export with its card to the Hugging Face Hub (one commit)", PUSH_HELP, PushOptions,
+         ".sharing.push:push"),
+    )
+
+
+def _run_options(args) -> int:
+    """Build the command's options dataclass from its flags and hand it to its function."""
+    import importlib
+
+    from dataset_tools.cli import dataclass_from_args
+    module, _, function = args.run_target.partition(":")
+    getattr(importlib.import_module(module, __package__), function)(dataclass_from_args(args.options_class, args))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,32 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_show)
     from dataset_tools.cli import add_dataclass_options, add_debug_flag
     add_debug_flag(show)
-    from .evaluation.evaluate_config import EvaluateConfig
-    evaluate = sub.add_parser("evaluate", help="compare a fine-tune with its base: report.html/md/json",
-                              description=EVALUATE_HELP)
-    add_dataclass_options(evaluate, EvaluateConfig)
-    evaluate.set_defaults(func=_evaluate)
-    add_debug_flag(evaluate)
-    from .sharing.export_config import ExportConfig
-    export = sub.add_parser("export", help="write a model in transformers' format (or audiocraft's)",
-                            description=EXPORT_HELP)
-    add_dataclass_options(export, ExportConfig)
-    export.set_defaults(func=_export)
-    add_debug_flag(export)
-    from .sharing.card import CardOptions
-    from .sharing.push import PushOptions
-    card = sub.add_parser("card", help="(re)write an export's model card: README.md with samples",
-                          description="Write EXPORT/README.md: base model, training data (tracks and hours per "
-                                      "genre), settings, evaluation, samples, usage. See docs/sharing.md.")
-    add_dataclass_options(card, CardOptions)
-    card.set_defaults(func=_card)
-    add_debug_flag(card)
-    push = sub.add_parser("push", help="upload an export with its card to the Hugging Face Hub (one commit)",
-                          description="Upload EXPORT (weights, README.md, samples/) to the Hub repo --repo as "
-                                      "one commit. See docs/sharing.md.")
-    add_dataclass_options(push, PushOptions)
-    push.set_defaults(func=_push)
-    add_debug_flag(push)
+    for name, short, description, options, target in _option_commands():
+        command = sub.add_parser(name, help=short, description=description)
+        add_dataclass_options(command, options)
+        command.set_defaults(func=_run_options, options_class=options, run_target=target)
+        add_debug_flag(command)
     return parser
 
 

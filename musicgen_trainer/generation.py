@@ -36,6 +36,7 @@ from dataset_tools.cli import option
 
 GENERATION_MAX_SECONDS = 600.0    # longest clip generated in one request (windowed beyond the model's window)
 EXTEND_STRIDE = 18.0              # audiocraft's default stride for generation beyond the window
+MUSICGEN_CFG_COEF = 3.0           # the released models' guidance (their inference_coef): a page's starting value
 
 DECODERS = ("fast", "audiocraft")
 
@@ -55,7 +56,8 @@ class GenerationConfig:
     top_k: int = option(250, "sample from the k most likely codes (0: off)")
     top_p: float = option(0.0, "nucleus sampling threshold; 0 uses top-k")
     temperature: float = option(1.0, "softmax temperature")
-    cfg_coef: float = option(3.0, "classifier-free guidance strength")
+    cfg_coef: tp.Optional[float] = option(None, "classifier-free guidance strength (default: the model's own: 3 for "
+                                          "MusicGen, a transformers folder's guidance_scale)")
     seed: tp.Optional[int] = option(0, "random seed: same seed, same output (generate.py and the page: a "
                                     "random one unless given, recorded in the JSON)")
     extend_stride: float = option(EXTEND_STRIDE, "seconds added per window beyond the model's window", metavar="S")
@@ -77,7 +79,7 @@ class GenerationConfig:
             raise ValueError("set top_k or top_p above 0 (both 0 would sample from nothing)")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be more than 0, got {self.temperature}")
-        if not (math.isfinite(self.cfg_coef) and 0 <= self.cfg_coef <= 100):
+        if self.cfg_coef is not None and not (math.isfinite(self.cfg_coef) and 0 <= self.cfg_coef <= 100):
             raise ValueError(f"cfg_coef must be between 0 and 100, got {self.cfg_coef}")
         if not (math.isfinite(self.extend_stride) and self.extend_stride > 0):
             raise ValueError(f"extend_stride must be more than 0 seconds, got {self.extend_stride}")
@@ -247,7 +249,14 @@ def _configure(model, config: GenerationConfig, total_frames: int) -> None:
     model.set_generation_params(use_sampling=config.use_sampling, top_k=config.top_k,
                                 top_p=config.top_p, temperature=config.temperature,
                                 duration=(total_frames + 0.5) / model.frame_rate,
-                                cfg_coef=config.cfg_coef, extend_stride=_stride(config, model))
+                                cfg_coef=guidance_coef(model, config), extend_stride=_stride(config, model))
+
+
+def guidance_coef(model, config: GenerationConfig) -> float:
+    """The classifier-free guidance coefficient of a request: ``config.cfg_coef`` when given, else
+    the model's own (``lm.cfg_coef``, from its config's ``classifier_free_guidance.inference_coef``:
+    3 for the released models, a converted transformers folder's ``guidance_scale``)."""
+    return float(config.cfg_coef if config.cfg_coef is not None else model.lm.cfg_coef)
 
 
 def planned_steps(model, total_frames: int, prompt_frames: int = 0) -> int:

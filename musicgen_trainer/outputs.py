@@ -33,7 +33,7 @@ import numpy as np
 from dataset_tools.atomic import atomic_path, write_text_atomic
 from dataset_tools.captions import DEFAULT_TEMPLATE, caption_values, genre_words, render_caption
 
-from .generation import GenerationConfig
+from .generation import GenerationConfig, guidance_coef
 
 
 # --- prompts -------------------------------------------------------------------------------
@@ -241,6 +241,7 @@ def clip_record(model, request: ClipRequest, index: int, elapsed: float,
         "genres": list(request.genres), "bpm": request.bpm, "key": request.key,
         "batch_index": index, "batch_size": len(prompts),
         **request.generation.to_dict(),
+        "cfg_coef": guidance_coef(model, request.generation),  # the model's own when not set: the value used
         "audio_prompt": request.prompt_audio_name,
         "prompt_seconds": request.prompt_seconds,
         "audio_prompt_seconds_used": prompt_seconds_used,

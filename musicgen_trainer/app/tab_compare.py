@@ -53,18 +53,8 @@ def build_compare_tab(app) -> None:
     default_b = app.key_of(app.default_model())
     default_a = next((k for k in keys if k != default_b), default_b)
     with gr.Row():
-        with gr.Column():
-            model_a = gr.Dropdown(choices=app.dropdown_choices(), value=default_a, label="Model 1", elem_id="cmp-model-a")
-            adapter_a = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label="LoRA adapter 1",
-                                    elem_id="cmp-adapter-a")
-            report_a = gr.Markdown(elem_id="cmp-report-a")
-            report_a_file = gr.DownloadButton("Open evaluation report", visible=False, elem_id="cmp-report-a-file")
-        with gr.Column():
-            model_b = gr.Dropdown(choices=app.dropdown_choices(), value=default_b, label="Model 2", elem_id="cmp-model-b")
-            adapter_b = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label="LoRA adapter 2",
-                                    elem_id="cmp-adapter-b")
-            report_b = gr.Markdown(elem_id="cmp-report-b")
-            report_b_file = gr.DownloadButton("Open evaluation report", visible=False, elem_id="cmp-report-b-file")
+        model_a, adapter_a, report_a, report_a_file = _side_column(app, 1, "a", default_a)
+        model_b, adapter_b, report_b, report_b_file = _side_column(app, 2, "b", default_b)
     prompt = gr.Textbox(label="Prompt", lines=2, max_length=APP_MAX_PROMPT_CHARS, elem_id="cmp-prompt",
                         placeholder="e.g. warm piano trio, brushed drums")
     with gr.Row():
@@ -93,8 +83,22 @@ def build_compare_tab(app) -> None:
               outputs=[audio_a, audio_b, summary, token, revealed], api_name="compare",
               concurrency_limit=1, concurrency_id="generate")  # one generation at a time, with the Generate tab's
     reveal.click(on_reveal, inputs=token, outputs=revealed, api_name="compare_reveal")
-    adapter_a.change(on_adapter, inputs=[adapter_a, model_a], outputs=model_a, api_visibility="private")
-    adapter_b.change(on_adapter, inputs=[adapter_b, model_b], outputs=model_b, api_visibility="private")
-    # the fine-tune's evaluation report, on load and whenever a model changes
+    for adapter, model in ((adapter_a, model_a), (adapter_b, model_b)):
+        adapter.change(on_adapter, inputs=[adapter, model], outputs=model, api_visibility="private")
+    # the fine-tune's evaluation report, on load and whenever a model changes (one API endpoint: side 1's)
     gr.on(triggers=None, fn=on_model, inputs=model_a, outputs=[report_a, report_a_file], api_name="compare_report")
     gr.on(triggers=None, fn=on_model, inputs=model_b, outputs=[report_b, report_b_file], api_visibility="private")
+
+
+def _side_column(app, number: int, side: str, model_key: str):
+    """One side's column: its model, LoRA adapter, evaluation verdict and report button (element ids
+    ``cmp-<what>-<side>``)."""
+    import gradio as gr
+    with gr.Column():
+        model = gr.Dropdown(choices=app.dropdown_choices(), value=model_key, label=f"Model {number}",
+                            elem_id=f"cmp-model-{side}")
+        adapter = gr.Dropdown(choices=app.adapter_choices(), value=NO_ADAPTER, label=f"LoRA adapter {number}",
+                              elem_id=f"cmp-adapter-{side}")
+        report = gr.Markdown(elem_id=f"cmp-report-{side}")
+        report_file = gr.DownloadButton("Open evaluation report", visible=False, elem_id=f"cmp-report-{side}-file")
+    return model, adapter, report, report_file

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import typing as tp
 
-from ..generation import GenerationConfig
+from ..generation import MUSICGEN_CFG_COEF, GenerationConfig
 from .backend import APP_MAX_PROMPT_CHARS, NO_ADAPTER
 
 logger = logging.getLogger("musicgen_trainer.app")
 
-DEFAULTS = GenerationConfig()  # the page's initial sampling settings
+DEFAULTS = GenerationConfig(cfg_coef=MUSICGEN_CFG_COEF)  # the page's initial sampling settings (a slider needs a number)
 
 
 def build_generate_tab(app) -> None:

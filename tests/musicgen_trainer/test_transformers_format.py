@@ -389,3 +389,30 @@ def test_melody_folder_from_elsewhere_uses_htdemucs(exported, tmp_path, monkeypa
     back = load_model(str(tmp_path / "ac"), device="cpu")
     assert calls == ["htdemucs", "htdemucs"]
     assert all(torch.equal(v, back.lm.state_dict()[k]) for k, v in converted.lm.state_dict().items())
+
+
+def test_a_folders_guidance_scale_is_the_default_guidance(exported, tmp_path):
+    """generation_config.json's guidance_scale is the converted model's own guidance: generating
+    without a coefficient uses it (the same codes as asking for it), an explicit one wins, and
+    generate.py records the coefficient used."""
+    import dataclasses
+
+    from musicgen_trainer.cli_generate import main as generate_main
+    from musicgen_trainer.generation import GenerationConfig, generate
+    folder = tmp_path / "hf"
+    shutil.copytree(exported("tiny")[1], folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**settings, "guidance_scale": 5.0}))
+    converted = load_model(str(folder), device="cpu")
+    config = GenerationConfig(duration=0.3, seed=3, top_k=50)
+
+    def codes(cfg):
+        return generate(converted, ["rock song"], cfg, return_tokens=True)[1]
+    own = codes(config)
+    assert torch.equal(own, codes(dataclasses.replace(config, cfg_coef=5.0)))
+    assert not torch.equal(own, codes(dataclasses.replace(config, cfg_coef=1.0)))
+    for extra, used in (([], 5.0), (["--cfg-coef", "2"], 2.0)):
+        out = tmp_path / f"clips{used:g}"
+        assert generate_main(["--model", str(folder), "--prompt", "rock song", "--duration", "0.2", "--seed", "1",
+                              "--out", str(out), *extra]) == 0
+        assert [json.loads(p.read_text())["cfg_coef"] for p in out.glob("*.json")] == [used]
