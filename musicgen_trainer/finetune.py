@@ -292,7 +292,7 @@ def train(config: TrainConfig) -> Path:
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step) if acc.is_main_process else None
     prompts = config.sample_prompts or default_prompts(train_clips, valid_clips)
     genres = sorted({c.genre for c in train_clips + valid_clips if c.genre})
-    extra = {"genres": genres, "train_config": config.to_dict(), "caption_examples": prompts}
+    extra = {"genres": genres, "train_config": config.shareable_dict(), "caption_examples": prompts}
     if config.model != "tiny" and not config.model.startswith("tiny:"):  # a folder "tiny_runs/x" is a base
         extra["base_model"] = config.model  # already the full hub name (TrainConfig resolves "small")
     held_out.export_extra = extra

@@ -214,6 +214,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # Options that name files of this machine (a model too, when it is a folder).
+    PATH_OPTIONS = ("data", "out", "cache_dir", "eval_classifier", "resume", "model")
+
+    def shareable_dict(self) -> dict:
+        """``to_dict()`` as an export records it (exports get pushed): the options that name a file
+        or folder of this machine keep its last name only (``/home/me/music/jazz`` -> ``jazz``); a
+        hub model name stays whole."""
+        values = self.to_dict()
+        for name in self.PATH_OPTIONS:
+            value = values.get(name)
+            if not isinstance(value, str) or not value or name == "model" and not _names_a_local_path(value):
+                continue
+            values[name] = Path(value).name or value
+        return values
+
     @classmethod
     def field_names(cls) -> list:
         return [f.name for f in dataclasses.fields(cls)]
@@ -263,3 +278,7 @@ def total_steps(config: TrainConfig, n_train: int, world: int) -> int:
     per_step = config.batch_size * config.grad_accum * world
     return max(1, math.ceil(config.epochs * n_train / per_step))
 
+
+def _names_a_local_path(model: str) -> bool:
+    """Whether ``--model`` names a folder of this machine (not a hub name or one of ours)."""
+    return Path(model).expanduser().is_absolute() or model.startswith((".", "~")) or Path(model).exists()
