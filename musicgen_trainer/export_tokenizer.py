@@ -20,6 +20,23 @@ import typing as tp
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 TOKENIZER_DIR = "tokenizer"
+# What transformers' save_pretrained writes for a T5 tokenizer (the vocabulary, its settings): the
+# only names an export's tokenizer/ holds, so that replacing or removing it deletes nothing else.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]:
+    """The files of ``export/tokenizer`` an export writes (for the run folder's clean-up lists)."""
+    return [Path(export) / TOKENIZER_DIR / name for name in TOKENIZER_FILES]
+
+
+def foreign_tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]:
+    """What ``export/tokenizer`` holds that an export does not write (a link to it included)."""
+    folder = Path(export) / TOKENIZER_DIR
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if p.name not in TOKENIZER_FILES) if folder.is_dir() else []
 
 
 def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str:
@@ -27,13 +44,20 @@ def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str
     earlier copy (a re-export into the same folder); returns the relative name to record.
 
     Written under a temporary name and renamed, so a crash leaves either copy, never half of one.
-    Whatever ``folder/tokenizer`` was (a link the folder came with included) is replaced, not
-    written through."""
+    A link at ``folder/tokenizer`` is replaced, not written through; a file of another name in the
+    folder stops the export (ValueError, one line) rather than being deleted with it."""
     folder = Path(folder)
     target = folder / TOKENIZER_DIR
+    foreign = [p for p in foreign_tokenizer_files(folder) if p != target or not target.is_symlink()]
+    if foreign:
+        raise ValueError(f"{foreign[0]} is in the export's {TOKENIZER_DIR}/ folder, which the export replaces: "
+                         f"move it away")
     fresh = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}-new-", dir=folder))
     try:
         tokenizer.save_pretrained(str(fresh))
+        for path in fresh.iterdir():  # anything else a transformers version adds: not needed to load it
+            if path.name not in TOKENIZER_FILES:
+                path.unlink()
         old = None
         if target.is_symlink() or target.is_file():
             target.unlink()

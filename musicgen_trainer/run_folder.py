@@ -29,6 +29,7 @@ import torch
 from dataset_tools.atomic import atomic_path
 
 from .checkpoint_io import atomic_torch_save, load_checkpoint
+from .export_tokenizer import TOKENIZER_DIR, foreign_tokenizer_files, tokenizer_files
 from .runtime import resolve_name
 
 
@@ -211,7 +212,9 @@ class RunFolder:
         # The folder is replaced as a whole by each new best: nothing else may live in it.
         if best.is_dir():
             adapter = best / "adapter"
-            others = [p for p in best.iterdir() if p.name not in (*EXPORT_FILES, "adapter", CARD_FILE, SAMPLES_DIR)]
+            others = [p for p in best.iterdir()
+                      if p.name not in (*EXPORT_FILES, "adapter", CARD_FILE, SAMPLES_DIR, TOKENIZER_DIR)]
+            others += foreign_tokenizer_files(best)
             others += [p for p in adapter.iterdir() if p.name not in ADAPTER_FILES] if adapter.is_dir() else []
             samples = best / SAMPLES_DIR
             others += [p for p in samples.iterdir() if not SAMPLE_FILE.match(p.name)] if samples.is_dir() else []
@@ -291,10 +294,10 @@ def _remove_export(folder: Path) -> None:
     if they are empty: a user's file inside keeps its folder."""
     folder = Path(folder)
     for path in [folder / n for n in EXPORT_FILES] + [folder / "adapter" / n for n in ADAPTER_FILES] + \
-            _card_files(folder):
+            _card_files(folder) + tokenizer_files(folder):
         if path.is_file() and not path.is_symlink():
             path.unlink()
-    for path in (folder / "adapter", folder / SAMPLES_DIR, folder):
+    for path in (folder / "adapter", folder / SAMPLES_DIR, folder / TOKENIZER_DIR, folder):
         try:
             path.rmdir()
         except OSError:
@@ -372,6 +375,7 @@ def _refuse_foreign(out: Path) -> None:
     in_the_way += [out / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [out / BEST_EXPORT / name for name in EXPORT_FILES]
     in_the_way += _card_files(out / "export") + _card_files(out / BEST_EXPORT)
+    in_the_way += tokenizer_files(out / "export") + tokenizer_files(out / BEST_EXPORT)
     in_the_way += [out / BEST_EXPORT / "adapter" / name for name in ADAPTER_FILES]
     in_the_way += [p for p in (out / name for name in OWN_ENTRIES[1:]) if p.exists() and not p.is_dir()]
     in_the_way += list_states(out / "checkpoints")
@@ -388,7 +392,7 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     ours = [out / "checkpoints" / name for name in record.get("states", [])]
     ours += [out / "config.json", out / "metrics.jsonl", out / "export" / "state_dict.bin",
              out / "export" / "compression_state_dict.bin", out / "export" / "export_info.json"]
-    ours += _card_files(out / "export")
+    ours += _card_files(out / "export") + tokenizer_files(out / "export")
     ours += [out / "adapter" / name for name in ADAPTER_FILES]
     ours += list((out / "tensorboard").glob("events.out.tfevents.*"))
     ours += [p for d in (out / "samples").glob("step_*") for p in d.glob("*.wav")]
@@ -399,7 +403,8 @@ def remove_run_outputs(out: Path, record: dict) -> None:
         RunFolder(out, record).clean_partial_best()
         _remove_export(out / BEST_EXPORT)
     for folder in [*sorted((out / "samples").glob("step_*")), out / "samples", out / "tensorboard",
-                   out / "checkpoints", out / "export" / SAMPLES_DIR, out / "export", out / "adapter"]:
+                   out / "checkpoints", out / "export" / SAMPLES_DIR, out / "export" / TOKENIZER_DIR, out / "export",
+                   out / "adapter"]:
         try:
             folder.rmdir()  # only when empty: a user's file inside keeps its folder
         except OSError:

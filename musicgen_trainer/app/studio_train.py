@@ -154,7 +154,23 @@ def build_config(app, model_key: str, dataset: str, run_name: str, options: tp.D
     values.update(_plan_values(planned or {}))
     return TrainConfig(data=str(dataset_folder(app, dataset)), model=model_value(app, model_key),
                        out=str(run_folder(app, run_name)), log_every=log_every,
+                       eval_classifier=classifier_option(app, dataset),
                        sample_seconds=min(TrainConfig.sample_seconds, 2 * values["segment_seconds"]), **values)
+
+
+def classifier_option(app, dataset: str) -> str:
+    """``--eval-classifier`` of a run on ``dataset``: the Tag tab's classifier of it when there is
+    one (named by ``--eval-classifier auto``'s own rule, but under the app's checkpoints folder, which
+    the job's working folder need not hold), ``none`` when that folder holds another dataset's (of the
+    same folder name), else ``auto``."""
+    from .studio_tag import OtherDatasetsClassifier, classifier_folder
+    try:
+        folder = classifier_folder(app.checkpoints, dataset)
+    except OtherDatasetsClassifier:
+        return "none"
+    except ValueError:
+        return "auto"
+    return str(folder) if is_regular_file(folder / "classifier.json") else "auto"
 
 
 def _plan_values(planned: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
@@ -189,6 +205,8 @@ def train_argv(config: TrainConfig) -> tp.List[str]:
         if value != getattr(defaults, name):
             argv += [flag(name)] if value is True else [f"--no-{name.replace('_', '-')}"] if value is False \
                 else [flag(name), str(value)]
+    if config.eval_classifier != "auto":  # the Tag tab's classifier of the dataset (classifier_option)
+        argv += ["--eval-classifier", config.eval_classifier]
     argv += ["--log-every", str(config.log_every)]
     if config.sample_every:  # short samples: the page shows them as they appear
         argv += ["--sample-seconds", f"{config.sample_seconds:g}"]

@@ -205,6 +205,14 @@ def test_a_nested_datasets_classifier_is_the_one_train_auto_finds(roots, monkeyp
         assert "\n" not in str(err.value) and str(root) not in str(err.value)
     assert len(started) == 2 and stg.load_proposals(root, checkpoints, "b/ds") == []
     assert stg.classifier_view(root, checkpoints, "b/ds").state == "none"
+    # The Train tab names it outright (its job runs in the project folder, which need not hold the
+    # app's checkpoints/); b/ds's runs check genres with no classifier rather than a/ds's.
+    from musicgen_trainer.app import studio_train as st
+    from musicgen_trainer.app.page import App
+    app = App(checkpoints=str(checkpoints), out=str(checkpoints.parent / "out"), pretrained=[], data_root=str(root))
+    argv = st.train_argv(st.build_config(app, "tiny", "a/ds", "run-a", {}))
+    assert argv[argv.index("--eval-classifier") + 1] == str(folder)
+    assert st.build_config(app, "tiny", "b/ds", "run-b", {}).eval_classifier == "none"
 
 
 def test_a_linked_confusion_matrix_or_a_fifo_track_is_never_served(roots, tmp_path, monkeypatch):

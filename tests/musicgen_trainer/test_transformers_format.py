@@ -416,3 +416,44 @@ def test_a_folders_guidance_scale_is_the_default_guidance(exported, tmp_path):
         assert generate_main(["--model", str(folder), "--prompt", "rock song", "--duration", "0.2", "--seed", "1",
                               "--out", str(out), *extra]) == 0
         assert [json.loads(p.read_text())["cfg_coef"] for p in out.glob("*.json")] == [used]
+
+
+def test_train_from_a_sentencepiece_folder_exports_its_tokenizer(sentencepiece_tokenizer, tmp_path):
+    """train.py --model DIR (a sentencepiece tokenizer): export/ and export-best/ carry the tokenizer
+    (the writer of `export --format audiocraft`), a resume accepts export-best/tokenizer/ as the run's
+    own, and --overwrite removes it with the run's other files."""
+    import numpy as np
+    import soundfile as sf
+    from musicgen_trainer.finetune import train
+    from musicgen_trainer.train_config import TrainConfig
+    model = load_model("tiny", device="cpu")
+    model.lm.condition_provider.conditioners["description"].t5_tokenizer = sentencepiece_tokenizer
+    folder = export_transformers(model, tmp_path / "hf")
+    for genre in ("rock", "jazz"):
+        (tmp_path / "data" / genre).mkdir(parents=True)
+        for i in range(3):
+            tone = (0.3 * np.sin(2 * np.pi * (220.0 + 110 * i) * np.arange(44100) / 44100)).astype(np.float32)
+            sf.write(tmp_path / "data" / genre / f"take_{i}.wav", tone, 44100)
+            (tmp_path / "data" / genre / f"take_{i}.txt").write_text(f"{genre} song")
+    run = tmp_path / "run"
+
+    def config(steps, **kw):
+        return TrainConfig(data=str(tmp_path / "data"), model=str(folder), out=str(run), valid_fraction=0.34,
+                           cache_dir=str(tmp_path / "cache"), batch_size=2, segment_seconds=1.0, steps=steps,
+                           warmup_steps=1, sample_every=0, eval_every=1, eval_classifier="none", save_every=1,
+                           progress=False, device="cpu", export_dtype="fp32", **kw)
+    train(config(1))
+    shutil.move(str(folder), str(tmp_path / "aside"))  # the exports need nothing from the base folder
+    for export in ("export", "export-best"):
+        tokenizer = load_model(str(run / export), device="cpu").lm.condition_provider.conditioners["description"]
+        assert tokenizer.t5_tokenizer(CAPTIONS).input_ids == sentencepiece_tokenizer(CAPTIONS).input_ids
+    shutil.move(str(tmp_path / "aside"), str(folder))
+    train(config(2, resume="auto"))  # export-best/tokenizer/ is the run's own
+    assert (run / "export-best" / "tokenizer").is_dir()
+    (run / "export-best" / "tokenizer" / "mine.txt").write_text("a user's file")
+    with pytest.raises(Exception, match="mine.txt"):
+        train(config(3, resume="auto"))
+    (run / "export-best" / "tokenizer" / "mine.txt").unlink()
+    from musicgen_trainer.run_folder import remove_run_outputs
+    remove_run_outputs(run, json.loads((run / "run.json").read_text()))  # what --overwrite deletes
+    assert not (run / "export").exists() and not (run / "export-best").exists()
