@@ -345,6 +345,10 @@ def test_sentencepiece_tokenizer_travels_with_the_folder(sentencepiece_tokenizer
     package = torch.load(export / LM_FILE, map_location="cpu", weights_only=True)
     assert OmegaConf.create(package["xp.cfg"]).musicgen_trainer.tokenizer_folder == "tokenizer"
     assert (export / "tokenizer" / "tokenizer_config.json").is_file()
+    from pathlib import Path
+
+    from musicgen_trainer.sharing.push import files_to_push
+    assert Path("tokenizer/tokenizer_config.json") in files_to_push(export)  # a push uploads it
     for path in export.rglob("*"):  # the user's folders appear nowhere (the pushed files included)
         if path.is_file():
             assert str(tmp_path).encode() not in path.read_bytes(), path
