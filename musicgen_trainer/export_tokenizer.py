@@ -59,7 +59,7 @@ def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str
             if path.name not in TOKENIZER_FILES:
                 path.unlink()
         old = None
-        if target.is_symlink() or target.is_file():
+        if target.is_symlink():
             target.unlink()
         elif target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}-old-", dir=folder))
