@@ -50,6 +50,8 @@ def test_each_row_of_a_seeded_batch_equals_its_prompt_alone(tiny_model, monkeypa
     state = torch.random.get_rng_state()
     wav, tokens = generate(tiny_model, PROMPTS, cfg, return_tokens=True, seeds=SEEDS)
     assert batches == [3]  # one batch, not three requests
+    assert generation.per_row_seeding(tiny_model, cfg)
+    assert not generation.per_row_seeding(tiny_model, dataclasses.replace(cfg, decoder="audiocraft"))
     assert torch.equal(torch.random.get_rng_state(), state)
     batches.clear()
     wav1, tokens1 = _alone(lambda i, c: generate(tiny_model, [PROMPTS[i]], c, return_tokens=True), SEEDS, cfg)
@@ -196,8 +198,9 @@ def test_page_requests_sent_together_are_batched(tiny_model, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from musicgen_trainer.app.page import App, build_parser, serve_in_background
+    from musicgen_trainer.app.page import App, build_parser, main, serve_in_background
     assert build_parser().parse_args([]).batch == backend.APP_MAX_BATCH == 4
+    assert main(["--batch", "0"]) == 2  # a one-line error, nothing served
     app = App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False, batch=3)
     app.cache = ModelCache(loader=lambda name, device=None: tiny_model)
     run = app.batcher._run = _Counting()
