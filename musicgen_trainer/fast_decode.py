@@ -108,12 +108,24 @@ class StaticDecoder(nn.Module):
         self.cross_v: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
         self.positions = torch.arange(t_max, device=device)
         self._sin: tp.Optional[torch.Tensor] = None  # [1, t_max, D] positional embeddings, made once
+        # Rows whose conditions are shorter than the batch's (per-row requests, see set_rows): the
+        # cross-attention keys past a row's own length and the gap after a row's own prefix are
+        # masked, and a row's positions skip that gap, as if the row ran alone. None: no padding.
+        self.cross_mask: tp.Optional[torch.Tensor] = None  # [B2, 1, 1, Tc] bool, True = attend
+        self.key_valid: tp.Optional[torch.Tensor] = None  # [B2, 1, 1, t_max] bool
+        self.row_shift: tp.Optional[torch.Tensor] = None  # [B2] long: the row's gap length
+        self.n_prefix = 0
         self._compiled: tp.Optional[tp.Callable] = None
 
     # --- per request ---------------------------------------------------------------
 
-    def set_cross(self, cross: tp.Optional[torch.Tensor]) -> None:
-        """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once."""
+    def set_cross(self, cross: tp.Optional[torch.Tensor], lengths: tp.Optional[torch.Tensor] = None) -> None:
+        """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once.
+        ``lengths`` ``[B2]``: each row's own source length (the rest is padding, not attended)."""
+        self.cross_mask = None
+        if cross is not None and lengths is not None and bool((lengths < cross.shape[1]).any()):
+            self.cross_mask = (torch.arange(cross.shape[1], device=cross.device) < lengths[:, None]).view(
+                lengths.shape[0], 1, 1, -1)
         for i, layer in enumerate(self.lm.transformer.layers):
             if layer.cross_attention is None or cross is None:
                 self.cross_k[i] = self.cross_v[i] = None
@@ -123,6 +135,23 @@ class StaticDecoder(nn.Module):
             k = F.linear(cross, w[d:2 * d], None if b is None else b[d:2 * d])
             v = F.linear(cross, w[2 * d:], None if b is None else b[2 * d:])
             self.cross_k[i], self.cross_v[i] = self._heads(k), self._heads(v)
+
+    def set_rows(self, n_prefix: int, lengths: tp.Optional[torch.Tensor] = None) -> None:
+        """The prefix (prepended conditions) spans cache positions ``[0, n_prefix)``; ``lengths``
+        ``[B2]``: each row's own prefix length, the rest of the row's prefix a gap (right padding):
+        masked as a key, and the row's later positions numbered without it (None: no gap)."""
+        self.n_prefix = n_prefix
+        self.key_valid = self.row_shift = None
+        if lengths is not None and bool((lengths < n_prefix).any()):
+            j = self.positions.view(1, -1)
+            self.key_valid = ((j < lengths[:, None]) | (j >= n_prefix)).view(lengths.shape[0], 1, 1, -1)
+            self.row_shift = (n_prefix - lengths).to(self.positions.device)
+
+    def _row_positions(self, pos: tp.Optional[torch.Tensor], t: int) -> torch.Tensor:
+        # [B2, t] positional index of each row's inputs: the cache position less the row's gap
+        # (gap positions keep their own index: they are never attended).
+        j = self.positions[:t].view(1, -1) if pos is None else pos.view(1, 1)
+        return torch.where(j >= self.n_prefix, j - self.row_shift.view(-1, 1), j)
 
     def prefill(self, x: torch.Tensor) -> torch.Tensor:
         """Run the first ``T0`` inputs (condition prefix + tokens) from position 0.
@@ -170,7 +199,10 @@ class StaticDecoder(nn.Module):
         if self._sin is None or self._sin.dtype != x.dtype:
             # The same elementwise function of the position as audiocraft's, once for all positions.
             self._sin = create_sin_embedding(self.positions.view(1, -1, 1), c, max_period=tr.max_period, dtype=x.dtype)
-        pos_emb = self._sin[:, :t] if pos is None else self._sin.index_select(1, pos)
+        if self.row_shift is not None:
+            pos_emb = self._sin[0][self._row_positions(pos, t)]  # [B2, t, D]
+        else:
+            pos_emb = self._sin[:, :t] if pos is None else self._sin.index_select(1, pos)
         x = x + tr.positional_scale * pos_emb
         for i, layer in enumerate(tr.layers):
             x = self._layer(i, layer, x, pos, length)
@@ -201,25 +233,32 @@ class StaticDecoder(nn.Module):
         qkv = F.linear(x, w, bias).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B2, H, T, d]
         kc, vc = self.k_cache[i], self.v_cache[i]
+        valid = self.key_valid
         if pos is None:  # prefill from position 0: causal over the new positions only
             kc[:, :, :t].copy_(k)
             vc[:, :, :t].copy_(v)
-            out = self._attend(attn, q, k, v, causal=t > 1, mask=None)
+            if valid is None:
+                out = self._attend(attn, q, k, v, causal=t > 1, mask=None)
+            else:  # causal, without the rows' gaps (a gap query attends to itself: no empty row)
+                j = self.positions[:t]
+                mask = ((j.view(-1, 1) >= j.view(1, -1)) & valid[..., :t]) | (j.view(-1, 1) == j.view(1, -1))
+                out = self._attend(attn, q, k, v, causal=False, mask=mask)
         else:
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
             if length is None:
                 mask = (self.positions <= pos).view(1, 1, 1, -1)
-                out = self._attend(attn, q, kc, vc, causal=False, mask=mask)
+                out = self._attend(attn, q, kc, vc, causal=False, mask=mask if valid is None else mask & valid)
             else:
-                out = self._attend(attn, q, kc[:, :, :length], vc[:, :, :length], causal=False, mask=None)
+                out = self._attend(attn, q, kc[:, :, :length], vc[:, :, :length], causal=False,
+                                   mask=None if valid is None else valid[..., :length])
         return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
 
     def _cross_attention(self, i: int, attn, x: torch.Tensor) -> torch.Tensor:
         w, bias, out_proj = _proj(attn)
         d = self.dim
         q = self._heads(F.linear(x, w[:d], None if bias is None else bias[:d]))
-        out = self._attend(attn, q, self.cross_k[i], self.cross_v[i], causal=False, mask=None)
+        out = self._attend(attn, q, self.cross_k[i], self.cross_v[i], causal=False, mask=self.cross_mask)
         b, _, t, _ = out.shape
         return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
 

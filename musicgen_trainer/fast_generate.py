@@ -14,6 +14,12 @@ the global RNG is drawn in the same order and amounts. Logits differ from audioc
 float rounding (attention over a cache instead of a concatenation), so a code can differ only
 where two candidates are within rounding of each other (the tests check identity on the tiny
 models). Cases ``fast_decode.unsupported_reason`` names, and two-step CFG, run audiocraft's loop.
+
+Batched requests (``fast_decoding(model, generators=[...])``, one ``torch.Generator`` per row):
+row ``i`` gets the codes its request gets alone after ``torch.manual_seed(seed_i)``. Its
+sampling draws from its own generator (``fast_sampling``), and its conditions are built and
+fused as alone, the padding to the batch's longest caption masked in the decoder (audiocraft's
+own batch attends to that padding, so its rows depend on their neighbours).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import typing as tp
 import torch
 
 from .fast_decode import StaticDecoder, bucket_length, unsupported_reason
+from .fast_sampling import check_generators, sample_next, sample_top_k  # noqa: F401 (sample_top_k: kept importable here)
 
 # A compiled decoder is kept on its LM (warming a compiled step costs seconds to minutes), under
 # this attribute (outside the module tree: not a submodule, not in the state dict).
@@ -38,18 +45,35 @@ def default_compile(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def fast_decoding(model, compile: tp.Optional[bool] = None):
+def fast_decoding(model, compile: tp.Optional[bool] = None,
+                  generators: tp.Optional[tp.Sequence[torch.Generator]] = None):
     """Within the block, ``model.lm.generate`` is ``fast_lm_generate`` (unless the LM is
     unsupported: then audiocraft's loop, and ``reason`` is set on the yielded state).
 
-    Yields a dict: ``{"fast": bool, "reason": str or None}``."""
+    ``generators``: None (sampling draws from the global RNG, as audiocraft) or one
+    ``torch.Generator`` per row of the batch the block generates (on the model's device): row ``i``
+    then draws from ``generators[i]`` exactly what a batch-1 request draws from the global RNG
+    after ``torch.manual_seed``, so it gets that request's codes. The generators persist across
+    the windows of the request (the session keeps them). Per-row generators need our loop: for an
+    unsupported LM or two-step guidance a ValueError is raised (generate the rows one by one).
+
+    Yields a dict: ``{"fast": bool, "reason": str or None, "per_row_rng": bool}``."""
     lm = model.lm
     reason = unsupported_reason(lm)
-    state = {"fast": reason is None, "reason": reason}
+    state = {"fast": reason is None, "reason": reason, "per_row_rng": False}
+    if generators is not None:
+        generators = list(generators)
+        if reason is None and lm.two_step_cfg:
+            reason = "two-step classifier-free guidance"
+        if reason is not None:
+            raise ValueError(f"per-row generators need the fast decoder, which does not support this model "
+                             f"({reason}): generate the rows one by one")
+        check_generators(generators, len(generators), model.device)
+        state["per_row_rng"] = True
     if reason is not None:
         yield state
         return
-    session = _Session(lm, default_compile(model.device) if compile is None else bool(compile))
+    session = _Session(lm, default_compile(model.device) if compile is None else bool(compile), generators)
     original = lm.__dict__.get("generate")
     lm.generate = functools.partial(fast_lm_generate, lm, session=session)
     try:
@@ -65,8 +89,9 @@ def fast_decoding(model, compile: tp.Optional[bool] = None):
 class _Session:
     """The decoder (and its cache) reused across the windows of one request."""
 
-    def __init__(self, lm, compile: bool):
+    def __init__(self, lm, compile: bool, generators: tp.Optional[tp.List[torch.Generator]] = None):
         self.lm, self.compile = lm, compile
+        self.generators = generators  # one per row, drawn on across the windows of the request
         self.decoder: tp.Optional[StaticDecoder] = None
 
     def decoder_for(self, batch: int, positions: int, dtype: torch.dtype, device: torch.device) -> StaticDecoder:
@@ -89,23 +114,6 @@ class _Session:
         self.decoder = None
 
 
-def sample_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
-    """audiocraft's ``utils.sample_top_k`` (same result, same RNG draws), with the k-th largest
-    probability found by ``kthvalue`` (one selection) instead of ``topk`` (a partial sort): the
-    threshold is the same element, the kept probabilities and their sum the same values.
-
-    Args:
-        probs: ``[..., card]`` probabilities (overwritten, as audiocraft's).
-    Returns:
-        ``[..., 1]`` sampled indices.
-    """
-    from audiocraft.utils import utils
-    threshold = torch.kthvalue(probs, probs.shape[-1] - k + 1, dim=-1, keepdim=True).values
-    probs *= (probs >= threshold).float()
-    probs.div_(probs.sum(dim=-1, keepdim=True))
-    return utils.multinomial(probs, num_samples=1)
-
-
 def _cache_dtype(lm, device: torch.device) -> torch.dtype:
     # MusicGen runs its LM under fp16 autocast on CUDA: the keys/values are then fp16.
     if torch.is_autocast_enabled(device.type):
@@ -119,14 +127,22 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
                      temp: float = 1.0, top_k: int = 250, top_p: float = 0.0, cfg_coef: tp.Optional[float] = None,
                      two_step_cfg: tp.Optional[bool] = None, remove_prompts: bool = False, check: bool = False,
                      callback: tp.Optional[tp.Callable[[int, int], None]] = None,
-                     session: tp.Optional[_Session] = None, **kwargs) -> torch.Tensor:
+                     session: tp.Optional[_Session] = None,
+                     generators: tp.Optional[tp.Sequence[torch.Generator]] = None, **kwargs) -> torch.Tensor:
     """``LMModel.generate`` with the same arguments and result: codes ``[B, K, max_gen_len]``
-    (the prompt ``[B, K, T]`` included unless ``remove_prompts``)."""
+    (the prompt ``[B, K, T]`` included unless ``remove_prompts``).
+
+    ``generators`` (else the session's): one ``torch.Generator`` per row ``B`` (see
+    ``fast_decoding``); ValueError with two-step guidance, which runs audiocraft's loop."""
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
-    from audiocraft.utils import utils
 
     two_step_cfg = lm.two_step_cfg if two_step_cfg is None else two_step_cfg
+    if generators is None and session is not None:
+        generators = session.generators
     if two_step_cfg and conditions:  # two separate passes per step: audiocraft's loop
+        if generators is not None:
+            raise ValueError("per-row generators are not supported with two-step classifier-free guidance: "
+                             "generate the rows one by one")
         return type(lm).generate(lm, prompt, conditions, num_samples, max_gen_len, use_sampling, temp,
                                  top_k, top_p, cfg_coef, two_step_cfg, remove_prompts, check, callback)
     assert not lm.training, "generation shouldn't be used in training mode."
@@ -138,14 +154,18 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
 
     # Conditions as audiocraft builds them: [conditions + null conditions] in one batch.
     condition_tensors = {}
-    if conditions:
+    per_row = generators is not None and len(conditions) > 1
+    if conditions and not per_row:
         null_conditions = ClassifierFreeGuidanceDropout(p=1.0)(conditions)
         condition_tensors = lm.condition_provider(lm.condition_provider.tokenize(conditions + null_conditions))
+    guided = bool(condition_tensors) or per_row
     if prompt is None:
         prompt = torch.zeros((num_samples, lm.num_codebooks, 0), dtype=torch.long, device=device)
     B, K, T = prompt.shape
     assert T < max_gen_len
-    b2 = 2 * B if condition_tensors else B
+    if generators is not None:
+        check_generators(generators, B, device)
+    b2 = 2 * B if guided else B
 
     pattern = lm.pattern_provider.get_pattern(max_gen_len)
     unknown = -1
@@ -157,33 +177,31 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     seq_len = gen_sequence.shape[-1]
 
     # The fuser on an empty input returns the prepended conditions alone and the cross source.
-    empty = torch.zeros(b2, 0, lm.dim, device=device, dtype=next(lm.parameters()).dtype)
-    prefix, cross = lm.fuser(empty, condition_tensors)
+    dtype = next(lm.parameters()).dtype
+    prefix_len = cross_len = None
+    if per_row:
+        prefix, prefix_len, cross, cross_len = _conditions_per_row(lm, conditions, dtype, device)
+    else:
+        prefix, cross = lm.fuser(torch.zeros(b2, 0, lm.dim, device=device, dtype=dtype), condition_tensors)
     if cross is None and any(layer.cross_attention is not None for layer in lm.transformer.layers):
         raise ValueError("the LM has cross-attention layers but no cross-attention condition was given")
     n_prefix = prefix.shape[1]
     dec = session.decoder_for(b2, n_prefix + seq_len - 1, _cache_dtype(lm, device), device)
-    dec.set_cross(cross)
+    dec.set_cross(cross, cross_len)
+    dec.set_rows(n_prefix, prefix_len)
     positions = torch.arange(dec.t_max, device=device)
 
     def both(seq: torch.Tensor) -> torch.Tensor:
-        return torch.cat([seq, seq], dim=0) if condition_tensors else seq
+        return torch.cat([seq, seq], dim=0) if guided else seq
 
     def sample(all_logits: torch.Tensor) -> torch.Tensor:
         # all_logits [B2, K, card] -> next codes [B, K, 1], exactly as LMModel._sample_next_token.
-        if condition_tensors:
+        if guided:
             cond_logits, uncond_logits = all_logits.split(B, dim=0)
             logits = uncond_logits + (cond_logits - uncond_logits) * cfg_coef
         else:
             logits = all_logits
-        if use_sampling and temp > 0.0:
-            probs = torch.softmax(logits / temp, dim=-1)
-            if top_p > 0.0:
-                return utils.sample_top_p(probs, p=top_p)
-            if top_k > 0:
-                return sample_top_k(probs, k=top_k)
-            return utils.multinomial(probs, num_samples=1)
-        return torch.argmax(logits, dim=-1, keepdim=True)
+        return sample_next(logits, use_sampling, temp, top_k, top_p, generators)
 
     for offset in range(start, seq_len):
         if offset == start:  # prefill: prefix + every step before the first one to generate
@@ -207,3 +225,40 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     out_codes = out_codes[..., (T if remove_prompts else 0):max_gen_len]
     assert (out_codes >= 0).all() and (out_codes <= lm.card).all()
     return out_codes
+
+
+def _conditions_per_row(lm, conditions: tp.List, dtype: torch.dtype, device: torch.device):
+    """The fused conditions of each request alone, padded into one batch.
+
+    Batched, audiocraft pads every caption to the batch's longest, and the padding is attended
+    (cross-attention) or prepended (melody): a row would not get the codes it gets alone. So each
+    row's ``[condition, null condition]`` pair goes through the condition provider and the fuser
+    as the request alone does, and the decoder masks the padding (``StaticDecoder.set_cross``,
+    ``set_rows``).
+
+    Returns:
+        prefix ``[2B, P, D]`` (row ``i``'s prefix in ``[0, P_i)``, zeros after), its lengths
+        ``[2B]``, the cross-attention source ``[2B, C, D]`` or None, its lengths ``[2B]`` or None;
+        rows are the ``B`` conditions then their ``B`` null conditions, as audiocraft's batch.
+    """
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+    prefixes, crosses = [], []
+    for condition in conditions:
+        pair = [condition] + ClassifierFreeGuidanceDropout(p=1.0)([condition])
+        tensors = lm.condition_provider(lm.condition_provider.tokenize(pair))
+        prefix, cross = lm.fuser(torch.zeros(2, 0, lm.dim, device=device, dtype=dtype), tensors)
+        prefixes.append(prefix)
+        crosses.append(cross)
+    prefix, prefix_len = _pad_rows([p[h] for h in (0, 1) for p in prefixes])
+    if crosses[0] is None:
+        return prefix, prefix_len, None, None
+    cross, cross_len = _pad_rows([c[h] for h in (0, 1) for c in crosses])
+    return prefix, prefix_len, cross, cross_len
+
+
+def _pad_rows(rows: tp.List[torch.Tensor]) -> tp.Tuple[torch.Tensor, torch.Tensor]:
+    """``[T_i, D]`` tensors -> ``[N, max T_i, D]`` (zeros after each row's end), lengths ``[N]``."""
+    out = rows[0].new_zeros(len(rows), max(r.shape[0] for r in rows), rows[0].shape[-1])
+    for i, r in enumerate(rows):
+        out[i, :r.shape[0]] = r
+    return out, torch.tensor([r.shape[0] for r in rows], device=out.device)

@@ -19,10 +19,18 @@ loop); ``decoder="audiocraft"`` runs audiocraft's own.
 ``progress`` is ``False``, ``True`` (a text bar on stderr) or a callable ``(done, total)``
 called after each language-model step, ``total`` being all the steps of the request
 (every window included).
+
+``seeds`` (one per prompt) gives each row of a batch its own seed: row i is then exactly what
+the same call with ``[prompts[i]]`` and ``seed=seeds[i]`` alone gives, and one batch serves
+several independent requests (the web app batches its queue this way). The fast decoder draws
+each row from its own generator (``fast_decoding(generators=...)``); where it cannot (audiocraft's
+loop, an LM it does not reproduce, melody conditioning whose chroma extraction draws Python's
+RNG per call) the rows run one after the other, with the same results.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import sys
@@ -93,7 +101,8 @@ class GenerationConfig:
 
 
 def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationConfig] = None,
-             progress: Progress = False, return_tokens: bool = False):
+             progress: Progress = False, return_tokens: bool = False,
+             seeds: tp.Optional[tp.Sequence[int]] = None):
     """Generate one clip per text prompt, as one batch.
 
     Args:
@@ -101,6 +110,8 @@ def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationCon
         prompts: B text descriptions ("" generates without text).
         return_tokens: also return the generated codes (the evaluation's loop and memorisation
             checks read them).
+        seeds: None (the whole batch from ``config.seed``) or B seeds: row i is then what
+            ``generate(model, [prompts[i]], config with seed=seeds[i])`` gives (``config.seed`` unused).
     Returns:
         float tensor ``[B, C, T]`` on the CPU, T = round(duration * sample_rate); with
         ``return_tokens``, ``(wav, tokens)``, tokens ``[B, K, F]`` int64 on the CPU, F the frames
@@ -108,10 +119,17 @@ def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationCon
     """
     config = config or GenerationConfig()
     prompts = _check_prompts(prompts)
+    seeds = _check_seeds(seeds, len(prompts))
+    if seeds is not None and not per_row_seeding(model, config):
+        rows = _row_by_row(lambda i, cfg, prog: generate(model, [prompts[i]], cfg, prog, return_tokens),
+                           config, seeds, progress)
+        if return_tokens:
+            return torch.cat([w for w, _ in rows]), torch.cat([t for _, t in rows])
+        return torch.cat(rows)
     frames = _frames(config.duration, model)
     _configure(model, config, total_frames=frames)
     out = _run(model, config, progress, frames, 0,
-               lambda: model.generate(prompts, progress=True, return_tokens=return_tokens))
+               lambda: model.generate(prompts, progress=True, return_tokens=return_tokens), seeds)
     if return_tokens:
         wav, tokens = out
         return _trim(wav, round(config.duration * model.sample_rate)), tokens[..., :frames].long().cpu()
@@ -120,7 +138,8 @@ def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationCon
 
 def generate_continuation(model, audio: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],
                           config: tp.Optional[GenerationConfig] = None, progress: Progress = False,
-                          max_prompt_seconds: tp.Optional[float] = None) -> torch.Tensor:
+                          max_prompt_seconds: tp.Optional[float] = None,
+                          seeds: tp.Optional[tp.Sequence[int]] = None) -> torch.Tensor:
     """Continue an audio prompt, once per text prompt (the same audio for all of them).
 
     The audio is converted to the model's rate and channel count (mono for mono models),
@@ -130,30 +149,37 @@ def generate_continuation(model, audio: torch.Tensor, sample_rate: int, prompts:
     Args:
         audio: ``[T]``, ``[C, T]`` or ``[1, C, T]`` float samples at ``sample_rate``.
         prompts: B text descriptions.
+        seeds: None or B seeds, one per row (as ``generate``'s).
     Returns:
         ``[B, C, P + N]`` on the CPU: the prompt as the codec reproduces it (P samples, the
         kept prompt at the model's rate) followed by N = round(duration * sample_rate) new samples.
     """
     config = config or GenerationConfig()
     prompts = _check_prompts(prompts)
+    seeds = _check_seeds(seeds, len(prompts))
+    if seeds is not None and not per_row_seeding(model, config):
+        return torch.cat(_row_by_row(lambda i, cfg, prog: generate_continuation(
+            model, audio, sample_rate, [prompts[i]], cfg, prog, max_prompt_seconds), config, seeds, progress))
     prompt = prepare_audio_prompt(model, audio, sample_rate, max_prompt_seconds)
     prompt_frames = prompt.shape[-1] // _hop(model)
     new_frames = _frames(config.duration, model)
     _configure(model, config, total_frames=prompt_frames + new_frames)
     batch = prompt.expand(len(prompts), -1, -1).to(model.device)
     wav = _run(model, config, progress, prompt_frames + new_frames, prompt_frames,
-               lambda: model.generate_continuation(batch, model.sample_rate, prompts, progress=True))
+               lambda: model.generate_continuation(batch, model.sample_rate, prompts, progress=True), seeds)
     return _trim(wav, prompt.shape[-1] + round(config.duration * model.sample_rate))
 
 
 def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],
-                         config: tp.Optional[GenerationConfig] = None,
-                         progress: Progress = False) -> torch.Tensor:
+                         config: tp.Optional[GenerationConfig] = None, progress: Progress = False,
+                         seeds: tp.Optional[tp.Sequence[int]] = None) -> torch.Tensor:
     """Generate following ``melody``'s chroma (models with a ``self_wav`` conditioner only).
 
     Args:
         melody: ``[T]``, ``[C, T]`` or ``[1, C, T]`` samples at ``sample_rate`` (used for every prompt;
             repeated when shorter than the output).
+        seeds: None or B seeds, one per row (as ``generate``'s; the rows then run one after the other:
+            the chroma extraction draws Python's RNG once per call, so a batch would not be exact).
     Returns:
         ``[B, C, T]`` on the CPU, T = round(duration * sample_rate).
     Raises:
@@ -164,6 +190,10 @@ def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts:
                          f"as facebook/musicgen-melody, or drop the melody)")
     config = config or GenerationConfig()
     prompts = _check_prompts(prompts)
+    seeds = _check_seeds(seeds, len(prompts))
+    if seeds is not None:
+        return torch.cat(_row_by_row(lambda i, cfg, prog: generate_with_melody(
+            model, melody, sample_rate, [prompts[i]], cfg, prog), config, seeds, progress))
     melody = _as_batch(melody)[0].float()
     frames = _frames(config.duration, model)
     _configure(model, config, total_frames=frames)
@@ -171,6 +201,15 @@ def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts:
     wav = _run(model, config, progress, frames, 0,
                lambda: model.generate_with_chroma(prompts, melodies, sample_rate, progress=True))
     return _trim(wav, round(config.duration * model.sample_rate))
+
+
+def per_row_seeding(model, config: GenerationConfig) -> bool:
+    """Whether one batch can give each row its own seed exactly (``seeds=``): the fast decoder on an
+    LM it reproduces, with guidance in one pass. Otherwise ``seeds`` runs the rows one by one."""
+    if config.decoder != "fast":
+        return False
+    from .fast_decode import unsupported_reason
+    return unsupported_reason(model.lm) is None and not getattr(model.lm, "two_step_cfg", False)
 
 
 def has_melody_conditioning(model) -> bool:
@@ -210,6 +249,39 @@ def _check_prompts(prompts: tp.Sequence[str]) -> tp.List[str]:
     if not prompts:
         raise ValueError("give at least one prompt (an empty string generates without text)")
     return prompts
+
+
+def _check_seeds(seeds: tp.Optional[tp.Sequence[int]], rows: int) -> tp.Optional[tp.List[int]]:
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != rows:
+        raise ValueError(f"give one seed per prompt: {rows} prompts, {len(seeds)} seeds")
+    for s in seeds:
+        if not 0 <= s < 2 ** 63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {s}")
+    return seeds
+
+
+def _row_by_row(run_one: tp.Callable[[int, GenerationConfig, Progress], tp.Any], config: GenerationConfig,
+                seeds: tp.List[int], progress: Progress) -> list:
+    """``run_one(i, config with seed=seeds[i], progress)`` for each row, one progress over them all."""
+    rows = len(seeds)
+    bar: tp.Dict[str, tp.Any] = {}
+
+    def row_progress(i: int) -> Progress:
+        if not progress:
+            return False
+
+        def step(done: int, total: int) -> None:
+            if "report" not in bar:  # every row plans the same steps: the total is known at the first one
+                bar["report"], bar["close"] = _progress_reporter(progress, total * rows)
+            bar["report"](i * total + done)
+        return step
+    try:
+        return [run_one(i, dataclasses.replace(config, seed=seed), row_progress(i)) for i, seed in enumerate(seeds)]
+    finally:
+        bar.get("close", lambda: None)()
 
 
 def _as_batch(audio: torch.Tensor) -> torch.Tensor:
@@ -281,8 +353,10 @@ def planned_steps(model, total_frames: int, prompt_frames: int = 0) -> int:
 
 
 def _run(model, config: GenerationConfig, progress: Progress, total_frames: int, prompt_frames: int,
-         call: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Seed, wire progress reporting, call audiocraft; the global RNG is restored afterwards."""
+         call: tp.Callable[[], torch.Tensor], seeds: tp.Optional[tp.List[int]] = None) -> torch.Tensor:
+    """Seed, wire progress reporting, call audiocraft; the global RNG is restored afterwards.
+
+    With ``seeds`` (one per row), each row samples from its own generator seeded with its seed."""
     report, close = _progress_reporter(progress, planned_steps(model, total_frames, prompt_frames))
     done = [0]
 
@@ -294,12 +368,14 @@ def _run(model, config: GenerationConfig, progress: Progress, total_frames: int,
     # Melody models separate the melody with demucs, which shifts it by a random.randint offset:
     # Python's RNG is seeded too (and restored), or the same seed would not give the same output.
     python_rng = random.getstate()
+    seed = config.seed if seeds is None else seeds[0]
+    generators = None if seeds is None else [torch.Generator(device=model.device).manual_seed(s) for s in seeds]
     try:
         with torch.random.fork_rng(devices=_cuda_devices()):
-            if config.seed is not None:
-                torch.manual_seed(int(config.seed))
-                random.seed(int(config.seed))
-            with torch.no_grad(), _decoding(model, config):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+                random.seed(int(seed))
+            with torch.no_grad(), _decoding(model, config, generators):
                 return call()
     finally:
         random.setstate(python_rng)
@@ -307,13 +383,18 @@ def _run(model, config: GenerationConfig, progress: Progress, total_frames: int,
         close()
 
 
-def _decoding(model, config: GenerationConfig):
+def _decoding(model, config: GenerationConfig, generators: tp.Optional[tp.List[torch.Generator]] = None):
     """The LM loop for ``config.decoder``: ``fast_generate.fast_decoding`` (which itself keeps
-    audiocraft's loop for models it does not reproduce), or audiocraft's own."""
+    audiocraft's loop for models it does not reproduce), or audiocraft's own. ``generators``
+    (one per row) only with the fast decoder (callers check ``per_row_seeding`` first)."""
     if config.decoder == "audiocraft":
+        if generators is not None:
+            raise ValueError("per-row seeds need the fast decoder")
         return contextlib.nullcontext()
     from .fast_generate import fast_decoding
-    return fast_decoding(model)
+    if generators is None:
+        return fast_decoding(model)
+    return fast_decoding(model, generators=generators)
 
 
 def _progress_reporter(progress: Progress, total: int) -> tp.Tuple[tp.Callable[[int], None], tp.Callable[[], None]]:

@@ -28,6 +28,12 @@ APP_MAX_PROMPT_CHARS = 500        # longest text prompt the web app accepts
 APP_MAX_UPLOAD_MB = 25            # largest audio-prompt upload the web app accepts
 APP_MAX_PROMPT_AUDIO_SECONDS = 600.0  # longest audio-prompt upload decoded (its end is used)
 APP_MODEL_CACHE = 2               # loaded models kept in memory by the web app (least recently used go)
+APP_MAX_BATCH = 4                 # waiting requests of the same model and settings generated as one batch
+
+# Held while a request loads its model and generates: the GPU (or CPU) serves one request or one
+# batch at a time, whichever tab (Generate's batcher, Compare) asks. Reentrant: the batcher's
+# worker holds it around the batch and a single request's run_request takes it again.
+GENERATION_LOCK = threading.RLock()
 
 BASE_GENRES = ("rock", "pop", "jazz", "blues", "classical", "electronic", "hip hop", "ambient",
                "folk", "metal", "funk", "reggae", "country", "lo-fi")
@@ -192,39 +198,59 @@ def run_request(request: AppRequest, cache: ModelCache, out_root: Path,
 
     ``progress(stage, done, total)`` is called while loading and generating.
     """
-    from ..outputs import ClipRequest, generate_to_files
+    from ..outputs import generate_to_files
 
     report = progress or (lambda stage, done, total: None)
     # The upload's length is checked before the model is loaded, from its header where the
     # format has one; only the model's window from its end is ever decoded into memory.
     prompt_input = open_audio_prompt(request.audio_prompt) if request.audio_prompt else None
 
-    report("loading model", 0, 1)
-    model = cache.get(request.model, request.adapter or None)
-    prompt_audio = None
-    if prompt_input is not None:
-        prompt_audio = read_audio_tail(prompt_input, float(model.max_duration))
+    with GENERATION_LOCK:
+        report("loading model", 0, 1)
+        model = cache.get(request.model, request.adapter or None)
+        prompt_audio = None
+        if prompt_input is not None:
+            prompt_audio = read_audio_tail(prompt_input, float(model.max_duration))
+        clip = clip_request(request, prompt_audio)
+        folder = _new_result_folder(Path(out_root))
+        step = lambda done, total: report("generating", done, total)  # noqa: E731
+        try:
+            result = generate_to_files(model, clip, [folder / result_stem(request)], progress=step)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # this request's own new folder: a failure leaves none
+            raise
+    files = result.files[0]
+    summary = result_summary(request, clip, result.seconds, result.generation_seconds, result.prompt_seconds_used)
+    return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi, summary=summary)
+
+
+def clip_request(request: AppRequest, prompt_audio=None):
+    """``request`` as ``outputs.ClipRequest`` (one clip; ``prompt_audio``: ``([C, n], rate)`` or None)."""
+    from ..outputs import ClipRequest
     adapter = request.adapter_choice.key if request.adapter_choice else None
-    clip = ClipRequest(model_name=request.model, user_prompts=[request.prompt] if request.prompt else [],
+    return ClipRequest(model_name=request.model, user_prompts=[request.prompt] if request.prompt else [],
                        lora_adapter=adapter,
                        generation=request.generation, genres=list(request.genres), prompt_audio=prompt_audio,
                        prompt_audio_name="upload" if prompt_audio is not None else None, midi=request.midi)
-    text = clip.prompts[0]
-    folder = _new_result_folder(Path(out_root))
-    step = lambda done, total: report("generating", done, total)  # noqa: E731
-    try:
-        result = generate_to_files(model, clip, [folder / f"musicgen_s{request.generation.seed}"], progress=step)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # this request's own new folder: a failure leaves none
-        raise
-    files = result.files[0]
-    summary = (f"{result.seconds:.2f} s of audio in {result.generation_seconds:.1f} s · seed {request.generation.seed} · "
-               f"prompt: {text or '(none)'}")
-    if adapter:
-        summary += f" · LoRA adapter {adapter}"
-    if result.prompt_seconds_used is not None:
-        summary += f" · continues {result.prompt_seconds_used:.2f} s of your audio"
-    return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi, summary=summary)
+
+
+def result_stem(request: AppRequest) -> str:
+    """The result files' name in the request's folder (``musicgen_s<seed>``)."""
+    return f"musicgen_s{request.generation.seed}"
+
+
+def result_summary(request: AppRequest, clip, seconds: float, generation_seconds: float,
+                   prompt_seconds_used: tp.Optional[float] = None, batch: int = 1) -> str:
+    """The line the page shows under a result."""
+    summary = (f"{seconds:.2f} s of audio in {generation_seconds:.1f} s · seed {request.generation.seed} · "
+               f"prompt: {clip.prompts[0] or '(none)'}")
+    if clip.lora_adapter:
+        summary += f" · LoRA adapter {clip.lora_adapter}"
+    if prompt_seconds_used is not None:
+        summary += f" · continues {prompt_seconds_used:.2f} s of your audio"
+    if batch > 1:
+        summary += f" · generated in a batch of {batch} requests"
+    return summary
 
 
 def open_audio_prompt(path, max_seconds: tp.Optional[float] = None):

@@ -4,7 +4,8 @@ Pick a model (pretrained, ``tiny``, or any export under ``checkpoints/``), optio
 adapter found under ``checkpoints/`` (which picks its base model), write a prompt,
 tick genres (a fine-tune offers the genres it was trained on), optionally upload audio to
 continue, and get the audio, its spectrogram and WAV/MIDI downloads. Requests wait in a
-queue and run one at a time; loaded models are cached.
+queue; those waiting together for the same model and settings are generated as one batch
+(``--batch``, see ``batching``); loaded models are cached.
 
 Safe by default: it listens on 127.0.0.1 unless ``--host`` or ``--share`` is given, reads
 only files uploaded through the page, bounds text, upload size and duration, and shows
@@ -24,7 +25,7 @@ import time
 import typing as tp
 from pathlib import Path
 
-from .backend import APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER, hub_cached
+from .backend import APP_MAX_BATCH, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER, hub_cached
 
 logger = logging.getLogger("musicgen_trainer.app")
 
@@ -43,8 +44,10 @@ class App:
                  device: tp.Optional[str] = None, max_duration: float = APP_MAX_SECONDS,
                  cache_size: int = APP_MODEL_CACHE, pretrained: tp.Optional[tp.Sequence[str]] = None,
                  midi_default: bool = True, rescan_interval: float = RESCAN_INTERVAL_S,
-                 clock: tp.Callable[[], float] = time.monotonic, data_root: tp.Optional[str] = "datasets"):
+                 clock: tp.Callable[[], float] = time.monotonic, data_root: tp.Optional[str] = "datasets",
+                 batch: int = APP_MAX_BATCH):
         from .backend import ModelCache
+        from .batching import GenerationBatcher
         from ..models import PRETRAINED_NAMES
         self.checkpoints = checkpoints
         # The studio tabs read, list and write only under these two roots (see paths.confined).
@@ -53,6 +56,7 @@ class App:
         self.max_duration = float(max_duration)
         self.pretrained = list(PRETRAINED_NAMES if pretrained is None else pretrained)
         self.cache = ModelCache(cache_size, device=device)
+        self.batcher = GenerationBatcher(max_batch=batch)  # the Generate tab's requests
         self.midi_default = midi_default
         self.rescan_interval = float(rescan_interval)
         self.clock = clock
@@ -247,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest clip a request may ask for, seconds (default {APP_MAX_SECONDS:g})")
     p.add_argument("--cache", type=int, default=APP_MODEL_CACHE, help="models kept loaded (default 2)")
     p.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait (default 20)")
+    p.add_argument("--batch", type=int, default=APP_MAX_BATCH,
+                   help=f"largest batch: Generate requests waiting together for the same model, duration and "
+                        f"sampling settings are generated as one batch of up to this many, each with its own "
+                        f"seed and the same clip as alone (1: one at a time; default {APP_MAX_BATCH})")
     from dataset_tools.cli import add_debug_flag
     add_debug_flag(p)
     return p
@@ -261,12 +269,14 @@ def main(argv=None) -> int:
     def command() -> int:
         if not 0 < args.max_duration <= 600:
             raise ValueError("--max-duration must be more than 0 and at most 600 seconds")
+        if not 1 <= args.batch <= 64:
+            raise ValueError("--batch must be between 1 and 64")
         if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
             print("note: the app is reachable from other machines; anyone who can reach it can use it",
                   file=sys.stderr)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
-                  cache_size=args.cache, data_root=args.data_root)
+                  cache_size=args.cache, data_root=args.data_root, batch=args.batch)
         try:
             launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
         except OSError as exc:  # port in use, bad address

@@ -81,7 +81,7 @@ def build_compare_tab(app) -> None:
     gr.on(triggers=None, fn=on_load, outputs=[model_a, model_b, adapter_a, adapter_b], api_visibility="private")
     run.click(on_compare, inputs=[model_a, adapter_a, model_b, adapter_b, prompt, seed, duration, blind],
               outputs=[audio_a, audio_b, summary, token, revealed], api_name="compare",
-              concurrency_limit=1, concurrency_id="generate")  # one generation at a time, with the Generate tab's
+              concurrency_limit=1, concurrency_id="compare")  # GPU work is serial with Generate's: backend.GENERATION_LOCK
     reveal.click(on_reveal, inputs=token, outputs=revealed, api_name="compare_reveal")
     for adapter, model in ((adapter_a, model_a), (adapter_b, model_b)):
         adapter.change(on_adapter, inputs=[adapter, model], outputs=model, api_visibility="private")

@@ -17,7 +17,7 @@ def build_generate_tab(app) -> None:
     """The tab's controls and events, inside the page's ``gr.Tab`` context; ``app`` is the page's ``App``."""
     import gradio as gr
 
-    from .backend import AppRequest, run_request
+    from .backend import AppRequest
 
     default = app.default_model()
 
@@ -67,7 +67,8 @@ def build_generate_tab(app) -> None:
                                  genres=genres or [], generation=generation, max_duration=app.duration_limit(model),
                                  audio_prompt=audio_prompt, upload_roots=_upload_roots(), midi=bool(midi),
                                  adapter=adapter, allowed_adapters=app.adapters)
-            result = run_request(request, app.cache, app.out, report)
+            # Waits here for its turn; requests waiting together for the same settings run as one batch.
+            result = app.batcher.submit(request, app.cache, app.out, report)
         except (ValueError, ModelUnavailableError, AudioDecodeError, TranscriptionUnavailable) as exc:
             raise gr.Error(app.public_text(str(exc)), print_exception=False) from None
         except Exception as exc:  # never a traceback in the page; the log has it
@@ -130,10 +131,13 @@ def build_generate_tab(app) -> None:
     # On page load too: a fine-tune exported since the page was built (e.g. by the Train tab) is offered.
     gr.on(triggers=None, fn=on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private")
     # The adapter comes last, optional ("none"): API scripts written before it still work.
+    # Handlers only wait in the batcher (its one worker does the generating, one batch at a time, and
+    # Compare's generations take the same lock): up to two batches' worth wait together, so the next
+    # batch gathers while one runs.
     run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
                                    cfg_coef, seed, midi, adapter],
               outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
-              concurrency_limit=1, concurrency_id="generate")
+              concurrency_limit=2 * app.batcher.max_batch, concurrency_id="generate-batch")
 
 
 def _accepting_export_folders(app, preprocess):

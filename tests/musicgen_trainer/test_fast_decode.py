@@ -223,3 +223,94 @@ def test_lora_adapted_lm_gives_audiocrafts_codes(folded):
             assert state["fast"] == folded
             fast = model.generate(["a", "b"], return_tokens=True)[1]
     assert torch.equal(fast, slow)
+
+
+# --- per-row generators (batched requests, one seed each) ----------------------------------------
+
+def _alone_then_batched(model, generate_rows, seeds):
+    """Codes of each row generated alone after torch.manual_seed(seed) with audiocraft's loop, and
+    of all rows in one batch under fast_decoding with one generator per row (global RNG untouched)."""
+    from musicgen_trainer.fast_generate import fast_decoding
+    alone = []
+    for i, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        alone.append(generate_rows([i]))
+    global_state = torch.get_rng_state()
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    with fast_decoding(model, generators=generators) as state:
+        assert state["fast"] and state["per_row_rng"]
+        batched = generate_rows(list(range(len(seeds))))
+    assert torch.equal(torch.get_rng_state(), global_state)  # nothing drew from the global RNG
+    return torch.cat(alone), batched
+
+
+PROMPTS = ["lo-fi jazz piano", "rock", ""]
+PER_ROW = [  # (model, seconds, sampling settings, cfg_coef); 2.5 s: three windows of 1.2 s
+    ("tiny", 0.4, dict(top_k=250), 3.0), ("tiny", 0.4, dict(top_k=0, top_p=0.9, temperature=1.3), 3.0),
+    ("tiny", 0.4, dict(top_k=0), 1.0), ("tiny", 2.5, dict(top_k=50), 3.0),
+    ("tiny-stereo", 0.4, dict(top_k=250), 3.0), ("tiny-stereo", 2.5, dict(top_k=0, top_p=0.8), 3.0),
+]
+
+
+@pytest.mark.parametrize("name, seconds, sampling, cfg", PER_ROW)
+def test_per_row_generators_give_each_requests_codes_alone(name, seconds, sampling, cfg):
+    """A batch of 3 prompts with seeds (5, 17, 2**40) under per-row generators: each row has the
+    codes of its prompt generated alone with its seed through audiocraft's own loop (the
+    generators persist across windows)."""
+    model = _model(name)
+    model.set_generation_params(duration=seconds, cfg_coef=cfg, extend_stride=0.6, **sampling)
+
+    def generate_rows(rows):
+        return model.generate([PROMPTS[i] for i in rows], return_tokens=True)[1]
+    alone, batched = _alone_then_batched(model, generate_rows, [5, 17, 2 ** 40])
+    assert batched.shape == alone.shape
+    assert torch.equal(batched, alone)
+    assert not torch.equal(alone[0], alone[2])  # the seeds matter: not a vacuous identity
+
+
+def test_per_row_generators_melody():
+    model = _model("tiny-melody")
+    model.set_generation_params(duration=0.4, top_k=250, cfg_coef=3.0, extend_stride=0.6)
+    t = torch.arange(32000) / 32000
+    melodies = [torch.sin(2 * torch.pi * f * t)[None] for f in (220, 440, 330)]
+
+    def generate_rows(rows):
+        return model.generate_with_chroma([PROMPTS[i] for i in rows], [melodies[i] for i in rows], 32000,
+                                          return_tokens=True)[1]
+    alone, batched = _alone_then_batched(model, generate_rows, [1, 2, 3])
+    assert torch.equal(batched, alone)
+
+
+def test_per_row_multinomial_draws_as_torch_multinomial():
+    """Row i of our sampler: the index and the generator state torch.multinomial leaves on
+    probs[i] ([K, card]) with generators[i] (ATen's exponential race), zeros included."""
+    from musicgen_trainer.fast_sampling import multinomial_per_row
+    probs = torch.softmax(3 * torch.randn(3, 4, 2048, generator=torch.Generator().manual_seed(0)), dim=-1)
+    probs[1, :, 100:] = 0  # a top-k cut
+    for seed in range(10):
+        gens = [torch.Generator().manual_seed(seed + 100 * i) for i in range(3)]
+        ours = multinomial_per_row(probs, gens)
+        refs = [torch.Generator().manual_seed(seed + 100 * i) for i in range(3)]
+        theirs = torch.stack([torch.multinomial(probs[i], 1, generator=refs[i]) for i in range(3)])
+        assert torch.equal(ours, theirs)
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(gens, refs))
+
+
+def test_per_row_generators_refused_where_not_honoured():
+    from musicgen_trainer.fast_generate import fast_decoding, fast_lm_generate
+    from musicgen_trainer.tiny import TinyConfig, build_tiny_musicgen
+    model = build_tiny_musicgen(TinyConfig(seed=2))
+    gens = [torch.Generator().manual_seed(1)]
+    with pytest.raises(ValueError, match="2 for a batch of 1 rows"):
+        fast_lm_generate(model.lm, None, [], num_samples=1, max_gen_len=5, generators=gens * 2)
+    model.lm.two_step_cfg = True
+    with pytest.raises(ValueError, match="two-step classifier-free guidance"):
+        with fast_decoding(model, generators=gens):
+            pass
+    model.lm.two_step_cfg = False
+    model.lm.transformer.positional_embedding = "sin_rope"
+    with pytest.raises(ValueError, match="generate the rows one by one"):
+        with fast_decoding(model, generators=gens):
+            pass
+    with fast_decoding(model) as state:  # without generators: audiocraft's loop, as before
+        assert not state["fast"] and not state["per_row_rng"]

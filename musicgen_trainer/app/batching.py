@@ -1,0 +1,197 @@
+"""The Generate tab's queue: requests waiting at the same time for the same model and settings
+run as one batch (no Gradio here).
+
+Each page request (a Gradio handler thread) hands its validated ``AppRequest`` to
+``GenerationBatcher.submit`` and waits there for its own result, reporting its own progress. One
+worker thread does the generating: it takes the oldest waiting request and every other waiting
+request with the same ``batch_key`` (model, LoRA adapter, output folder and every sampling
+setting but the seed: duration, top-k, top-p, temperature, guidance, decoder), at most
+``max_batch``, and generates them as one batch with one seed per row
+(``generation.generate(..., seeds=...)``): each clip is exactly what the request gives alone.
+Each request still gets its own result folder, seed, files and summary, and errors stay its own:
+requests are validated before they are submitted, and a request whose files cannot be written
+(e.g. MIDI transcription) fails alone. A failure of the batch itself (the model cannot load) fails
+the requests of that batch. Requests with an audio prompt run alone (each continues its own upload).
+
+The worker takes requests only while it holds ``backend.GENERATION_LOCK``: the requests that arrive
+while any generation runs (a batch, a Compare) wait, and are batched together when it ends.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import typing as tp
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backend import (APP_MAX_BATCH, GENERATION_LOCK, AppRequest, AppResult, ModelCache, _new_result_folder,
+                      clip_request, result_stem, result_summary, run_request)
+
+logger = logging.getLogger("musicgen_trainer.app")
+
+GATHER_S = 0.05  # an idle worker waits this long after a request arrives: requests sent together join it
+
+Report = tp.Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def batch_key(request: AppRequest, out_root: Path) -> tp.Optional[tuple]:
+    """What requests must share to be generated as one batch (with the same model cache); None:
+    the request runs alone."""
+    if request.audio_prompt:
+        return None
+    settings = {**request.generation.to_dict(), "seed": None}
+    return (request.model, request.adapter or None, str(out_root), tuple(sorted(settings.items())))
+
+
+def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Path,
+              reports: tp.Optional[tp.Sequence[Report]] = None) -> tp.List[tp.Union[AppResult, Exception]]:
+    """Generate ``requests`` (same ``batch_key``) as one batch; each one's result or its own error.
+
+    One request is ``backend.run_request`` as it always was. Several: the model is loaded once,
+    ``generate(model, texts, config, seeds=[each request's seed])`` makes every clip in one batch,
+    then each request's files are written into its own new folder. Raises only when the batch
+    itself fails (the model cannot load, generation fails): that is every request's error.
+    """
+    from .. import generation
+    from ..outputs import clip_record, write_outputs
+
+    reports = list(reports or [None] * len(requests))
+    reports = [r or (lambda stage, done, total: None) for r in reports]
+    if len(requests) == 1:
+        try:
+            return [run_request(requests[0], cache, out_root, reports[0])]
+        except Exception as exc:
+            return [exc]
+    first = requests[0]
+    with GENERATION_LOCK:
+        for report in reports:
+            report("loading model", 0, 1)
+        model = cache.get(first.model, first.adapter or None)
+        clips = [clip_request(r) for r in requests]
+
+        def step(done: int, total: int) -> None:
+            for report in reports:
+                report("generating", done, total)
+        started = time.time()
+        wavs = generation.generate(model, [c.prompts[0] for c in clips], first.generation, progress=step,
+                                   seeds=[int(r.generation.seed) for r in requests])
+        elapsed = time.time() - started
+        results: tp.List[tp.Union[AppResult, Exception]] = []
+        for request, clip, wav in zip(requests, clips, wavs):
+            try:
+                results.append(_write(model, request, clip, wav, elapsed, len(requests), Path(out_root),
+                                      clip_record, write_outputs))
+            except Exception as exc:  # this request's files only: the others keep theirs
+                results.append(exc)
+    return results
+
+
+def _write(model, request, clip, wav, elapsed: float, batch: int, out_root: Path, clip_record, write_outputs):
+    folder = _new_result_folder(out_root)
+    try:
+        record = clip_record(model, clip, 0, elapsed, None)
+        record["app_batch_size"] = batch  # generated beside other requests; the clip is this request's alone
+        files = write_outputs(folder / result_stem(request), wav.numpy(), model.sample_rate, record,
+                              midi=clip.midi, title=clip.prompts[0] or "(no text)")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # this request's own new folder: a failure leaves none
+        raise
+    seconds = wav.shape[-1] / model.sample_rate
+    return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi,
+                     summary=result_summary(request, clip, seconds, elapsed, batch=batch))
+
+
+@dataclass
+class _Job:
+    request: AppRequest
+    cache: ModelCache
+    out_root: Path
+    key: tp.Optional[tuple]
+    state: tp.Tuple[str, int, int] = ("waiting for its turn", 0, 1)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tp.Optional[AppResult] = None
+    error: tp.Optional[BaseException] = None
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        self.state = (stage, done, total)
+
+
+class GenerationBatcher:
+    """One worker thread generating the submitted requests, compatible waiting ones as one batch.
+
+    ``run`` is the batch function (``run_batch`` by default; tests count its calls).
+    """
+
+    def __init__(self, max_batch: int = APP_MAX_BATCH, gather_s: float = GATHER_S,
+                 run: tp.Optional[tp.Callable] = None):
+        if int(max_batch) < 1:
+            raise ValueError(f"the batch size must be 1 or more, got {max_batch}")
+        self.max_batch = int(max_batch)
+        self.gather_s = float(gather_s)
+        self._run = run or run_batch
+        self._pending: tp.List[_Job] = []
+        self._cond = threading.Condition()
+        self._thread: tp.Optional[threading.Thread] = None
+
+    def submit(self, request: AppRequest, cache: ModelCache, out_root, progress: tp.Optional[Report] = None,
+               poll_s: float = 0.2) -> AppResult:
+        """``run_request(request, cache, out_root, progress)``, in a batch with the compatible requests
+        waiting with it: queue ``request``, wait for its result (raises its error). ``progress(stage,
+        done, total)`` is called from this thread (where Gradio's progress bar works)."""
+        key = batch_key(request, Path(out_root))
+        job = _Job(request, cache, Path(out_root), None if key is None else (id(cache),) + key)
+        with self._cond:
+            self._pending.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="generation-batcher", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        shown = None
+        while not job.done.wait(poll_s):
+            if progress is not None and job.state != shown:
+                shown = job.state
+                progress(*shown)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def waiting(self) -> int:
+        """Requests submitted and not yet taken by the worker."""
+        with self._cond:
+            return len(self._pending)
+
+    def _next_batch(self) -> tp.List[_Job]:
+        """The oldest waiting request and the waiting ones that can join it (at most ``max_batch``)."""
+        with self._cond:
+            first = self._pending[0]
+            batch = [first] if first.key is None else \
+                [j for j in self._pending if j.key == first.key][:self.max_batch]
+            taken = set(map(id, batch))
+            self._pending = [j for j in self._pending if id(j) not in taken]
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+            time.sleep(self.gather_s)  # requests sent together arrive within milliseconds: let them join
+            with GENERATION_LOCK:  # while another generation runs, requests keep gathering
+                batch = self._next_batch()
+                try:
+                    outcomes = self._run([j.request for j in batch], batch[0].cache, batch[0].out_root,
+                                         [j.report for j in batch])
+                except BaseException as exc:  # the batch itself failed: every request of it
+                    if not isinstance(exc, Exception):
+                        logger.exception("generation batch interrupted")
+                    outcomes = [exc] * len(batch)
+            if len(outcomes) != len(batch):  # never expected; no request may wait forever
+                outcomes = [RuntimeError(f"{len(outcomes)} results for a batch of {len(batch)}")] * len(batch)
+            for job, outcome in zip(batch, outcomes):
+                if isinstance(outcome, BaseException):
+                    job.error = outcome
+                else:
+                    job.result = outcome
+                job.done.set()
