@@ -21,13 +21,20 @@ LOGIT_TOLERANCE = 1e-4  # relative to the largest logit: fp32 rounding (attentio
 
 
 def _model(name: str):
-    """A model by name, built once per module: load_model's names, or "random:small-stereo"
-    (musicgen-small's language model in the stereo layout, random weights)."""
+    """A model by name, built once per module: load_model's names, or "random:small-stereo" /
+    "random:small-melody" (musicgen-small's language model size in the stereo / melody layout,
+    random weights)."""
     if name not in MODELS:
         from musicgen_trainer.models import load_model
+        if name.startswith("random:"):  # ~2 GB each: one at a time
+            for other in [n for n in MODELS if n.startswith("random:")]:
+                del MODELS[other]
         if name == "random:small-stereo":
             from musicgen_trainer.tiny import build_tiny_musicgen, random_preset
             MODELS[name] = build_tiny_musicgen(dataclasses.replace(random_preset("small"), stereo=True), name=name)
+        elif name == "random:small-melody":
+            from musicgen_trainer.tiny import build_tiny_melody_musicgen, random_preset
+            MODELS[name] = build_tiny_melody_musicgen(random_preset("small"), name=name)
         else:
             MODELS[name] = load_model(name, device="cpu")
     return MODELS[name]
@@ -91,7 +98,8 @@ def _text_case(name: str, seconds: float, sampling: str, seed: int = 3, prompts=
 WINDOWED = 40.0
 
 
-# 2000 frames: ~2000 steps of each loop, 15-50 s a case on a busy 2-core CPU: one in the normal suite.
+# 2000 frames: ~2000 steps of each loop, 15-75 s a case on a busy 2-core CPU: top-k with guidance in the
+# normal suite (here and for the melody model), the rest with MUSICGEN_SLOW_TESTS=1.
 @pytest.mark.parametrize("name, sampling", [("tiny", "top_k"), pytest.param("tiny", "greedy", marks=slow),
                                             pytest.param("tiny-stereo", "top_k", marks=slow),
                                             pytest.param("tiny-stereo", "greedy", marks=slow)])
@@ -110,12 +118,11 @@ def _melody(seconds: float, rate: int) -> torch.Tensor:
     return 0.5 * torch.sin(2 * torch.pi * torch.cumsum(freq / rate, 0))[None]
 
 
-@pytest.fixture
-def melody_model(monkeypatch):
-    """tiny-melody with the stem separation skipped: the chroma is that of the whole mix. The tiny
-    random separator takes over a second per second of audio on one core (a 40 s request separates
-    two 30 s windows per decoder), and the separation is the same code before either decoder runs."""
-    model = _model("tiny-melody")
+def _without_separation(model, monkeypatch):
+    """``model`` (a melody model) with the stem separation skipped: the chroma is that of the whole
+    mix. The tiny random separator takes over a second per second of audio on one core (a 40 s
+    request separates two 30 s windows per decoder), and the separation is the same code before
+    either decoder runs."""
     conditioner = model.lm.condition_provider.conditioners["self_wav"]
 
     def mix(self, wav, sample_rate):  # [B, C, T] -> [B, 1, T] at the conditioner's rate, as audiocraft's
@@ -125,19 +132,21 @@ def melody_model(monkeypatch):
     return model
 
 
-@slow
-@pytest.mark.parametrize("sampling", ["top_k", "greedy"])
-def test_windowed_40s_melody_gives_audiocrafts_codes(sampling, melody_model):
-    """Each window is conditioned on its own 30 s of the melody (audiocraft's windowed loop slices
-    it at the window's offset): two windows, two different chroma conditions, the same codes."""
-    model = melody_model
+@pytest.fixture
+def melody_model(monkeypatch):
+    return _without_separation(_model("tiny-melody"), monkeypatch)
+
+
+def _melody_case(model, seconds: float, sampling: str, seed: int = 7):
+    """generate_with_melody with each decoder (one prompt, ``_melody(seconds)``): the same codes and
+    audio. Returns the melody each of audiocraft's windows was conditioned on, ``[1, C, T]`` each."""
     settings, cfg = SAMPLING[sampling]
-    melody = _melody(WINDOWED, 32000)
+    melody = _melody(seconds, 32000)
     windows = []
     lm = model.lm
 
     def call_for(decoder):
-        config = GenerationConfig(duration=WINDOWED, seed=7, cfg_coef=cfg, decoder=decoder, **settings)
+        config = GenerationConfig(duration=seconds, seed=seed, cfg_coef=cfg, decoder=decoder, **settings)
         return lambda: generate_with_melody(model, melody, 32000, ["piano"], config)
 
     def recording(prompt, conditions, *args, **kwargs):
@@ -149,7 +158,15 @@ def test_windowed_40s_melody_gives_audiocrafts_codes(sampling, melody_model):
         fast, slow_ = _fast_and_audiocraft(model, call_for)
     finally:
         del lm.generate
-    _assert_same(fast, slow_, 2000, model)
+    _assert_same(fast, slow_, round(seconds * model.frame_rate), model)
+    return windows
+
+
+@pytest.mark.parametrize("sampling", ["top_k", pytest.param("greedy", marks=slow)])
+def test_windowed_40s_melody_gives_audiocrafts_codes(sampling, melody_model):
+    """Each window is conditioned on its own 30 s of the melody (audiocraft's windowed loop slices
+    it at the window's offset): two windows, two different chroma conditions, the same codes."""
+    windows = _melody_case(melody_model, WINDOWED, sampling)
     assert len(windows) == 2 and not torch.equal(windows[0], windows[1])
 
 
@@ -161,6 +178,13 @@ def test_windowed_40s_melody_gives_audiocrafts_codes(sampling, melody_model):
 def test_random_small_shapes_give_audiocrafts_codes(name, sampling):
     codes, _ = _text_case(name, 1.0, sampling, seed=5, prompts=("lo-fi jazz piano", "rock"))
     assert codes.shape[-1] == 50
+
+
+@slow
+def test_random_small_melody_shapes_give_audiocrafts_codes(monkeypatch):
+    """musicgen-melody's layout at musicgen-small's LM size (chroma and caption prepended, no
+    cross-attention), 1 s with guidance and top-k."""
+    _melody_case(_without_separation(_model("random:small-melody"), monkeypatch), 1.0, "top_k")
 
 
 # --- logits of one step at the same cache state ------------------------------------------------
