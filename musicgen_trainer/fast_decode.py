@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .fast_step import _base, lean_plan, lean_step
+
 CACHE_BUCKET = 64  # cache lengths are rounded up to this, so compiled steps are reused across lengths
 
 
@@ -61,13 +63,6 @@ def unsupported_reason(lm) -> tp.Optional[str]:
         if not _base(layer.self_attn).causal:
             return "non-causal self-attention"
     return None
-
-
-def _base(attn):
-    """audiocraft's attention module under peft's wrapper (``ParamWrapper`` on ``in_proj``), if any."""
-    while hasattr(attn, "base_layer"):
-        attn = attn.base_layer
-    return attn
 
 
 def _proj(attn) -> tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], nn.Module]:
@@ -125,7 +120,6 @@ class StaticDecoder(nn.Module):
     def set_cross(self, cross: tp.Optional[torch.Tensor], lengths: tp.Optional[torch.Tensor] = None) -> None:
         """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once.
         ``lengths`` ``[B2]``: each row's own source length (the rest is padding, not attended)."""
-        from .fast_step import lean_plan
         self._plan = lean_plan(self.lm, self.k_cache.dtype)
         self.cross_mask = None
         if cross is not None and lengths is not None and bool((lengths < cross.shape[1]).any()):
@@ -182,7 +176,6 @@ class StaticDecoder(nn.Module):
                                                fullgraph=False, dynamic=False)
             return self._compiled(tokens, pos)
         if self._plan is not None:
-            from .fast_step import lean_step
             return lean_step(self, self._plan, tokens, length - 1)
         return self._forward(self.embed(tokens), pos, length)[:, :, -1]
 

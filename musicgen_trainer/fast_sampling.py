@@ -133,7 +133,7 @@ class Exponentials:
     """
 
     def __init__(self, steps: int, generators: tp.Optional[tp.Sequence[torch.Generator]] = None,
-                 chunk_bytes: int = 1 << 20):
+                 chunk_bytes: int = 256 << 10):
         self.generators, self.left, self.chunk_bytes = generators, steps, chunk_bytes
         self._chunk: tp.Optional[torch.Tensor] = None
         self._i = 0

@@ -2,7 +2,7 @@
 
 On the CPU a small model's step is bound by per-call overhead, not arithmetic: audiocraft's
 tiny step takes ~2 ms for well under 0.1 ms of arithmetic. ``StaticDecoder._forward`` already
-skips the modules' own ``forward`` calls; ``LeanStep`` also drops what is repeated at every step
+skips the modules' own ``forward`` calls; ``lean_step`` also drops what is repeated at every step
 of the same request: looking the weights up on the modules (``nn.Module.__getattr__``), the
 per-step weight slices of the cross-attention query, the no-op dtype conversions, the
 ``[1, T]``-shaped reshapes, the positional scale, and, for a small model (stacked copies of at most
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-STACK_BYTES = 8 << 20  # stacked embeddings/heads up to this size (the copy is memory on top of the cache)
+STACK_BYTES = 4 << 20  # stacked embeddings/heads up to this size (the copy is memory on top of the cache)
 
 _PLAIN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
@@ -52,8 +52,7 @@ class LeanPlan(tp.NamedTuple):
 
 
 def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
-    """The weights of ``lm`` for ``LeanStep``, or None when its layout needs the general path."""
-    from .fast_decode import _base
+    """The weights of ``lm`` for ``lean_step``, or None when its layout needs the general path."""
     tr = lm.transformer
 
     def norm(mod):
@@ -107,6 +106,13 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
 
 class _Unsupported(Exception):
     pass
+
+
+def _base(attn):
+    """audiocraft's attention module under peft's wrapper (``ParamWrapper`` on ``in_proj``), if any."""
+    while hasattr(attn, "base_layer"):
+        attn = attn.base_layer
+    return attn
 
 
 def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor:
