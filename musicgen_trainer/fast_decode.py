@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .fast_step import _base, lean_plan, lean_step
+
 CACHE_BUCKET = 64  # cache lengths are rounded up to this, so compiled steps are reused across lengths
 
 
@@ -63,13 +65,6 @@ def unsupported_reason(lm) -> tp.Optional[str]:
     return None
 
 
-def _base(attn):
-    """audiocraft's attention module under peft's wrapper (``ParamWrapper`` on ``in_proj``), if any."""
-    while hasattr(attn, "base_layer"):
-        attn = attn.base_layer
-    return attn
-
-
 def _proj(attn) -> tp.Tuple[torch.Tensor, tp.Optional[torch.Tensor], nn.Module]:
     """(in_proj weight [3D, D], bias [3D] or None, out_proj) of audiocraft's attention, custom or
     ``nn.MultiheadAttention``: both pack q, k, v as ``(p h d)`` with p outermost."""
@@ -104,10 +99,13 @@ class StaticDecoder(nn.Module):
         if torch.device(device).type == "cuda":  # CUDA graphs: the caches keep their address, mutated in place
             for buf in (self.k_cache, self.v_cache):
                 torch._dynamo.mark_static_address(buf)
+        self.k_layers, self.v_layers = self.k_cache.unbind(0), self.v_cache.unbind(0)  # views per layer
         self.cross_k: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
         self.cross_v: tp.List[tp.Optional[torch.Tensor]] = [None] * len(tr.layers)
         self.positions = torch.arange(t_max, device=device)
         self._sin: tp.Optional[torch.Tensor] = None  # [1, t_max, D] positional embeddings, made once
+        self._sin_scaled: tp.Optional[torch.Tensor] = None  # the same times the positional scale
+        self._plan = None  # fast_step.LeanPlan of the current request, or None: the general path
         # Rows whose conditions are shorter than the batch's (per-row requests, see set_rows): the
         # cross-attention keys past a row's own length and the gap after a row's own prefix are
         # masked, and a row's positions skip that gap, as if the row ran alone. None: no padding.
@@ -122,6 +120,7 @@ class StaticDecoder(nn.Module):
     def set_cross(self, cross: tp.Optional[torch.Tensor], lengths: tp.Optional[torch.Tensor] = None) -> None:
         """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once.
         ``lengths`` ``[B2]``: each row's own source length (the rest is padding, not attended)."""
+        self._plan = lean_plan(self.lm, self.k_cache.dtype)
         self.cross_mask = None
         if cross is not None and lengths is not None and bool((lengths < cross.shape[1]).any()):
             self.cross_mask = (torch.arange(cross.shape[1], device=cross.device) < lengths[:, None]).view(
@@ -168,16 +167,29 @@ class StaticDecoder(nn.Module):
         emb = self.lm.emb
         return sum([emb[k](tokens[:, k]) for k in range(len(emb))])
 
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor, length: int,
-             compiled: bool = False) -> torch.Tensor:
-        """One decoding step: codes ``[B2, K, 1]`` at position ``pos`` (``[1]`` long tensor, equal to
-        ``length - 1``) -> logits ``[B2, K, card]``."""
+    def step(self, tokens: torch.Tensor, p: int, compiled: bool = False) -> torch.Tensor:
+        """One decoding step: codes ``[B2, K, 1]`` at cache position ``p`` -> logits ``[B2, K, card]``."""
+        pos, length = self.positions[p:p + 1], p + 1
         if compiled:
             if self._compiled is None:
                 self._compiled = torch.compile(self._fixed_step, mode=_compile_mode(tokens.device),
                                                fullgraph=False, dynamic=False)
             return self._compiled(tokens, pos)
+        if self._plan is not None:
+            return lean_step(self, self._plan, tokens, length - 1)
         return self._forward(self.embed(tokens), pos, length)[:, :, -1]
+
+    def scaled_positions(self, p: int, dtype: torch.dtype) -> torch.Tensor:
+        """The positional term added at cache position ``p``: ``[1, 1, D]``, or ``[B2, 1, D]`` with
+        per-row positions (``set_rows``); ``positional_scale`` applied once for all positions."""
+        if self._sin_scaled is None or self._sin_scaled.dtype != dtype:
+            from audiocraft.modules.transformer import create_sin_embedding
+            tr = self.lm.transformer
+            sin = create_sin_embedding(self.positions.view(1, -1, 1), self.dim, max_period=tr.max_period, dtype=dtype)
+            self._sin_scaled = tr.positional_scale * sin
+        if self.row_shift is None:
+            return self._sin_scaled[:, p:p + 1]
+        return self._sin_scaled[0][self._row_positions(self.positions[p:p + 1], 1)]
 
     def _fixed_step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         # Fixed shapes: the attention spans the whole cache, the unfilled part masked out.

@@ -30,7 +30,8 @@ import typing as tp
 import torch
 
 from .fast_decode import StaticDecoder, bucket_length, unsupported_reason
-from .fast_sampling import check_generators, sample_next, sample_top_k  # noqa: F401 (sample_top_k: kept importable here)
+from .fast_sampling import Exponentials, check_generators, sample_next
+from .fast_sampling import sample_top_k  # noqa: F401 (importable from here, as before)
 
 # A compiled decoder is kept on its LM (warming a compiled step costs seconds to minutes), under
 # this attribute (outside the module tree: not a submodule, not in the state dict).
@@ -189,7 +190,9 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     dec = session.decoder_for(b2, n_prefix + seq_len - 1, _cache_dtype(lm, device), device)
     dec.set_cross(cross, cross_len)
     dec.set_rows(n_prefix, prefix_len)
-    positions = torch.arange(dec.t_max, device=device)
+    noise = None
+    if use_sampling and temp > 0.0:  # one draw per step from start to seq_len - 1
+        noise = Exponentials(seq_len - start, generators)
 
     def both(seq: torch.Tensor) -> torch.Tensor:
         return torch.cat([seq, seq], dim=0) if guided else seq
@@ -201,21 +204,26 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
             logits = uncond_logits + (cond_logits - uncond_logits) * cfg_coef
         else:
             logits = all_logits
-        return sample_next(logits, use_sampling, temp, top_k, top_p, generators)
+        return sample_next(logits, use_sampling, temp, top_k, top_p, noise)
+
+    # What audiocraft's loop writes at each step, decided before it: positions the pattern leaves
+    # empty get the special token (set now: no step reads a position before it is written), prompt
+    # codes are kept, the rest is sampled; ``full[offset]``: every row and codebook sampled there.
+    empty = (gen_sequence == unknown) & ~mask
+    gen_sequence[empty] = lm.special_token_id
+    write = gen_sequence == unknown  # [B, K, S]
+    full = write.all(dim=0).all(dim=0).tolist()
 
     for offset in range(start, seq_len):
         if offset == start:  # prefill: prefix + every step before the first one to generate
             x = torch.cat([prefix, dec.embed(both(gen_sequence[..., :offset]))], dim=1)
             logits = dec.prefill(x)[:, :, -1]
         else:
-            p = n_prefix + offset - 1
-            logits = dec.step(both(gen_sequence[..., offset - 1:offset]), positions[p:p + 1], p + 1,
+            logits = dec.step(both(gen_sequence[..., offset - 1:offset]), n_prefix + offset - 1,
                               compiled=session.compile)
-        next_token = sample(logits)
-        # Positions the pattern leaves empty hold the special token; prompt codes are kept.
-        next_token = torch.where(mask[..., offset:offset + 1], next_token, lm.special_token_id)
-        current = gen_sequence[..., offset:offset + 1]
-        gen_sequence[..., offset:offset + 1] = torch.where(current == unknown, next_token, current)
+        next_token = sample(logits)[..., 0]  # [B, K]
+        column = gen_sequence[..., offset]
+        column.copy_(next_token if full[offset] else torch.where(write[..., offset], next_token, column))
         if callback is not None:
             callback(1 + offset - start, seq_len - start)
 

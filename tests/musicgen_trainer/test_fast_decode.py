@@ -314,3 +314,74 @@ def test_per_row_generators_refused_where_not_honoured():
             pass
     with fast_decoding(model) as state:  # without generators: audiocraft's loop, as before
         assert not state["fast"] and not state["per_row_rng"]
+
+
+# --- drawing the variates ahead (CPU) and the lean step --------------------------------------------
+
+@pytest.mark.parametrize("generators", [False, True])
+def test_variates_drawn_ahead_are_torch_multinomials(generators):
+    """Exponentials (bulk double uniforms, several chunks) gives, step after step, the variates
+    torch.multinomial draws at each step (global RNG: rows in order; per-row: each its own
+    generator), and leaves every generator where the per-step draws leave it."""
+    from musicgen_trainer.fast_sampling import Exponentials, _draw_ahead_ok
+    probs = torch.full((3, 4, 2048), 1 / 2048)
+    assert _draw_ahead_ok(probs.device, probs.dtype)
+    steps = 7
+    ref_gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    torch.manual_seed(9)
+    if generators:
+        ref = [torch.stack([torch.empty(4, 2048).exponential_(generator=g) for g in ref_gens]) for _ in range(steps)]
+    else:
+        ref = [torch.empty(12, 2048).exponential_().view(3, 4, 2048) for _ in range(steps)]
+    ref_state = torch.get_rng_state()
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    torch.manual_seed(9)
+    noise = Exponentials(steps, gens if generators else None, chunk_bytes=3 * 4 * 2048 * 8 * 3)  # chunks of 3 steps
+    got = [noise.next(probs).clone() for _ in range(steps)]
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+    assert torch.equal(torch.get_rng_state(), ref_state)
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(gens, ref_gens))
+    with pytest.raises(RuntimeError, match="more sampling steps than planned"):
+        noise.next(probs)
+
+
+def test_variates_near_a_rounding_boundary_are_libms():
+    """torch's vectorised log1p differs from libm's (ATen's exponential_) by one double ulp on a
+    fraction of inputs; where the double lies half-way between two floats that ulp changes the
+    float. Uniforms built to land there (found by search): our variates are libm's, rounded."""
+    import math
+    from musicgen_trainer.fast_sampling import exponentials_from_uniforms
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(200000, generator=g, dtype=torch.float64) * 5 + 0.01
+    bits = target.view(torch.int64)
+    halfway = ((bits & ~(2 ** 29 - 1)) | 2 ** 28).view(torch.float64)  # the double half-way between two floats
+    u = -torch.expm1(-halfway)
+    vectorised = torch.log1p(-u).neg_().float()
+    libm = torch.tensor([-math.log1p(-x) for x in u.tolist()], dtype=torch.float64).float()
+    differ = vectorised != libm
+    assert differ.sum() > 10  # the cases exist: computing in torch alone would get them wrong
+    u = torch.cat([u[differ], u[:1000]])
+    assert torch.equal(exponentials_from_uniforms(u, torch.float32), torch.cat([libm[differ], libm[:1000]]))
+    ref = torch.empty(u.shape[0]).exponential_(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(exponentials_from_uniforms(torch.rand(u.shape[0], dtype=torch.float64,
+                                                             generator=torch.Generator().manual_seed(3)),
+                                                  torch.float32), ref)
+
+
+def test_lean_step_is_used_and_agrees_with_the_general_path(monkeypatch):
+    """The tiny models take the lean step (stacked embeddings and heads); forcing the general path
+    gives the same codes."""
+    import musicgen_trainer.fast_step as fast_step
+    from musicgen_trainer.fast_generate import fast_decoding
+    model = _model("tiny")
+    plan = fast_step.lean_plan(model.lm, torch.float32)
+    assert plan is not None and plan.emb_table is not None and plan.head_table is not None
+    model.set_generation_params(duration=0.6, top_k=250, cfg_coef=3.0, extend_stride=0.6)
+    runs = []
+    for lean in (True, False):
+        if not lean:
+            monkeypatch.setattr(fast_step, "lean_plan", lambda lm, dtype: None)
+        torch.manual_seed(4)
+        with fast_decoding(model):
+            runs.append(model.generate(["a", "bb cc"], return_tokens=True)[1])
+    assert torch.equal(runs[0], runs[1])
