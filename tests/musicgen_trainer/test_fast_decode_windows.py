@@ -205,7 +205,8 @@ def _step_logits(model, captions, frames: int, prefill: int, melody=None):
     whole masked cache). The first call runs ``prefill`` steps at once, as with an audio prompt.
 
     Returns:
-        (theirs, ours_eager, ours_masked): lists of ``[B2, K, card]``, one per step.
+        (theirs, ours_lean, ours_general, ours_masked): lists of ``[B2, K, card]``, one per step
+        (the lean eager step is the product's CPU default where ``fast_step.lean_plan`` applies).
     """
     from musicgen_trainer.fast_decode import StaticDecoder
     lm = model.lm
@@ -225,16 +226,18 @@ def _step_logits(model, captions, frames: int, prefill: int, melody=None):
         prefix, cross = lm.fuser(torch.zeros(sequence.shape[0], 0, lm.dim), condition_tensors)
         n = prefix.shape[1]
         results = []
-        for masked in (False, True):
+        for mode in ("lean", "general", "masked"):
             dec = StaticDecoder(lm, sequence.shape[0], n + steps, torch.float32, torch.device("cpu"))
             dec.set_cross(cross)
+            if mode == "general":  # the layer-by-layer path (layouts the lean step does not cover)
+                dec._plan = None
+            elif mode == "lean":
+                assert dec._plan is not None, "the lean step should cover this layout"
             ours = [dec.prefill(torch.cat([prefix, dec.embed(sequence[..., :prefill])], dim=1))[:, :, -1]]
             for offset in range(prefill + 1, steps + 1):
-                p = n + offset - 1
-                ours.append(dec.step(sequence[..., offset - 1:offset], dec.positions[p:p + 1], p + 1,
-                                     compiled=masked))
+                ours.append(dec.step(sequence[..., offset - 1:offset], n + offset - 1, compiled=mode == "masked"))
             results.append(ours)
-    return theirs, results[0], results[1]
+    return (theirs, *results)
 
 
 def _assert_logits_close(theirs, *ours_lists):
