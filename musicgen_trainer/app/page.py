@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=APP_MAX_BATCH,
                    help=f"largest batch: Generate requests waiting together for the same model, duration and "
                         f"sampling settings are generated as one batch of up to this many, each with its own "
-                        f"seed and the same clip as alone up to float rounding (1: one at a time; at most {APP_BATCH_LIMIT}; "
-                        f"default {APP_MAX_BATCH})")
+                        f"seed and the same clip as alone up to float rounding (1: one at a time; at most "
+                        f"{APP_BATCH_LIMIT}; default {APP_MAX_BATCH})")
     from dataset_tools.cli import add_debug_flag
     add_debug_flag(p)
     return p
