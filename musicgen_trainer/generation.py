@@ -20,7 +20,7 @@ loop); ``decoder="audiocraft"`` runs audiocraft's own.
 called after each language-model step, ``total`` being all the steps of the request
 (every window included).
 
-``seeds`` (one per prompt) gives each row of a batch its own seed: row i is then exactly what
+``seeds`` (one per prompt) gives each row of a batch its own seed: row i is then (up to float rounding) what
 the same call with ``[prompts[i]]`` and ``seed=seeds[i]`` alone gives, and one batch serves
 several independent requests (the web app batches its queue this way). The fast decoder draws
 each row from its own generator (``fast_decoding(generators=...)``); where it cannot (audiocraft's

@@ -29,6 +29,7 @@ APP_MAX_UPLOAD_MB = 25            # largest audio-prompt upload the web app acce
 APP_MAX_PROMPT_AUDIO_SECONDS = 600.0  # longest audio-prompt upload decoded (its end is used)
 APP_MODEL_CACHE = 2               # loaded models kept in memory by the web app (least recently used go)
 APP_MAX_BATCH = 4                 # waiting requests of the same model and settings generated as one batch
+APP_BATCH_LIMIT = 16              # the most --batch may be (a batch's memory grows with it)
 
 # Held while a request loads its model and generates: the GPU (or CPU) serves one request or one
 # batch at a time, whichever tab (Generate's batcher, Compare) asks. Reentrant: the batcher's

@@ -7,17 +7,25 @@ worker thread does the generating: it takes the oldest waiting request and every
 request with the same ``batch_key`` (model, LoRA adapter, output folder and every sampling
 setting but the seed: duration, top-k, top-p, temperature, guidance, decoder), at most
 ``max_batch``, and generates them as one batch with one seed per row
-(``generation.generate(..., seeds=...)``): each clip is exactly what the request gives alone.
+(``generation.generate(..., seeds=...)``): each clip has the codes the request gives alone, up to
+float rounding (identical on CPU in the tests; on a GPU, half-precision batched matrix products
+may round differently and, rarely, flip a near-tie between two tokens).
 Each request still gets its own result folder, seed, files and summary, and errors stay its own:
 requests are validated before they are submitted, and a request whose files cannot be written
-(e.g. MIDI transcription) fails alone. A failure of the batch itself (the model cannot load) fails
-the requests of that batch. Requests with an audio prompt run alone (each continues its own upload).
+(e.g. MIDI transcription) fails alone. A model that cannot load fails the requests of that batch;
+a batch whose generation fails (e.g. out of accelerator memory) is retried request by request
+(``run_request`` each, after freeing the accelerator's cached memory), so each fails or succeeds
+on its own. Requests with an audio prompt run alone (each continues its own upload).
 
 The worker takes requests only while it holds ``backend.GENERATION_LOCK``: the requests that arrive
-while any generation runs (a batch, a Compare) wait, and are batched together when it ends.
+while any generation runs (a batch, a Compare) wait, and are batched together when it ends. A
+batch's files (spectrogram, MIDI transcription) are written after the lock is released, and each
+request gets its result as soon as its own files are written. Whatever fails, every request the
+worker took is answered (with an error if nothing else), and the worker carries on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import threading
@@ -26,14 +34,16 @@ import typing as tp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backend import (APP_MAX_BATCH, GENERATION_LOCK, AppRequest, AppResult, ModelCache, _new_result_folder,
-                      clip_request, result_stem, result_summary, run_request)
+from .backend import (APP_MAX_BATCH, GENERATION_LOCK, AppRequest, AppResult, ModelCache, _free_accelerator_memory,
+                      _new_result_folder, clip_request, result_stem, result_summary, run_request)
 
 logger = logging.getLogger("musicgen_trainer.app")
 
 GATHER_S = 0.05  # an idle worker waits this long after a request arrives: requests sent together join it
 
 Report = tp.Callable[[str, int, int], None]  # (stage, done, total)
+# A request's outcome from a batch function: its result, its error, or a pending result (see run_batch).
+Outcome = tp.Union[AppResult, BaseException, tp.Callable[[], AppResult]]
 
 
 def batch_key(request: AppRequest, out_root: Path) -> tp.Optional[tuple]:
@@ -46,13 +56,19 @@ def batch_key(request: AppRequest, out_root: Path) -> tp.Optional[tuple]:
 
 
 def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Path,
-              reports: tp.Optional[tp.Sequence[Report]] = None) -> tp.List[tp.Union[AppResult, Exception]]:
-    """Generate ``requests`` (same ``batch_key``) as one batch; each one's result or its own error.
+              reports: tp.Optional[tp.Sequence[Report]] = None) -> tp.List[Outcome]:
+    """Generate ``requests`` (same ``batch_key``) as one batch; one outcome per request, in order.
+
+    An outcome is the request's ``AppResult``, its own error, or a pending result: a function
+    ``() -> AppResult`` (raising the request's error) that the caller runs once it no longer
+    holds ``GENERATION_LOCK`` (it writes the files, or generates the request alone).
 
     One request is ``backend.run_request`` as it always was. Several: the model is loaded once,
-    ``generate(model, texts, config, seeds=[each request's seed])`` makes every clip in one batch,
-    then each request's files are written into its own new folder. Raises only when the batch
-    itself fails (the model cannot load, generation fails): that is every request's error.
+    ``generate(model, texts, config, seeds=[each request's seed])`` makes every clip in one batch
+    under the lock, and each pending result writes its request's files into its own new folder.
+    Raises only when the model cannot load: that is every request's error. When the batch's
+    generation raises, the accelerator's cached memory is freed and each pending result is
+    ``run_request`` for its request alone.
     """
     from .. import generation
     from ..outputs import clip_record, write_outputs
@@ -65,6 +81,7 @@ def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Pa
         except Exception as exc:
             return [exc]
     first = requests[0]
+    failure = None
     with GENERATION_LOCK:
         for report in reports:
             report("loading model", 0, 1)
@@ -75,20 +92,28 @@ def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Pa
             for report in reports:
                 report("generating", done, total)
         started = time.time()
-        wavs = generation.generate(model, [c.prompts[0] for c in clips], first.generation, progress=step,
-                                   seeds=[int(r.generation.seed) for r in requests])
+        try:
+            wavs = generation.generate(model, [c.prompts[0] for c in clips], first.generation, progress=step,
+                                       seeds=[int(r.generation.seed) for r in requests])
+        except Exception as exc:  # e.g. out of memory at this batch size: each request may still fit alone
+            failure = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        # (out of the except block: the error's traceback, which holds the batch's tensors, is gone)
         elapsed = time.time() - started
-        results: tp.List[tp.Union[AppResult, Exception]] = []
-        for request, clip, wav in zip(requests, clips, wavs):
-            try:
-                results.append(_write(model, request, clip, wav, elapsed, len(requests), Path(out_root),
-                                      clip_record, write_outputs))
-            except Exception as exc:  # this request's files only: the others keep theirs
-                results.append(exc)
-    return results
+    if failure is not None:
+        logger.warning("a batch of %d requests failed (%s); generating them one by one", len(requests), failure)
+        _free_accelerator_memory()
+        for report in reports:
+            report("waiting for its turn", 0, 1)
+        return [functools.partial(run_request, request, cache, Path(out_root), report)
+                for request, report in zip(requests, reports)]
+    return [functools.partial(_write, model, request, clip, wav, elapsed, len(requests), Path(out_root),
+                              clip_record, write_outputs, report)
+            for request, clip, wav, report in zip(requests, clips, wavs, reports)]
 
 
-def _write(model, request, clip, wav, elapsed: float, batch: int, out_root: Path, clip_record, write_outputs):
+def _write(model, request, clip, wav, elapsed: float, batch: int, out_root: Path, clip_record, write_outputs,
+           report: Report):
+    report("writing files", 0, 1)
     folder = _new_result_folder(out_root)
     try:
         record = clip_record(model, clip, 0, elapsed, None)
@@ -109,13 +134,17 @@ class _Job:
     cache: ModelCache
     out_root: Path
     key: tp.Optional[tuple]
+    progress: tp.Optional[Report] = None  # the submitter's progress (called from its own thread only)
+    owner: threading.Thread = field(default_factory=threading.current_thread)  # the submitting thread
     state: tp.Tuple[str, int, int] = ("waiting for its turn", 0, 1)
     done: threading.Event = field(default_factory=threading.Event)
-    result: tp.Optional[AppResult] = None
+    result: tp.Optional[tp.Union[AppResult, tp.Callable[[], AppResult]]] = None  # or a pending result
     error: tp.Optional[BaseException] = None
 
     def report(self, stage: str, done: int, total: int) -> None:
         self.state = (stage, done, total)
+        if self.progress is not None and threading.current_thread() is self.owner:  # a pending result's work
+            self.progress(stage, done, total)
 
 
 class GenerationBatcher:
@@ -139,9 +168,11 @@ class GenerationBatcher:
                poll_s: float = 0.2) -> AppResult:
         """``run_request(request, cache, out_root, progress)``, in a batch with the compatible requests
         waiting with it: queue ``request``, wait for its result (raises its error). ``progress(stage,
-        done, total)`` is called from this thread (where Gradio's progress bar works)."""
+        done, total)`` is called from this thread (where Gradio's progress bar works). A request
+        generated in a batch writes its files in this thread once the batch is generated (the
+        worker and ``GENERATION_LOCK`` free for the next generation meanwhile)."""
         key = batch_key(request, Path(out_root))
-        job = _Job(request, cache, Path(out_root), None if key is None else (id(cache),) + key)
+        job = _Job(request, cache, Path(out_root), None if key is None else (id(cache),) + key, progress)
         with self._cond:
             self._pending.append(job)
             if self._thread is None or not self._thread.is_alive():
@@ -155,6 +186,8 @@ class GenerationBatcher:
                 progress(*shown)
         if job.error is not None:
             raise job.error
+        if callable(job.result):  # a pending result (see run_batch): written here, while the worker goes on
+            return job.result()
         return job.result
 
     def waiting(self) -> int:
@@ -178,20 +211,33 @@ class GenerationBatcher:
                 while not self._pending:
                     self._cond.wait()
             time.sleep(self.gather_s)  # requests sent together arrive within milliseconds: let them join
-            with GENERATION_LOCK:  # while another generation runs, requests keep gathering
-                batch = self._next_batch()
-                try:
-                    outcomes = self._run([j.request for j in batch], batch[0].cache, batch[0].out_root,
-                                         [j.report for j in batch])
-                except BaseException as exc:  # the batch itself failed: every request of it
-                    if not isinstance(exc, Exception):
-                        logger.exception("generation batch interrupted")
-                    outcomes = [exc] * len(batch)
-            if len(outcomes) != len(batch):  # never expected; no request may wait forever
-                outcomes = [RuntimeError(f"{len(outcomes)} results for a batch of {len(batch)}")] * len(batch)
-            for job, outcome in zip(batch, outcomes):
-                if isinstance(outcome, BaseException):
-                    job.error = outcome
-                else:
-                    job.result = outcome
-                job.done.set()
+            batch: tp.List[_Job] = []
+            try:
+                self._run_one_batch(batch)
+            except BaseException:  # never expected (run_batch answers per request): the worker carries on
+                logger.exception("the generation worker failed")
+            finally:  # no request the worker took may wait forever
+                for job in batch:
+                    if not job.done.is_set():
+                        job.error = RuntimeError("generation failed (see the server's log)")
+                        job.done.set()
+
+    def _run_one_batch(self, batch: tp.List[_Job]) -> None:
+        """Take the next batch (into ``batch``, the caller's list), generate it, answer each request."""
+        with GENERATION_LOCK:  # while another generation runs, requests keep gathering
+            batch.extend(self._next_batch())
+            try:
+                outcomes = self._run([j.request for j in batch], batch[0].cache, batch[0].out_root,
+                                     [j.report for j in batch])
+            except BaseException as exc:  # the batch itself failed (its model cannot load): every request of it
+                if not isinstance(exc, Exception):
+                    logger.exception("generation batch interrupted")
+                outcomes = [exc] * len(batch)
+        if not isinstance(outcomes, (list, tuple)) or len(outcomes) != len(batch):  # never expected
+            raise RuntimeError(f"the batch function returned {type(outcomes).__name__}, not {len(batch)} results")
+        for job, outcome in zip(batch, outcomes):
+            if isinstance(outcome, BaseException):
+                job.error = outcome
+            else:  # a result, or a pending one: its own thread writes the files, the lock free
+                job.result = outcome
+            job.done.set()

@@ -25,11 +25,13 @@ import time
 import typing as tp
 from pathlib import Path
 
-from .backend import APP_MAX_BATCH, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER, hub_cached
+from .backend import (APP_BATCH_LIMIT, APP_MAX_BATCH, APP_MAX_SECONDS, APP_MAX_UPLOAD_MB, APP_MODEL_CACHE, NO_ADAPTER,
+                      hub_cached)
 
 logger = logging.getLogger("musicgen_trainer.app")
 
 RESCAN_INTERVAL_S = 5.0  # the checkpoints folder is walked at most once per this many seconds
+OTHER_THREADS = 40  # Gradio's worker threads (its default) kept for every event but Generate's waiting requests
 
 
 class App:
@@ -198,12 +200,22 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def server_threads(app: App) -> int:
+    """Gradio worker threads for ``app``'s page: the Generate requests waiting in the batcher hold
+    one each (up to ``tab_generate.generate_concurrency``), on top of the ``OTHER_THREADS`` that
+    every other event keeps, so another tab answers however many Generate requests wait."""
+    from .tab_generate import generate_concurrency
+    return OTHER_THREADS + generate_concurrency(app.batcher.max_batch)
+
+
 def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,
-           max_queue: int = 20, block: bool = True):
-    """Queue (one generation at a time, at most ``max_queue`` waiting) and serve."""
+           max_queue: int = 20, block: bool = True, max_threads: int = OTHER_THREADS):
+    """Queue (one generation at a time, at most ``max_queue`` waiting) and serve with
+    ``max_threads`` worker threads (``server_threads(app)``)."""
     demo.queue(default_concurrency_limit=1, max_size=max_queue)
     _bypass_proxy_for(host)
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                       max_threads=max_threads,
                        max_file_size=f"{APP_MAX_UPLOAD_MB}mb", show_error=True, quiet=not block,
                        footer_links=["gradio"])
 
@@ -228,7 +240,7 @@ def serve_in_background(app: App, host: str = "127.0.0.1", port: tp.Optional[int
             s.bind((host, 0))
             port = s.getsockname()[1]
     demo = build_demo(app)
-    launch(demo, host=host, port=port, block=False)
+    launch(demo, host=host, port=port, block=False, max_threads=server_threads(app))
     return demo, f"http://{host}:{port}/"
 
 
@@ -254,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=APP_MAX_BATCH,
                    help=f"largest batch: Generate requests waiting together for the same model, duration and "
                         f"sampling settings are generated as one batch of up to this many, each with its own "
-                        f"seed and the same clip as alone (1: one at a time; default {APP_MAX_BATCH})")
+                        f"seed and the same clip as alone up to float rounding (1: one at a time; at most "
+                        f"{APP_BATCH_LIMIT}; default {APP_MAX_BATCH})")
     from dataset_tools.cli import add_debug_flag
     add_debug_flag(p)
     return p
@@ -269,8 +282,8 @@ def main(argv=None) -> int:
     def command() -> int:
         if not 0 < args.max_duration <= 600:
             raise ValueError("--max-duration must be more than 0 and at most 600 seconds")
-        if not 1 <= args.batch <= 64:
-            raise ValueError("--batch must be between 1 and 64")
+        if not 1 <= args.batch <= APP_BATCH_LIMIT:
+            raise ValueError(f"--batch must be between 1 and {APP_BATCH_LIMIT}")
         if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
             print("note: the app is reachable from other machines; anyone who can reach it can use it",
                   file=sys.stderr)
@@ -278,7 +291,8 @@ def main(argv=None) -> int:
         app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
                   cache_size=args.cache, data_root=args.data_root, batch=args.batch)
         try:
-            launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue)
+            launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+                   max_threads=server_threads(app))
         except OSError as exc:  # port in use, bad address
             raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
         return 0

@@ -133,11 +133,18 @@ def build_generate_tab(app) -> None:
     # The adapter comes last, optional ("none"): API scripts written before it still work.
     # Handlers only wait in the batcher (its one worker does the generating, one batch at a time, and
     # Compare's generations take the same lock): up to two batches' worth wait together, so the next
-    # batch gathers while one runs.
+    # batch gathers while one runs. Each waiting handler holds one of Gradio's worker threads: launch
+    # adds these to the threads the other tabs keep (page.server_threads).
     run.click(on_generate, inputs=[model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature,
                                    cfg_coef, seed, midi, adapter],
               outputs=[audio, image, wav_button, midi_button, summary], api_name="generate",
-              concurrency_limit=2 * app.batcher.max_batch, concurrency_id="generate-batch")
+              concurrency_limit=generate_concurrency(app.batcher.max_batch), concurrency_id="generate-batch")
+
+
+def generate_concurrency(max_batch: int) -> int:
+    """Generate requests let into the batcher at once (each holds a Gradio worker thread while it
+    waits): two batches' worth, so the next batch gathers while one runs."""
+    return 2 * int(max_batch)
 
 
 def _accepting_export_folders(app, preprocess):

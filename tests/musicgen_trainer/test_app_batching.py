@@ -106,9 +106,10 @@ class _Counting:
         return batching.run_batch(requests, *args, **kw)
 
 
-def _submit_together(batcher, requests, out, cache):
+def _submit_together(batcher, requests, out, cache, timeout=120, answered=None):
     """Submit ``requests`` from threads while the GPU is busy, so that all wait together; returns
-    each one's result or error, in order."""
+    each one's result or error, in order (None: no answer within ``timeout``). ``answered[i]``
+    (an Event) is set when request ``i`` has its answer."""
     outcomes = [None] * len(requests)
 
     def submit(i):
@@ -116,13 +117,16 @@ def _submit_together(batcher, requests, out, cache):
             outcomes[i] = batcher.submit(requests[i], cache, out, poll_s=0.01)
         except Exception as exc:
             outcomes[i] = exc
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(requests))]
+        if answered:
+            answered[i].set()
+    threads = [threading.Thread(target=submit, args=(i,), daemon=True) for i in range(len(requests))]
     with backend.GENERATION_LOCK:  # as if another generation were running
         for t in threads:
             t.start()
         _wait_for(lambda: batcher.waiting() == len(requests))
+    deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
     return outcomes
 
 
@@ -192,6 +196,76 @@ def test_a_request_that_fails_fails_alone(cache, tmp_path, monkeypatch):
     assert isinstance(_submit_together(batcher, [_request(7)], tmp_path, cache)[0], backend.AppResult)
 
 
+def test_a_batch_that_fails_to_generate_is_retried_request_by_request(cache, tmp_path, monkeypatch):
+    real, freed, sizes = generation.generate, [], []
+
+    def oom_if_batched(model, prompts, *args, **kw):  # a batch too large for the device; each request fits
+        sizes.append(len(prompts))
+        if len(prompts) > 1:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: a batch of {len(prompts)})")
+        return real(model, prompts, *args, **kw)
+    monkeypatch.setattr(generation, "generate", oom_if_batched)
+    monkeypatch.setattr(batching, "_free_accelerator_memory", lambda: freed.append(sizes[:]))
+    run = _Counting()
+    requests = [_request(1), _request(2, prompt="rock"), _request(3)]
+    outcomes = _submit_together(batching.GenerationBatcher(run=run), requests, tmp_path, cache)
+    assert run.sizes == [3] and sizes == [3, 1, 1, 1] and freed == [[3]]  # memory freed before the retries
+    assert all(isinstance(o, backend.AppResult) for o in outcomes), outcomes
+    for outcome, request in zip(outcomes, requests):  # each request's own clip, generated alone
+        assert f"seed {request.generation.seed}" in outcome.summary and "batch of" not in outcome.summary
+        alone = backend.run_request(request, cache, tmp_path / "alone")
+        np.testing.assert_allclose(_audio(outcome.wav), _audio(alone.wav), atol=1e-4)
+
+
+def test_a_faulty_batch_function_still_answers_every_request(cache, tmp_path):
+    batcher = batching.GenerationBatcher(run=lambda *args, **kw: None)  # not a list of results
+    outcomes = _submit_together(batcher, [_request(1), _request(2)], tmp_path, cache, timeout=20)
+    assert all(isinstance(o, RuntimeError) and "generation failed" in str(o) for o in outcomes), outcomes
+
+    def broken_write():
+        raise OSError("disk full")
+    batcher._run = lambda requests, *args, **kw: [broken_write, ValueError("its own")]
+    outcomes = _submit_together(batcher, [_request(3), _request(4)], tmp_path, cache, timeout=20)
+    assert isinstance(outcomes[0], OSError) and isinstance(outcomes[1], ValueError), outcomes
+    batcher._run = batching.run_batch  # the same worker carries on
+    assert isinstance(_submit_together(batcher, [_request(5)], tmp_path, cache)[0], backend.AppResult)
+
+
+def test_a_batch_writes_its_files_after_the_lock_each_result_at_once(cache, tmp_path, monkeypatch):
+    from musicgen_trainer import outputs
+    write, lock_free, first_answered_before_second_written = outputs.write_outputs, [], []
+    answered = [threading.Event(), threading.Event()]
+
+    def recording(stem, *args, **kw):
+        lock_free.append(_lock_free_from_another_thread())
+        if Path(stem).name == "musicgen_s6":  # the first request has its result without waiting for this one
+            first_answered_before_second_written.append(answered[0].wait(timeout=20))
+        return write(stem, *args, **kw)
+    monkeypatch.setattr(outputs, "write_outputs", recording)
+    run = _Counting()
+    outcomes = _submit_together(batching.GenerationBatcher(run=run), [_request(5), _request(6)], tmp_path, cache,
+                                answered=answered)
+    assert run.sizes == [2] and all(isinstance(o, backend.AppResult) for o in outcomes), outcomes
+    assert lock_free == [True, True]  # a Compare (or the next batch) may generate while files are written
+    assert first_answered_before_second_written == [True]
+
+
+def _lock_free_from_another_thread() -> bool:
+    """Whether no thread holds ``GENERATION_LOCK`` (taken and given back by a helper thread)."""
+    got = []
+
+    def probe():
+        if backend.GENERATION_LOCK.acquire(timeout=0.5):
+            backend.GENERATION_LOCK.release()
+            got.append(True)
+        else:
+            got.append(False)
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return got[0]
+
+
 # --- through the page ---------------------------------------------------------------------------
 
 def test_page_requests_sent_together_are_batched(tiny_model, tmp_path):
@@ -222,5 +296,33 @@ def test_page_requests_sent_together_are_batched(tiny_model, tmp_path):
         alone = call(23).result(timeout=120)  # the same request by itself
         assert run.sizes == [2, 1]
         np.testing.assert_allclose(_audio(third[0]), _audio(alone[0]), atol=1e-4)
+    finally:
+        demo.close()
+
+
+def test_other_tabs_answer_while_many_generate_requests_wait(tiny_model, tmp_path):
+    """Each Generate request waiting in the batcher holds a Gradio worker thread (up to twice the
+    batch): the page has that many threads besides the ones every other event keeps."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from musicgen_trainer.app.page import OTHER_THREADS, App, main, serve_in_background, server_threads
+    assert main(["--batch", str(backend.APP_BATCH_LIMIT + 1)]) == 2  # a one-line error, nothing served
+    batch = 20  # (more than --batch allows: with as many threads as any batch needs, other tabs still answer)
+    app = App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False, batch=batch)
+    app.cache = ModelCache(loader=lambda name, device=None: tiny_model)
+    assert server_threads(app) == OTHER_THREADS + 2 * batch
+    demo, url = serve_in_background(app)
+    try:
+        client = Client(url, verbose=False)
+        with backend.GENERATION_LOCK:  # a long generation runs: Generate requests pile up in the batcher
+            jobs = [client.submit("tiny", "organ", [], 0.5, None, 250, 0.0, 1.0, 3.0, seed, False,
+                                  api_name="/generate") for seed in range(2 * batch)]
+            _wait_for(lambda: app.batcher.waiting() == 2 * batch)
+            # another tab's quick event still runs (an unknown comparison: answered with its one-line error),
+            # asked from another page (a client's own pool of threads is busy with its 40 requests)
+            with pytest.raises(AppError):
+                Client(url, verbose=False).submit("no-such-comparison", api_name="/compare_reveal").result(timeout=30)
+        assert all("seed" in job.result(timeout=120)[4] for job in jobs)
     finally:
         demo.close()
