@@ -171,8 +171,9 @@ def load_classifier(folder) -> Classifier:
     info = read_info(folder)
     folder = Path(folder).expanduser()
     settings = FeatureSettings.from_dict(info["features"])
-    from .model import import_keras
+    from .model import import_keras, time_stats_layer
     keras = import_keras()
+    time_stats_layer()  # registers the "stats" head's layer, so its models deserialise
     try:
         model = keras.saving.load_model(folder / MODEL_FILE, compile=False)
     except (zipfile.BadZipFile, zlib.error, EOFError):  # a zip whose contents are corrupt

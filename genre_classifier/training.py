@@ -39,7 +39,8 @@ TEMPERATURE_RANGE = (0.1, 10.0)
 class TrainConfig(RunOptions):
     """Settings of one training run; the defaults are the issue's baseline.
 
-    ``head``: "baseline" (Flatten -> Dense 64) or "gap" (global pooling). ``augment``: random
+    ``head``: "baseline" (Flatten -> Dense 64), "gap" (global pooling) or "stats" (global pooling
+    plus each MFCC coefficient's mean and standard deviation over the window). ``augment``: random
     window positions, gain and time masks. ``calibrate``: fit a softmax temperature on the
     validation split so confidences (and ``tag --min-confidence``) mean what they say.
     """
@@ -54,7 +55,8 @@ class TrainConfig(RunOptions):
     val_fraction: float = option(0.15, "share of each genre's tracks for validation", metavar="F")
     test_fraction: float = option(0.15, "share of each genre's tracks for the test", metavar="F")
     seed: int = option(0, "seed of the split and the training", metavar="N")
-    head: str = option("baseline", "classifier head: baseline (Flatten+Dense) or gap (global pooling)",
+    head: str = option("baseline", "classifier head: baseline (Flatten+Dense), gap (global pooling) or stats (global "
+                       "pooling plus each MFCC's mean and standard deviation over the window)",
                        choices=HEADS)
     augment: bool = option(False, "random window positions, gain and time masks")
     calibrate: bool = option(False, "fit a temperature on the validation split so confidences are honest")

@@ -127,3 +127,33 @@ def test_the_filer_never_files_outside_its_folder(tmp_path):
             filer.plan(track, genre, set())
     filer.close()
     assert track.read_bytes() == b"RIFF" and os.listdir(tmp_path / "outside") == []
+
+
+def test_stats_head_pools_each_coefficient_over_time():
+    """head="stats" (issue 19, item 5): the input's per-coefficient mean and std over the window
+    join the pooled convolution features."""
+    from genre_classifier.model import time_stats_layer
+    model = build_model(130, 13, 4, head="stats")
+    assert model.output_shape == (None, 4) and "flatten" not in [layer.name for layer in model.layers]
+    assert model.get_layer("pool_global").output.shape[-1] == 16 + 16 + 2 * 13
+    x = _windows(3, seed=2)
+    stats = np.asarray(time_stats_layer()()(x[..., None]))
+    np.testing.assert_allclose(stats[:, :13], x.mean(axis=1), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(stats[:, 13:], x.std(axis=1), rtol=1e-4, atol=1e-3)
+
+
+def test_stats_head_model_loads_in_a_fresh_process(tmp_path):
+    """Its custom layer is registered by load_classifier itself (the CLI never builds a model
+    before loading one), and loads in Keras' safe mode."""
+    import subprocess
+    import sys
+    clf = Classifier(build_model(130, 13, 3, head="stats"), ["a", "b", "c"], FeatureSettings())
+    np.save(tmp_path / "x.npy", _windows())
+    np.save(tmp_path / "p.npy", clf.predict_windows(_windows()))
+    clf.save(tmp_path / "m")
+    code = ("import numpy as np, sys; from genre_classifier.model_folder import load_classifier; "
+            "d = sys.argv[1]; p = load_classifier(d + '/m').predict_windows(np.load(d + '/x.npy')); "
+            "np.testing.assert_allclose(p, np.load(d + '/p.npy'), rtol=1e-5, atol=1e-6)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
