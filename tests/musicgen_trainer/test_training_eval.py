@@ -238,7 +238,8 @@ def test_export_again_drops_an_old_base_path_and_copies_the_sources_codec(tmp_pa
     cfg.musicgen_trainer.base_model = str(secret)
     pkg["xp.cfg"] = OmegaConf.to_yaml(cfg)
     torch.save(pkg, source / exports.LM_FILE)
-    assert main(["export", str(source), "--format", "audiocraft", "--out", str(tmp_path / "new"), "--samples", "0"]) == 0
+    assert main(["export", str(source), "--format", "audiocraft", "--out", str(tmp_path / "new"),
+                 "--samples", "0"]) == 0
     for path in (tmp_path / "new").rglob("*"):
         if path.is_file():
             assert str(secret).encode() not in path.read_bytes(), path
