@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -49,7 +50,11 @@ CLASSIFIER_PLACES = ("{parent}/genre-classifier", "{parent}/checkpoints/genre-{n
 def classifier_for_dataset(data) -> "Path | None":
     """The first of ``CLASSIFIER_PLACES`` that holds a classifier's info file for the dataset
     folder ``data`` (a ``data.jsonl`` stands for its folder), as a path relative the way ``data``
-    was typed; None when there is none. Reads nothing but file names."""
+    was typed; None when there is none. A place named after the dataset (``checkpoints/genre-ds``,
+    which ``a/ds`` and ``b/ds`` share) whose classifier records another dataset
+    (``other_datasets_classifier``) is skipped with a one-line note; ``genre-classifier/`` beside the
+    dataset is its own whatever it was trained on (the demo trains it on the library the dataset
+    was prepared from). Reads file names and the info files' ``config.data`` only."""
     data = Path(data)
     data = data if data.suffix != ".jsonl" else data.parent
     name = data.resolve().name
@@ -57,8 +62,37 @@ def classifier_for_dataset(data) -> "Path | None":
     for place in CLASSIFIER_PLACES:
         folder = Path(place.format(parent=parent, name=name))
         if (folder / INFO_FILE).is_file():
-            return folder
+            other = other_datasets_classifier(folder, data) if "{name}" in place else None
+            if other is None:
+                return folder
+            print(f"note: {folder} is skipped: it holds the classifier of another dataset ({other})",
+                  file=sys.stderr)
     return None
+
+
+def other_datasets_classifier(folder, data) -> "str | None":
+    """The dataset the classifier in ``folder`` was trained on (its ``classifier.json``'s
+    ``config.data``) when that is another dataset than the folder ``data`` (both compared as real
+    paths, links resolved), else None. Classifiers are found by the dataset's folder name, so
+    ``a/ds`` and ``b/ds`` share ``checkpoints/genre-ds``: this check keeps each from using (or
+    replacing) the other's. A relative record (typed in some other working folder), one that no
+    longer exists (the project was moved), none, or an unreadable info file says nothing: None."""
+    try:
+        with open(Path(folder) / INFO_FILE, encoding="utf-8") as f:
+            info = json.loads(f.read(1 << 20))  # ours are a few KB
+    except (OSError, ValueError):
+        return None
+    config = info.get("config") if isinstance(info, dict) else None
+    recorded = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(recorded, str) or not recorded or "\x00" in recorded or not os.path.isabs(recorded):
+        return None
+
+    def real(path) -> str:
+        path = Path(path)
+        return os.path.realpath(path.parent if path.suffix == ".jsonl" else path)
+    if not os.path.exists(recorded) or real(recorded) == real(data):
+        return None
+    return recorded
 
 
 def read_info(folder) -> dict:

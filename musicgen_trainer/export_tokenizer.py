@@ -14,6 +14,7 @@ folder is refused in one line. The files are read as data by transformers' ``T5T
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import typing as tp
@@ -24,6 +25,9 @@ TOKENIZER_DIR = "tokenizer"
 # only names an export's tokenizer/ holds, so that replacing or removing it deletes nothing else.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json",
                    "added_tokens.json")
+# The temporary folders write_export_tokenizer makes beside tokenizer/ (mkdtemp's 8-character
+# suffix): a crash between mkdtemp and the rename leaves one, which the next export or clean-up removes.
+_LEFTOVER = re.compile(r"^\.%s-(new|old)-[a-z0-9_]{8}$" % TOKENIZER_DIR)
 
 
 def tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]:
@@ -32,11 +36,31 @@ def tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]:
 
 
 def foreign_tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]:
-    """What ``export/tokenizer`` holds that an export does not write (a link to it included)."""
+    """What ``export/tokenizer`` holds that an export does not write (a link to it included).
+
+    Ours are regular files of the known names only: a folder or a link named ``tokenizer.json``
+    (a user's ``tokenizer/tokenizer.json/my_notes.txt``) is someone else's."""
     folder = Path(export) / TOKENIZER_DIR
     if folder.is_symlink() or folder.exists() and not folder.is_dir():
         return [folder]
-    return sorted(p for p in folder.iterdir() if p.name not in TOKENIZER_FILES) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name not in TOKENIZER_FILES or p.is_symlink() or not p.is_file())
+
+
+def remove_tokenizer_leftovers(export: tp.Union[str, os.PathLike]) -> None:
+    """Delete the temporary folders an interrupted ``write_export_tokenizer`` left in ``export``
+    (``.tokenizer-new-*`` / ``.tokenizer-old-*``; a link of that name is removed as a link)."""
+    folder = Path(export)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _LEFTOVER.match(path.name):
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)  # rmtree removes links inside, never follows them
 
 
 def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str:
@@ -52,6 +76,7 @@ def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str
     if foreign:
         raise ValueError(f"{foreign[0]} is in the export's {TOKENIZER_DIR}/ folder, which the export replaces: "
                          f"move it away")
+    remove_tokenizer_leftovers(folder)
     fresh = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}-new-", dir=folder))
     try:
         tokenizer.save_pretrained(str(fresh))

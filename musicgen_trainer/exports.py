@@ -162,9 +162,11 @@ def _export_config(lm_cfg, extra: tp.Optional[dict]):
     cfg = OmegaConf.create(OmegaConf.to_container(lm_cfg, resolve=False))  # a copy, interpolations kept
     OmegaConf.set_struct(cfg, False)
     cfg.device = "cpu"
-    if extra:
-        ours = _section(cfg)
-        ours.update(extra)
+    ours = _section(cfg)
+    if extra or ours.get("base_model"):
+        ours.update(extra or {})
+        if ours.get("base_model"):  # an export written before names were shortened kept a path: never again
+            ours["base_model"] = shareable_base_name(ours["base_model"])
         cfg[OURS] = _escape(ours)
     return cfg
 
@@ -214,11 +216,25 @@ def config_for_omegaconf(plain: dict) -> dict:
 
 def _base_compression_package(model, plain: dict) -> dict:
     """A released model's (or a fine-tune's) compression package: training leaves the codec
-    unchanged, so the base's own package is copied as is, as audiocraft's
-    ``export_pretrained_compression_model`` does with a package file."""
+    unchanged, so the package of the folder the model was loaded from (a local base, or the export
+    being exported again: ``model.name``) is copied as is, as audiocraft's
+    ``export_pretrained_compression_model`` does with a package file; a model loaded from the hub
+    (or a transformers folder, which has no package) gets its base's from the hub."""
     from audiocraft.models.loaders import load_compression_model_ckpt
-    base = (plain.get(OURS) or {}).get("base_model") or model.name
+    name = str(getattr(model, "name", "") or "")
+    if name and (Path(name) / COMPRESSION_FILE).is_file():
+        return load_compression_model_ckpt(name)
+    base = (plain.get(OURS) or {}).get("base_model") or name
     return load_compression_model_ckpt(resolve_name(base))  # never a short name: the hub has no repo "small"
+
+
+def shareable_base_name(name) -> str:
+    """A base model's name as an export records it (exports get pushed): a hub or built-in name
+    whole, a folder of this machine by its last name only (``/home/me/bases/mybase`` -> ``mybase``)."""
+    text = str(name or "")
+    path = Path(text).expanduser()
+    local = path.is_absolute() or text.startswith((".", "~")) or "\\" in text or path.exists()
+    return (path.name or text) if text and local else text
 
 
 INFO_FORMAT = "musicgen_trainer.export_info"

@@ -45,6 +45,7 @@ from dataset_tools.cli import option
 GENERATION_MAX_SECONDS = 600.0    # longest clip generated in one request (windowed beyond the model's window)
 EXTEND_STRIDE = 18.0              # audiocraft's default stride for generation beyond the window
 MUSICGEN_CFG_COEF = 3.0           # the released models' guidance (their inference_coef): a page's starting value
+CFG_COEF_RANGE = (0.0, 100.0)     # the guidance coefficients accepted (a request's cfg_coef, a model's own)
 
 DECODERS = ("fast", "audiocraft")
 
@@ -87,7 +88,8 @@ class GenerationConfig:
             raise ValueError("set top_k or top_p above 0 (both 0 would sample from nothing)")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be more than 0, got {self.temperature}")
-        if self.cfg_coef is not None and not (math.isfinite(self.cfg_coef) and 0 <= self.cfg_coef <= 100):
+        if self.cfg_coef is not None and not (math.isfinite(self.cfg_coef) and
+                                              CFG_COEF_RANGE[0] <= self.cfg_coef <= CFG_COEF_RANGE[1]):
             raise ValueError(f"cfg_coef must be between 0 and 100, got {self.cfg_coef}")
         if not (math.isfinite(self.extend_stride) and self.extend_stride > 0):
             raise ValueError(f"extend_stride must be more than 0 seconds, got {self.extend_stride}")
@@ -327,8 +329,21 @@ def _configure(model, config: GenerationConfig, total_frames: int) -> None:
 def guidance_coef(model, config: GenerationConfig) -> float:
     """The classifier-free guidance coefficient of a request: ``config.cfg_coef`` when given, else
     the model's own (``lm.cfg_coef``, from its config's ``classifier_free_guidance.inference_coef``:
-    3 for the released models, a converted transformers folder's ``guidance_scale``)."""
-    return float(config.cfg_coef if config.cfg_coef is not None else model.lm.cfg_coef)
+    3 for the released models, a converted transformers folder's ``guidance_scale``). The model's
+    own comes with a downloaded folder: outside ``CFG_COEF_RANGE`` (or not a number) it is a
+    ValueError (one line) naming ``cfg_coef``, never a crash mid-generation or a ruined output."""
+    if config.cfg_coef is not None:
+        return float(config.cfg_coef)
+    value = getattr(model.lm, "cfg_coef", None)
+    low, high = CFG_COEF_RANGE
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"the model's own guidance coefficient {str(value)[:40]!r} is not a number from {low:g} to "
+                         f"{high:g}: give cfg_coef (e.g. 3)")
+    return number
 
 
 def planned_steps(model, total_frames: int, prompt_frames: int = 0) -> int:

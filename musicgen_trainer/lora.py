@@ -219,31 +219,54 @@ def apply_lora_from_config(lm, config) -> int:
                       o["train_condition_proj"])
 
 
-def save_adapter(lm, weights: dict, folder: tp.Union[str, os.PathLike], config, extra: tp.Optional[dict] = None) -> Path:
+def save_adapter(lm, weights: dict, folder: tp.Union[str, os.PathLike], config, extra: tp.Optional[dict] = None,
+                 shareable: bool = False) -> Path:
     """Write the adapter folder from ``weights`` (the adapted LM's state dict, e.g. with EMA).
 
     Files: peft's ``adapter_model.safetensors`` (adapter weights, keys as peft's
     ``get_peft_model_state_dict`` names them) and ``adapter_config.json``; ``extra_weights.safetensors``
-    (heads / condition projection, when trained); ``musicgen_lora.json`` (base model, options, shapes)."""
+    (heads / condition projection, when trained); ``musicgen_lora.json`` (base model, options, shapes,
+    and ``base_fingerprint``, the base's weights' identity, see ``base_fingerprint``).
+
+    ``shareable``: the copy inside an export (``export-best/adapter/``, which a push uploads): a base
+    model that is a folder of this machine is named by its last name only, its path is not recorded
+    (``check_base`` then recognises the base by its fingerprint). The run's own ``OUT/adapter/`` keeps
+    the resolved path (``base_model_path``)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from .exports import shareable_base_name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     adapter = get_peft_model_state_dict(lm, state_dict=weights, adapter_name=ADAPTER_NAME)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.items()}, str(folder / PEFT_WEIGHTS))
+    base = shareable_base_name(config.model) if shareable else config.model
     peft_config = lm.peft_config[ADAPTER_NAME]
-    peft_config.base_model_name_or_path = config.model
+    peft_config.base_model_name_or_path = base
     peft_config.save_pretrained(str(folder))
     o = _options(config)
     trained_extra = {k: v.detach().float().cpu().contiguous() for k, v in weights.items()
                      if ".lora_" not in k and extra_trainable(k, o["train_heads"], o["train_condition_proj"])}
     if trained_extra:
         save_file(trained_extra, str(folder / EXTRA_FILE))
-    record = {"base_model": config.model, "base_model_path": _real_folder(config.model), **o,
+    record = {"base_model": base, "base_model_path": None if shareable else _real_folder(config.model),
+              "base_fingerprint": base_fingerprint(weights), **o,
               "shapes": {k: list(v.shape) for k, v in adapter.items()}, **(extra or {})}
     (folder / OURS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
+
+
+def base_fingerprint(state: dict) -> str:
+    """The identity of the base weights an adapter fits, from an LM state dict: a hash of the code
+    embeddings (``emb.*``: never trained with LoRA, so the same before and after training), rounded
+    to fp16 so that a base loaded in fp32 (CPU) or fp16 (GPU) from the same checkpoint gives the same one."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name, value in sorted(state.items()):
+        if name.startswith("emb."):
+            digest.update(name.encode())
+            digest.update(value.detach().to("cpu", torch.float16).contiguous().view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def _real_folder(name: str) -> tp.Optional[str]:
@@ -264,17 +287,28 @@ def read_adapter_record(folder: tp.Union[str, os.PathLike]) -> dict:
         raise ValueError(f"--lora {folder}: unreadable {OURS_FILE} ({exc})") from None
 
 
-def check_base(record: dict, base: str, folder) -> None:
-    """One-line ``ValueError`` when the adapter was trained on another base model than ``base``."""
+def check_base(record: dict, base: str, folder, lm=None) -> None:
+    """One-line ``ValueError`` when the adapter was trained on another base model than ``base``.
+
+    The run's own adapter records the base folder's resolved path: that folder it is. An exported
+    adapter (pushed, so it names a local base by its last folder name only) fits a base folder whose
+    weights have its ``base_fingerprint`` (``lm``: the loaded base; without it, before loading, the
+    folder's name must match). A hub or built-in base is matched by name."""
     from .runtime import resolve_name
     recorded = record.get("base_model")
-    same = resolve_name(recorded) == resolve_name(base)
     real = _real_folder(base)
-    if real is not None or record.get("base_model_path"):
+    fingerprint = record.get("base_fingerprint")
+    if record.get("base_model_path"):
         same = real is not None and real == record.get("base_model_path")
+    elif real is not None:
+        same = base_fingerprint(lm.state_dict()) == fingerprint if lm is not None and isinstance(fingerprint, str) \
+            else Path(real).name == recorded
+    else:
+        same = resolve_name(recorded) == resolve_name(base)
     if not same:
-        raise ValueError(f"--lora {folder} was trained on base model {recorded!r}, not {str(base)!r}: "
-                         f"pass --model {recorded}")
+        hint = f"pass --model {recorded}" if record.get("base_model_path") or real is None else \
+            f"pass --model the folder of the base model {recorded!r} it was trained on"
+        raise ValueError(f"--lora {folder} was trained on base model {recorded!r}, not {str(base)!r}: {hint}")
 
 
 def _read_safetensors(path: Path, folder: Path) -> dict:
@@ -300,7 +334,7 @@ def apply_adapter(lm, folder: tp.Union[str, os.PathLike], base: str, merge: bool
 
     folder = Path(folder)
     record = read_adapter_record(folder)
-    check_base(record, base, folder)
+    check_base(record, base, folder, lm=lm)
     apply_lora(lm, int(record["rank"]), record["alpha"], 0.0, record["targets"])
     weights = _read_safetensors(folder / PEFT_WEIGHTS, folder)
     expected = {k: tuple(v.shape) for k, v in lm.state_dict().items()}

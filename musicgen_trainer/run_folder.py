@@ -29,7 +29,7 @@ import torch
 from dataset_tools.atomic import atomic_path
 
 from .checkpoint_io import atomic_torch_save, load_checkpoint
-from .export_tokenizer import TOKENIZER_DIR, foreign_tokenizer_files, tokenizer_files
+from .export_tokenizer import TOKENIZER_DIR, foreign_tokenizer_files, remove_tokenizer_leftovers, tokenizer_files
 from .runtime import resolve_name
 
 
@@ -291,17 +291,43 @@ def _has_export(out: Path) -> bool:
 
 def _remove_export(folder: Path) -> None:
     """Delete an export folder's own files (the export's and the adapter's), then the folders
-    if they are empty: a user's file inside keeps its folder."""
+    if they are empty: a user's file inside keeps its folder. A link at ``tokenizer/`` or
+    ``samples/`` (never written by train.py) is removed as a link: nothing is deleted through it."""
     folder = Path(folder)
+    if folder.is_symlink():
+        return
     for path in [folder / n for n in EXPORT_FILES] + [folder / "adapter" / n for n in ADAPTER_FILES] + \
             _card_files(folder) + tokenizer_files(folder):
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
+        _unlink_own(path, folder.parent)
+    _drop_links(folder)
     for path in (folder / "adapter", folder / SAMPLES_DIR, folder / TOKENIZER_DIR, folder):
         try:
             path.rmdir()
         except OSError:
             pass
+
+
+def _drop_links(export: Path) -> None:
+    """An export's ``tokenizer/`` and ``samples/`` when they are links: the link goes, its target stays;
+    and the temporary folders an interrupted tokenizer write left."""
+    for name in (TOKENIZER_DIR, SAMPLES_DIR):
+        if (export / name).is_symlink():
+            (export / name).unlink()
+    remove_tokenizer_leftovers(export)
+
+
+def _unlink_own(path: Path, root: Path) -> None:
+    """Delete ``path`` (a name under ``root`` that train.py writes) when it is a regular file reached
+    through real folders only: a link anywhere between ``root`` and it (``export/tokenizer`` linked to
+    a user's folder) would make the deletion land in someone else's files, so nothing is deleted."""
+    path, root = Path(path), Path(root)
+    here = root
+    for part in path.relative_to(root).parts[:-1]:
+        here = here / part
+        if here.is_symlink() or not here.is_dir():
+            return
+    if path.is_file() and not path.is_symlink():
+        path.unlink()
 
 
 def _card_files(export: Path) -> list:
@@ -397,8 +423,9 @@ def remove_run_outputs(out: Path, record: dict) -> None:
     ours += list((out / "tensorboard").glob("events.out.tfevents.*"))
     ours += [p for d in (out / "samples").glob("step_*") for p in d.glob("*.wav")]
     for path in ours:
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
+        _unlink_own(path, out)  # never through a linked folder (globs above follow links)
+    if (out / "export").is_dir() and not (out / "export").is_symlink():
+        _drop_links(out / "export")
     if record.get("best_export"):  # export-best/ only when the run recorded writing one
         RunFolder(out, record).clean_partial_best()
         _remove_export(out / BEST_EXPORT)

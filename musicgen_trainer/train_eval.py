@@ -81,7 +81,8 @@ def write_export(model, weights: dict, folder: Path, config, extra: dict, adapte
     extra = dict(extra)
     if config.lora:
         from .lora import merged_state_dict, save_adapter
-        save_adapter(model.lm, weights, adapter_dir, config, extra={"trained_steps": extra.get("trained_steps")})
+        save_adapter(model.lm, weights, adapter_dir, config, extra={"trained_steps": extra.get("trained_steps")},
+                     shareable=Path(adapter_dir).parent == Path(folder))  # inside the export: pushed, no path
         weights = merged_state_dict(model.lm, weights)
         extra["lora"] = Path(os.path.relpath(adapter_dir, folder)).as_posix()
     return export_model(model, folder, lm_state=weights, extra=extra, dtype=config.export_dtype)

@@ -53,16 +53,17 @@ def classifier_name(dataset: str) -> str:
     return Path(template.format(name=name)).name
 
 
-def classifier_folder(checkpoints, dataset: str, check_owner: bool = True) -> Path:
+def classifier_folder(checkpoints, dataset: str, check_owner: bool = True, root=None) -> Path:
     """``checkpoints/genre-<dataset name>`` (confined to the checkpoints root); with ``check_owner``,
-    ValueError (one line) when it holds the classifier of another dataset of the same name."""
+    ``OtherDatasetsClassifier`` (one line) when it holds the classifier of another dataset of the
+    same name than ``root/dataset`` (``root``, the data root, is then required)."""
     if checkpoints is None:
         raise ValueError("the app has no checkpoints folder (--checkpoints)")
     if not (dataset or "").strip():
         raise ValueError("choose a prepared dataset")
     folder = confined(checkpoints, classifier_name(dataset))
     if check_owner:
-        _check_owner(folder, dataset)
+        _check_owner(folder, confined(require_root(root), dataset))
     return folder
 
 
@@ -70,20 +71,17 @@ class OtherDatasetsClassifier(ValueError):
     """The classifier folder of a dataset holds the classifier of another one of the same name."""
 
 
-def _check_owner(folder: Path, dataset: str) -> None:
+def _check_owner(folder: Path, data: Path) -> None:
     """A classifier records the dataset it was trained on (``classifier.json``'s ``config.data``):
-    one of another dataset with the same folder name (``a/ds`` and ``b/ds``) is neither replaced
-    nor used for this one. A record without it (or a relative one typed elsewhere) says nothing."""
-    from genre_classifier.model_folder import INFO_FILE
-    info = read_json_record(folder / INFO_FILE) or {}
-    recorded = (info.get("config") or {}).get("data") if isinstance(info.get("config"), dict) else None
-    wanted = Path(dataset.strip().rstrip("/")).parts
-    if not isinstance(recorded, str) or not recorded:
-        return
-    if Path(recorded).parts[-len(wanted):] != wanted:
-        raise OtherDatasetsClassifier(f"{folder.name} holds the classifier of another dataset folder named {wanted[-1]!r}: "
-                         f"a dataset's classifier is found by its folder name (train.py --eval-classifier auto), "
-                         f"so rename one of the two dataset folders")
+    one of another dataset with the same folder name (``a/ds`` and ``b/ds``, or ``ds`` and ``a/ds``)
+    is neither replaced nor used for this one (``model_folder.other_datasets_classifier``, the check
+    train.py's ``--eval-classifier auto`` makes too). A record without it, or a relative one (typed
+    in some other working folder), says nothing."""
+    from genre_classifier.model_folder import other_datasets_classifier
+    if other_datasets_classifier(folder, data) is not None:
+        raise OtherDatasetsClassifier(f"{folder.name} holds the classifier of another dataset folder named "
+                                      f"{data.name!r}: a dataset's classifier is found by its folder name "
+                                      f"(train.py --eval-classifier auto), so rename one of the two dataset folders")
 
 
 def _check_classifier_out(out: Path) -> None:
@@ -129,7 +127,7 @@ def start_classifier(root, checkpoints, dataset: str, values: tp.Mapping[str, tp
     """Train the classifier of ``dataset`` as a job in its folder (a model already there is replaced)."""
     from genre_classifier.training import TrainConfig
     data = dataset_folder(root, dataset)
-    out = classifier_folder(checkpoints, dataset)
+    out = classifier_folder(checkpoints, dataset, root=root)
     _check_classifier_out(out)
     flags = cli_flags(TrainConfig, classifier_options(values))
     argv = [sys.executable, "-m", "genre_classifier", "train", str(data), "--out", str(out), "--overwrite", *flags]
@@ -140,7 +138,7 @@ def start_proposals(root, checkpoints, dataset: str, min_confidence: float) -> j
     """Propose genres for ``unknown/`` (a ``tag`` dry run: nothing moves) as a job."""
     from genre_classifier.model_folder import read_info
     data = dataset_folder(root, dataset)
-    model = classifier_folder(checkpoints, dataset)
+    model = classifier_folder(checkpoints, dataset, root=root)
     read_info(model)  # ModelFolderError (one line) when there is no trained classifier yet
     if not 0.0 <= float(min_confidence) <= 1.0:
         raise ValueError("the minimum confidence must be between 0 and 1")
@@ -155,7 +153,7 @@ def classifier_view(root, checkpoints, dataset: str) -> JobView:
         return JobView("none")
     dataset_folder(root, dataset)
     try:
-        folder = classifier_folder(checkpoints, dataset)
+        folder = classifier_folder(checkpoints, dataset, root=root)
     except OtherDatasetsClassifier:  # not this dataset's job: Train and Propose say why
         return JobView("none")
     view = job_view(folder, require_root(root), checkpoints)
@@ -184,7 +182,7 @@ def classifier_report(root, checkpoints, dataset: str) -> tp.Tuple[str, tp.Optio
     """``(markdown, confusion-matrix PNG)`` of the dataset's trained classifier (its test split)."""
     from genre_classifier.model_folder import REPORT_DIR, read_info
     dataset_folder(root, dataset)
-    folder = classifier_folder(checkpoints, dataset)
+    folder = classifier_folder(checkpoints, dataset, root=root)
     info = read_info(folder)
     metrics = (info.get("metrics") or {}).get("test") or {}
     training = info.get("training") or {}
@@ -213,21 +211,21 @@ class Proposal:
         return f"{self.track} -> {self.genre} ({self.confidence:.2f})"
 
 
-def _proposals_file(checkpoints, dataset: str) -> Path:
-    return classifier_folder(checkpoints, dataset) / Path(PROPOSALS).with_suffix(".json").name
+def _proposals_file(root, checkpoints, dataset: str) -> Path:
+    return classifier_folder(checkpoints, dataset, root=root) / Path(PROPOSALS).with_suffix(".json").name
 
 
 def load_proposals(root, checkpoints, dataset: str) -> tp.List[Proposal]:
     """The last dry run's proposals for the dataset, one per track (tracks it skipped left out)."""
     dataset_folder(root, dataset)  # a dataset under the data root, or one line
     try:
-        path = _proposals_file(checkpoints, dataset)
+        path = _proposals_file(root, checkpoints, dataset)
     except OtherDatasetsClassifier:  # another dataset's proposals
         return []
     data = read_json_record(path)  # bounded; never a link, FIFO or device
     if data is None:
         return []
-    labels = _classifier_labels(checkpoints, dataset)
+    labels = _classifier_labels(root, checkpoints, dataset)
     by_track: tp.Dict[str, Proposal] = {}
     for row in (data.get("rows") or [])[:10_000]:
         if not isinstance(row, dict) or row.get("status") not in ("tagged", "unknown") or not row.get("predicted"):
@@ -241,12 +239,12 @@ def load_proposals(root, checkpoints, dataset: str) -> tp.List[Proposal]:
     return sorted(by_track.values(), key=lambda p: (-p.confidence, p.track))[:MAX_PROPOSALS_SHOWN]
 
 
-def _classifier_labels(checkpoints, dataset: str) -> tp.Set[str]:
+def _classifier_labels(root, checkpoints, dataset: str) -> tp.Set[str]:
     """The genres the dataset's classifier knows (its ``classifier.json`` labels), each one plain
     folder name; empty when there is none (or a label is not such a name): then nothing can be filed."""
     from genre_classifier.filing import check_genre_folder
     from genre_classifier.model_folder import INFO_FILE
-    info = read_json_record(classifier_folder(checkpoints, dataset) / INFO_FILE) or {}
+    info = read_json_record(classifier_folder(checkpoints, dataset, root=root) / INFO_FILE) or {}
     labels = info.get("labels") if isinstance(info.get("labels"), list) else []
     try:  # one crafted label and the record is not the classifier's (read_info refuses it too)
         return {check_genre_folder(label) for label in labels}
@@ -286,7 +284,7 @@ def apply_proposals(root, checkpoints, dataset: str, accepted: tp.Sequence[str],
     if mode not in APPLY_MODES:
         raise ValueError(f"apply must be one of {', '.join(APPLY_MODES)}")
     data = dataset_folder(root, dataset)
-    folder = classifier_folder(checkpoints, dataset)
+    folder = classifier_folder(checkpoints, dataset, root=root)
     for busy in (jobs.job_status(data), jobs.job_status(folder)):
         if busy is not None and busy.running:
             raise ValueError(f"{busy.kind} is running: wait until it has finished")
@@ -316,15 +314,15 @@ def apply_proposals(root, checkpoints, dataset: str, accepted: tp.Sequence[str],
                     failed += 1
     finally:
         filer.close()
-        _record_applied(checkpoints, dataset, results)
+        _record_applied(root, checkpoints, dataset, results)
     verb = "moved" if mode == "move" else "copied"
     return f"{len(chosen)} track(s) accepted: {filed} file(s) {verb} into their genre folders" + \
         (f", {failed} could not be filed" if failed else "")
 
 
-def _record_applied(checkpoints, dataset: str, results: tp.Dict[str, str]) -> None:
+def _record_applied(root, checkpoints, dataset: str, results: tp.Dict[str, str]) -> None:
     """Note in proposals.json what applying did to each file (filed tracks are not offered again)."""
-    path = _proposals_file(checkpoints, dataset)
+    path = _proposals_file(root, checkpoints, dataset)
     data = read_json_record(path)
     if data is None:
         return

@@ -165,7 +165,7 @@ def classifier_option(app, dataset: str) -> str:
     same folder name), else ``auto``."""
     from .studio_tag import OtherDatasetsClassifier, classifier_folder
     try:
-        folder = classifier_folder(app.checkpoints, dataset)
+        folder = classifier_folder(app.checkpoints, dataset, root=app.data_root)
     except OtherDatasetsClassifier:
         return "none"
     except ValueError:

@@ -70,7 +70,7 @@ def build_tag_tab(app) -> None:
 
     def on_stop(dataset):
         from . import jobs
-        stopped = jobs.stop_job(stg.classifier_folder(checkpoints, dataset))
+        stopped = jobs.stop_job(stg.classifier_folder(checkpoints, dataset, root=root))
         return "stopping" if stopped else "nothing is running for this dataset"
 
     def on_propose(dataset, min_confidence):

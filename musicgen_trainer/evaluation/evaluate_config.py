@@ -143,12 +143,15 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
     """Everything the options point to, checked before any model is loaded (ValueError, one line)."""
     from dataset_tools.dataset_format import SEGMENT_SECONDS
 
-    from ..exports import export_info
+    from ..exports import export_info, shareable_base_name
 
     export, run = resolve_model(config.model)
     run_config = _read_json(run / "config.json") if run else {}
     if config.base:
         base, source = str(config.base), "--base"
+    elif run_config.get("model") and shareable_base_name(run_config["model"]) == export_info(export).base_model:
+        # the export names a local base folder by its last name only (exports get pushed); its run has the path
+        base, source = str(run_config["model"]), "recorded in the run's config.json"
     elif export_info(export).base_model:
         base, source = export_info(export).base_model, "recorded in the export"
     elif run_config.get("model"):

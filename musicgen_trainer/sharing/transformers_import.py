@@ -139,8 +139,8 @@ def build_musicgen(folder: Path, config: dict, state: dict, record: dict, device
         tokenizer = "byt5" if byt5 else T5_ALIASES[int(config["text_encoder"]["d_model"])]
         xp = xp_config_from_transformers(config, state, record, tokenizer)
         gen = _generation_config(folder)
-        if "guidance_scale" in gen:
-            xp.classifier_free_guidance.inference_coef = float(gen["guidance_scale"])
+        if gen.get("guidance_scale") is not None:  # None: transformers' "not set" (the config's own stays)
+            xp.classifier_free_guidance.inference_coef = _guidance_scale(folder, gen["guidance_scale"])
         t5_state = {k[len("text_encoder."):]: v.float() for k, v in state.items() if k.startswith("text_encoder.")}
         # save_pretrained stores T5's tied input embedding once, as shared.weight.
         t5_state.setdefault("encoder.embed_tokens.weight", t5_state.get("shared.weight"))
@@ -196,6 +196,20 @@ def _full_config(folder: Path) -> dict:
 
 def _generation_config(folder: Path) -> dict:
     return _small_json(folder / "generation_config.json") or {}
+
+
+def _guidance_scale(folder: Path, value) -> float:
+    """``generation_config.json``'s ``guidance_scale`` as the model's guidance coefficient: a finite
+    number in ``GenerationConfig.cfg_coef``'s range [0, 100], else ValueError (one line). Refused
+    rather than ignored: the sender's model would otherwise sound unlike what its author set, with no
+    sign of it, while a NaN or 1e30 would crash or ruin every generation that uses the default."""
+    from ..generation import CFG_COEF_RANGE
+    low, high = CFG_COEF_RANGE
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"{folder}: generation_config.json's guidance_scale {str(value)[:40]!r} is not a number "
+                         f"from {low:g} to {high:g}: fix or remove it")
+    return number
 
 
 def _folder_tokenizer(folder: Path, vocab_size: int):

@@ -186,7 +186,7 @@ def test_a_nested_datasets_classifier_is_the_one_train_auto_finds(roots, monkeyp
     stg.start_classifier(root, checkpoints, "a/ds", {})
     out = started[-1][started[-1].index("--out") + 1]
     # what `genre_classifier train` writes there at the end (classifier.json, with the data it trained on)
-    folder = stg.classifier_folder(checkpoints, "a/ds")
+    folder = stg.classifier_folder(checkpoints, "a/ds", root=root)
     assert str(folder) == out
     folder.mkdir()
     (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"],
@@ -213,6 +213,47 @@ def test_a_nested_datasets_classifier_is_the_one_train_auto_finds(roots, monkeyp
     argv = st.train_argv(st.build_config(app, "tiny", "a/ds", "run-a", {}))
     assert argv[argv.index("--eval-classifier") + 1] == str(folder)
     assert st.build_config(app, "tiny", "b/ds", "run-b", {}).eval_classifier == "none"
+
+
+def test_a_top_level_dataset_never_takes_a_nested_ones_classifier(roots, monkeypatch, capsys):
+    """`ds` and `a/ds` share checkpoints/genre-ds: the owner is the recorded dataset's real path, not
+    the end of it (a/ds's classifier is not ds's: Train, Propose and the Train tab refuse or skip it);
+    a relative record (typed elsewhere) says nothing; train.py --eval-classifier auto (and evaluate)
+    skip another dataset's classifier with a one-line note."""
+    import shutil
+
+    from genre_classifier import model_folder
+    from musicgen_trainer.app import studio_train as st
+    from musicgen_trainer.app.page import App
+    from musicgen_trainer.train_eval import resolve_classifier
+    root, checkpoints = roots
+    (root / "a").mkdir()
+    shutil.copytree(root / "lib-prepared", root / "a" / "ds", symlinks=True)
+    shutil.copytree(root / "lib-prepared", root / "ds", symlinks=True)
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, argv, folder, **kw: started.append(argv))
+    folder = checkpoints / "genre-ds"
+    folder.mkdir()
+    (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"],
+                                                        "config": {"data": str(root / "a" / "ds")}}))
+    with pytest.raises(stg.OtherDatasetsClassifier):
+        stg.classifier_folder(checkpoints, "ds", root=root)
+    with pytest.raises(ValueError, match="another dataset folder named 'ds'"):
+        stg.start_classifier(root, checkpoints, "ds", {})  # would --overwrite a/ds's
+    assert started == [] and stg.load_proposals(root, checkpoints, "ds") == []
+    app = App(checkpoints=str(checkpoints), out=str(checkpoints.parent / "out"), pretrained=[], data_root=str(root))
+    assert st.classifier_option(app, "ds") == "none" and st.classifier_option(app, "a/ds") == str(folder)
+    # the CLI's auto from the project folder: a run on data/ds does not get a/ds's classifier
+    monkeypatch.chdir(checkpoints.parent)
+    monkeypatch.setattr(model_folder, "read_info", lambda f: {})
+    assert model_folder.classifier_for_dataset(root / "ds") is None
+    assert "skipped" in capsys.readouterr().err
+    assert resolve_classifier("auto", str(root / "ds")) is None
+    assert resolve_classifier("auto", str(root / "a" / "ds")).resolve() == folder
+    # a relative record ("ds", typed in some other folder) says nothing: a/ds keeps its classifier
+    (folder / "classifier.json").write_text(json.dumps({"labels": ["beats", "drone"], "config": {"data": "ds"}}))
+    assert stg.classifier_folder(checkpoints, "a/ds", root=root) == folder
+    assert stg.classifier_folder(checkpoints, "ds", root=root) == folder
 
 
 def test_a_linked_confusion_matrix_or_a_fifo_track_is_never_served(roots, tmp_path, monkeypatch):

@@ -185,6 +185,72 @@ def test_lora_best_export_has_its_adapter(dataset, tmp_path, monkeypatch):
     assert _info(best)["best"]["step"] == 2
 
 
+def test_a_local_base_folders_path_is_in_no_export_file(dataset, tmp_path, monkeypatch):
+    """--lora --model DIR (a local base): no file of export/ or export-best/ (adapter/ included:
+    peft's adapter_config.json, musicgen_lora.json; export_info.json, state_dict.bin,
+    compression_state_dict.bin) holds the folder's path, only its last name; the run's own adapter/
+    keeps the path. The pushed adapter still loads onto that base, wherever it is moved to, and
+    refuses another base of the same shapes (the base's fingerprint)."""
+    import shutil
+
+    from musicgen_trainer.exports import export_info, export_model
+    from musicgen_trainer.lora import load_with_adapter, read_adapter_record
+    from musicgen_trainer.models import load_model
+    _scripted_ce(monkeypatch, {1: 3.0, 2: 2.0})
+    secret = tmp_path / "private-place"
+    base = export_model(load_model("tiny", device="cpu"), secret / "mybase", dtype="fp32")
+    out = tmp_path / "run"
+    train(_config(dataset, out, steps=2, lora=4, lr=5e-3, model=str(base)))
+    files = [p for d in ("export", "export-best") for p in (out / d).rglob("*") if p.is_file()]
+    assert any(p.parent.name == "adapter" for p in files)
+    for path in files:  # what a push uploads
+        assert str(secret).encode() not in path.read_bytes(), path
+    assert export_info(out / "export-best").base_model == export_info(out / "export").base_model == "mybase"
+    assert read_adapter_record(out / "adapter")["base_model_path"] == str(base.resolve())  # never pushed
+    adapter = out / "export-best" / "adapter"
+    assert read_adapter_record(adapter)["base_model"] == "mybase"
+    moved = shutil.move(str(base), str(tmp_path / "elsewhere"))
+    assert load_with_adapter(moved, adapter, device="cpu").lm is not None
+    other = export_model(load_model("tiny:7", device="cpu"), tmp_path / "mybase", dtype="fp32")
+    with pytest.raises(ValueError, match="trained on base model 'mybase'"):
+        load_with_adapter(str(other), adapter, device="cpu")
+
+
+def test_export_again_drops_an_old_base_path_and_copies_the_sources_codec(tmp_path, monkeypatch):
+    """`export --format audiocraft` of an export that recorded a base folder's path (written before
+    names were shortened): the new export records its last name only, and the codec package comes
+    from the source export's own compression_state_dict.bin, never from the recorded base path."""
+    from types import SimpleNamespace
+
+    import audiocraft.models.loaders as loaders
+    from musicgen_trainer import exports
+    from musicgen_trainer.__main__ import main
+    from musicgen_trainer.models import load_model
+    secret = tmp_path / "private-place" / "mybase"
+    secret.mkdir(parents=True)
+    source = exports.export_model(load_model("tiny", device="cpu"), tmp_path / "old-export", dtype="fp32")
+    plain_old = {exports.OURS: {"base_model": str(secret)}}
+    info = json.loads((source / exports.EXPORT_INFO_FILE).read_text())
+    (source / exports.EXPORT_INFO_FILE).write_text(json.dumps({**info, "base_model": str(secret)}))
+    pkg = torch.load(source / exports.LM_FILE, weights_only=True)
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create(pkg["xp.cfg"])
+    cfg.musicgen_trainer.base_model = str(secret)
+    pkg["xp.cfg"] = OmegaConf.to_yaml(cfg)
+    torch.save(pkg, source / exports.LM_FILE)
+    assert main(["export", str(source), "--format", "audiocraft", "--out", str(tmp_path / "new"),
+                 "--samples", "0"]) == 0
+    for path in (tmp_path / "new").rglob("*"):
+        if path.is_file():
+            assert str(secret).encode() not in path.read_bytes(), path
+    assert exports.export_info(tmp_path / "new").base_model == "mybase"
+    # a released model's fine-tune (not tiny): the package is the source folder's, not the base's
+    read = []
+    monkeypatch.setattr(loaders, "load_compression_model_ckpt", lambda name: read.append(str(name)) or {})
+    exports._base_compression_package(SimpleNamespace(name=str(source)), plain_old)
+    assert read == [str(source)]
+
+
 # --- the run folder: export-best is the run's own ------------------------------------------
 
 def _fake_export(folder):

@@ -422,6 +422,30 @@ def test_a_folders_guidance_scale_is_the_default_guidance(exported, tmp_path):
         assert [json.loads(p.read_text())["cfg_coef"] for p in out.glob("*.json")] == [used]
 
 
+@pytest.mark.parametrize("value", [float("nan"), -50, 1e30, "abc", True])
+def test_a_guidance_scale_outside_0_to_100_is_refused_in_one_line(exported, tmp_path, value):
+    """A folder's guidance_scale must be a finite number in cfg_coef's range [0, 100]: anything else
+    (NaN crashed generation, -50 or 1e30 were used as given) is refused at load in one line; null is
+    transformers' "not set": the model's default stays. A model whose own coefficient is out of range
+    (an export's config) stops generation in one line too, unless the request gives one."""
+    from musicgen_trainer.generation import GenerationConfig, guidance_coef
+    from musicgen_trainer.models import ModelUnavailableError
+    folder = tmp_path / "hf"
+    shutil.copytree(exported("tiny")[1], folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**settings, "guidance_scale": value}))
+    with pytest.raises(ModelUnavailableError, match="guidance_scale") as err:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(err.value)
+    (folder / "generation_config.json").write_text(json.dumps({**settings, "guidance_scale": None}))
+    model = load_model(str(folder), device="cpu")
+    assert guidance_coef(model, GenerationConfig()) == pytest.approx(3.0)
+    model.lm.cfg_coef = value
+    with pytest.raises(ValueError, match="cfg_coef"):
+        guidance_coef(model, GenerationConfig())
+    assert guidance_coef(model, GenerationConfig(cfg_coef=2.0)) == 2.0
+
+
 def test_train_from_a_sentencepiece_folder_exports_its_tokenizer(sentencepiece_tokenizer, tmp_path):
     """train.py --model DIR (a sentencepiece tokenizer): export/ and export-best/ carry the tokenizer
     (the writer of `export --format audiocraft`), a resume accepts export-best/tokenizer/ as the run's

@@ -215,3 +215,73 @@ def test_resume_may_trade_processes_for_accumulation_but_not_change_the_step(dat
     check_resume_world(saved, config(dataset, tmp_path / "x", grad_accum=2), world=1, what="s")
     with pytest.raises(RunFolderError, match="2 micro-batches per step.*this command 1; use --grad-accum 2"):
         check_resume_world(saved, config(dataset, tmp_path / "x", grad_accum=1), world=1, what="s")
+
+
+def _users_tokenizer_folder(folder: Path) -> Path:
+    """A user's folder holding files with an export's tokenizer names (a T5 tokenizer they keep)."""
+    folder.mkdir(parents=True)
+    for name in ("tokenizer.json", "spiece.model", "notes.txt"):
+        (folder / name).write_text(f"the user's {name}")
+    return folder
+
+
+@pytest.mark.parametrize("linked", ["tokenizer", "samples"])
+def test_cleanup_never_deletes_through_a_linked_folder(tmp_path, linked):
+    """A link at export/tokenizer (or export/samples, export-best/...) to a user's folder: --overwrite
+    (remove_run_outputs) removes the link itself, never the files it leads to; a new best refuses it."""
+    user = _users_tokenizer_folder(tmp_path / "mine")
+    (user / "sample_00.wav").write_text("the user's sample")
+    (user / "README.md").write_text("the user's readme")
+    out = tmp_path / "run"
+    run = claim_run_folder(TrainConfig(data="x", out=str(out), model="tiny"), resuming=False)
+    (out / "export").mkdir()
+    for name in run_folder.EXPORT_FILES:
+        (out / "export" / name).write_text(name)
+    os.symlink(user, out / "export" / linked)
+    run.replace_best_export(lambda folder: [(folder / n).write_text(n) for n in run_folder.EXPORT_FILES], 2, 1.0)
+    os.symlink(user, out / "export-best" / linked)
+    with pytest.raises(RunFolderError, match=linked):  # a new best refuses it (nothing swapped, nothing deleted)
+        run.replace_best_export(lambda folder: None, 3, 0.5)
+    run.record["states"] = ["step_00000001.pt"]
+    run_folder.remove_run_outputs(out, run.record)
+    assert sorted(p.name for p in user.iterdir()) == ["README.md", "notes.txt", "sample_00.wav", "spiece.model",
+                                                      "tokenizer.json"]
+    assert not (out / "export").exists() and not (out / "export-best").exists()  # the links went, as links
+
+
+def test_a_users_folder_named_like_a_tokenizer_file_is_not_ours(tmp_path):
+    """export/tokenizer/tokenizer.json/ as a user's folder: the export refuses in one line (never
+    rmtree'd with the old copy), a new best refuses, and --overwrite keeps it."""
+    from musicgen_trainer.export_tokenizer import write_export_tokenizer
+    folder = tmp_path / "export"
+    (folder / "tokenizer" / "tokenizer.json").mkdir(parents=True)
+    (folder / "tokenizer" / "tokenizer.json" / "my_notes.txt").write_text("mine")
+    tokenizer = SimpleNamespace(save_pretrained=lambda path: (Path(path) / "spiece.model").write_text("x"))
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        write_export_tokenizer(tokenizer, folder)
+    assert (folder / "tokenizer" / "tokenizer.json" / "my_notes.txt").read_text() == "mine"
+    out = tmp_path / "run"
+    run = claim_run_folder(TrainConfig(data="x", out=str(out), model="tiny"), resuming=False)
+    run.replace_best_export(lambda f: [(f / n).write_text(n) for n in run_folder.EXPORT_FILES], 1, 2.0)
+    (out / "export-best" / "tokenizer" / "tokenizer.json").mkdir(parents=True)
+    with pytest.raises(RunFolderError, match="tokenizer.json"):
+        run.replace_best_export(lambda f: None, 2, 1.0)
+
+
+def test_crash_leftovers_of_a_tokenizer_write_are_cleaned(tmp_path):
+    """.tokenizer-new-*/.tokenizer-old-* left by a crash: the next export and --overwrite remove them."""
+    from musicgen_trainer.export_tokenizer import write_export_tokenizer
+    folder = tmp_path / "export"
+    for name in (".tokenizer-new-ab12cd34", ".tokenizer-old-zz_9yy88"):
+        (folder / name / "tokenizer").mkdir(parents=True)
+        (folder / name / "tokenizer" / "spiece.model").write_text("x")
+    (folder / ".tokenizer-notes").write_text("a user's file of another pattern")
+    tokenizer = SimpleNamespace(save_pretrained=lambda path: (Path(path) / "spiece.model").write_text("x"))
+    write_export_tokenizer(tokenizer, folder)
+    assert sorted(p.name for p in folder.iterdir()) == [".tokenizer-notes", "tokenizer"]
+    out = tmp_path / "run"
+    run = claim_run_folder(TrainConfig(data="x", out=str(out), model="tiny"), resuming=False)
+    (out / "export" / ".tokenizer-new-ab12cd34").mkdir(parents=True)
+    (out / "export" / "state_dict.bin").write_text("x")
+    run_folder.remove_run_outputs(out, {**run.record, "states": ["step_00000001.pt"]})
+    assert not (out / "export").exists()
