@@ -427,26 +427,31 @@ def test_compiled_step_graphs_are_bounded_and_give_the_eager_codes(monkeypatch):
 
 
 def test_fixed_decoder_pads_rows_and_caption_with_the_same_logits(monkeypatch):
-    """One fixed decoder (bucket of 8 rows, 64-token capacity) serving 2 rows with a 5-token
-    caption: the same step logits as an exact-size decoder (dummy rows and padded keys masked);
-    the fixed step run eagerly."""
+    """One fixed decoder (bucket of 8 rows, 64-token capacity) serving 6 rows with a 5-token
+    caption and prefixes of 3 lengths (gaps, as batched melody requests): the same prefill and
+    step logits as an exact-size decoder (dummy rows, padded keys and gaps masked, positions
+    from the per-row table); the fixed step run eagerly."""
     import musicgen_trainer.fast_decode as fast_decode
     from musicgen_trainer.fast_decode import StaticDecoder
     monkeypatch.setattr(fast_decode.torch, "compile", lambda fn, **kwargs: fn)
     lm = _model("tiny").lm
     g = torch.Generator().manual_seed(0)
-    cross = torch.randn(2, 5, lm.dim, generator=g)
-    tokens = torch.randint(0, lm.card, (2, lm.num_codebooks, 4), generator=g)
+    cross = torch.randn(6, 5, lm.dim, generator=g)
+    cross_len = torch.tensor([5, 3, 4, 5, 3, 4])
+    prefix = torch.randn(6, 7, lm.dim, generator=g)
+    prefix_len = torch.tensor([7, 4, 2, 7, 4, 2])
+    tokens = torch.randint(0, lm.card, (6, lm.num_codebooks, 5), generator=g)
     logits = []
     with torch.no_grad():
-        for dec in (StaticDecoder(lm, 2, 8, torch.float32, torch.device("cpu")),
+        for dec in (StaticDecoder(lm, 6, 12, torch.float32, torch.device("cpu")),
                     StaticDecoder(lm, 8, 64, torch.float32, torch.device("cpu"), fixed=True, cross_capacity=64)):
-            dec.use_rows(2)
-            dec.set_cross(cross)
-            dec.set_rows(0)
-            out = [dec.prefill(dec.embed(tokens[..., :1]))[:, :, -1]]
-            out += [dec.step(tokens[..., t:t + 1], t, compiled=dec.fixed) for t in range(1, 4)]
+            dec.use_rows(6)
+            dec.set_cross(cross, cross_len)
+            dec.set_rows(7, prefix_len)
+            out = [dec.prefill(torch.cat([prefix, dec.embed(tokens[..., :1])], dim=1))[:, :, -1]]
+            out += [dec.step(tokens[..., t:t + 1], 7 + t, compiled=dec.fixed) for t in range(1, 5)]
             logits.append(torch.stack(out))
+    assert dec.cross_k[0].shape[:3] == (8, dec.heads, 64) and dec.row_pos is not None  # padded, fixed step
     assert logits[1].shape == logits[0].shape
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
 
