@@ -456,6 +456,29 @@ def test_fixed_decoder_pads_rows_and_caption_with_the_same_logits(monkeypatch):
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
 
 
+def test_kept_compiled_decoders_one_per_row_bucket_at_most_four():
+    """Compiled decoders are kept per row bucket (2, 4, 8, 16, then multiples of 16) and reused
+    (no new cache, so no new CUDA graph, when the batch size alternates), the 4 most recently
+    used; their caches span a whole window, so shorter requests reuse them."""
+    from musicgen_trainer.fast_decode import bucket_rows
+    from musicgen_trainer.fast_generate import MAX_KEPT, _Session
+    assert [bucket_rows(n) for n in (1, 2, 3, 6, 8, 10, 16, 18, 40)] == [2, 2, 4, 8, 8, 16, 16, 32, 48]
+    lm = _model("tiny").lm
+    cpu = torch.device("cpu")
+    try:
+        session = _Session(lm, True, min_positions=100)
+        first = {rows: session.decoder_for(rows, 30, torch.float32, cpu) for rows in (2, 4, 6)}
+        assert first[4].batch == 4 and first[6].batch == 8 and first[6].t_max >= 100
+        assert session.decoder_for(8, 90, torch.float32, cpu) is first[6]  # same bucket, shorter than the cache
+        assert session.decoder_for(3, 60, torch.float32, cpu) is first[4] and first[4].rows == 3
+        for rows in (16, 18):  # two more buckets: the least recently used (2 rows) is dropped
+            session.decoder_for(rows, 30, torch.float32, cpu)
+        kept = lm.__dict__["_fast_decoder"]
+        assert len(kept) == MAX_KEPT == 4 and sorted(key[0] for key in kept) == [4, 8, 16, 32]
+    finally:
+        lm.__dict__.pop("_fast_decoder", None)
+
+
 # --- NaN/inf probabilities raise in every sampling path, as torch.multinomial -----------------------
 
 def _bad_logits(value):
