@@ -20,6 +20,7 @@ not reproduce (callers then use audiocraft's own loop).
 """
 from __future__ import annotations
 
+import types
 import typing as tp
 
 import torch
@@ -29,6 +30,13 @@ import torch.nn.functional as F
 from .fast_step import _base, lean_plan, lean_step
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to this, so compiled steps are reused across lengths
+# A fixed-shape (compiled) decoder pads the batch to one of ROW_BUCKETS rows (then multiples of the
+# last) with dummy rows, and the cross-attention source (masked) to its capacity: CROSS_BUCKET
+# tokens, doubled when a longer one comes and never shrunk. Every new shape is a new graph (and
+# dynamo stops compiling a function after 8 graphs: config.recompile_limit), so whatever the
+# traffic a decoder compiles at most a few (one per capacity: 32, 64, 128, ... tokens).
+CROSS_BUCKET = 32
+ROW_BUCKETS = (2, 4, 8, 16)
 
 
 def unsupported_reason(lm) -> tp.Optional[str]:
@@ -79,11 +87,21 @@ class StaticDecoder(nn.Module):
     preallocated cache of ``t_max`` positions. ``prefill`` then ``step``, one request at a time.
 
     The LM is held outside the module tree (its parameters are read, never copied or owned).
+
+    ``fixed`` (the compiled path): ``batch`` is a row bucket (``bucket_rows``); a request of fewer
+    rows (``use_rows``) is padded with dummy rows, its cross-attention source padded to
+    ``cross_capacity`` tokens (doubled when too short), and the step always takes the masks and
+    per-row positions as tensors: one graph per decoder and capacity, whatever the captions,
+    prefixes and batch sizes.
     """
 
-    def __init__(self, lm, batch: int, t_max: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, lm, batch: int, t_max: int, dtype: torch.dtype, device: torch.device,
+                 fixed: bool = False, cross_capacity: int = CROSS_BUCKET):
         super().__init__()
         self.__dict__["lm"] = lm
+        self.fixed = fixed
+        self.cross_capacity = cross_capacity  # fixed: the padded cross-attention length
+        self.rows = batch  # the request's rows (fixed: the rest of ``batch`` are dummy rows)
         tr = lm.transformer
         first = _base(tr.layers[0].self_attn)
         self.heads = first.num_heads
@@ -113,16 +131,40 @@ class StaticDecoder(nn.Module):
         self.key_valid: tp.Optional[torch.Tensor] = None  # [B2, 1, 1, t_max] bool
         self.row_shift: tp.Optional[torch.Tensor] = None  # [B2] long: the row's gap length
         self.n_prefix = 0
+        # Fixed decoders: the step's key mask and positions, always tensors (no None variants).
+        self.step_valid: tp.Optional[torch.Tensor] = None  # [batch, 1, 1, t_max] bool
+        self.row_pos: tp.Optional[torch.Tensor] = None  # [batch, t_max] long: each row's positional index
         self._compiled: tp.Optional[tp.Callable] = None
 
     # --- per request ---------------------------------------------------------------
+
+    def use_rows(self, rows: int) -> None:
+        """The next request has ``rows`` rows (B2), at most ``batch`` (fixed decoders only pad)."""
+        if rows > self.batch or (rows != self.batch and not self.fixed):
+            raise ValueError(f"a request of {rows} rows on a decoder of {self.batch}")
+        self.rows = rows
+
+    def _pad_lengths(self, lengths: tp.Optional[torch.Tensor], full: int, device) -> torch.Tensor:
+        # [batch] lengths: the request's (or ``full``), dummy rows ``full``.
+        out = torch.full((self.batch,), full, dtype=torch.long, device=device)
+        if lengths is not None:
+            out[:lengths.shape[0]] = lengths
+        return out
 
     def set_cross(self, cross: tp.Optional[torch.Tensor], lengths: tp.Optional[torch.Tensor] = None) -> None:
         """Project the cross-attention source ``[B2, Tc, D]`` to each layer's keys/values once.
         ``lengths`` ``[B2]``: each row's own source length (the rest is padding, not attended)."""
         self._plan = lean_plan(self.lm, self.k_cache.dtype)
         self.cross_mask = None
-        if cross is not None and lengths is not None and bool((lengths < cross.shape[1]).any()):
+        if self.fixed and cross is not None:  # rows to the bucket, tokens to the (grown) capacity
+            b, tc, _ = cross.shape
+            lengths = self._pad_lengths(lengths, max(tc, 1), cross.device)
+            while self.cross_capacity < tc:
+                self.cross_capacity *= 2
+            padded = cross.new_zeros(self.batch, self.cross_capacity, cross.shape[2])
+            padded[:b, :tc] = cross
+            cross = padded
+        if cross is not None and lengths is not None and (self.fixed or bool((lengths < cross.shape[1]).any())):
             self.cross_mask = (torch.arange(cross.shape[1], device=cross.device) < lengths[:, None]).view(
                 lengths.shape[0], 1, 1, -1)
         for i, layer in enumerate(self.lm.transformer.layers):
@@ -141,8 +183,13 @@ class StaticDecoder(nn.Module):
         masked as a key, and the row's later positions numbered without it (None: no gap)."""
         self.n_prefix = n_prefix
         self.key_valid = self.row_shift = None
+        j = self.positions.view(1, -1)
+        if self.fixed:
+            lengths = self._pad_lengths(lengths, n_prefix, self.positions.device)
+            shift = (n_prefix - lengths).view(-1, 1)
+            self.step_valid = ((j < lengths[:, None]) | (j >= n_prefix)).view(self.batch, 1, 1, -1)
+            self.row_pos = torch.where(j >= n_prefix, j - shift, j)
         if lengths is not None and bool((lengths < n_prefix).any()):
-            j = self.positions.view(1, -1)
             self.key_valid = ((j < lengths[:, None]) | (j >= n_prefix)).view(lengths.shape[0], 1, 1, -1)
             self.row_shift = (n_prefix - lengths).to(self.positions.device)
 
@@ -160,7 +207,10 @@ class StaticDecoder(nn.Module):
         Returns:
             logits ``[B2, K, T0, card]``.
         """
-        return self._forward(x, None, x.shape[1])
+        rows = x.shape[0]
+        if rows < self.batch:  # dummy rows (fixed decoders)
+            x = torch.cat([x, x.new_zeros(self.batch - rows, *x.shape[1:])])
+        return self._forward(x, None, x.shape[1])[:rows]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B2, K, T]`` codes -> ``[B2, T, D]``, summed in audiocraft's order (bit-identical)."""
@@ -170,9 +220,13 @@ class StaticDecoder(nn.Module):
     def step(self, tokens: torch.Tensor, p: int, compiled: bool = False) -> torch.Tensor:
         """One decoding step: codes ``[B2, K, 1]`` at cache position ``p`` -> logits ``[B2, K, card]``."""
         pos, length = self.positions[p:p + 1], p + 1
+        rows = tokens.shape[0]
+        if rows < self.batch:  # dummy rows (fixed decoders): code 0, their logits dropped
+            return self.step(torch.cat([tokens, tokens.new_zeros(self.batch - rows, *tokens.shape[1:])]), p,
+                             compiled)[:rows]
         if compiled:
             if self._compiled is None:
-                self._compiled = torch.compile(self._fixed_step, mode=_compile_mode(tokens.device),
+                self._compiled = torch.compile(self._own_fixed_step(), mode=_compile_mode(tokens.device),
                                                fullgraph=False, dynamic=False)
             return self._compiled(tokens, pos)
         if self._plan is not None:
@@ -190,6 +244,15 @@ class StaticDecoder(nn.Module):
         if self.row_shift is None:
             return self._sin_scaled[:, p:p + 1]
         return self._sin_scaled[0][self._row_positions(self.positions[p:p + 1], 1)]
+
+    def _own_fixed_step(self) -> tp.Callable:
+        # ``_fixed_step`` bound to this decoder through a code object of its own: dynamo keeps its
+        # graphs, and counts them against its recompile limit, per code object, so the decoders of
+        # the row buckets (and of several models) do not share one budget of 8 graphs. A fixed
+        # decoder then needs one graph per cross capacity; it is freed with the decoder.
+        f = StaticDecoder._fixed_step
+        own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+        return types.MethodType(own, self)
 
     def _fixed_step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         # Fixed shapes: the attention spans the whole cache, the unfilled part masked out.
@@ -211,7 +274,9 @@ class StaticDecoder(nn.Module):
         if self._sin is None or self._sin.dtype != x.dtype:
             # The same elementwise function of the position as audiocraft's, once for all positions.
             self._sin = create_sin_embedding(self.positions.view(1, -1, 1), c, max_period=tr.max_period, dtype=x.dtype)
-        if self.row_shift is not None:
+        if pos is not None and self.row_pos is not None:  # fixed decoders: positions as a tensor
+            pos_emb = self._sin[0][self.row_pos.index_select(1, pos)]  # [B2, t, D]
+        elif self.row_shift is not None:
             pos_emb = self._sin[0][self._row_positions(pos, t)]  # [B2, t, D]
         else:
             pos_emb = self._sin[:, :t] if pos is None else self._sin.index_select(1, pos)
@@ -245,8 +310,8 @@ class StaticDecoder(nn.Module):
         qkv = F.linear(x, w, bias).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B2, H, T, d]
         kc, vc = self.k_cache[i], self.v_cache[i]
-        valid = self.key_valid
-        if pos is None:  # prefill from position 0: causal over the new positions only
+        if pos is None:
+            valid = self.key_valid  # prefill from position 0: causal over the new positions only
             kc[:, :, :t].copy_(k)
             vc[:, :, :t].copy_(v)
             if valid is None:
@@ -260,8 +325,11 @@ class StaticDecoder(nn.Module):
             vc.index_copy_(2, pos, v)
             if length is None:
                 mask = (self.positions <= pos).view(1, 1, 1, -1)
+                # Fixed decoders read only ``step_valid`` (a tensor): None/tensor would be two graphs.
+                valid = self.step_valid if self.step_valid is not None else self.key_valid
                 out = self._attend(attn, q, kc, vc, causal=False, mask=mask if valid is None else mask & valid)
             else:
+                valid = self.key_valid
                 out = self._attend(attn, q, kc[:, :, :length], vc[:, :, :length], causal=False,
                                    mask=None if valid is None else valid[..., :length])
         return _linear(out_proj, out.transpose(1, 2).reshape(b, t, self.dim))
@@ -310,3 +378,12 @@ def _compile_mode(device: torch.device) -> str:
 def bucket_length(t: int) -> int:
     """Cache length for ``t`` positions, rounded up so that a compiled step is reused."""
     return -(-t // CACHE_BUCKET) * CACHE_BUCKET
+
+
+def bucket_rows(rows: int) -> int:
+    """Rows of the fixed decoder serving a batch of ``rows`` (B2): the first of ``ROW_BUCKETS`` that
+    holds them, beyond the last a multiple of it."""
+    for bucket in ROW_BUCKETS:
+        if rows <= bucket:
+            return bucket
+    return -(-rows // ROW_BUCKETS[-1]) * ROW_BUCKETS[-1]

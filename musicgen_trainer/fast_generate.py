@@ -23,19 +23,22 @@ own batch attends to that padding, so its rows depend on their neighbours).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import typing as tp
 
 import torch
 
-from .fast_decode import StaticDecoder, bucket_length, unsupported_reason
+from .fast_decode import CROSS_BUCKET, StaticDecoder, bucket_length, bucket_rows, unsupported_reason
 from .fast_sampling import Exponentials, check_generators, sample_next
 from .fast_sampling import sample_top_k  # noqa: F401 (importable from here, as before)
 
-# A compiled decoder is kept on its LM (warming a compiled step costs seconds to minutes), under
+# Compiled decoders are kept on their LM (warming a compiled step costs seconds to minutes), one per
+# row bucket (fast_decode.bucket_rows), the MAX_KEPT most recently used, in an OrderedDict under
 # this attribute (outside the module tree: not a submodule, not in the state dict).
 _KEPT = "_fast_decoder"
+MAX_KEPT = 4
 
 
 def default_compile(device: torch.device) -> bool:
@@ -74,7 +77,8 @@ def fast_decoding(model, compile: tp.Optional[bool] = None,
     if reason is not None:
         yield state
         return
-    session = _Session(lm, default_compile(model.device) if compile is None else bool(compile), generators)
+    session = _Session(lm, default_compile(model.device) if compile is None else bool(compile), generators,
+                       _window_positions(model))
     original = lm.__dict__.get("generate")
     lm.generate = functools.partial(fast_lm_generate, lm, session=session)
     try:
@@ -90,29 +94,62 @@ def fast_decoding(model, compile: tp.Optional[bool] = None,
 class _Session:
     """The decoder (and its cache) reused across the windows of one request."""
 
-    def __init__(self, lm, compile: bool, generators: tp.Optional[tp.List[torch.Generator]] = None):
+    def __init__(self, lm, compile: bool, generators: tp.Optional[tp.List[torch.Generator]] = None,
+                 min_positions: int = 0):
         self.lm, self.compile = lm, compile
         self.generators = generators  # one per row, drawn on across the windows of the request
         self.decoder: tp.Optional[StaticDecoder] = None
+        # Compiled caches span at least a whole window: one cache length (one graph) per row bucket
+        # whatever the requests' durations (a longer cache would be a new graph).
+        self.min_positions = min_positions
 
     def decoder_for(self, batch: int, positions: int, dtype: torch.dtype, device: torch.device) -> StaticDecoder:
-        t_max = bucket_length(positions) if self.compile else positions
-        dec = self.decoder if self.decoder is not None else (self.lm.__dict__.get(_KEPT) if self.compile else None)
+        if self.compile:
+            return self._fixed_decoder(batch, positions, dtype, device)
+        dec = self.decoder
         # A larger cache serves a shorter request too (a request's last window, a shorter clip):
         # positions past the current one are never read.
-        if dec is None or dec.batch != batch or dec.t_max < t_max or dec.k_cache.dtype != dtype \
+        if dec is None or dec.batch != batch or dec.t_max < positions or dec.k_cache.dtype != dtype \
                 or dec.k_cache.device != device:
             dec = None
             self.decoder = None  # free the previous cache before allocating the next
-            self.lm.__dict__.pop(_KEPT, None)
-            dec = StaticDecoder(self.lm, batch, t_max, dtype, device)
+            dec = StaticDecoder(self.lm, batch, positions, dtype, device)
         self.decoder = dec
-        if self.compile:
-            self.lm.__dict__[_KEPT] = dec
+        return dec
+
+    def _fixed_decoder(self, batch: int, positions: int, dtype: torch.dtype, device: torch.device) -> StaticDecoder:
+        # The kept decoder of the row bucket (a new one, evicting the least recently used beyond
+        # MAX_KEPT, if none or too short): its graph is reused across requests and windows.
+        rows = bucket_rows(batch)
+        t_max = bucket_length(max(positions, self.min_positions))
+        kept = self.lm.__dict__.setdefault(_KEPT, collections.OrderedDict())
+        key = (rows, dtype, torch.device(device))
+        dec = kept.get(key)
+        if dec is None or dec.t_max < t_max:
+            kept.pop(key, None)
+            self.decoder = dec = None  # free the previous cache before allocating the next
+            while len(kept) >= MAX_KEPT:
+                kept.popitem(last=False)
+            # The longest caption seen so far fits from the start (no second graph for it).
+            capacity = max([d.cross_capacity for d in kept.values()], default=CROSS_BUCKET)
+            dec = kept[key] = StaticDecoder(self.lm, rows, t_max, dtype, device, fixed=True,
+                                            cross_capacity=capacity)
+        kept.move_to_end(key)
+        dec.use_rows(batch)
+        self.decoder = dec
         return dec
 
     def close(self) -> None:
         self.decoder = None
+
+
+def _window_positions(model) -> int:
+    """Cache positions of one whole window of ``model`` (its codes and the delay pattern's extra
+    steps; a prepended condition adds to that), 0 when unknown."""
+    try:
+        return int(model.max_duration * model.frame_rate) + model.lm.num_codebooks + 1
+    except (AttributeError, TypeError):
+        return 0
 
 
 def _cache_dtype(lm, device: torch.device) -> torch.dtype:

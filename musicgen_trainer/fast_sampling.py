@@ -93,8 +93,22 @@ def multinomial_per_row(probs: torch.Tensor, generators: tp.Sequence[torch.Gener
     Returns:
         ``[B, K, 1]`` indices.
     """
+    check_probs(probs, signed=True)
     q = exponentials_per_row(probs, generators)
     return torch.argmax(probs / q, dim=-1, keepdim=True)
+
+
+def check_probs(probs: torch.Tensor, signed: bool = False) -> None:
+    """RuntimeError, as ``torch.multinomial``'s, unless every probability ``[..., card]`` is finite
+    (and, with ``signed``, >= 0: softmax never gives a negative one, so the sampler skips that pass).
+
+    ``argmax(probs / q)`` returns a code for NaN or infinite probabilities (e.g. logits that
+    overflowed in fp16) where audiocraft's ``torch.multinomial`` raises: checked before it, with
+    one reduction (non-negative probabilities have a finite sum iff all are finite).
+    ``torch.multinomial`` synchronises the same way (one ``.item()`` per call)."""
+    if not bool(torch.isfinite(probs.sum())) or (signed and bool(probs.min() < 0)):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0 "
+                           "(the logits overflowed or are NaN: e.g. fp16 on CUDA)")
 
 
 def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: int, top_p: float,
@@ -105,6 +119,7 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
     if not (use_sampling and temp > 0.0):
         return torch.argmax(logits, dim=-1, keepdim=True)
     probs = torch.softmax(logits if temp == 1.0 else logits / temp, dim=-1)  # x / 1.0 is x
+    check_probs(probs)  # every path: argmax(probs / q) would return a code for NaN/inf
     q = None if noise is None else noise.next(probs)
     if q is None:  # the global RNG, drawn by torch.multinomial at this step
         from audiocraft.utils import utils

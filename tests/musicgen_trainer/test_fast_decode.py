@@ -385,3 +385,131 @@ def test_lean_step_is_used_and_agrees_with_the_general_path(monkeypatch):
         with fast_decoding(model):
             runs.append(model.generate(["a", "bb cc"], return_tokens=True)[1])
     assert torch.equal(runs[0], runs[1])
+
+
+# --- compiled path: a bounded number of graphs whatever the traffic --------------------------------
+
+def test_compiled_step_graphs_are_bounded_and_give_the_eager_codes(monkeypatch):
+    """12 requests of 1-4 rows (2-8 with guidance) and captions of 1-45 bytes through the compiled
+    path (dynamo with its eager backend: the same guards and graphs as inductor, no code
+    generation): each request has the eager path's codes, and dynamo compiles at most one graph
+    per (row bucket, cross capacity) used, never reaching its recompile limit (before the row and
+    caption buckets: a graph per batch size and caption length, the 9th request ran uncompiled)."""
+    import musicgen_trainer.fast_decode as fast_decode
+    from torch._dynamo.utils import counters
+    from musicgen_trainer.fast_generate import fast_decoding
+    real_compile = torch.compile
+    monkeypatch.setattr(fast_decode.torch, "compile",
+                        lambda fn, mode=None, **kwargs: real_compile(fn, backend="eager", **kwargs))
+    model = _model("tiny")
+    model.set_generation_params(duration=0.2, top_k=250, cfg_coef=3.0, extend_stride=0.6)
+    words = "lo-fi jazz piano with a slow walking bass and brushed drums at night".split()
+    requests = [(1, 2), (1, 5), (2, 2), (2, 3), (3, 4), (4, 2), (1, 9), (2, 11), (3, 1), (4, 6), (1, 3), (2, 2)]
+    frames, graphs = dict(counters["frames"]), counters["stats"]["unique_graphs"]
+    buckets, capacities = set(), set()
+    try:
+        for i, (rows, n) in enumerate(requests):
+            prompts = [" ".join(words[:n])] + ["x" * (3 * r) for r in range(1, rows)]
+            seeds = [100 * i + r for r in range(rows)]
+            codes = {}
+            for compiled in (True, False):
+                with fast_decoding(model, compile=compiled, generators=[torch.Generator().manual_seed(s) for s in seeds]):
+                    codes[compiled] = model.generate(prompts, return_tokens=True)[1]
+            assert torch.equal(codes[True], codes[False]), f"request {i}"
+            buckets.add(fast_decode.bucket_rows(2 * rows))
+            capacities.update(dec.cross_capacity for dec in model.lm.__dict__["_fast_decoder"].values())
+    finally:
+        model.lm.__dict__.pop("_fast_decoder", None)
+    compiled_graphs = counters["stats"]["unique_graphs"] - graphs
+    assert buckets == {2, 4, 8} and capacities == {32, 64}  # the traffic spans both kinds of bucket
+    assert 0 < compiled_graphs <= len(buckets) * len(capacities)
+    assert counters["frames"]["total"] - frames.get("total", 0) == counters["frames"]["ok"] - frames.get("ok", 0)
+
+
+def test_fixed_decoder_pads_rows_and_caption_with_the_same_logits(monkeypatch):
+    """One fixed decoder (bucket of 8 rows, 64-token capacity) serving 6 rows with a 5-token
+    caption and prefixes of 3 lengths (gaps, as batched melody requests): the same prefill and
+    step logits as an exact-size decoder (dummy rows, padded keys and gaps masked, positions
+    from the per-row table); the fixed step run eagerly."""
+    import musicgen_trainer.fast_decode as fast_decode
+    from musicgen_trainer.fast_decode import StaticDecoder
+    monkeypatch.setattr(fast_decode.torch, "compile", lambda fn, **kwargs: fn)
+    lm = _model("tiny").lm
+    g = torch.Generator().manual_seed(0)
+    cross = torch.randn(6, 5, lm.dim, generator=g)
+    cross_len = torch.tensor([5, 3, 4, 5, 3, 4])
+    prefix = torch.randn(6, 7, lm.dim, generator=g)
+    prefix_len = torch.tensor([7, 4, 2, 7, 4, 2])
+    tokens = torch.randint(0, lm.card, (6, lm.num_codebooks, 5), generator=g)
+    logits = []
+    with torch.no_grad():
+        for dec in (StaticDecoder(lm, 6, 12, torch.float32, torch.device("cpu")),
+                    StaticDecoder(lm, 8, 64, torch.float32, torch.device("cpu"), fixed=True, cross_capacity=64)):
+            dec.use_rows(6)
+            dec.set_cross(cross, cross_len)
+            dec.set_rows(7, prefix_len)
+            out = [dec.prefill(torch.cat([prefix, dec.embed(tokens[..., :1])], dim=1))[:, :, -1]]
+            out += [dec.step(tokens[..., t:t + 1], 7 + t, compiled=dec.fixed) for t in range(1, 5)]
+            logits.append(torch.stack(out))
+    assert dec.cross_k[0].shape[:3] == (8, dec.heads, 64) and dec.row_pos is not None  # padded, fixed step
+    assert logits[1].shape == logits[0].shape
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_kept_compiled_decoders_one_per_row_bucket_at_most_four():
+    """Compiled decoders are kept per row bucket (2, 4, 8, 16, then multiples of 16) and reused
+    (no new cache, so no new CUDA graph, when the batch size alternates), the 4 most recently
+    used; their caches span a whole window, so shorter requests reuse them."""
+    from musicgen_trainer.fast_decode import bucket_rows
+    from musicgen_trainer.fast_generate import MAX_KEPT, _Session
+    assert [bucket_rows(n) for n in (1, 2, 3, 6, 8, 10, 16, 18, 40)] == [2, 2, 4, 8, 8, 16, 16, 32, 48]
+    lm = _model("tiny").lm
+    cpu = torch.device("cpu")
+    try:
+        session = _Session(lm, True, min_positions=100)
+        first = {rows: session.decoder_for(rows, 30, torch.float32, cpu) for rows in (2, 4, 6)}
+        assert first[4].batch == 4 and first[6].batch == 8 and first[6].t_max >= 100
+        assert session.decoder_for(8, 90, torch.float32, cpu) is first[6]  # same bucket, shorter than the cache
+        assert session.decoder_for(3, 60, torch.float32, cpu) is first[4] and first[4].rows == 3
+        for rows in (16, 18):  # two more buckets: the least recently used (2 rows) is dropped
+            session.decoder_for(rows, 30, torch.float32, cpu)
+        kept = lm.__dict__["_fast_decoder"]
+        assert len(kept) == MAX_KEPT == 4 and sorted(key[0] for key in kept) == [4, 8, 16, 32]
+    finally:
+        lm.__dict__.pop("_fast_decoder", None)
+
+
+# --- NaN/inf probabilities raise in every sampling path, as torch.multinomial -----------------------
+
+def _bad_logits(value):
+    logits = torch.randn(2, 4, 2048, generator=torch.Generator().manual_seed(0))
+    logits[1, 2, 5] = value
+    return logits
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("sampling", [dict(top_k=250, top_p=0.0), dict(top_k=0, top_p=0.9), dict(top_k=0, top_p=0.0)])
+@pytest.mark.parametrize("noise", ["global", "drawn-ahead", "per-row"])
+def test_nan_or_inf_probabilities_raise_as_torch_multinomial(value, sampling, noise):
+    """audiocraft's multinomial raises on NaN/inf probabilities; the drawn-ahead and per-row
+    samplers (argmax(probs / q)) returned a code instead. Now every path raises."""
+    from musicgen_trainer.fast_sampling import Exponentials, sample_next
+    logits = _bad_logits(value)
+    with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):  # torch's own message
+        torch.multinomial(torch.softmax(logits, -1).view(-1, 2048), 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    q = {"global": None, "drawn-ahead": Exponentials(3), "per-row": Exponentials(3, gens)}[noise]
+    with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):
+        sample_next(logits, True, 1.0, sampling["top_k"], sampling["top_p"], q)
+    assert sample_next(_bad_logits(0.0), True, 1.0, sampling["top_k"], sampling["top_p"], q).shape == (2, 4, 1)
+
+
+def test_per_row_multinomial_refuses_invalid_probabilities():
+    from musicgen_trainer.fast_sampling import multinomial_per_row
+    probs = torch.softmax(_bad_logits(0.0), dim=-1)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    for bad in (float("nan"), float("inf"), -0.5):
+        p = probs.clone()
+        p[0, 1, 7] = bad
+        with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):
+            multinomial_per_row(p, gens)
