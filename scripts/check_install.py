@@ -19,7 +19,7 @@ def main() -> int:
     failed = []
     for name in MODULES:
         try:
-            module = importlib.import_module(name)
+            importlib.import_module(name)
             version = getattr(sys.modules[name.split(".")[0]], "__version__", "")
             print(f"  ok  {name} {version}")
         except Exception as exc:  # report every broken import, not just the first
