@@ -6,9 +6,12 @@ skips the modules' own ``forward`` calls; ``lean_step`` also drops what is repea
 of the same request: looking the weights up on the modules (``nn.Module.__getattr__``), the
 per-step weight slices of the cross-attention query, the no-op dtype conversions, the
 ``[1, T]``-shaped reshapes, the positional scale, and, for a small model (stacked copies of at most
-``STACK_BYTES``), one lookup for the K codebook embeddings and one matrix product for the K output
-heads instead of K each. The arithmetic is the same, in the same order, as the general path (the
-tests check the codes against audiocraft's loop).
+``STACK_BYTES``), one lookup for the K codebook embeddings instead of K (still added one at a time,
+rounding after each as audiocraft's ``sum``: ``.sum(dim=1)`` would accumulate half precision in
+float32 and round once) and, in float32/float64 only, one matrix product for the K output heads
+instead of K (in half precision the CPU's kernels for the stacked and the single shapes need not
+round alike). The arithmetic is the same, in the same order, as the general path (the tests check
+the codes against audiocraft's loop, in float32, bfloat16 and float16).
 
 ``lean_plan(lm, dtype)`` gives the plan for one request (plain references to the LM's current
 weights: weights updated between requests, e.g. during training, are read afresh), or None for a
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 
 STACK_BYTES = 4 << 20  # stacked embeddings/heads up to this size (the copy is memory on top of the cache)
 
+_STACK_HEAD_DTYPES = (torch.float32, torch.float64)  # one product for the K heads: same rounding as K
 _PLAIN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
@@ -98,7 +102,7 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
         emb_table = torch.cat(emb)
         emb_offsets = torch.tensor([k * emb[0].shape[0] for k in range(len(emb))],
                                    device=emb_table.device).view(1, -1, 1)
-    if sum(w.numel() * w.element_size() for w, _ in heads) <= STACK_BYTES:
+    if dtype in _STACK_HEAD_DTYPES and sum(w.numel() * w.element_size() for w, _ in heads) <= STACK_BYTES:
         head_table = (torch.cat([w for w, _ in heads]),
                       None if heads[0][1] is None else torch.cat([b for _, b in heads]))
     return LeanPlan(layers, out_norm, emb, emb_table, emb_offsets, heads, head_table)
@@ -115,15 +119,24 @@ def _base(attn):
     return attn
 
 
+def lean_embed(plan: LeanPlan, tokens: torch.Tensor) -> torch.Tensor:
+    """The summed codebook embeddings of codes ``[B2, K, T]``: ``[B2, T, D]``, added as audiocraft's
+    ``sum([emb[k](codes[:, k]) ...])``: k = 0, 1, ... one at a time, rounded to the dtype after each."""
+    if plan.emb_table is None:
+        return sum([F.embedding(tokens[:, k], w) for k, w in enumerate(plan.emb)])
+    e = F.embedding(tokens + plan.emb_offsets, plan.emb_table)  # [B2, K, T, D]: one lookup
+    x = e[:, 0]
+    for k in range(1, e.shape[1]):  # not e.sum(dim=1): that rounds half precision once, at the end
+        x = x + e[:, k]
+    return x
+
+
 def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor:
     """One eager step of decoder ``dec`` (a ``StaticDecoder``): codes ``[B2, K, 1]`` at cache
     position ``p`` -> logits ``[B2, K, card]``."""
     b = tokens.shape[0]
     heads, head_dim, dim = dec.heads, dec.head_dim, dec.dim
-    if plan.emb_table is not None:  # [B2, K, 1, D] summed over K: audiocraft's order, k = 0, 1, ...
-        x = F.embedding(tokens + plan.emb_offsets, plan.emb_table).sum(dim=1)
-    else:
-        x = sum([F.embedding(tokens[:, k], w) for k, w in enumerate(plan.emb)])
+    x = lean_embed(plan, tokens)
     x = x + dec.scaled_positions(p, x.dtype)
     length = p + 1
     valid = None if dec.key_valid is None else dec.key_valid[..., :length]

@@ -371,19 +371,27 @@ def test_variates_near_a_rounding_boundary_are_libms():
 def test_lean_step_is_used_and_agrees_with_the_general_path(monkeypatch):
     """The tiny models take the lean step (stacked embeddings and heads); forcing the general path
     gives the same codes."""
+    import musicgen_trainer.fast_decode as fast_decode
     import musicgen_trainer.fast_step as fast_step
     from musicgen_trainer.fast_generate import fast_decoding
     model = _model("tiny")
     plan = fast_step.lean_plan(model.lm, torch.float32)
     assert plan is not None and plan.emb_table is not None and plan.head_table is not None
     model.set_generation_params(duration=0.6, top_k=250, cfg_coef=3.0, extend_stride=0.6)
-    runs = []
+    calls = []
+    lean_step = fast_decode.lean_step
+    # fast_decode imported the names: patch them there, where the decoder looks them up
+    monkeypatch.setattr(fast_decode, "lean_step", lambda *a: calls.append(1) or lean_step(*a))
+    runs, lean_calls = [], []
     for lean in (True, False):
         if not lean:
-            monkeypatch.setattr(fast_step, "lean_plan", lambda lm, dtype: None)
+            monkeypatch.setattr(fast_decode, "lean_plan", lambda lm, dtype: None)
+        calls.clear()
         torch.manual_seed(4)
         with fast_decoding(model):
             runs.append(model.generate(["a", "bb cc"], return_tokens=True)[1])
+        lean_calls.append(len(calls))
+    assert lean_calls[0] > 0 and lean_calls[1] == 0  # the second run took the general path
     assert torch.equal(runs[0], runs[1])
 
 
