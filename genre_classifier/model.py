@@ -1,9 +1,10 @@
-"""The Keras MFCC CNN: the traditional baseline, and the optional "gap" head.
+"""The Keras MFCC CNN: the traditional baseline, the "gap" head and the "stats" head (the default).
 
 Input ``[batch, frames, n_mfcc, 1]`` (130 x 13 x 1 with the defaults); output
 ``[batch, n_labels]`` softmax probabilities.
 
-Baseline (the default; the architecture this kind of tool traditionally uses):
+Baseline (the architecture this kind of tool traditionally uses; `train`'s default until
+``head="stats"`` with augmentation measured at least as accurate, docs/genre_classifier.md):
     Conv2D 64 3x3 ReLU -> MaxPool 3x3 stride 2 -> BatchNorm
     Conv2D 32 3x3 ReLU -> MaxPool 3x3 stride 2 -> BatchNorm
     Conv2D 32 2x2 ReLU -> MaxPool 2x2 stride 2 -> BatchNorm
@@ -21,7 +22,8 @@ standard deviation over the window's time axis of each MFCC coefficient (26 numb
 defaults), batch-normalised, joined to the pooled convolution features before the Dense layer.
 Why: on real recordings a logistic regression on exactly such window statistics was more
 accurate than the CNN (docs/genre_classifier.md, "Real music"); this head gives the CNN the
-same summary to build on instead of having to learn it from 2-3 thousand windows.
+same summary to build on instead of having to learn it from 2-3 thousand windows. It is
+``TrainConfig``'s default (with ``augment``); ``build_model``'s own default stays "baseline".
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def toy_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_model(toy_data, tmp_path_factory):
-    """A baseline model trained on ``toy_data`` (split by track: 6 train / 2 val / 4 test per genre)."""
+    """A model trained on ``toy_data`` with the default head and augmentation (split by track: 6 train / 2 val / 4 test per genre)."""
     from genre_classifier.training import TrainConfig, train
     out = tmp_path_factory.mktemp("models") / "genre-toy"
     config = TrainConfig(data=toy_data, out=out, epochs=60, patience=10, batch_size=16,

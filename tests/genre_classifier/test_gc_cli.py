@@ -142,3 +142,14 @@ def test_flags_are_the_config_fields():
     assert (args.use_cache, args.progress, args.apply) == (False, False, "copy")
     args = parser.parse_args(["predict", "a.wav", "--model", "M", "--cache-dir", "c", "--workers", "2"])
     assert (args.cache_dir, args.workers, args.use_cache, args.progress) == (Path("c"), 2, True, True)
+
+
+def test_the_earlier_default_model_is_two_flags_away():
+    """The default is the "stats" head with augmentation (issue 19, item 5); ``--head baseline
+    --no-augment`` still trains the earlier default (Flatten head, fixed windows)."""
+    from genre_classifier.__main__ import build_parser
+    parser = build_parser()
+    args = parser.parse_args(["train", "D"])
+    assert (args.head, args.augment) == ("stats", True)
+    args = parser.parse_args(["train", "D", "--head", "baseline", "--no-augment"])
+    assert (args.head, args.augment) == ("baseline", False)

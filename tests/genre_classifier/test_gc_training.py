@@ -26,7 +26,9 @@ def test_model_folder_records_every_feature_setting_and_the_split(trained_model)
                                 "n_mels": 128, "segment_seconds": 3.0, "min_track_seconds": 0.5,
                                 "silence_dbfs": -60.0, "frames": 130}
     training = info["training"]
-    assert training["config"]["head"] == "baseline" and training["config"]["learning_rate"] == 1e-4
+    # the defaults (issue 19, item 5: the "stats" head with augmentation, measured in docs/genre_classifier.md)
+    assert training["config"]["head"] == "stats" and training["config"]["augment"] is True
+    assert training["config"]["learning_rate"] == 1e-4
     assert len(training["epoch_seconds"]) == training["epochs_run"] >= 1
     split = json.loads((trained_model / SPLIT_FILE).read_text())
     hashes = {part: {f["sha1"] for t in split[part] for f in t["files"]} for part in ("train", "val", "test")}
