@@ -51,7 +51,11 @@ def foreign_tokenizer_files(export: tp.Union[str, os.PathLike]) -> tp.List[Path]
 
 def remove_tokenizer_leftovers(export: tp.Union[str, os.PathLike]) -> None:
     """Delete the temporary folders an interrupted ``write_export_tokenizer`` left in ``export``
-    (``.tokenizer-new-*`` / ``.tokenizer-old-*``; a link of that name is removed as a link)."""
+    (``.tokenizer-new-*`` / ``.tokenizer-old-*``; a link of that name is removed as a link).
+
+    Such a folder is removed only when it holds nothing but what the write puts there (regular files
+    of ``TOKENIZER_FILES`` names, in ``.tokenizer-old-*`` under ``tokenizer/``): one holding
+    anything else is someone's, and is left."""
     folder = Path(export)
     if folder.is_symlink() or not folder.is_dir():
         return
@@ -59,8 +63,22 @@ def remove_tokenizer_leftovers(export: tp.Union[str, os.PathLike]) -> None:
         if _LEFTOVER.match(path.name):
             if path.is_symlink() or not path.is_dir():
                 path.unlink()
-            else:
-                shutil.rmtree(path, ignore_errors=True)  # rmtree removes links inside, never follows them
+            elif _holds_only_tokenizer_files(path, nested=True):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _holds_only_tokenizer_files(folder: Path, nested: bool) -> bool:
+    """Whether ``folder`` holds only regular files of ``TOKENIZER_FILES`` names (``nested``: or a
+    ``tokenizer/`` folder holding only those, as ``.tokenizer-old-*`` keeps the earlier copy)."""
+    for path in folder.iterdir():
+        if path.is_symlink():
+            return False
+        if nested and path.name == TOKENIZER_DIR and path.is_dir():
+            if not _holds_only_tokenizer_files(path, nested=False):
+                return False
+        elif path.name not in TOKENIZER_FILES or not path.is_file():
+            return False
+    return True
 
 
 def write_export_tokenizer(tokenizer, folder: tp.Union[str, os.PathLike]) -> str:

@@ -42,6 +42,11 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 HEADS_PREFIX = "linears."  # the per-codebook output heads
 PARAM_TARGET = "in_proj"  # a target naming a raw weight parameter (``in_proj_weight``), not a module
+BASE_FINGERPRINT_ATTR = "_musicgen_lora_base_fingerprint"  # set on the LM by apply_lora
+# 2: over a sample of every base tensor; 1 (records without a version): over emb.* only, which LoRA
+# never trains, so every merged LoRA fine-tune of one release had that release's fingerprint.
+FINGERPRINT_VERSION = 2
+_FINGERPRINT_SAMPLE = 4096  # elements per tensor, evenly strided: cheap on a 1.5B model
 
 
 # peft imports bitsandbytes when installed, whose CPU backend logs a warning about an optional
@@ -93,6 +98,9 @@ def apply_lora(lm, rank: int, alpha: tp.Optional[float] = None, dropout: float =
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     modules, params = split_targets(targets)
+    # The base's identity, taken before peft wraps it and training changes heads: save_adapter records it.
+    if not lora_layers(lm):
+        setattr(lm, BASE_FINGERPRINT_ATTR, base_fingerprint(lm.state_dict()))
     config = LoraConfig(r=int(rank), lora_alpha=resolved_alpha(rank, alpha), bias="none",
                         lora_dropout=0.0 if params else float(dropout),
                         target_modules=modules or None, target_parameters=params or None)
@@ -250,23 +258,41 @@ def save_adapter(lm, weights: dict, folder: tp.Union[str, os.PathLike], config, 
     if trained_extra:
         save_file(trained_extra, str(folder / EXTRA_FILE))
     record = {"base_model": base, "base_model_path": None if shareable else _real_folder(config.model),
-              "base_fingerprint": base_fingerprint(weights), **o,
+              "base_fingerprint": _recorded_fingerprint(lm, weights), "base_fingerprint_version": FINGERPRINT_VERSION,
+              **o,
               "shapes": {k: list(v.shape) for k, v in adapter.items()}, **(extra or {})}
     (folder / OURS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
 
-def base_fingerprint(state: dict) -> str:
-    """The identity of the base weights an adapter fits, from an LM state dict: a hash of the code
-    embeddings (``emb.*``: never trained with LoRA, so the same before and after training), rounded
-    to fp16 so that a base loaded in fp32 (CPU) or fp16 (GPU) from the same checkpoint gives the same one."""
+def base_fingerprint(state: dict, version: int = FINGERPRINT_VERSION) -> str:
+    """The identity of the base weights an adapter fits, from the base LM's state dict (as loaded,
+    before LoRA is applied): a hash of each tensor's name, shape and an evenly strided sample of
+    ``_FINGERPRINT_SAMPLE`` of its values, rounded to fp16 so that a base loaded in fp32 (CPU) or
+    fp16 (GPU) from the same checkpoint gives the same one. ``version`` 1: the code embeddings
+    (``emb.*``) only, as adapters written before version 2 recorded it."""
     import hashlib
     digest = hashlib.sha256()
     for name, value in sorted(state.items()):
-        if name.startswith("emb."):
-            digest.update(name.encode())
-            digest.update(value.detach().to("cpu", torch.float16).contiguous().view(torch.int16).numpy().tobytes())
+        if version < 2 and not name.startswith("emb."):
+            continue
+        value = value.detach()
+        if version >= 2:
+            digest.update(repr(tuple(value.shape)).encode())
+            flat = value.reshape(-1)
+            value = flat[::max(1, flat.numel() // _FINGERPRINT_SAMPLE)][:_FINGERPRINT_SAMPLE]
+        digest.update(name.encode())
+        digest.update(value.to("cpu", torch.float16).contiguous().view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def _recorded_fingerprint(lm, weights: dict) -> str:
+    """The fingerprint ``apply_lora`` took of ``lm``'s base; for an LM it did not see, that of the
+    frozen base weights in ``weights`` (the adapted state dict: heads trained alongside would differ)."""
+    fingerprint = getattr(lm, BASE_FINGERPRINT_ATTR, None)
+    if isinstance(fingerprint, str):
+        return fingerprint
+    return base_fingerprint({_base_key(k): v for k, v in weights.items() if ".lora_" not in k})
 
 
 def _real_folder(name: str) -> tp.Optional[str]:
@@ -291,9 +317,11 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
     """One-line ``ValueError`` when the adapter was trained on another base model than ``base``.
 
     The run's own adapter records the base folder's resolved path: that folder it is. An exported
-    adapter (pushed, so it names a local base by its last folder name only) fits a base folder whose
-    weights have its ``base_fingerprint`` (``lm``: the loaded base; without it, before loading, the
-    folder's name must match). A hub or built-in base is matched by name."""
+    adapter (pushed, so it names a local base by its last folder name only) fits a base folder of
+    that name (before loading) whose weights have its ``base_fingerprint``. A hub or built-in base
+    is matched by name. In every case, given ``lm`` (the loaded base, before the adapter is applied)
+    and a recorded fingerprint, the weights must have it too: two exports of one name (two runs'
+    ``export-best``), or a folder and a hub model of one name, are told apart by their weights."""
     from .runtime import resolve_name
     recorded = record.get("base_model")
     real = _real_folder(base)
@@ -301,14 +329,18 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
     if record.get("base_model_path"):
         same = real is not None and real == record.get("base_model_path")
     elif real is not None:
-        same = base_fingerprint(lm.state_dict()) == fingerprint if lm is not None and isinstance(fingerprint, str) \
-            else Path(real).name == recorded
+        same = Path(real).name == recorded or lm is not None and isinstance(fingerprint, str)
     else:
         same = resolve_name(recorded) == resolve_name(base)
+    hint = f"pass --model {recorded}" if record.get("base_model_path") or real is None else \
+        f"pass --model the folder of the base model {recorded!r} it was trained on"
     if not same:
-        hint = f"pass --model {recorded}" if record.get("base_model_path") or real is None else \
-            f"pass --model the folder of the base model {recorded!r} it was trained on"
         raise ValueError(f"--lora {folder} was trained on base model {recorded!r}, not {str(base)!r}: {hint}")
+    if lm is not None and isinstance(fingerprint, str):
+        version = record.get("base_fingerprint_version", 1)
+        if not isinstance(version, int) or base_fingerprint(lm.state_dict(), version) != fingerprint:
+            raise ValueError(f"--lora {folder} was trained on other weights than those of {str(base)!r} "
+                             f"(base model {recorded!r}, another model of that name?): {hint}")
 
 
 def _read_safetensors(path: Path, folder: Path) -> dict:

@@ -68,15 +68,18 @@ def adapter_record(folder: tp.Union[str, os.PathLike]) -> dict:
 
 def _base_choice(record: dict, folder: Path, models: tp.Sequence[tp.Any]) -> tp.Any:
     """The listed model (a ``backend.ModelChoice``) the adapter was trained on (``lora.check_base``
-    decides), or None."""
+    decides, by name: the weights are not loaded to list), or None: also when several listed models
+    fit the name (an exported adapter names its base ``export-best``, which each run's best export
+    is), since pairing it with the first of them would be a guess."""
     from ..lora import check_base
+    matches = []
     for choice in models:
         try:
             check_base(record, choice.value, folder)
-            return choice
         except ValueError:
             continue
-    return None
+        matches.append(choice)
+    return matches[0] if len(matches) == 1 else None
 
 
 def list_adapters(checkpoints: tp.Union[str, os.PathLike, None],

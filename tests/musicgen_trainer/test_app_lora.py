@@ -278,3 +278,20 @@ def test_picking_an_adapter_in_a_browser_sets_its_base_and_generates(checkpoints
             driver.quit()
         demo.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_an_exported_adapter_whose_base_name_two_listed_exports_share_is_not_paired(tmp_path):
+    """An adapter inside an export names its base by its last folder name (``export-best``): with
+    two listed exports of that name the app does not guess (the first listed): base not listed."""
+    from collections import namedtuple
+
+    from musicgen_trainer.app.adapters import _base_choice
+    choice = namedtuple("Choice", "key value")
+    for run in ("runA", "runB"):
+        (tmp_path / run / "export-best").mkdir(parents=True)
+    models = [choice("tiny", "tiny"), choice("runA/export-best", str(tmp_path / "runA" / "export-best")),
+              choice("runB/export-best", str(tmp_path / "runB" / "export-best"))]
+    record = {"base_model": "export-best", "base_model_path": None, "base_fingerprint": "f" * 32,
+              "rank": 4, "targets": []}
+    assert _base_choice(record, tmp_path / "adapter", models) is None
+    assert _base_choice(record, tmp_path / "adapter", models[:2]).key == "runA/export-best"

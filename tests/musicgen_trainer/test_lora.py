@@ -445,3 +445,55 @@ def test_show_counts_only_the_adapters_as_trainable(two_clips):
     layers, dim = full["model"]["lm_layers"], full["model"]["lm_dim"]
     assert with_in_proj["activations"] - full_parts["activations"] == layers * 2 * 3 * dim * dim * 4
     assert "LoRA rank 8" in format_description(lora)
+
+
+def _base_folder(root, name):
+    folder = Path(root) / name
+    folder.mkdir(parents=True)
+    return str(folder)
+
+
+def test_base_fingerprint_tells_apart_bases_that_differ_outside_the_embeddings(tiny_model, tmp_path):
+    """A merged LoRA fine-tune changes no emb.* weight: two runs' export-best of one release differ
+    elsewhere only. An adapter of one is refused on the other (one line); on the same weights in
+    another folder (a copy) it is accepted."""
+    import copy
+
+    from musicgen_trainer.lora import apply_lora, check_base
+    base_a = copy.deepcopy(tiny_model.lm)
+    base_b = copy.deepcopy(tiny_model.lm)
+    with torch.no_grad():
+        for name, param in base_b.named_parameters():
+            if not name.startswith("emb."):
+                param.add_(0.5)
+    adapted = copy.deepcopy(base_a)
+    apply_lora(adapted, 4, train_heads=True)
+    with torch.no_grad():  # training changes the heads: the fingerprint is the base's as loaded
+        for name, param in adapted.named_parameters():
+            if name.startswith("linears."):
+                param.add_(1.0)
+    config = TrainConfig(data="x", model=_base_folder(tmp_path, "runA/export-best"), lora=4,
+                         lora_train_heads=True)
+    from musicgen_trainer.lora import read_adapter_record, save_adapter
+    folder = save_adapter(adapted, adapted.state_dict(), tmp_path / "runA/export-best/adapter", config,
+                          shareable=True)
+    record = read_adapter_record(folder)
+    other = _base_folder(tmp_path, "runB/export-best")
+    with pytest.raises(ValueError, match="trained on other weights than those of") as info:
+        check_base(record, other, folder, lm=base_b)
+    assert "\n" not in str(info.value)
+    check_base(record, _base_folder(tmp_path, "copy/export-best"), folder, lm=copy.deepcopy(base_a))
+    check_base(record, _base_folder(tmp_path, "renamed"), folder, lm=base_a)
+
+
+def test_a_base_of_the_recorded_name_with_other_weights_is_refused(tiny_model):
+    """An adapter recording base ``small`` (a local folder's last name) on the hub's ``small``: the
+    loaded weights' fingerprint is compared whatever the name branch."""
+    from musicgen_trainer.lora import base_fingerprint, check_base
+    record = {"base_model": "tiny", "base_model_path": None, "base_fingerprint": "0" * 32,
+              "base_fingerprint_version": 2}
+    check_base(record, "tiny", "adapter")  # before loading: the name alone
+    with pytest.raises(ValueError, match="trained on other weights than those of 'tiny'"):
+        check_base(record, "tiny", "adapter", lm=tiny_model.lm)
+    check_base({**record, "base_fingerprint": base_fingerprint(tiny_model.lm.state_dict())}, "tiny", "adapter",
+               lm=tiny_model.lm)

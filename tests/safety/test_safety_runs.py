@@ -285,3 +285,19 @@ def test_crash_leftovers_of_a_tokenizer_write_are_cleaned(tmp_path):
     (out / "export" / "state_dict.bin").write_text("x")
     run_folder.remove_run_outputs(out, {**run.record, "states": ["step_00000001.pt"]})
     assert not (out / "export").exists()
+
+
+def test_a_leftover_named_folder_holding_a_users_file_is_left(tmp_path):
+    """Only what a tokenizer write leaves is removed: a folder of the leftover pattern holding
+    anything else (a user's mine.txt) stays, with its file."""
+    from musicgen_trainer.export_tokenizer import remove_tokenizer_leftovers
+    folder = tmp_path / "export"
+    (folder / ".tokenizer-new-abcd_123").mkdir(parents=True)
+    (folder / ".tokenizer-new-abcd_123" / "mine.txt").write_text("user's")
+    (folder / ".tokenizer-old-abcd_123" / "tokenizer" / "notes").mkdir(parents=True)
+    (folder / ".tokenizer-new-ours_123").mkdir()
+    (folder / ".tokenizer-new-ours_123" / "spiece.model").write_text("x")
+    remove_tokenizer_leftovers(folder)
+    assert (folder / ".tokenizer-new-abcd_123" / "mine.txt").read_text() == "user's"
+    assert (folder / ".tokenizer-old-abcd_123" / "tokenizer" / "notes").is_dir()
+    assert not (folder / ".tokenizer-new-ours_123").exists()
