@@ -258,8 +258,8 @@ def save_adapter(lm, weights: dict, folder: tp.Union[str, os.PathLike], config, 
     if trained_extra:
         save_file(trained_extra, str(folder / EXTRA_FILE))
     record = {"base_model": base, "base_model_path": None if shareable else _real_folder(config.model),
-              "base_fingerprint": _recorded_fingerprint(lm, weights), "base_fingerprint_version": FINGERPRINT_VERSION,
-              **o,
+              "base_fingerprint": _recorded_fingerprint(lm, weights),
+              "base_fingerprint_version": FINGERPRINT_VERSION, **o,
               "shapes": {k: list(v.shape) for k, v in adapter.items()}, **(extra or {})}
     (folder / OURS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
@@ -288,7 +288,7 @@ def base_fingerprint(state: dict, version: int = FINGERPRINT_VERSION) -> str:
 
 def _recorded_fingerprint(lm, weights: dict) -> str:
     """The fingerprint ``apply_lora`` took of ``lm``'s base; for an LM it did not see, that of the
-    frozen base weights in ``weights`` (the adapted state dict: heads trained alongside would differ)."""
+    base's names in ``weights`` (the adapted state dict; right unless heads were trained too)."""
     fingerprint = getattr(lm, BASE_FINGERPRINT_ATTR, None)
     if isinstance(fingerprint, str):
         return fingerprint
@@ -339,8 +339,8 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
     if lm is not None and isinstance(fingerprint, str):
         version = record.get("base_fingerprint_version", 1)
         if not isinstance(version, int) or base_fingerprint(lm.state_dict(), version) != fingerprint:
-            raise ValueError(f"--lora {folder} was trained on other weights than those of {str(base)!r} "
-                             f"(base model {recorded!r}, another model of that name?): {hint}")
+            raise ValueError(f"--lora {folder} was trained on base model {recorded!r} with other weights than "
+                             f"{str(base)!r} has (another model of that name?): {hint}")
 
 
 def _read_safetensors(path: Path, folder: Path) -> dict:

@@ -479,7 +479,7 @@ def test_base_fingerprint_tells_apart_bases_that_differ_outside_the_embeddings(t
                           shareable=True)
     record = read_adapter_record(folder)
     other = _base_folder(tmp_path, "runB/export-best")
-    with pytest.raises(ValueError, match="trained on other weights than those of") as info:
+    with pytest.raises(ValueError, match="trained on base model 'export-best' with other weights than") as info:
         check_base(record, other, folder, lm=base_b)
     assert "\n" not in str(info.value)
     check_base(record, _base_folder(tmp_path, "copy/export-best"), folder, lm=copy.deepcopy(base_a))
@@ -493,7 +493,7 @@ def test_a_base_of_the_recorded_name_with_other_weights_is_refused(tiny_model):
     record = {"base_model": "tiny", "base_model_path": None, "base_fingerprint": "0" * 32,
               "base_fingerprint_version": 2}
     check_base(record, "tiny", "adapter")  # before loading: the name alone
-    with pytest.raises(ValueError, match="trained on other weights than those of 'tiny'"):
+    with pytest.raises(ValueError, match="trained on base model 'tiny' with other weights than 'tiny' has"):
         check_base(record, "tiny", "adapter", lm=tiny_model.lm)
     check_base({**record, "base_fingerprint": base_fingerprint(tiny_model.lm.state_dict())}, "tiny", "adapter",
                lm=tiny_model.lm)
