@@ -114,9 +114,10 @@ def build_data_tab(app) -> None:
         stopped = sd.stop_prepare(root, output)
         return "stopping (progress is saved; start again to finish)" if stopped else "no prepare is running there"
 
-    def status(output):
-        """(progress, log, report, genres, chart) of ``output``'s prepare."""
-        view = sd.prepare_view(root, output)
+    def status(output, view=None):
+        """(progress, log, report, genres, chart) of ``output``'s prepare (``view``: its job, read once
+        by the caller so that the timer and the text agree)."""
+        view = view or sd.prepare_view(root, output)
         report, genres, chart = "", None, None
         if view.state in ("done", "failed", "stopped", "none") and (output or "").strip():
             try:
@@ -128,8 +129,9 @@ def build_data_tab(app) -> None:
         return progress_html(view), view.log, report, genres, chart
 
     def on_status(output):
-        view_running = sd.prepare_view(root, output).running
-        return (*status(output), gr.Timer(active=view_running))
+        # One read of the job: two reads could see "running" for the timer and "done" for the text.
+        view = sd.prepare_view(root, output)
+        return (*status(output, view), gr.Timer(active=view.running))
 
     def on_load():
         running = sd.running_prepare(root)

@@ -41,11 +41,12 @@ def build_tag_tab(app) -> None:
         return (gr.CheckboxGroup(choices=choices, value=accepted),
                 gr.Dropdown(choices=[p.track for p in offered], value=offered[0].track if offered else None))
 
-    def status(dataset):
-        """(progress, log, report, confusion matrix) of the dataset's classifier folder."""
+    def status(dataset, view=None):
+        """(progress, log, report, confusion matrix) of the dataset's classifier folder (``view``: its
+        job, read once by the caller so that the timer and the text agree)."""
         if not dataset:
             return "", "", "", None
-        view = stg.classifier_view(root, checkpoints, dataset)
+        view = view or stg.classifier_view(root, checkpoints, dataset)
         report, matrix = "", None
         if not view.running:
             try:
@@ -56,10 +57,12 @@ def build_tag_tab(app) -> None:
         return progress_html(view), view.log, report, matrix
 
     def on_status(dataset):
-        running = bool(dataset) and stg.classifier_view(root, checkpoints, dataset).running
+        # One read of the job: two reads could see "running" for the timer and "done" for the text.
+        view = stg.classifier_view(root, checkpoints, dataset) if dataset else None
+        running = bool(view and view.running)
         # The proposals are offered once the job has ended (ticks never undo the user's choices).
         offer = (gr.update(), gr.update()) if running else proposals_update(dataset)
-        return (*status(dataset), *offer, gr.Timer(active=running))
+        return (*status(dataset, view), *offer, gr.Timer(active=running))
 
     def on_dataset(dataset):
         return on_status(dataset)
