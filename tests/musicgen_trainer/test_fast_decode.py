@@ -7,6 +7,8 @@ import torch
 from musicgen_trainer.generation import (GenerationConfig, generate, generate_continuation,
                                          generate_with_melody)
 
+from decoding_helpers import decoded, fast_and_audiocraft
+
 WINDOW = 1.2  # seconds: a short window, so that windowed generation takes few steps
 MODELS = {}
 
@@ -23,35 +25,13 @@ def _model(name: str):
 
 def _codes(model, call):
     """Run ``call()`` and return the codes audiocraft decoded to audio ``[B, K, F]``."""
-    seen = []
-    original = model.generate_audio
-
-    def record(tokens):
-        seen.append(tokens.clone())
-        return original(tokens)
-    model.generate_audio = record
-    try:
-        call()
-    finally:
-        del model.generate_audio
-    assert len(seen) == 1
-    return seen[0]
+    return decoded(model, call)[0]
 
 
 def _fast_and_audiocraft(model, call_for):
     """Codes with decoder="fast" (asserting audiocraft's LM loop never runs) and "audiocraft"."""
-    from audiocraft.models.lm import LMModel
-    original = LMModel.generate
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("audiocraft's LM loop ran under decoder='fast'")
-    LMModel.generate = forbidden
-    try:
-        fast = _codes(model, call_for("fast"))
-    finally:
-        LMModel.generate = original
-    slow = _codes(model, call_for("audiocraft"))
-    return fast, slow
+    fast, slow = fast_and_audiocraft(model, call_for)
+    return fast[0], slow[0]
 
 
 SAMPLING = {

@@ -11,6 +11,8 @@ import torch
 
 from musicgen_trainer.generation import GenerationConfig, generate, generate_with_melody
 
+from decoding_helpers import fast_and_audiocraft as _fast_and_audiocraft
+
 slow = pytest.mark.skipif(not os.environ.get("MUSICGEN_SLOW_TESTS"), reason="slow: set MUSICGEN_SLOW_TESTS=1")
 MODELS = {}
 SAMPLING = {  # (sampling settings, cfg_coef): top-k with guidance; greedy with guidance off (coefficient 1)
@@ -38,39 +40,6 @@ def _model(name: str):
         else:
             MODELS[name] = load_model(name, device="cpu")
     return MODELS[name]
-
-
-def _run(model, call):
-    """``call()``'s output and the codes ``[B, K, F]`` the model decoded to it."""
-    seen = []
-    original = model.generate_audio
-
-    def record(tokens):
-        seen.append(tokens.clone())
-        return original(tokens)
-    model.generate_audio = record
-    try:
-        out = call()
-    finally:
-        del model.generate_audio
-    assert len(seen) == 1
-    return seen[0], out
-
-
-def _fast_and_audiocraft(model, call_for):
-    """((codes, output) with decoder="fast", the same with "audiocraft"), asserting that audiocraft's
-    LM loop never runs under "fast" (the fast decoder really decoded every window)."""
-    from audiocraft.models.lm import LMModel
-    original = LMModel.generate
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("audiocraft's LM loop ran under decoder='fast'")
-    LMModel.generate = forbidden
-    try:
-        fast = _run(model, call_for("fast"))
-    finally:
-        LMModel.generate = original
-    return fast, _run(model, call_for("audiocraft"))
 
 
 def _assert_same(fast, slow_, frames: int, model):
