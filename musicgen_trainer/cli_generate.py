@@ -1,7 +1,8 @@
 """generate.py: prompt a pretrained, tiny or fine-tuned MusicGen from the command line.
 
-One output per --prompt, generated as one batch. For each: WAV (+ MP3 with --mp3), a mel
-spectrogram PNG, a JSON of the exact parameters, and a MIDI transcription with --midi.
+One output per --prompt, generated as one batch; output i is seeded --seed + i, and is what its
+prompt gives alone with that seed. For each: WAV (+ MP3 with --mp3), a mel spectrogram PNG, a JSON
+of the exact parameters (its own seed included), and a MIDI transcription with --midi.
 
 Examples:
   python generate.py --model checkpoints/my-run/export --genres jazz --prompt "piano trio" --duration 10 --midi
@@ -160,12 +161,13 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
         if missing:
             log(f"warning: genre(s) {', '.join(missing)} not in this fine-tune's training data "
                 f"({', '.join(known)})")
-    cfg = options.generation
-    log(f"generating {len(prompts)} x {cfg.duration:g} s (seed {cfg.seed})")
+    cfg, seeds = options.generation, request.seeds
+    seed_words = f"seed {cfg.seed}" if len(prompts) == 1 else f"seed {cfg.seed} + i for clip i"
+    log(f"generating {len(prompts)} x {cfg.duration:g} s ({seed_words})")
     options.out.mkdir(parents=True, exist_ok=True)
     names = [options.prompts[i] if i < len(options.prompts) else "" for i in range(len(prompts))]
     names = [slug(n or " ".join(options.genres)) for n in names]
-    stems = unique_stems(options.out, [f"{i:02d}_{n}_s{cfg.seed}" for i, n in enumerate(names)])
+    stems = unique_stems(options.out, [f"{i:02d}_{n}_s{seed}" for i, (n, seed) in enumerate(zip(names, seeds))])
     result = generate_to_files(model, request, stems, progress=True)
     elapsed = result.generation_seconds
     if result.prompt_seconds_used is not None:

@@ -67,7 +67,8 @@ class GenerationConfig:
     temperature: float = option(1.0, "softmax temperature")
     cfg_coef: tp.Optional[float] = option(None, "classifier-free guidance strength (default: the model's own: 3 for "
                                           "MusicGen, a transformers folder's guidance_scale)")
-    seed: tp.Optional[int] = option(0, "random seed: same seed, same output (generate.py and the page: a "
+    seed: tp.Optional[int] = option(0, "random seed: same seed, same output; with several prompts clip i gets "
+                                    "seed + i, as its prompt alone with that seed (generate.py and the page: a "
                                     "random one unless given, recorded in the JSON)")
     extend_stride: float = option(EXTEND_STRIDE, "seconds added per window beyond the model's window", metavar="S")
     use_sampling: bool = option(True, "sample (off: always the most likely code)")
@@ -203,6 +204,14 @@ def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts:
     wav = _run(model, config, progress, frames, 0,
                lambda: model.generate_with_chroma(prompts, melodies, sample_rate, progress=True))
     return _trim(wav, round(config.duration * model.sample_rate))
+
+
+def clip_seeds(seed: int, rows: int) -> tp.List[int]:
+    """The seed of each clip of a request seeded ``seed``: clip i gets ``seed + i`` (modulo 2**63). Every
+    path that generates several clips per request (generate.py, training samples, the evaluation report)
+    passes these as ``seeds=``, so clip i is what its prompt gives alone with ``seed + i``, whatever else
+    shares its batch, and a prompt given twice gives two different clips."""
+    return [(int(seed) + i) % 2 ** 63 for i in range(int(rows))]
 
 
 def per_row_seeding(model, config: GenerationConfig) -> bool:

@@ -33,7 +33,7 @@ import numpy as np
 from dataset_tools.atomic import atomic_path, write_text_atomic
 from dataset_tools.captions import DEFAULT_TEMPLATE, caption_values, genre_words, render_caption
 
-from .generation import GenerationConfig, guidance_coef
+from .generation import GenerationConfig, clip_seeds, guidance_coef
 
 
 # --- prompts -------------------------------------------------------------------------------
@@ -182,6 +182,13 @@ class ClipRequest:
         """The text given to the model for each output (genre caption, then the user's words)."""
         return build_prompts(self.user_prompts, self.genres, bpm=self.bpm, key=self.key)
 
+    @property
+    def seeds(self) -> tp.Optional[tp.List[int]]:
+        """Each output's own seed: output i gets ``generation.seed + i`` (``generation.clip_seeds``), and is
+        the clip its prompt gives alone with that seed (None: no seed given, the batch unseeded)."""
+        seed = self.generation.seed
+        return None if seed is None else clip_seeds(seed, len(self.prompts))
+
 
 @dataclass
 class GeneratedClips:
@@ -193,7 +200,8 @@ class GeneratedClips:
 
 def generate_to_files(model, request: ClipRequest, stems: tp.Sequence[Path],
                       progress=True) -> GeneratedClips:
-    """Generate one clip per prompt (one batch) and write each clip's files at its stem.
+    """Generate one clip per prompt (one batch, one seed per clip: ``request.seeds``) and write each
+    clip's files at its stem.
 
     ``progress`` is passed to the generation functions (False, True or ``(done, total)``).
     """
@@ -201,7 +209,7 @@ def generate_to_files(model, request: ClipRequest, stems: tp.Sequence[Path],
 
     from .generation import generate, generate_continuation, generate_with_melody, prepare_audio_prompt
 
-    prompts, cfg = request.prompts, request.generation
+    prompts, cfg, seeds = request.prompts, request.generation, request.seeds
     if len(stems) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(stems)} output names")
     kept = None  # [C, P] at the model's rate: the part of the audio prompt used
@@ -210,12 +218,12 @@ def generate_to_files(model, request: ClipRequest, stems: tp.Sequence[Path],
         audio, rate = request.prompt_audio
         kept = prepare_audio_prompt(model, torch.as_tensor(audio), rate, request.prompt_seconds)[0]
         wavs = generate_continuation(model, kept, model.sample_rate, prompts, cfg, progress=progress,
-                                     max_prompt_seconds=request.prompt_seconds)
+                                     max_prompt_seconds=request.prompt_seconds, seeds=seeds)
     elif request.melody is not None:
         wavs = generate_with_melody(model, torch.as_tensor(request.melody[0]), request.melody[1], prompts, cfg,
-                                    progress=progress)
+                                    progress=progress, seeds=seeds)
     else:
-        wavs = generate(model, prompts, cfg, progress=progress)
+        wavs = generate(model, prompts, cfg, progress=progress, seeds=seeds)
     elapsed = time.time() - started
     used = None if kept is None else round(kept.shape[-1] / model.sample_rate, 6)
     files = []
@@ -230,9 +238,10 @@ def generate_to_files(model, request: ClipRequest, stems: tp.Sequence[Path],
 
 def clip_record(model, request: ClipRequest, index: int, elapsed: float,
                 prompt_seconds_used: tp.Optional[float]) -> dict:
-    """The parameters written to a clip's JSON: everything needed to make it again."""
+    """The parameters written to a clip's JSON: everything needed to make it again (``seed`` is the
+    clip's own: its prompt alone with that seed gives this clip)."""
     import audiocraft
-    prompts = request.prompts
+    prompts, seeds = request.prompts, request.seeds
     return {
         "model": request.model_name,
         "lora_adapter": request.lora_adapter,
@@ -241,6 +250,7 @@ def clip_record(model, request: ClipRequest, index: int, elapsed: float,
         "genres": list(request.genres), "bpm": request.bpm, "key": request.key,
         "batch_index": index, "batch_size": len(prompts),
         **request.generation.to_dict(),
+        "seed": None if seeds is None else seeds[index],
         "cfg_coef": guidance_coef(model, request.generation),  # the model's own when not set: the value used
         "audio_prompt": request.prompt_audio_name,
         "prompt_seconds": request.prompt_seconds,

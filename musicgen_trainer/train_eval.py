@@ -12,7 +12,7 @@ never trained on. Then:
 - **early stopping** (``--early-stop PATIENCE``): after PATIENCE evaluations in a row without
   a lower cross-entropy the run stops, says so, and exports as usual;
 - **genre check** (``--eval-classifier``, :class:`GenreCheck`): one short clip per genre of the
-  validation captions, generated from a validation caption with a fixed seed, labelled by the
+  validation captions, generated from a validation caption with a fixed seed (genre i: seed + i), labelled by the
   genre classifier; its accuracy (was a "jazz" caption heard as jazz?) and its mean
   probability for the prompted genre go to TensorBoard (``eval/``).
 
@@ -102,8 +102,10 @@ def add_to_export_info(folder: Path, **facts) -> None:
 
 def generate_clips(state: TrainState, prompts: tp.Sequence[str], seconds: float, seed: int) -> list:
     """``[channels, samples]`` tensors generated from the text alone, in eval mode, then back to
-    training. Under FSDP every process must call it (the LM's forwards are collective)."""
-    from .generation import GenerationConfig, generate
+    training. Prompt i is seeded ``seed + i`` (``generation.clip_seeds``, as ``generate.py --seed seed``
+    seeds its clips): each clip is what its prompt gives alone with its seed, whichever prompts share
+    the batch. Under FSDP every process must call it (the LM's forwards are collective)."""
+    from .generation import GenerationConfig, clip_seeds, generate
     model = state.model
     model.lm.eval()
     if state.sharded:  # the condition provider runs outside the LM's forward: gather the root first
@@ -114,7 +116,7 @@ def generate_clips(state: TrainState, prompts: tp.Sequence[str], seconds: float,
         from .lora import raw_weights_folded  # LoRA's in_proj adapters: W + s B A folded once, as fast as merged
         with raw_weights_folded(model.lm) if state.config.lora else nullcontext():
             return generate(model, list(prompts), GenerationConfig(duration=min(seconds, model.max_duration),
-                                                                   seed=seed))
+                                                                   seed=seed), seeds=clip_seeds(seed, len(prompts)))
     finally:
         if state.sharded:
             model.lm.reshard()

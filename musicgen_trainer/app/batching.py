@@ -15,7 +15,8 @@ requests are validated before they are submitted, and a request whose files cann
 (e.g. MIDI transcription) fails alone. A model that cannot load fails the requests of that batch;
 a batch whose generation fails (e.g. out of accelerator memory) is retried request by request
 (``run_request`` each, after freeing the accelerator's cached memory), so each fails or succeeds
-on its own. Requests with an audio prompt run alone (each continues its own upload).
+on its own. Requests with an audio prompt run alone: each continues its own upload, and
+``generation.generate_continuation(..., seeds=)`` batches rows over one audio prompt only.
 
 The worker takes requests only while it holds ``backend.GENERATION_LOCK``: the requests that arrive
 while any generation runs (a batch, a Compare) wait, and are batched together when it ends. A

@@ -15,9 +15,10 @@ the report's files: ``report.py``):
    memorisation overlap against the training codes (the base's as a control);
 5. ``write_report``: report.json/md/html and plots, with the verdict.
 
-Generation seeds: clips are generated in batches of ``--batch-size``; batch b is seeded with
-``seed + b`` and holds the same prompts for both models, so the two models get identical
-requests. Each clip row records its batch's seed.
+Generation seeds: planned clip i is seeded ``seed + i`` (``generation.clip_seeds``), for both models,
+and generated in batches of ``--batch-size`` with one seed per row (``generate(..., seeds=)``): each
+clip is what its prompt gives alone with its seed, whatever shares its batch and whatever the batch
+size, so the two models get identical requests. Each clip row records its own seed.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ class Planned:
     index: int
     prompt: str
     genre: tp.Optional[str]   # None: the generic prompt
-    seed: int                 # its batch's seed
-    batch: int
+    seed: int                 # its own seed (config.seed + index): the clip its prompt gives alone with it
+    batch: int                # which generation batch holds it (changes nothing in the clip)
 
 
 @dataclass
@@ -81,7 +82,8 @@ def _prompt_words(clip) -> dict:
 def plan_clips(genres: tp.Sequence[str], valid_clips, config: EvaluateConfig) -> tp.List[Planned]:
     """The prompts: per genre, ``clips_per_genre`` captions in the training captions' words (the
     genre, with the tempo and key of that genre's held-out clips in turn when they record them),
-    then the generic clips; batched and seeded."""
+    then the generic clips; clip i seeded ``config.seed + i``, in batches of ``config.batch_size``."""
+    from ..generation import clip_seeds
     from ..outputs import genre_caption
 
     texts: tp.List[tp.Tuple[str, tp.Optional[str]]] = []
@@ -94,8 +96,8 @@ def plan_clips(genres: tp.Sequence[str], valid_clips, config: EvaluateConfig) ->
     # clips compared with the real ones).
     n_generic = config.generic_clips if genres else max(config.generic_clips, config.clips_per_genre)
     texts += [(" ".join(config.generic_prompt.split()), None)] * n_generic
-    return [Planned(i, text, genre, config.seed + i // config.batch_size, i // config.batch_size)
-            for i, (text, genre) in enumerate(texts)]
+    seeds = clip_seeds(config.seed, len(texts))
+    return [Planned(i, text, genre, seeds[i], i // config.batch_size) for i, (text, genre) in enumerate(texts)]
 
 
 def load_real_clips(clips, rate: int, seconds: float) -> tp.Tuple[list, list, tp.List[str]]:
@@ -131,7 +133,8 @@ def _held_out_ce(model, inputs: Inputs, device: str, progress: bool) -> dict:
 
 
 def _generate_all(model, plan: tp.List[Planned], config: EvaluateConfig, label: str) -> tp.Tuple[list, list]:
-    """Every planned clip from ``model``: (waves ``[C, T]``, codes ``[K, F]``), batch by batch."""
+    """Every planned clip from ``model``: (waves ``[C, T]``, codes ``[K, F]``), batch by batch, each
+    row with its own seed (so a clip does not depend on the batch size or its neighbours)."""
     from tqdm.auto import tqdm
 
     from ..generation import GenerationConfig, generate
@@ -154,7 +157,7 @@ def _generate_all(model, plan: tp.List[Planned], config: EvaluateConfig, label: 
                 done[0] = n
             wav, tokens = generate(model, [p.prompt for p in rows], GenerationConfig(duration=config.duration,
                                                                                      seed=rows[0].seed),
-                                   progress=step, return_tokens=True)
+                                   progress=step, return_tokens=True, seeds=[p.seed for p in rows])
             waves += [w.numpy() for w in wav]
             codes += [t.numpy() for t in tokens]
     finally:

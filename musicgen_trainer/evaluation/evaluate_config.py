@@ -43,7 +43,8 @@ class EvaluateConfig:
     generic_prompt: str = option("music", "prompt of the unconditional-ish clips, without genre words ('' for no "
                                  "text at all)", metavar="TEXT")
     generic_clips: int = option(2, "clips per model from --generic-prompt (0: none)", metavar="N")
-    seed: int = option(0, "seed of the generation (the same for both models) and of the bootstrap and blind order")
+    seed: int = option(0, "seed of the generation (clip i gets seed + i, the same for both models) and of the "
+                       "bootstrap and blind order")
     clap: str = option(DEFAULT_CLAP, "CLAP model for text-audio scores and CLAP FAD: a local folder or a hub name "
                        "already in the Hugging Face cache (never downloaded; absent: a note), 'none' to skip, "
                        "'tiny' for a random test model", metavar="NAME")

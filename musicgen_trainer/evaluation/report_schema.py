@@ -44,7 +44,7 @@ class DataInfo(tp.TypedDict, total=False):
 class Settings(tp.TypedDict, total=False):
     duration: float     # seconds per generated clip
     per_genre: int      # generated clips per genre and model
-    seeds: tp.List[int]  # the seeds used, identical for both models
+    seeds: tp.List[int]  # the seeds used (clip i: seed + i), identical for both models
     generic_prompt: str  # the "unconditional-ish" prompt, if any
     blind_seed: int     # seeds the A/B order of the blind test (default 0)
 
@@ -99,7 +99,7 @@ class Prediction(tp.TypedDict):
 class ClipRow(tp.TypedDict, total=False):
     prompt: str
     genre: tp.Optional[str]       # the genre asked for (None for the generic prompt)
-    seed: int
+    seed: int                     # the clip's own seed (its prompt alone with it gives the clip)
     files: tp.Dict[str, str]      # model -> WAV path relative to the report folder
     predictions: tp.Dict[str, Prediction]
     flags: tp.Dict[str, tp.List[str]]  # model -> sanity flags raised on this clip

@@ -68,9 +68,10 @@ def _data(report: dict) -> Table:
 def _settings(report: dict) -> Table:
     t = Table("settings", "Settings", ["setting", "value"])
     words = {"duration": "seconds per generated clip", "per_genre": "clips per genre and model",
-             "seeds": "seeds (the same for both models)", "generic_prompt": "generic prompt",
+             "seeds": "seeds (clip i: --seed + i, the same for both models)", "generic_prompt": "generic prompt",
              "blind_seed": "seed of the blind test's order", "generic_clips": "generic-prompt clips per model",
-             "batch_size": "clips per generation batch (batch b seeded with seed + b, for both models)",
+             "batch_size": "clips per generation batch (each clip with its own seed: the batch size changes no "
+                           "clip)",
              "genres": "genres prompted", "classifier": "genre classifier", "clap": "CLAP model"}
     for key, value in (report.get("settings") or {}).items():
         shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else \

@@ -266,7 +266,7 @@ def place_samples(export, wavs: tp.Sequence, prompts: tp.Sequence[str], limit: i
 
 
 def generate_samples(export, model, prompts: tp.Sequence[str], seconds: float) -> tp.List[Sample]:
-    """Generate one clip per prompt with ``model`` (seed 0) into ``export/samples/`` (WAV, PNG, JSON)."""
+    """Generate one clip per prompt with ``model`` (clip i seeded i) into ``export/samples/`` (WAV, PNG, JSON)."""
     from ..generation import GenerationConfig
     from ..outputs import ClipRequest, generate_to_files
     request = ClipRequest(model_name="this fine-tune", user_prompts=list(prompts),
@@ -350,8 +350,8 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
             data.samples_note = f"Generated from the text alone by the training run at step {step:,}{other}."
     elif n_samples and model is not None:
         data.samples = generate_samples(export, model, prompts[:n_samples], sample_seconds)
-        data.samples_note = ("Generated from the text alone by these weights (seed 0; the JSON beside each gives "
-                             "every setting).")
+        data.samples_note = ("Generated from the text alone by these weights (clip i seeded i; the JSON beside each "
+                             "gives every setting).")
     elif n_samples:
         data.samples_note = ("No samples yet: `python -m musicgen_trainer card EXPORT` generates them from this "
                              "export." if "audiocraft" in formats else

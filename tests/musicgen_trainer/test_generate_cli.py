@@ -35,7 +35,7 @@ def test_fine_tune_to_wav_spectrogram_json_mp3(fine_tune, tmp_path, capsys):
                           "--mp3", "--out", tmp_path)
     assert code == 0, err
     metas = sorted(tmp_path.glob("*.json"))
-    assert [m.name for m in metas] == ["00_piano_trio_s3.json", "01_late_night_s3.json"]
+    assert [m.name for m in metas] == ["00_piano_trio_s3.json", "01_late_night_s4.json"]  # clip i: seed + i
     meta = json.loads(metas[0].read_text())
     assert meta["prompt"] == "Jazz and hip hop music, medium tempo at 90 bpm, piano trio"
     assert meta["seed"] == 3 and meta["duration"] == 0.5 and meta["top_k"] == 250 and meta["batch_size"] == 2
