@@ -139,38 +139,57 @@ def generate(model, prompts: tp.Sequence[str], config: tp.Optional[GenerationCon
     return _trim(out, round(config.duration * model.sample_rate))
 
 
-def generate_continuation(model, audio: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],
-                          config: tp.Optional[GenerationConfig] = None, progress: Progress = False,
-                          max_prompt_seconds: tp.Optional[float] = None,
+def generate_continuation(model, audio: tp.Union[torch.Tensor, tp.Sequence[torch.Tensor]], sample_rate: int,
+                          prompts: tp.Sequence[str], config: tp.Optional[GenerationConfig] = None,
+                          progress: Progress = False, max_prompt_seconds: tp.Optional[float] = None,
                           seeds: tp.Optional[tp.Sequence[int]] = None) -> torch.Tensor:
-    """Continue an audio prompt, once per text prompt (the same audio for all of them).
+    """Continue an audio prompt, once per text prompt: the same audio for all of them, or one each.
 
     The audio is converted to the model's rate and channel count (mono for mono models),
     only its last ``max_prompt_seconds`` are kept (default: half the model's window, so each
     window generates new music), and it is trimmed at the start to whole codec frames.
 
     Args:
-        audio: ``[T]``, ``[C, T]`` or ``[1, C, T]`` float samples at ``sample_rate``.
+        audio: ``[T]``, ``[C, T]`` or ``[1, C, T]`` float samples at ``sample_rate``; or a list of B
+            such signals, row i continuing ``audio[i]`` (their kept parts must be as many codec frames:
+            prompts at least ``max_prompt_seconds`` long always are).
         prompts: B text descriptions.
         seeds: None or B seeds, one per row (as ``generate``'s).
     Returns:
         ``[B, C, P + N]`` on the CPU: the prompt as the codec reproduces it (P samples, the
         kept prompt at the model's rate) followed by N = round(duration * sample_rate) new samples.
+    Raises:
+        ValueError: one audio per row of different kept lengths (one line naming them).
     """
     config = config or GenerationConfig()
     prompts = _check_prompts(prompts)
     seeds = _check_seeds(seeds, len(prompts))
+    per_row = isinstance(audio, (list, tuple))
+    if per_row and len(audio) != len(prompts):
+        raise ValueError(f"give one audio prompt per text prompt: {len(prompts)} prompts, {len(audio)} audio prompts")
+    if per_row:  # (checked first: rows one by one would give clips of different lengths too)
+        kept = [prepare_audio_prompt(model, a, sample_rate, max_prompt_seconds) for a in audio]
+        lengths = sorted({k.shape[-1] for k in kept})
+        if len(lengths) > 1:
+            seconds = ", ".join(f"{n / model.sample_rate:.2f} s" for n in lengths)
+            raise ValueError(f"the audio prompts of one batch must keep the same length, got {seconds}: generate "
+                             f"them apart")
     if seeds is not None and not per_row_seeding(model, config):
         return torch.cat(_row_by_row(lambda i, cfg, prog: generate_continuation(
-            model, audio, sample_rate, [prompts[i]], cfg, prog, max_prompt_seconds), config, seeds, progress))
-    prompt = prepare_audio_prompt(model, audio, sample_rate, max_prompt_seconds)
-    prompt_frames = prompt.shape[-1] // _hop(model)
+            model, audio[i] if per_row else audio, sample_rate, [prompts[i]], cfg, prog, max_prompt_seconds),
+            config, seeds, progress))
+    if per_row:
+        batch = torch.cat(kept).to(model.device)
+    else:
+        batch = prepare_audio_prompt(model, audio, sample_rate, max_prompt_seconds)
+        batch = batch.expand(len(prompts), -1, -1).to(model.device)
+    prompt_samples = batch.shape[-1]
+    prompt_frames = prompt_samples // _hop(model)
     new_frames = _frames(config.duration, model)
     _configure(model, config, total_frames=prompt_frames + new_frames)
-    batch = prompt.expand(len(prompts), -1, -1).to(model.device)
     wav = _run(model, config, progress, prompt_frames + new_frames, prompt_frames,
                lambda: model.generate_continuation(batch, model.sample_rate, prompts, progress=True), seeds)
-    return _trim(wav, prompt.shape[-1] + round(config.duration * model.sample_rate))
+    return _trim(wav, prompt_samples + round(config.duration * model.sample_rate))
 
 
 def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts: tp.Sequence[str],

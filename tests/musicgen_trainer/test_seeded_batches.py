@@ -170,3 +170,43 @@ def test_melody_clips_of_one_request_are_each_their_prompt_alone(capsys, tmp_pat
     finally:
         monkey.undo()
     assert calls == [[1, 2]]
+
+
+# --- continuation: one audio prompt per row --------------------------------------------------------
+
+def _noise(seconds, rate, seed):
+    return torch.randn(1, int(seconds * rate), generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+@pytest.mark.parametrize("decoder", ["fast", "audiocraft"])
+def test_continuation_with_one_audio_prompt_per_row_equals_each_alone(tiny_model, decoder, monkeypatch):
+    from musicgen_trainer.generation import generate_continuation, prepare_audio_prompt
+    rate = tiny_model.sample_rate
+    audios, prompts, seeds = [_noise(0.2, rate, 1), _noise(0.2, rate, 2)], ["rock", "jazz"], [3, 4]
+    cfg = GenerationConfig(duration=0.3, decoder=decoder)
+    given, original = [], tiny_model.generate_continuation  # what audiocraft is asked to continue
+    monkeypatch.setattr(tiny_model, "generate_continuation", lambda prompt, *a, **k: given.append(prompt) or
+                        original(prompt, *a, **k))
+    batch = generate_continuation(tiny_model, audios, rate, prompts, cfg, seeds=seeds)
+    # each row continues its own audio prompt (in one batch with the fast decoder, else row by row)
+    assert [g.shape[0] for g in given] == ([2] if decoder == "fast" else [1, 1])
+    assert torch.equal(torch.cat(given).cpu(), torch.cat([prepare_audio_prompt(tiny_model, a, rate) for a in audios]))
+    monkeypatch.undo()
+    alone = torch.cat([generate_continuation(tiny_model, a, rate, [p], GenerationConfig(duration=0.3, seed=s))
+                       for a, p, s in zip(audios, prompts, seeds)])
+    assert batch.shape == alone.shape == (2, 1, round(0.5 * rate))
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)  # the codec decodes the same codes
+
+
+def test_audio_prompts_of_different_kept_lengths_are_a_one_line_error(tiny_model):
+    from musicgen_trainer.generation import generate_continuation
+    rate = tiny_model.sample_rate
+    with pytest.raises(ValueError, match=r"must keep the same length, got 0.20 s, 0.30 s: generate them apart"):
+        generate_continuation(tiny_model, [_noise(0.2, rate, 1), _noise(0.3, rate, 2)], rate, ["a", "b"],
+                              GenerationConfig(duration=0.3), seeds=[1, 2])
+    with pytest.raises(ValueError, match="one audio prompt per text prompt: 2 prompts, 1 audio prompts"):
+        generate_continuation(tiny_model, [_noise(0.2, rate, 1)], rate, ["a", "b"], GenerationConfig(duration=0.3))
+    # Prompts longer than max_prompt_seconds keep that much: they batch whatever their lengths.
+    wav = generate_continuation(tiny_model, [_noise(0.3, rate, 1), _noise(0.5, rate, 2)], rate, ["a", "b"],
+                                GenerationConfig(duration=0.1), max_prompt_seconds=0.2, seeds=[1, 2])
+    assert wav.shape == (2, 1, round(0.3 * rate))
