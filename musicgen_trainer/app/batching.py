@@ -15,8 +15,10 @@ requests are validated before they are submitted, and a request whose files cann
 (e.g. MIDI transcription) fails alone. A model that cannot load fails the requests of that batch;
 a batch whose generation fails (e.g. out of accelerator memory) is retried request by request
 (``run_request`` each, after freeing the accelerator's cached memory), so each fails or succeeds
-on its own. Requests with an audio prompt run alone: each continues its own upload, and
-``generation.generate_continuation(..., seeds=)`` batches rows over one audio prompt only.
+on its own. Requests with an audio prompt batch with each other only: each row continues its own
+upload (``generation.generate_continuation`` with one audio prompt per row), and uploads whose
+kept part (the model's half window from their end) differs in length run as separate batches,
+one after the other under the same lock; an upload that cannot be read fails its request alone.
 
 The worker takes requests only while it holds ``backend.GENERATION_LOCK``: the requests that arrive
 while any generation runs (a batch, a Compare) wait, and are batched together when it ends. A
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import (APP_MAX_BATCH, GENERATION_LOCK, AppRequest, AppResult, ModelCache, _free_accelerator_memory,
-                      _new_result_folder, clip_request, result_stem, result_summary, run_request)
+                      _new_result_folder, clip_request, open_audio_prompt, read_audio_tail, result_stem,
+                      result_summary, run_request)
 
 logger = logging.getLogger("musicgen_trainer.app")
 
@@ -49,11 +52,10 @@ Outcome = tp.Union[AppResult, BaseException, tp.Callable[[], AppResult]]
 
 def batch_key(request: AppRequest, out_root: Path) -> tp.Optional[tuple]:
     """What requests must share to be generated as one batch (with the same model cache); None:
-    the request runs alone."""
-    if request.audio_prompt:
-        return None
+    the request runs alone. Continuations (an audio prompt each) batch with continuations only."""
     settings = {**request.generation.to_dict(), "seed": None}
-    return (request.model, request.adapter or None, str(out_root), tuple(sorted(settings.items())))
+    return (request.model, request.adapter or None, str(out_root), tuple(sorted(settings.items())),
+            bool(request.audio_prompt))
 
 
 def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Path,
@@ -66,14 +68,13 @@ def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Pa
 
     One request is ``backend.run_request`` as it always was. Several: the model is loaded once,
     ``generate(model, texts, config, seeds=[each request's seed])`` makes every clip in one batch
-    under the lock, and each pending result writes its request's files into its own new folder.
-    Raises only when the model cannot load: that is every request's error. When the batch's
-    generation raises, the accelerator's cached memory is freed and each pending result is
+    under the lock (continuations: ``generate_continuation`` with each request's own audio prompt,
+    one batch per kept prompt length; an upload that cannot be read is that request's error), and
+    each pending result writes its request's files into its own new folder.
+    Raises only when the model cannot load: that is every request's error. When a batch's
+    generation raises, the accelerator's cached memory is freed and each pending result of it is
     ``run_request`` for its request alone.
     """
-    from .. import generation
-    from ..outputs import clip_record, write_outputs
-
     reports = list(reports or [None] * len(requests))
     reports = [r or (lambda stage, done, total: None) for r in reports]
     if len(requests) == 1:
@@ -81,52 +82,104 @@ def run_batch(requests: tp.Sequence[AppRequest], cache: ModelCache, out_root: Pa
             return [run_request(requests[0], cache, out_root, reports[0])]
         except Exception as exc:
             return [exc]
-    first = requests[0]
-    failure = None
+    outcomes: tp.List[tp.Optional[Outcome]] = [None] * len(requests)
+    inputs: list = [None] * len(requests)
+    for i, request in enumerate(requests):  # each upload checked before the model loads, as run_request does
+        if request.audio_prompt:
+            try:
+                inputs[i] = open_audio_prompt(request.audio_prompt)
+            except Exception as exc:
+                outcomes[i] = exc
     with GENERATION_LOCK:
-        for report in reports:
-            report("loading model", 0, 1)
-        model = cache.get(first.model, first.adapter or None)
-        clips = [clip_request(r) for r in requests]
+        for i, report in enumerate(reports):
+            if outcomes[i] is None:
+                report("loading model", 0, 1)
+        model = cache.get(requests[0].model, requests[0].adapter or None)
+        groups = _rows(model, requests, inputs, outcomes)
+        for rows in groups.values():
+            outcomes_of = _generate_rows(model, cache, requests, rows, reports, Path(out_root))
+            for (i, _, _), outcome in zip(rows, outcomes_of):
+                outcomes[i] = outcome
+    return outcomes
 
-        def step(done: int, total: int) -> None:
-            for report in reports:
-                report("generating", done, total)
-        started = time.time()
+
+def _rows(model, requests, inputs, outcomes) -> tp.Dict[int, list]:
+    """The requests still standing as ``(index, ClipRequest, kept audio prompt [C, P] or None)``,
+    grouped by the prompt's length in samples (0: text alone); a request whose upload cannot be
+    read gets its error in ``outcomes``."""
+    import torch
+
+    from ..generation import prepare_audio_prompt
+    groups: tp.Dict[int, list] = {}
+    for i, request in enumerate(requests):
+        if outcomes[i] is not None:
+            continue
         try:
-            wavs = generation.generate(model, [c.prompts[0] for c in clips], first.generation, progress=step,
-                                       seeds=[int(r.generation.seed) for r in requests])
-        except Exception as exc:  # e.g. out of memory at this batch size: each request may still fit alone
-            failure = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-        # (out of the except block: the error's traceback, which holds the batch's tensors, is gone)
-        elapsed = time.time() - started
+            audio = read_audio_tail(inputs[i], float(model.max_duration)) if inputs[i] is not None else None
+            clip = clip_request(request, audio)
+            kept = None if audio is None else \
+                prepare_audio_prompt(model, torch.as_tensor(audio[0]), audio[1], clip.prompt_seconds)[0]
+        except Exception as exc:
+            outcomes[i] = exc
+            continue
+        groups.setdefault(0 if kept is None else kept.shape[-1], []).append((i, clip, kept))
+    return groups
+
+
+def _generate_rows(model, cache: ModelCache, requests, rows: list, reports, out_root: Path) -> tp.List[Outcome]:
+    """One batch (under the lock): the pending results of ``rows`` (see ``_rows``), or, when the
+    batch's generation fails, each request generated alone (``run_request``) once the lock is free."""
+    from .. import generation
+    from ..outputs import clip_record, write_outputs
+
+    picked = [requests[i] for i, _, _ in rows]
+    texts, seeds = [c.prompts[0] for _, c, _ in rows], [int(r.generation.seed) for r in picked]
+    config = picked[0].generation
+
+    def step(done: int, total: int) -> None:
+        for i, _, _ in rows:
+            reports[i]("generating", done, total)
+    started = time.time()
+    failure = None
+    try:
+        if rows[0][2] is None:
+            wavs = generation.generate(model, texts, config, progress=step, seeds=seeds)
+        else:  # the kept prompts are at the model's rate already: prepared again, they stay as they are
+            wavs = generation.generate_continuation(model, [k for _, _, k in rows], model.sample_rate, texts, config,
+                                                    progress=step, max_prompt_seconds=rows[0][1].prompt_seconds,
+                                                    seeds=seeds)
+    except Exception as exc:  # e.g. out of memory at this batch size: each request may still fit alone
+        failure = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+    # (out of the except block: the error's traceback, which holds the batch's tensors, is gone)
+    elapsed = time.time() - started
     if failure is not None:
-        logger.warning("a batch of %d requests failed (%s); generating them one by one", len(requests), failure)
+        logger.warning("a batch of %d requests failed (%s); generating them one by one", len(rows), failure)
         _free_accelerator_memory()
-        for report in reports:
-            report("waiting for its turn", 0, 1)
-        return [functools.partial(run_request, request, cache, Path(out_root), report)
-                for request, report in zip(requests, reports)]
-    return [functools.partial(_write, model, request, clip, wav, elapsed, len(requests), Path(out_root),
-                              clip_record, write_outputs, report)
-            for request, clip, wav, report in zip(requests, clips, wavs, reports)]
+        for i, _, _ in rows:
+            reports[i]("waiting for its turn", 0, 1)
+        return [functools.partial(run_request, requests[i], cache, out_root, reports[i]) for i, _, _ in rows]
+    return [functools.partial(_write, model, requests[i], clip, wav, kept, elapsed, len(rows), out_root,
+                              clip_record, write_outputs, reports[i])
+            for (i, clip, kept), wav in zip(rows, wavs)]
 
 
-def _write(model, request, clip, wav, elapsed: float, batch: int, out_root: Path, clip_record, write_outputs,
+def _write(model, request, clip, wav, kept, elapsed: float, batch: int, out_root: Path, clip_record, write_outputs,
            report: Report):
     report("writing files", 0, 1)
     folder = _new_result_folder(out_root)
+    used = None if kept is None else round(kept.shape[-1] / model.sample_rate, 6)
     try:
-        record = clip_record(model, clip, 0, elapsed, None)
+        record = clip_record(model, clip, 0, elapsed, used)
         record["app_batch_size"] = batch  # generated beside other requests; the clip is this request's alone
         files = write_outputs(folder / result_stem(request), wav.numpy(), model.sample_rate, record,
-                              midi=clip.midi, title=clip.prompts[0] or "(no text)")
+                              midi=clip.midi, prompt_audio=None if kept is None else kept.numpy(),
+                              prompt_rate=model.sample_rate, title=clip.prompts[0] or "(no text)")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # this request's own new folder: a failure leaves none
         raise
     seconds = wav.shape[-1] / model.sample_rate
     return AppResult(wav=files.wav, png=files.png, json=files.json, midi=files.midi,
-                     summary=result_summary(request, clip, seconds, elapsed, batch=batch))
+                     summary=result_summary(request, clip, seconds, elapsed, used, batch=batch))
 
 
 @dataclass
