@@ -76,6 +76,9 @@ def _settings(report: dict) -> Table:
     for key, value in (report.get("settings") or {}).items():
         shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else \
             "none" if value is None else str(value)
+        if key == "seeds" and isinstance(value, list) and len(value) > 2 \
+                and value == list(range(value[0], value[0] + len(value))):
+            shown = f"{value[0]} to {value[-1]}"  # one per clip: a run of consecutive seeds
         t.rows.append([words.get(key, str(key)), shown])
     return t
 

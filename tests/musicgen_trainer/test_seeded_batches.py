@@ -210,3 +210,11 @@ def test_audio_prompts_of_different_kept_lengths_are_a_one_line_error(tiny_model
     wav = generate_continuation(tiny_model, [_noise(0.3, rate, 1), _noise(0.5, rate, 2)], rate, ["a", "b"],
                                 GenerationConfig(duration=0.1), max_prompt_seconds=0.2, seeds=[1, 2])
     assert wav.shape == (2, 1, round(0.3 * rate))
+
+
+def test_the_reports_settings_show_one_seed_per_clip_as_a_range():
+    from musicgen_trainer.evaluation.report_tables import _settings
+    rows = _settings({"settings": {"seeds": list(range(3, 37)), "batch_size": 8}}).rows
+    assert rows[0] == ["seeds (clip i: --seed + i, the same for both models)", "3 to 36"]
+    assert "the batch size changes no clip" in rows[1][0]
+    assert _settings({"settings": {"seeds": [0, 1]}}).rows[0][1] == "0, 1"
