@@ -148,7 +148,7 @@ def test_generate_cli_continuation_of_several_prompts_seeds_each_clip(tmp_path, 
     np.testing.assert_allclose(batched, _clip(tmp_path / "one", "00_jazz_s3")[1], atol=2 / 32768, rtol=0)
 
 
-def test_melody_clips_of_one_request_are_each_their_prompt_alone(capsys, tmp_path):
+def test_melody_clips_of_one_request_are_each_their_prompt_alone(capsys, tmp_path, monkeypatch):
     from musicgen_trainer.generation import generate_with_melody
     from musicgen_trainer.models import load_model
     model = load_model("tiny-melody", device="cpu")
@@ -159,16 +159,12 @@ def test_melody_clips_of_one_request_are_each_their_prompt_alone(capsys, tmp_pat
     torch.testing.assert_close(batch[1:], alone, atol=1e-5, rtol=0)
     # generate.py passes its per-clip seeds to the melody path as well.
     calls = []
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(generation, "generate_with_melody", lambda *a, **k: calls.append(k.get("seeds")) or
-                   torch.zeros(2, 1, 9600))
-    try:
-        wav = tmp_path / "hum.wav"
-        sf.write(wav, melody.numpy(), model.sample_rate)
-        _cli(capsys, "--model", "tiny-melody", "--melody", wav, "--prompt", "a", "--prompt", "b", "--duration", "0.3",
-             "--seed", "1", "--out", tmp_path / "out")
-    finally:
-        monkey.undo()
+    monkeypatch.setattr(generation, "generate_with_melody", lambda *a, **k: calls.append(k.get("seeds")) or
+                        torch.zeros(2, 1, 9600))
+    wav = tmp_path / "hum.wav"
+    sf.write(wav, melody.numpy(), model.sample_rate)
+    _cli(capsys, "--model", "tiny-melody", "--melody", wav, "--prompt", "a", "--prompt", "b", "--duration", "0.3",
+         "--seed", "1", "--out", tmp_path / "out")
     assert calls == [[1, 2]]
 
 
