@@ -34,9 +34,9 @@ class EvaluateConfig:
     base: tp.Optional[str] = option(None, "the model to compare with (default: the base recorded in the export "
                                     "or the run's config.json)", metavar="MODEL")
     classifier: tp.Optional[str] = option(None, "genre classifier folder (python -m genre_classifier train) (default: "
-                                          "one found beside the dataset: DATA/../genre-classifier or "
-                                          "checkpoints/genre-<DATA name>; without one the genre figures are skipped "
-                                          "with a note)", metavar="DIR",
+                                          "the dataset's own, checkpoints/genre-<DATA name> beside it or in the current "
+                                          "folder, else DATA/../genre-classifier when it was trained on DATA; without "
+                                          "one the genre figures are skipped with a note)", metavar="DIR",
                                           const_flags={"--no-classifier": (NONE, "skip the genre figures")})
     clips_per_genre: int = option(8, "generated clips per genre and model", metavar="N")
     duration: float = option(10.0, "seconds per generated clip (the real held-out clips are cut to it)", metavar="S")
@@ -285,9 +285,9 @@ def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[
         return folder, f"Genre classifier: {folder} (found beside the dataset)."
     name = data.resolve().name
     parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
-    return None, ("No genre classifier was given or found beside the dataset (genre-classifier/ next to it, or "
-                  f"checkpoints/genre-{name}): genre figures skipped; train one with "
-                  f"python -m genre_classifier train {data} --out {parent / 'genre-classifier'}.")
+    return None, ("No genre classifier was given or found beside the dataset (checkpoints/genre-"
+                  f"{name}, or a genre-classifier/ next to it trained on it): genre figures skipped; train one with "
+                  f"python -m genre_classifier train {data} --out {parent / 'checkpoints' / f'genre-{name}'}.")
 
 
 def classifier_overlap_note(classifier_dir: Path, data: Path, real_clips) -> tp.Optional[str]:
