@@ -114,9 +114,9 @@ def _real(path) -> str:
 
 def other_datasets_classifier(folder, data) -> "str | None":
     """The dataset the classifier in ``folder`` was trained on (``_recorded_data``) when that is
-    another dataset than the folder ``data`` (both compared as real paths, links resolved), else None. Classifiers are found by the dataset's folder name, so
-    ``a/ds`` and ``b/ds`` share ``checkpoints/genre-ds``: this check keeps each from using (or
-    replacing) the other's. A relative record (typed in some other working folder), one that no
+    another dataset than the folder ``data`` (both compared as real paths, links resolved), else
+    None. Classifiers are found by the dataset's folder name, so ``a/ds`` and ``b/ds`` share
+    ``checkpoints/genre-ds``: this check keeps each from using (or replacing) the other's. A relative record (typed in some other working folder), one that no
     longer exists (the project was moved), none, or an unreadable info file says nothing: None."""
     recorded = _recorded_data(folder)
     if recorded is None or not os.path.exists(recorded) or _real(recorded) == _real(data):

@@ -142,7 +142,6 @@ def resolve_model(model: str) -> tp.Tuple[Path, tp.Optional[Path]]:
 # --- paths a run records: relative to the folder train.py ran in, wherever evaluate runs ---------
 
 WORKING_FOLDER = "working_folder"  # config.json: the folder train.py ran in (finetune.py records it)
-BUILT_IN_PREFIXES = ("tiny", "random:")  # tiny, tiny:SEED, tiny-melody, tiny-stereo, random:SIZE: never folders
 
 
 def training_folders(run: tp.Optional[Path], run_config: dict) -> tp.List[Path]:
@@ -188,8 +187,8 @@ def recorded_base(value: str, export_base: str, run: tp.Optional[Path], run_conf
     that is gone is ValueError (one line) rather than a guess (a same-named folder of the current
     folder, or a hub download). ``export_base``: the export's record (a local base by its last
     name: the sign that it was a folder when train.py read it)."""
-    if value == "tiny" or value.startswith(("tiny:", "tiny-")) or value.startswith(BUILT_IN_PREFIXES[1]):
-        return value  # load_model builds these whatever folders exist
+    if value == "tiny" or value.startswith(("tiny:", "tiny-", "random:")):
+        return value  # tiny, tiny:SEED, tiny-melody, tiny-stereo, random:SIZE: load_model builds them, never folders
     found, tried = recorded_path(value, run, run_config)
     if found is not None:
         return str(found)

@@ -105,7 +105,8 @@ def test_hub_and_built_in_bases_stay_names(project, tmp_path, monkeypatch):
     record = json.loads((run / "config.json").read_text())
     _elsewhere(tmp_path, monkeypatch)
     for name in ("facebook/musicgen-small", "tiny"):
-        (run / "config.json").write_text(json.dumps({**record, "model": name, "data": str(project / "datasets" / "ds")}))
+        data = str(project / "datasets" / "ds")
+        (run / "config.json").write_text(json.dumps({**record, "model": name, "data": data}))
         info = json.loads((run / "export" / "export_info.json").read_text())
         (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": name}))
         assert dataclasses.asdict(_inputs(run))["base"] == name
