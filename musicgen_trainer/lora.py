@@ -332,7 +332,8 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
     real = _real_folder(base)
     fingerprint = record.get("base_fingerprint")
     path = record.get("base_model_path")
-    moved = bool(path) and not Path(str(path)).is_dir() and real is not None and real != path
+    gone = bool(path) and not Path(str(path)).is_dir()
+    moved = gone and real is not None and real != path
     if moved and strong_fingerprint(record):
         same = lm is not None or Path(real).name == Path(str(path)).name
     elif path:
@@ -343,7 +344,7 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
         same = resolve_name(recorded) == resolve_name(base)
     hint = f"pass --model {recorded}" if path or real is None else \
         f"pass --model the folder of the base model {recorded!r} it was trained on"
-    if moved:
+    if gone:
         hint = (f"its base folder {path} is gone; pass --model the folder it moved to (its weights are checked)"
                 if strong_fingerprint(record) else f"its base folder {path} is gone and the adapter records no "
                 f"weights fingerprint to recognise it elsewhere: put the base back there")
