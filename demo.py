@@ -153,10 +153,12 @@ def run_demo(config: DemoConfig) -> list:
     from musicgen_trainer.evaluation.evaluate import evaluate
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
     # Small settings (one clip per genre, the demo's duration): the report's figures rest on few
-    # clips and say so; --overwrite replaces only the previous demo's report files.
+    # clips and say so; --overwrite replaces only the previous demo's report files. The classifier
+    # is the one step 3 trained on this dataset, named outright (auto would find it too: it records
+    # the dataset, but a checkpoints/genre-dataset of the current folder would come first).
     report = evaluate(EvaluateConfig(model=str(run_dir), out=str(out / "evaluation"), clips_per_genre=1,
                                      generic_clips=1, duration=config.duration, overwrite=True, progress=False,
-                                     classifier=None if config.classifier else "none"),
+                                     classifier=str(out / "genre-classifier") if config.classifier else "none"),
                       log=lambda line: print(f"   {line}"))
     print(f"   ({time.time() - t:.0f} s)")
     print(f"\ndemo done: {', '.join(str(w) for w in wavs)}")

@@ -41,10 +41,12 @@ class ModelFolderError(ValueError):
 
 
 # Where the tools look for the classifier of a dataset DATA when none is named (train.py's
-# --eval-classifier auto, musicgen_trainer evaluate): the demo's layout (OUT/dataset beside
-# OUT/genre-classifier), then `train`'s usual --out (checkpoints/genre-<DATA name>) beside the
-# dataset and in the current folder.
-CLASSIFIER_PLACES = ("{parent}/genre-classifier", "{parent}/checkpoints/genre-{name}", "checkpoints/genre-{name}")
+# --eval-classifier auto, musicgen_trainer evaluate), in order: the dataset's own, `train`'s usual
+# --out (checkpoints/genre-<DATA name>) beside the dataset and in the current folder; then the
+# demo's layout, a genre-classifier/ beside the dataset, which every dataset in that folder shares:
+# taken only when it records that very dataset as its training data (SHARED_PLACE).
+CLASSIFIER_PLACES = ("{parent}/checkpoints/genre-{name}", "checkpoints/genre-{name}", "{parent}/genre-classifier")
+SHARED_PLACE = "{parent}/genre-classifier"
 
 
 def classifier_for_dataset(data) -> "Path | None":
@@ -53,44 +55,71 @@ def classifier_for_dataset(data) -> "Path | None":
     was typed; None when there is none. A place named after the dataset (``checkpoints/genre-ds``,
     which ``a/ds`` and ``b/ds`` share) whose classifier records another dataset
     (``other_datasets_classifier``) is skipped with a one-line note; ``genre-classifier/`` beside the
-    dataset is its own whatever it was trained on (the demo trains it on the library the dataset
-    was prepared from). Reads file names and the info files' ``config.data`` only."""
+    dataset, shared by every dataset there, is used only when its classifier records this dataset
+    as its training data (``trained_on``: the demo trains it on its dataset), else skipped with a
+    note. Reads file names and the info files' recorded training data only."""
     data = Path(data)
     data = data if data.suffix != ".jsonl" else data.parent
     name = data.resolve().name
     parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
     for place in CLASSIFIER_PLACES:
         folder = Path(place.format(parent=parent, name=name))
-        if (folder / INFO_FILE).is_file():
-            other = other_datasets_classifier(folder, data) if "{name}" in place else None
-            if other is None:
+        if not (folder / INFO_FILE).is_file():
+            continue
+        if place == SHARED_PLACE:
+            if trained_on(folder, data):
                 return folder
-            print(f"note: {folder} is skipped: it holds the classifier of another dataset ({other})",
+            print(f"note: {folder} is skipped: it is shared by the datasets beside it and does not record "
+                  f"{data} as its training data (train one with --out {parent / 'checkpoints' / f'genre-{name}'})",
                   file=sys.stderr)
+            continue
+        other = other_datasets_classifier(folder, data)
+        if other is None:
+            return folder
+        print(f"note: {folder} is skipped: it holds the classifier of another dataset ({other})",
+              file=sys.stderr)
     return None
 
 
-def other_datasets_classifier(folder, data) -> "str | None":
-    """The dataset the classifier in ``folder`` was trained on (its ``classifier.json``'s
-    ``config.data``) when that is another dataset than the folder ``data`` (both compared as real
-    paths, links resolved), else None. Classifiers are found by the dataset's folder name, so
-    ``a/ds`` and ``b/ds`` share ``checkpoints/genre-ds``: this check keeps each from using (or
-    replacing) the other's. A relative record (typed in some other working folder), one that no
-    longer exists (the project was moved), none, or an unreadable info file says nothing: None."""
+def trained_on(folder, data) -> bool:
+    """Whether the classifier in ``folder`` records the dataset folder ``data`` as its training
+    data (its ``classifier.json``'s ``training.config.data``, an absolute path, the same real folder: links
+    resolved, a ``data.jsonl`` standing for its folder). No record, a relative one or an unreadable
+    info file: False."""
+    recorded = _recorded_data(folder)
+    return recorded is not None and os.path.exists(recorded) and _real(recorded) == _real(data)
+
+
+def _recorded_data(folder) -> "str | None":
+    """The absolute training data of ``folder``'s ``classifier.json`` (``training.config.data``, where
+    `train` writes it; a top-level ``config.data`` too); None when it has none."""
     try:
         with open(Path(folder) / INFO_FILE, encoding="utf-8") as f:
             info = json.loads(f.read(1 << 20))  # ours are a few KB
     except (OSError, ValueError):
         return None
-    config = info.get("config") if isinstance(info, dict) else None
+    info = info if isinstance(info, dict) else {}
+    training = info.get("training") if isinstance(info.get("training"), dict) else {}
+    config = training.get("config") if isinstance(training.get("config"), dict) else info.get("config")
     recorded = config.get("data") if isinstance(config, dict) else None
     if not isinstance(recorded, str) or not recorded or "\x00" in recorded or not os.path.isabs(recorded):
         return None
+    return recorded
 
-    def real(path) -> str:
-        path = Path(path)
-        return os.path.realpath(path.parent if path.suffix == ".jsonl" else path)
-    if not os.path.exists(recorded) or real(recorded) == real(data):
+
+def _real(path) -> str:
+    path = Path(path)
+    return os.path.realpath(path.parent if path.suffix == ".jsonl" else path)
+
+
+def other_datasets_classifier(folder, data) -> "str | None":
+    """The dataset the classifier in ``folder`` was trained on (``_recorded_data``) when that is
+    another dataset than the folder ``data`` (both compared as real paths, links resolved), else
+    None. Classifiers are found by the dataset's folder name, so ``a/ds`` and ``b/ds`` share
+    ``checkpoints/genre-ds``: this check keeps each from using (or replacing) the other's. A relative record (typed in some other working folder), one that no
+    longer exists (the project was moved), none, or an unreadable info file says nothing: None."""
+    recorded = _recorded_data(folder)
+    if recorded is None or not os.path.exists(recorded) or _real(recorded) == _real(data):
         return None
     return recorded
 

@@ -41,6 +41,7 @@ class ExportInfo:
     base_model: str = ""
     trained_steps: int = 0
     max_duration: float = 30.0  # the model's window (seconds), from its config
+    cfg_coef: tp.Optional[float] = None  # the model's own guidance (its config's inference_coef); None: not recorded
 
 
 def is_export(folder: tp.Union[str, os.PathLike]) -> bool:
@@ -248,6 +249,20 @@ def _window(xp_cfg: dict) -> float:
         return 30.0
 
 
+def _guidance(xp_cfg: dict) -> tp.Optional[float]:
+    """The model's own guidance coefficient (``classifier_free_guidance.inference_coef``) when it is
+    a number in ``CFG_COEF_RANGE``; None otherwise (an interpolation, a config without one)."""
+    from .generation import CFG_COEF_RANGE
+    try:
+        value = (xp_cfg.get("classifier_free_guidance") or {}).get("inference_coef")
+    except AttributeError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high = CFG_COEF_RANGE
+    return float(value) if low <= value <= high else None  # NaN fails both comparisons
+
+
 def write_export_info(folder: tp.Union[str, os.PathLike], xp_cfg: dict) -> Path:
     """Write ``export_info.json`` from the export's ``xp.cfg`` (called by ``export_model``)."""
     extra = xp_cfg.get("musicgen_trainer") or {}
@@ -257,6 +272,9 @@ def write_export_info(folder: tp.Union[str, os.PathLike], xp_cfg: dict) -> Path:
             "base_model": str(extra.get("base_model") or ""),
             "trained_steps": int(extra.get("trained_steps") or 0),
             "max_duration": _window(xp_cfg)}
+    guidance = _guidance(xp_cfg)
+    if guidance is not None:  # the web page's guidance control starts at it (read without the weights)
+        info["cfg_coef"] = guidance
     path = Path(folder) / EXPORT_INFO_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -277,6 +295,7 @@ def export_info(folder: tp.Union[str, os.PathLike]) -> ExportInfo:
                           caption_examples=[str(c) for c in data.get("caption_examples") or []][:16],
                           base_model=str(data.get("base_model") or ""),
                           trained_steps=int(data.get("trained_steps") or 0),
-                          max_duration=float(data.get("max_duration") or 30.0))
+                          max_duration=float(data.get("max_duration") or 30.0),
+                          cfg_coef=_guidance({"classifier_free_guidance": {"inference_coef": data.get("cfg_coef")}}))
     except (OSError, ValueError, TypeError):
         return ExportInfo(path=str(folder))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import typing as tp
 from pathlib import Path
@@ -285,7 +286,9 @@ def train(config: TrainConfig) -> Path:
         (out / "config.json").write_text(json.dumps({**config.to_dict(), "precision_used": precision,
                                                      "cond_dropout_used": cond_dropout,
                                                      "word_dropout_used": word_dropout,
-                                                     "total_steps": steps}, indent=2) + "\n")
+                                                     "total_steps": steps,
+                                                     # what relative paths above are relative to (evaluate)
+                                                     "working_folder": os.getcwd()}, indent=2) + "\n")
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tensorboard"))
     # OUT/metrics.jsonl: a resumed run keeps the lines up to its step (none beyond: no doubled curve)

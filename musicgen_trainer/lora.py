@@ -321,19 +321,33 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
     that name (before loading) whose weights have its ``base_fingerprint``. A hub or built-in base
     is matched by name. In every case, given ``lm`` (the loaded base, before the adapter is applied)
     and a recorded fingerprint, the weights must have it too: two exports of one name (two runs'
-    ``export-best``), or a folder and a hub model of one name, are told apart by their weights."""
+    ``export-best``), or a folder and a hub model of one name, are told apart by their weights.
+
+    A base folder that moved (the recorded path is gone) is recognised by its weights: another
+    folder fits when the adapter records a version-2 fingerprint (a sample of every tensor, which
+    the loaded weights must then have); before loading (``lm`` None: the app's list) only a folder
+    of the recorded one's name is a candidate."""
     from .runtime import resolve_name
     recorded = record.get("base_model")
     real = _real_folder(base)
     fingerprint = record.get("base_fingerprint")
-    if record.get("base_model_path"):
-        same = real is not None and real == record.get("base_model_path")
+    path = record.get("base_model_path")
+    gone = bool(path) and not Path(str(path)).is_dir()
+    moved = gone and real is not None and real != path
+    if moved and strong_fingerprint(record):
+        same = lm is not None or Path(real).name == Path(str(path)).name
+    elif path:
+        same = real is not None and real == path
     elif real is not None:
         same = Path(real).name == recorded or lm is not None and isinstance(fingerprint, str)
     else:
         same = resolve_name(recorded) == resolve_name(base)
-    hint = f"pass --model {recorded}" if record.get("base_model_path") or real is None else \
+    hint = f"pass --model {recorded}" if path or real is None else \
         f"pass --model the folder of the base model {recorded!r} it was trained on"
+    if gone:
+        hint = (f"its base folder {path} is gone; pass --model the folder it moved to (its weights are checked)"
+                if strong_fingerprint(record) else f"its base folder {path} is gone and the adapter records no "
+                f"weights fingerprint to recognise it elsewhere: put the base back there")
     if not same:
         raise ValueError(f"--lora {folder} was trained on base model {recorded!r}, not {str(base)!r}: {hint}")
     if lm is not None and isinstance(fingerprint, str):
@@ -341,6 +355,15 @@ def check_base(record: dict, base: str, folder, lm=None) -> None:
         if not isinstance(version, int) or base_fingerprint(lm.state_dict(), version) != fingerprint:
             raise ValueError(f"--lora {folder} was trained on base model {recorded!r} with other weights than "
                              f"{str(base)!r} has (another model of that name?): {hint}")
+
+
+def strong_fingerprint(record: dict) -> bool:
+    """Whether the adapter records a fingerprint that tells its base's weights apart (version 2: a
+    sample of every tensor; version 1 covered the code embeddings only, which every LoRA fine-tune
+    of one release shares)."""
+    version = record.get("base_fingerprint_version", 1)
+    return isinstance(record.get("base_fingerprint"), str) and isinstance(version, int) and \
+        not isinstance(version, bool) and version >= 2
 
 
 def _read_safetensors(path: Path, folder: Path) -> dict:

@@ -111,9 +111,9 @@ class TrainConfig:
                                           metavar="PATIENCE")
     eval_classifier: str = option("auto", "genre classifier folder (python -m genre_classifier train): at each "
                                   "evaluation a short clip per genre of the validation captions is generated and "
-                                  "the classifier's accuracy and confidence on them logged; auto: one found beside the "
-                                  "dataset (DATA/../genre-classifier or checkpoints/genre-NAME), as evaluate looks; "
-                                  "none: off",
+                                  "the classifier's accuracy and confidence on them logged; auto: the dataset's own "
+                                  "(checkpoints/genre-NAME beside it or here), else DATA/../genre-classifier when it "
+                                  "was trained on DATA, as evaluate looks; none: off",
                                   group=EVAL, metavar="DIR")
     save_every: int = option(500, "full training state interval in steps", group=LOGGING)
     keep_last: int = option(2, "training states kept on disk", group=LOGGING)

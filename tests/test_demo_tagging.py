@@ -28,6 +28,9 @@ def test_demo_prints_tag_proposals_with_confidences(tmp_path, capsys, monkeypatc
         assert re.search(r": (drone|beats) [01]\.\d\d, (drone|beats) [01]\.\d\d -> (filed under|stays in unknown/)",
                          line), line
     assert len(result.rows) == 2
+    # the demo's evaluation uses it: it records the dataset, so auto takes it from beside the dataset
+    from genre_classifier.model_folder import classifier_for_dataset
+    assert classifier_for_dataset(dataset) == tmp_path / "genre-classifier"
     # ... and here the classifier can place them: two clearly different styles, 2 training recordings
     # each. (With Keras' default BatchNorm momentum, 0.99, the few training steps left the moving
     # statistics unconverged and the demo's tracks all stayed below the threshold.)

@@ -79,7 +79,27 @@ def _base_choice(record: dict, folder: Path, models: tp.Sequence[tp.Any]) -> tp.
         except ValueError:
             continue
         matches.append(choice)
+    path = record.get("base_model_path")
+    if matches and isinstance(path, str) and not Path(path).is_dir():
+        # A run's own adapter whose base folder moved: check_base lets any listed folder of that name
+        # be a candidate (its weights are checked when it loads). Paired: the one whose path ends most
+        # like the recorded one, by two names at least when the name is one every run has (export).
+        from ..run_folder import BEST_EXPORT
+        need = 2 if Path(path).name in ("export", BEST_EXPORT) else 1
+        shared = {id(c): _shared_tail(Path(c.value).resolve(), Path(path)) for c in matches}
+        best = max(shared.values())
+        matches = [c for c in matches if shared[id(c)] == best >= need]
     return matches[0] if len(matches) == 1 else None
+
+
+def _shared_tail(a: Path, b: Path) -> int:
+    """How many trailing path parts ``a`` and ``b`` share."""
+    count = 0
+    for x, y in zip(reversed(a.parts), reversed(b.parts)):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def list_adapters(checkpoints: tp.Union[str, os.PathLike, None],

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..generation import GenerationConfig
+from ..generation import MUSICGEN_CFG_COEF, GenerationConfig
 from ..runtime import MUSICGEN_CARD, MUSICGEN_MAX_SECONDS
 from .adapters import NO_ADAPTER, AdapterChoice, check_adapter_base, list_adapters, load_with_adapter  # noqa: F401
 
@@ -53,6 +53,7 @@ class ModelChoice:
     export: bool = False  # an export folder (a fine-tune), not a built-in name
     key: str = ""  # what the page and API callers see and send: "export:<folder under checkpoints/>"
                    # for a fine-tune, the name itself for a built-in model
+    guidance: float = MUSICGEN_CFG_COEF  # the model's own guidance (what generate.py uses without --cfg-coef)
 
     def __post_init__(self):
         self.key = self.key or self.value
@@ -75,10 +76,29 @@ def list_models(checkpoints: tp.Union[str, os.PathLike, None], pretrained: tp.Se
             rel = folder.relative_to(root).as_posix()
             label = f"fine-tune: {rel}" + (f" ({', '.join(info.genres)})" if info.genres else "")
             choices.append(ModelChoice(label, str(folder), info.genres, info.max_duration, info.caption_examples,
-                                       export=True, key=EXPORT_KEY_PREFIX + rel))
+                                       export=True, key=EXPORT_KEY_PREFIX + rel, guidance=own_guidance(folder, info)))
     choices.append(ModelChoice("tiny (random weights, for testing)", "tiny"))
     choices += [ModelChoice(name, name) for name in pretrained]
     return choices
+
+
+def own_guidance(folder: Path, info) -> float:
+    """A listed fine-tune's own guidance coefficient, read without its weights: an export's
+    ``export_info.json`` (``ExportInfo.cfg_coef``), a transformers folder's ``guidance_scale``
+    (its ``generation_config.json``); MusicGen's 3 when neither says (an export written before the
+    record, audiocraft's own; a folder whose value is invalid fails in one line when it loads)."""
+    from ..exports import is_export
+    from ..sharing.transformers_import import guidance_scale_of
+    if info.cfg_coef is not None:
+        return info.cfg_coef
+    if not is_export(folder):  # load_model reads a folder with both layouts as the export
+        try:
+            own = guidance_scale_of(folder)
+        except ValueError:
+            own = None
+        if own is not None:
+            return own
+    return MUSICGEN_CFG_COEF
 
 
 class ModelCache:

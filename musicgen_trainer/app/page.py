@@ -148,6 +148,13 @@ class App:
         window = choice.window if choice else 30.0
         return max(1.0, min(self.max_duration, 2 * window))
 
+    def guidance(self, value: str) -> float:
+        """Model ``value``'s own guidance coefficient (3 for one not listed): the Generate tab's
+        guidance control starts at it, as generate.py and the Compare tab use it when none is given."""
+        from ..generation import MUSICGEN_CFG_COEF
+        choice = self.by_value.get(value)
+        return choice.guidance if choice else MUSICGEN_CFG_COEF
+
     def genre_choices(self, value: str) -> tp.List[str]:
         from .backend import BASE_GENRES
         choice = self.by_value.get(value)

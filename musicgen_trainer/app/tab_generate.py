@@ -11,6 +11,7 @@ from .backend import APP_MAX_PROMPT_CHARS, NO_ADAPTER
 logger = logging.getLogger("musicgen_trainer.app")
 
 DEFAULTS = GenerationConfig(cfg_coef=MUSICGEN_CFG_COEF)  # the page's initial sampling settings (a slider needs a number)
+GUIDANCE_SLIDER_MAX = 10.0  # the guidance slider's end (further when a model's own guidance is higher)
 
 
 def build_generate_tab(app) -> None:
@@ -22,10 +23,14 @@ def build_generate_tab(app) -> None:
     default = app.default_model()
 
     def on_model(key):
+        # The guidance slider moves to the model's own guidance (a transformers folder's
+        # guidance_scale, 3 for MusicGen), what generate.py uses without --cfg-coef; the user may move it.
         value = app.value_of(key) or key
         limit = app.duration_limit(value)
+        own = app.guidance(value)
         return (gr.CheckboxGroup(choices=app.genre_choices(value), value=[]),
-                gr.Slider(maximum=limit), app.model_note(value))
+                gr.Slider(maximum=limit), app.model_note(value),
+                gr.Slider(value=own, maximum=max(GUIDANCE_SLIDER_MAX, own)))
 
     def on_rescan(key):
         # Anyone who can reach the server can call this (Gradio runs any event by its number,
@@ -61,7 +66,7 @@ def build_generate_tab(app) -> None:
         try:
             generation = GenerationConfig(duration=duration, top_k=int(top_k),
                                           top_p=float(top_p), temperature=float(temperature),
-                                          cfg_coef=float(cfg_coef),
+                                          cfg_coef=None if cfg_coef is None else float(cfg_coef),
                                           seed=None if seed is None or int(seed) < 0 else int(seed))
             request = AppRequest(model=model, allowed_models=list(app.by_value), prompt=prompt or "",
                                  genres=genres or [], generation=generation, max_duration=app.duration_limit(model),
@@ -110,8 +115,11 @@ def build_generate_tab(app) -> None:
                 top_p = gr.Slider(0.0, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top-p", info=_help("top_p"))
                 temperature = gr.Slider(0.05, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature",
                                         info=_help("temperature"))
-                cfg_coef = gr.Slider(0.0, 10.0, value=DEFAULTS.cfg_coef, step=0.1, label="Guidance (CFG coefficient)",
-                                     info=_help("cfg_coef"))
+                # Starts at (and follows) the chosen model's own guidance: see on_model.
+                own = app.guidance(default)
+                cfg_coef = gr.Slider(0.0, max(GUIDANCE_SLIDER_MAX, own), value=own, step=0.1,
+                                     label="Guidance (CFG coefficient)", info=_help("cfg_coef"), elem_id="cfg-coef")
+                cfg_coef.preprocess = _none_is_models_own(cfg_coef.preprocess)
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1: random; the seed used is shown)")
             midi = gr.Checkbox(value=app.midi_default, label="Transcribe to MIDI (basic-pitch)")
             run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -123,7 +131,7 @@ def build_generate_tab(app) -> None:
                 midi_button = gr.DownloadButton("Download MIDI", value=None, visible=False,
                                                 elem_id="download-midi")
             summary = gr.Markdown(elem_id="summary")
-    model.change(on_model, inputs=model, outputs=[genres, duration, note], api_visibility="private")
+    model.change(on_model, inputs=model, outputs=[genres, duration, note, cfg_coef], api_visibility="private")
     model.change(on_pair, inputs=[model, adapter], outputs=adapter_note, api_visibility="private")
     adapter.change(on_adapter, inputs=[adapter, model], outputs=[model, adapter_note], api_visibility="private")
     rescan.click(on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private",
@@ -159,6 +167,14 @@ def _accepting_export_folders(app, preprocess):
         if isinstance(payload, str) and payload not in app.by_key and payload in app.by_value:
             payload = app.key_of(payload)
         return preprocess(payload)
+    return wrapped
+
+
+def _none_is_models_own(preprocess):
+    """The guidance Slider's ``preprocess``, also taking None (from an API caller): the model's own
+    guidance, as generate.py without ``--cfg-coef``. (A wrapper on the instance, as above.)"""
+    def wrapped(payload):
+        return None if payload is None else preprocess(payload)
     return wrapped
 
 

@@ -34,9 +34,9 @@ class EvaluateConfig:
     base: tp.Optional[str] = option(None, "the model to compare with (default: the base recorded in the export "
                                     "or the run's config.json)", metavar="MODEL")
     classifier: tp.Optional[str] = option(None, "genre classifier folder (python -m genre_classifier train) (default: "
-                                          "one found beside the dataset: DATA/../genre-classifier or "
-                                          "checkpoints/genre-<DATA name>; without one the genre figures are skipped "
-                                          "with a note)", metavar="DIR",
+                                          "the dataset's own, checkpoints/genre-<DATA name> beside it or in the current "
+                                          "folder, else DATA/../genre-classifier when it was trained on DATA; without "
+                                          "one the genre figures are skipped with a note)", metavar="DIR",
                                           const_flags={"--no-classifier": (NONE, "skip the genre figures")})
     clips_per_genre: int = option(8, "generated clips per genre and model", metavar="N")
     duration: float = option(10.0, "seconds per generated clip (the real held-out clips are cut to it)", metavar="S")
@@ -140,31 +140,110 @@ def resolve_model(model: str) -> tp.Tuple[Path, tp.Optional[Path]]:
                      f"(state_dict.bin + compression_state_dict.bin); has the run finished?")
 
 
+# --- paths a run records: relative to the folder train.py ran in, wherever evaluate runs ---------
+
+WORKING_FOLDER = "working_folder"  # config.json: the folder train.py ran in (finetune.py records it)
+
+
+def training_folders(run: tp.Optional[Path], run_config: dict) -> tp.List[Path]:
+    """The folders a relative path in the run's ``config.json`` (``--model``, ``--data``,
+    ``--cache-dir``, as typed) may be relative to, in order: the folder train.py ran in as the run
+    folder's place tells it (the run folder is that folder + the recorded relative ``--out``: right
+    also after the whole project moved), then the folder train.py recorded (``working_folder``).
+    A run that records none (trained before it was recorded) adds the current folder, as before."""
+    folders: tp.List[Path] = []
+    out = run_config.get("out")
+    if run is not None and isinstance(out, str) and out.strip():
+        recorded = Path(out).expanduser()
+        parts = [p for p in recorded.parts if p != "."]
+        if parts and not recorded.is_absolute() and ".." not in parts:
+            for here in (Path(os.path.abspath(run)), Path(os.path.realpath(run))):
+                if len(here.parts) > len(parts) and list(here.parts[-len(parts):]) == parts:
+                    folders.append(here.parents[len(parts) - 1])
+    working = run_config.get(WORKING_FOLDER)
+    if isinstance(working, str) and Path(working).is_absolute():
+        folders.append(Path(working))
+    elif run is not None:
+        folders.append(Path.cwd())
+    return list(dict.fromkeys(folders))
+
+
+def recorded_path(value: str, run: tp.Optional[Path], run_config: dict
+                  ) -> tp.Tuple[tp.Optional[Path], tp.List[Path]]:
+    """(the existing path a run's recorded ``value`` names, or None; every place looked at)."""
+    path = Path(value).expanduser()
+    tried = [path] if path.is_absolute() else [folder / path for folder in training_folders(run, run_config)]
+    return next((p for p in tried if p.exists()), None), tried
+
+
+def _not_found(what: str, value: str, tried: tp.Sequence[Path], flag: str) -> ValueError:
+    where = " or ".join(str(p) for p in tried[:3]) or "nowhere: the run does not say where train.py ran"
+    relative = "" if Path(value).expanduser().is_absolute() else ", relative to the folder train.py ran in"
+    return ValueError(f"{what}, {value} (the run's config.json{relative}), is not found at {where}: give {flag}")
+
+
+def recorded_base(value: str, export_base: str, run: tp.Optional[Path], run_config: dict) -> str:
+    """The run's ``--model`` as ``load_model`` should get it from here: a local folder as the
+    absolute path train.py read (``recorded_path``), a hub or built-in name as it is. A folder
+    that is gone is ValueError (one line) rather than a guess (a same-named folder of the current
+    folder, or a hub download). ``export_base``: the export's record (a local base by its last
+    name: the sign that it was a folder when train.py read it)."""
+    if value == "tiny" or value.startswith(("tiny:", "tiny-", "random:")):
+        return value  # tiny, tiny:SEED, tiny-melody, tiny-stereo, random:SIZE: load_model builds them, never folders
+    found, tried = recorded_path(value, run, run_config)
+    if found is not None:
+        return str(found)
+    local = (Path(value).expanduser().is_absolute() or value.startswith((".", "~"))
+             or bool(export_base) and export_base == Path(value).name != value)
+    if not local:
+        return value  # a hub name (or a short one: small, melody...)
+    raise _not_found("the base model the run trained from", value, tried, "--base")
+
+
 def resolve_inputs(config: EvaluateConfig) -> Inputs:
-    """Everything the options point to, checked before any model is loaded (ValueError, one line)."""
+    """Everything the options point to, checked before any model is loaded (ValueError, one line).
+
+    Paths given to evaluate are the user's (relative to the current folder); those read from the
+    run's ``config.json`` are found from the run folder (``training_folders``), whatever the
+    current folder."""
     from dataset_tools.dataset_format import SEGMENT_SECONDS
 
-    from ..exports import export_info, shareable_base_name
+    from ..exports import export_info
 
     export, run = resolve_model(config.model)
     run_config = _read_json(run / "config.json") if run else {}
+    recorded_model = run_config.get("model") if isinstance(run_config.get("model"), str) else None
+    export_base = export_info(export).base_model
     if config.base:
         base, source = str(config.base), "--base"
-    elif run_config.get("model") and shareable_base_name(run_config["model"]) == export_info(export).base_model:
+    elif recorded_model and export_base and export_base in (recorded_model, Path(recorded_model).name):
         # the export names a local base folder by its last name only (exports get pushed); its run has the path
-        base, source = str(run_config["model"]), "recorded in the run's config.json"
-    elif export_info(export).base_model:
-        base, source = export_info(export).base_model, "recorded in the export"
-    elif run_config.get("model"):
-        base, source = str(run_config["model"]), "recorded in the run's config.json"
+        base, source = recorded_base(recorded_model, export_base, run, run_config), "recorded in the run's config.json"
+    elif export_base:
+        base, source = export_base, "recorded in the export"
+    elif recorded_model:
+        base, source = recorded_base(recorded_model, export_base, run, run_config), "recorded in the run's config.json"
     else:
         raise ValueError(f"{export} records no base model (no export_info.json base_model, no run config.json): "
                          f"give --base, e.g. --base facebook/musicgen-small")
-    data = config.data or run_config.get("data")
-    if not data:
+    recorded, run_config = run_config, dict(run_config)
+    missing = {}
+    for name in ("data", "cache_dir"):  # what evaluate reads from the record: found from the run folder
+        if isinstance(recorded.get(name), str) and recorded[name]:
+            found, tried = recorded_path(recorded[name], run, recorded)
+            if found is None:
+                missing[name] = tried
+            if found is not None or tried:
+                run_config[name] = str(found or tried[0])  # a cache not made yet: where train.py made it
+    if config.data:
+        data = Path(config.data).expanduser()
+    elif "data" in missing:
+        raise _not_found("the dataset the run trained on", recorded["data"], missing["data"], "--data")
+    elif run_config.get("data"):
+        data = Path(run_config["data"])
+    else:
         raise ValueError("--data is required: the prepared dataset (the run's config.json, which would name it, "
                          "was not found)")
-    data = Path(data).expanduser()
     if not data.exists():
         raise ValueError(f"--data {data}: not found")
     valid_fraction = config.valid_fraction if config.valid_fraction is not None else \
@@ -206,9 +285,9 @@ def find_classifier(config: EvaluateConfig, data: Path) -> tp.Tuple[tp.Optional[
         return folder, f"Genre classifier: {folder} (found beside the dataset)."
     name = data.resolve().name
     parent = data.parent if data.name else data.resolve().parent  # "dataset" -> ".", shown as typed
-    return None, ("No genre classifier was given or found beside the dataset (genre-classifier/ next to it, or "
-                  f"checkpoints/genre-{name}): genre figures skipped; train one with "
-                  f"python -m genre_classifier train {data} --out {parent / 'genre-classifier'}.")
+    return None, ("No genre classifier was given or found beside the dataset (checkpoints/genre-"
+                  f"{name}, or a genre-classifier/ next to it trained on it): genre figures skipped; train one with "
+                  f"python -m genre_classifier train {data} --out {parent / 'checkpoints' / f'genre-{name}'}.")
 
 
 def classifier_overlap_note(classifier_dir: Path, data: Path, real_clips) -> tp.Optional[str]:

@@ -198,6 +198,14 @@ def _generation_config(folder: Path) -> dict:
     return _small_json(folder / "generation_config.json") or {}
 
 
+def guidance_scale_of(folder: tp.Union[str, os.PathLike]) -> tp.Optional[float]:
+    """The folder's own guidance (``generation_config.json``'s ``guidance_scale``) without loading
+    it: None when it sets none (the model's default, 3, applies); ValueError as ``_guidance_scale``."""
+    folder = Path(folder)
+    value = _generation_config(folder).get("guidance_scale")
+    return None if value is None else _guidance_scale(folder, value)
+
+
 def _guidance_scale(folder: Path, value) -> float:
     """``generation_config.json``'s ``guidance_scale`` as the model's guidance coefficient: a finite
     number in ``GenerationConfig.cfg_coef``'s range [0, 100], else ValueError (one line). Refused

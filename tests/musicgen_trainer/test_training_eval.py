@@ -137,7 +137,7 @@ def test_stalled_run_with_the_genre_check(dataset, tmp_path, monkeypatch, capsys
     from musicgen_trainer.models import load_model
     from mt_helpers import supply_tiny_modules
 
-    _toy_classifier(dataset.parent / "genre-classifier", ["jazz", "rock"])
+    _toy_classifier(dataset.parent / "checkpoints" / f"genre-{dataset.name}", ["jazz", "rock"])  # the dataset's own
     out = tmp_path / "run"
     train(_config(dataset, out, steps=8, lr=1e-30, early_stop=2, eval_classifier="auto"))
     printed = capsys.readouterr().out

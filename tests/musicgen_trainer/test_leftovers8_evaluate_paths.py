@@ -1,0 +1,112 @@
+"""evaluate finds what a run recorded with relative paths (its base folder, dataset, code cache) from
+the run folder, whatever the current folder; what is gone is a one-line error naming it."""
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig, resolve_inputs
+
+
+def _dataset(folder: Path) -> Path:
+    for genre in ("rock", "jazz"):
+        (folder / genre).mkdir(parents=True)
+        for i in range(3):
+            tone = (0.3 * np.sin(2 * np.pi * (220.0 + 110 * i) * np.arange(32000) / 32000)).astype(np.float32)
+            sf.write(folder / genre / f"take_{i}.wav", tone, 32000)
+            (folder / genre / f"take_{i}.txt").write_text(f"{genre} song")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model):
+    """proj/ with bases/mybase (a local base export), datasets/ds and checkpoints/run: a 2-step run
+    of train.py started inside proj/ with relative paths."""
+    from musicgen_trainer.exports import export_model
+    from musicgen_trainer.finetune import train
+    from musicgen_trainer.train_config import TrainConfig
+    proj = tmp_path_factory.mktemp("left8") / "proj"
+    export_model(tiny_model, proj / "bases" / "mybase")
+    _dataset(proj / "datasets" / "ds")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(proj)
+        train(TrainConfig(data="datasets/ds", model="bases/mybase", out="checkpoints/run", cache_dir="cache",
+                          valid_fraction=0.34, steps=2, batch_size=2, segment_seconds=1.0, sample_every=0,
+                          valid_every=100, save_every=1000, progress=False, device="cpu"))
+    return proj
+
+
+def _inputs(run: Path, **kw):
+    return resolve_inputs(EvaluateConfig(model=str(run), out="unused", **kw))
+
+
+def _elsewhere(tmp_path, monkeypatch) -> Path:
+    """Another working folder, holding decoys of the run's relative names (never to be used)."""
+    here = tmp_path / "elsewhere"
+    for decoy in ("bases/mybase", "datasets/ds", "cache"):
+        (here / decoy).mkdir(parents=True)
+    monkeypatch.chdir(here)
+    return here
+
+
+def test_a_runs_relative_paths_resolve_from_the_run_folder_not_the_current_folder(project, tmp_path, monkeypatch):
+    record = json.loads((project / "checkpoints" / "run" / "config.json").read_text())
+    assert record["model"] == "bases/mybase" and record["working_folder"] == str(project)
+    _elsewhere(tmp_path, monkeypatch)
+    inputs = _inputs(project / "checkpoints" / "run")
+    assert inputs.base == str(project / "bases" / "mybase")
+    assert inputs.data == project / "datasets" / "ds"
+    assert inputs.cache_dir == str(project / "cache")
+    assert inputs.run_config["data"] == str(project / "datasets" / "ds")  # what evaluate.py reads as trained_on
+
+
+def test_a_moved_project_or_an_absolute_out_still_resolves(project, tmp_path, monkeypatch):
+    """The whole project moved: found through the run folder's place (its relative --out). A run
+    trained with an absolute --out: found through the folder train.py recorded."""
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved, ignore=shutil.ignore_patterns("cache"))
+    _elsewhere(tmp_path, monkeypatch)
+    inputs = _inputs(moved / "checkpoints" / "run")
+    assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
+    config = moved / "checkpoints" / "run" / "config.json"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "out": str(moved / "checkpoints" / "run"), "working_folder": str(moved)}))
+    inputs = _inputs(moved / "checkpoints" / "run")
+    assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
+
+
+def test_what_is_gone_is_a_one_line_error_naming_it(project, tmp_path, monkeypatch):
+    """A local base folder or dataset that is no longer where the run says is refused in one line
+    that names it and the flag to give, never replaced by the current folder's namesake (or by a
+    hub download of its last name); --base and --data, the user's own, still work."""
+    run = tmp_path / "copy" / "checkpoints" / "run"
+    shutil.copytree(project / "checkpoints" / "run", run)  # without bases/ and datasets/ beside it
+    config = run / "config.json"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "working_folder": str(tmp_path / "gone")}))
+    _elsewhere(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=r"bases/mybase .*is not found at .*give --base") as err:
+        _inputs(run)
+    assert "\n" not in str(err.value) and str(tmp_path / "copy" / "bases" / "mybase") in str(err.value)
+    with pytest.raises(ValueError, match=r"datasets/ds .*is not found at .*give --data") as err:
+        _inputs(run, base="tiny")
+    assert "\n" not in str(err.value)
+    inputs = _inputs(run, base="tiny", data=str(project / "datasets" / "ds"))
+    assert (inputs.base, inputs.data) == ("tiny", project / "datasets" / "ds")
+
+
+def test_hub_and_built_in_bases_stay_names(project, tmp_path, monkeypatch):
+    run = tmp_path / "hub" / "checkpoints" / "run"
+    shutil.copytree(project / "checkpoints" / "run", run)
+    record = json.loads((run / "config.json").read_text())
+    _elsewhere(tmp_path, monkeypatch)
+    for name in ("facebook/musicgen-small", "tiny"):
+        data = str(project / "datasets" / "ds")
+        (run / "config.json").write_text(json.dumps({**record, "model": name, "data": data}))
+        info = json.loads((run / "export" / "export_info.json").read_text())
+        (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": name}))
+        assert dataclasses.asdict(_inputs(run))["base"] == name
