@@ -168,15 +168,15 @@ class Musicnn:
         """The ``2 * 50`` tags of ``probabilities``, as ``"mtt:guitar"``... (MTT first)."""
         return [f"{m}:{t}" for m in MODELS for t in TAGS[m]]
 
-    def probabilities(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
-        """``[100]`` float64: the mean tag probabilities (MTT then MSD) over the 3 s patches of
-        ``wave`` (``[n]`` mono at ``sample_rate``)."""
+    def patch_probabilities(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """``[P, 100]`` float64: the tag probabilities (MTT then MSD) of each 3 s patch of
+        ``wave`` (``[n]`` mono at ``sample_rate``; a clip under 3 s is one repeated patch)."""
         import torch
         from .clap import resampled_mono
         x = torch.as_tensor(patches(log_mel(resampled_mono(wave, sample_rate, SAMPLE_RATE))))
         with torch.no_grad():
-            probs = [torch.sigmoid(self.nets[m](x)).double().mean(dim=0) for m in MODELS]
-        return torch.cat(probs).numpy()
+            probs = [torch.sigmoid(self.nets[m](x)).double() for m in MODELS]
+        return torch.cat(probs, dim=1).numpy()
 
 
 def tiny_musicnn(seed: int = 0) -> Musicnn:

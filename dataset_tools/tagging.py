@@ -1,4 +1,8 @@
-"""Automatic tags for the captions: ``prepare --tagger clap``.
+"""Automatic tags for the captions: ``prepare --tagger clap`` (and ``--tagger musicnn``).
+
+Two taggers share this pass through one small interface, a *backend* (``dim``, ``embed``,
+``score``): CLAP here, musicnn in ``tagging_musicnn.py`` (a pretrained tagger of 2 x 50 fixed
+tags whose weights come from PyPI; its "embedding" is the track's mean tag probabilities).
 
 A music CLAP (transformers' ``ClapModel``, default ``laion/larger_clap_music``) embeds each
 SOURCE track once: the mean of up to ``WINDOWS`` windows of CLAP's length (10 s) spread over
@@ -26,8 +30,8 @@ the tagger off re-renders tagged captions without tags. A template set by ``capt
 --template`` (the record's ``caption_template``) is kept by these re-renders until the track
 is reconverted.
 
-``check_tagger`` loads the model and embeds the prompts before any work, so a model that cannot
-load is a one-line error before conversion, not after it.
+``check_tagger`` loads the model (and, for CLAP, embeds the prompts) before any work, so a model
+that cannot load is a one-line error before conversion, not after it.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from .atomic import atomic_path
 from .captions import TAG_FIELDS, caption_values, genre_words, music_info, render_caption, with_tags
 from .clap import ClapUnavailableError, tiny_seed
 from .files import write_text_atomic
-from .options import DEFAULT_TAGGER_MODEL
+from .options import DEFAULT_TAGGER_MODEL, DEFAULT_TAG_THRESHOLDS
 
 DEFAULT_VOCABULARY = Path(__file__).with_name("tag_vocabulary.yaml")
 DEFAULT_PROMPT = "{} music"
@@ -109,16 +113,34 @@ def load_vocabulary(path=None) -> Vocabulary:
 
 
 @dataclass
+class ClapBackend:
+    """CLAP's side of the tag pass: ``clap`` and the prompts' embeddings (``text[field] =
+    (tags, [T + 1, P] unit-norm rows, the background's last)``)."""
+    clap: object
+    text: dict
+
+    @property
+    def dim(self) -> int:
+        """Size of a track's embedding (CLAP's projection)."""
+        return next(iter(self.text.values()))[1].shape[1]
+
+    def embed(self, out: Path, segments: list[dict]) -> np.ndarray:
+        return track_embedding(self.clap, out, segments)
+
+    def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
+        return score_tags(embedding, self.text, self.clap.logit_scale, threshold, max_tags)
+
+
+@dataclass
 class TaggerSetup:
-    """What ``check_tagger`` loaded before any work: the model, its identity and the prompts'
-    embeddings (``text[field] = (tags, [T + 1, P] unit-norm rows, the background's last)``)."""
-    model: str            # what load_clap got: "tiny:SEED", a folder or a hub name
+    """What ``check_tagger`` loaded before any work: the model, its identity, the vocabulary and
+    the backend that embeds tracks and scores them (``ClapBackend``, ``tagging_musicnn.MusicnnBackend``)."""
+    model: str            # what was loaded: "tiny:SEED", a folder or a hub name
     model_id: str         # identity in the cache keys (folder/weights stat, hub commit)
-    vocabulary: Vocabulary
+    vocabulary: object    # Vocabulary (CLAP) or tagging_musicnn.MusicnnVocabulary: has key()
     threshold: float
     max_tags: int
-    clap: object = field(default=None, repr=False)
-    text: dict = field(default_factory=dict, repr=False)
+    backend: object = field(default=None, repr=False)
 
     def tag_key(self, embedding_key: str, template: str) -> str:
         """What a record's tags and captions depend on (besides its facts)."""
@@ -161,11 +183,22 @@ def resolve_model(name: str) -> tuple[str, str]:
     return name, f"{name}@{Path(snapshot).name}"
 
 
+def tag_threshold(options) -> float:
+    """``--tag-threshold``, or the tagger's own default when it was not given."""
+    if options.tag_threshold is not None:
+        return float(options.tag_threshold)
+    return DEFAULT_TAG_THRESHOLDS[options.tagger]
+
+
 def check_tagger(options, device: str | None = None) -> TaggerSetup:
-    """Everything ``--tagger clap`` needs, loaded before any work: the vocabulary, the CLAP
-    model (a cache or folder with only part of its files fails here, not after converting)
-    and its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
-    model, model_id = resolve_model(options.tagger_model)
+    """Everything ``--tagger clap``/``musicnn`` needs, loaded before any work: the vocabulary,
+    the model (a cache or folder with only part of its files fails here, not after converting)
+    and, for CLAP, its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
+    if options.tagger == "musicnn":
+        from .tagging_musicnn import check_musicnn
+        return check_musicnn(options)
+    tagger_model = options.tagger_model or DEFAULT_TAGGER_MODEL
+    model, model_id = resolve_model(tagger_model)
     vocabulary = load_vocabulary(options.tag_vocabulary)
     from .clap import clap_text_embeddings, load_clap
     try:
@@ -179,11 +212,11 @@ def check_tagger(options, device: str | None = None) -> TaggerSetup:
         reason = "files missing or incomplete" if isinstance(exc, ClapUnavailableError) else \
             f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
         raise ClapUnavailableError(
-            f"CLAP model {options.tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
+            f"CLAP model {tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
             f"preprocessor_config.json) as ClapModel and ClapProcessor save_pretrained write them; "
             f"`hf download {DEFAULT_TAGGER_MODEL}` fetches them all, or leave out --tagger") from None
-    return TaggerSetup(model, model_id, vocabulary, float(options.tag_threshold),
-                       int(options.max_tags_per_field), clap, text)
+    return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
+                       ClapBackend(clap, text))
 
 
 # --- audio of a track ------------------------------------------------------------------------
@@ -228,7 +261,8 @@ def track_embedding(clap, out: Path, segments: list[dict]) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """``OUT/.prepare_tag_cache/<key>.npy``: one ``[P]`` float64 embedding per track."""
+    """``OUT/.prepare_tag_cache/<key>.npy``: one ``[P]`` float64 embedding per track (musicnn:
+    its ``[100]`` mean tag probabilities)."""
 
     def __init__(self, out: Path):
         self.folder = Path(out) / CACHE_DIR
@@ -341,8 +375,8 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
     todo = [(rel, rec) for rel, rec in converted if rec.get("tag_key") != tag_keys[rel]]
     if not todo:
         return summary
-    clap, text = setup.clap, setup.text
-    dim = next(iter(text.values()))[1].shape[1]
+    backend = setup.backend
+    dim = backend.dim
     cache = EmbeddingCache(out)
     bar = None
     if progress:
@@ -354,7 +388,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
             embedding = cache.get(keys[rel], dim)
             if embedding is None:
                 try:
-                    embedding = track_embedding(clap, out, rec["segments"])
+                    embedding = backend.embed(out, rec["segments"])
                 except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
                     summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
                                            type(exc).__name__})
@@ -363,7 +397,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
                 summary.embeddings_computed += 1
             else:
                 summary.embeddings_from_cache += 1
-            tags = score_tags(embedding, text, clap.logit_scale, setup.threshold, setup.max_tags)
+            tags = backend.score(embedding, setup.threshold, setup.max_tags)
             rewrite_captions(out, rec, record_template(rec, template), tags)
             rec["track"]["tags"] = tags
             rec["tag_key"] = tag_keys[rel]

@@ -1,0 +1,158 @@
+"""``prepare --tagger musicnn``: the tag pass's musicnn backend (``tagging.py`` runs the pass).
+
+A track's "embedding" is its mean tag probabilities, ``[100]`` (``musicnn.Musicnn``: MTT's 50
+tags then MSD's 50), over the 3 s patches of up to ``tagging.WINDOWS`` windows of
+``WINDOW_SECONDS`` spread over its prepared segments. It is cached like CLAP's embeddings, so a
+new vocabulary, threshold or template re-scores without reading audio.
+
+The vocabulary (``musicnn_vocabulary.yaml``, or the user's with ``--tag-vocabulary``) maps each
+field (instrument, mood, style) to caption words, each with the model tags it stands for::
+
+    style:
+      electronic: [mtt:electronic, msd:electronic, msd:electronica]
+      classical: [classical, classic]      # no prefix: that tag in every model that has it
+
+A word scores the highest probability of its model tags; words scoring at least the threshold
+are kept, best first, at most ``--max-tags-per-field``. The probabilities are independent
+sigmoids (several tags can be near 1, or none), not shares of a softmax as CLAP's are, so the
+threshold is an absolute level of confidence (``options.DEFAULT_TAG_THRESHOLDS``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .captions import TAG_FIELDS
+from .clap import ClapUnavailableError, tiny_seed
+from .musicnn import MODELS, TAGS, weight_paths
+
+DEFAULT_MUSICNN_VOCABULARY = Path(__file__).with_name("musicnn_vocabulary.yaml")
+WINDOW_SECONDS = 15.0       # 5 patches of 3 s per window
+
+
+@dataclass(frozen=True)
+class MusicnnVocabulary:
+    """Field -> ``{caption word: [indices into the 100 probabilities]}``."""
+    fields: dict
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def all_tags() -> list[str]:
+    """``["mtt:guitar", ..., "msd:happy"]``: the order of the 100 probabilities."""
+    return [f"{m}:{t}" for m in MODELS for t in TAGS[m]]
+
+
+def _indices(tag: str) -> list[int]:
+    """Indices of ``tag`` (``mtt:x``, ``msd:x`` or ``x`` for every model having it; any case)."""
+    model, _, name = tag.rpartition(":")
+    model, name = model.strip().lower(), name.strip().lower()
+    return [i for i, full in enumerate(all_tags())
+            if full.partition(":")[2].lower() == name and (not model or full.startswith(model + ":"))]
+
+
+def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
+    """The musicnn vocabulary in the YAML file ``path`` (default: the shipped one); one-line
+    ValueError for a missing or malformed file, or a model tag musicnn does not have."""
+    import yaml
+    path = Path(path) if path else DEFAULT_MUSICNN_VOCABULARY
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read the tag vocabulary {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"tag vocabulary {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    shape = (f"tag vocabulary {path} must map fields ({', '.join(TAG_FIELDS)}) to caption words and their "
+             f"musicnn tags, e.g. 'style: {{electronic: [mtt:electronic, msd:electronica]}}'")
+    if not isinstance(data, dict) or not data:
+        raise ValueError(shape)
+    fields = {}
+    for name, words in data.items():
+        if name not in TAG_FIELDS:
+            raise ValueError(f"tag vocabulary {path}: unknown field {name!r}; use {', '.join(TAG_FIELDS)}")
+        if not isinstance(words, dict) or not words:
+            raise ValueError(shape)
+        fields[name] = {}
+        for word, tags in words.items():
+            tags = [tags] if isinstance(tags, str) else tags
+            if not isinstance(word, str) or not word.strip() or not isinstance(tags, list) or not tags \
+                    or not all(isinstance(t, str) for t in tags):
+                raise ValueError(shape)
+            indices = []
+            for tag in tags:
+                found = _indices(tag)
+                if not found:
+                    raise ValueError(f"tag vocabulary {path}: {word!r} names {tag!r}, which musicnn does not "
+                                     f"have; its tags are {', '.join(all_tags())}")
+                indices += [i for i in found if i not in indices]
+            fields[name][word.strip()] = indices
+    return MusicnnVocabulary(fields)
+
+
+@dataclass
+class MusicnnBackend:
+    """musicnn's side of the tag pass (see ``tagging.ClapBackend``)."""
+    model: object           # musicnn.Musicnn
+    vocabulary: MusicnnVocabulary
+    dim: int = 2 * 50
+
+    def embed(self, out: Path, segments: list[dict]) -> np.ndarray:
+        """``[100]``: the mean tag probabilities over the patches of the track's windows."""
+        from . import tagging
+        rows = [self.model.patch_probabilities(*tagging.read_window(out / path, offset, seconds))
+                for path, offset, seconds in tagging.window_spans(segments, WINDOW_SECONDS)]
+        return np.concatenate(rows).mean(axis=0)
+
+    def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
+        """``{field: {word: score}}``, best first: a word's score is the highest probability of its
+        model tags; kept when at least ``threshold``, at most ``max_tags`` per field."""
+        tags = {}
+        for name, words in self.vocabulary.fields.items():
+            scores = {word: float(max(embedding[i] for i in indices)) for word, indices in words.items()}
+            order = sorted(scores, key=lambda w: -scores[w])
+            tags[name] = {w: round(scores[w], 4) for w in order[:max_tags] if scores[w] >= threshold}
+        return tags
+
+
+def unavailable(folder: Path) -> ClapUnavailableError:
+    return ClapUnavailableError(
+        f"musicnn weights for --tagger musicnn are not in {folder}: run `python -m dataset_tools fetch-tagger "
+        f"musicnn` once (needs PyPI access), or pass --tagger-model DIR, or leave out --tagger")
+
+
+def resolve_musicnn(name: str | None) -> tuple[str, str]:
+    """``(tiny:SEED or the weights folder, identity)``, checking the files are there (none is read)."""
+    from .musicnn_fetch import default_dir
+    seed = tiny_seed(name) if name else None
+    if seed is not None:
+        return f"tiny:{seed}", f"tiny-musicnn:{seed}"
+    folder = Path(name).expanduser() if name else default_dir()
+    paths = weight_paths(folder)
+    if not all(p.is_file() for p in paths.values()):
+        raise unavailable(folder)
+    stats = [f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths.values()]
+    return str(folder.resolve()), f"musicnn:{folder.resolve()}:{':'.join(stats)}"
+
+
+def check_musicnn(options):
+    """The ``tagging.TaggerSetup`` of ``--tagger musicnn``: vocabulary and both nets loaded before
+    any work; one-line ``ValueError``/``ClapUnavailableError``."""
+    from .musicnn import load_musicnn, tiny_musicnn
+    from .tagging import TaggerSetup, tag_threshold
+    model, model_id = resolve_musicnn(options.tagger_model)
+    vocabulary = load_musicnn_vocabulary(options.tag_vocabulary)
+    seed = tiny_seed(model)
+    try:
+        musicnn = tiny_musicnn(seed) if seed is not None else load_musicnn(model)
+    except Exception as exc:  # safetensors/torch raise many kinds for broken or foreign files
+        raise ClapUnavailableError(
+            f"musicnn weights in {model} cannot be loaded ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}); run `python -m dataset_tools fetch-tagger musicnn "
+            f"--to {model}` again") from None
+    return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
+                       MusicnnBackend(musicnn, vocabulary))

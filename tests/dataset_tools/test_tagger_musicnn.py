@@ -1,0 +1,139 @@
+"""``prepare --tagger musicnn`` (tagging_musicnn.py) on tiny random musicnn nets built offline:
+their tags mean nothing, but they are deterministic for a seed and exercise the whole pass."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dt_helpers import MIN_SECONDS, SEGMENT_SECONDS, tone, write_audio
+
+from dataset_tools.__main__ import main
+from dataset_tools.cli import EXIT_BAD_INPUT
+from dataset_tools.options import PrepareOptions
+from dataset_tools.prepare import prepare
+from dataset_tools.tagging_musicnn import load_musicnn_vocabulary
+
+TAGGED = dict(tagger="musicnn", tagger_model="tiny", tag_threshold=0.0, max_tags_per_field=2)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    """Three 3.5 s tracks (2 segments each): two jazz, one rock."""
+    src = tmp_path_factory.mktemp("musicnn_lib") / "src"
+    rng = np.random.default_rng(0)
+    for rel, freq in (("jazz/Blue Tone.wav", 220.5), ("jazz/Night Walk.wav", 441.0), ("rock/Riff.wav", 882.0)):
+        write_audio(src / rel, tone(3.5, freq=freq) + 0.05 * rng.standard_normal(int(3.5 * 44100)).astype(np.float32))
+    return src
+
+
+def _prepare(src: Path, out: Path, **options):
+    return prepare(src, out, PrepareOptions(segment_seconds=SEGMENT_SECONDS, min_seconds=MIN_SECONDS, workers=1,
+                                            progress=False, analyze=False, **options))
+
+
+def _infos(out: Path) -> dict[str, dict]:
+    return {p.relative_to(out).as_posix(): json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))}
+
+
+def test_musicnn_tags_land_in_the_json_and_the_caption_and_are_deterministic_for_a_seed(src, tmp_path):
+    vocabulary = load_musicnn_vocabulary().fields
+    report = _prepare(src, tmp_path / "a", **TAGGED)
+    infos = _infos(tmp_path / "a")
+    assert len(infos) == 6 and report.tagging["model"] == "tiny-musicnn:0"
+    for rel, info in infos.items():
+        tags = info["tags"]
+        assert all(len(tags[f]) == 2 and set(tags[f]) <= set(vocabulary[f]) for f in ("instrument", "mood", "style"))
+        scores = [s for t in tags.values() for s in t.values()]
+        assert all(0.0 < s < 1.0 for s in scores)
+        assert info["moods"] == list(tags["mood"]) and info["instrument"] == " and ".join(tags["instrument"])
+        assert " and ".join(tags["style"]) in info["description"]
+        assert (tmp_path / "a" / rel).with_suffix(".txt").read_text() == info["description"]
+    assert report.tagging["embeddings_computed"] == 3
+    _prepare(src, tmp_path / "b", **TAGGED)
+    again = _infos(tmp_path / "b")
+    for rel, info in infos.items():
+        for field, scores in info["tags"].items():
+            assert list(again[rel]["tags"][field]) == list(scores)
+            assert np.allclose(list(again[rel]["tags"][field].values()), list(scores.values()), atol=2e-4)
+    _prepare(src, tmp_path / "c", **dict(TAGGED, tagger_model="tiny:1"))
+    assert [i["tags"] for i in _infos(tmp_path / "c").values()] != [i["tags"] for i in infos.values()]
+
+
+def test_a_new_musicnn_vocabulary_rescores_from_the_cache_without_reading_audio(src, tmp_path, monkeypatch):
+    import dataset_tools.tagging as tagging
+    out = tmp_path / "out"
+    _prepare(src, out, **TAGGED)
+    calls = []
+    read = tagging.read_window
+    monkeypatch.setattr(tagging, "read_window", lambda *a, **k: calls.append(a) or read(*a, **k))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("instrument: {piano: [mtt:piano], plucked: [mtt:harp, mtt:sitar, guitar]}\n"
+                    "style: {Electronic: [ELECTRONIC, msd:House]}\n")
+    report = _prepare(src, out, **dict(TAGGED, tag_vocabulary=str(mine)))
+    assert calls == [] and report.tagging["embeddings_from_cache"] == 3 and report.tagging["embeddings_computed"] == 0
+    for info in _infos(out).values():
+        assert set(info["tags"]["instrument"]) == {"piano", "plucked"} and list(info["tags"]["style"]) == ["Electronic"]
+        assert info["tags"]["mood"] == {} and "mood" not in info["description"]
+    # The counter does count: without the cache the windows are read again.
+    for cached in (out / tagging.CACHE_DIR).iterdir():
+        cached.unlink()
+    _prepare(src, out, **dict(TAGGED, tag_threshold=0.01))
+    assert len(calls) == 3
+
+
+def test_a_word_scores_the_best_of_its_model_tags_and_the_threshold_is_absolute():
+    from dataset_tools.tagging_musicnn import MusicnnBackend, MusicnnVocabulary, all_tags
+    tags = all_tags()
+    vocabulary = MusicnnVocabulary({"style": {"rock": [tags.index("mtt:rock"), tags.index("msd:rock")],
+                                              "pop": [tags.index("msd:pop")], "jazz": [tags.index("msd:jazz")]}})
+    probs = np.zeros(100)
+    probs[[tags.index("mtt:rock"), tags.index("msd:rock"), tags.index("msd:pop"), tags.index("msd:jazz")]] = \
+        [0.2, 0.7, 0.5, 0.1]
+    backend = MusicnnBackend(None, vocabulary)
+    assert backend.score(probs, 0.3, 5) == {"style": {"rock": 0.7, "pop": 0.5}}
+    assert backend.score(probs, 0.0, 1) == {"style": {"rock": 0.7}}
+    assert backend.score(probs, 0.8, 5) == {"style": {}}   # independent sigmoids: no tag has to win
+
+
+def test_missing_musicnn_weights_are_one_line_before_any_work(src, tmp_path):
+    """Run in a fresh interpreter: the error comes before torch (or any model) is even imported."""
+    code = ("import sys; from dataset_tools.__main__ import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "empty_cache"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    for extra in ([], ["--tagger-model", str(tmp_path / "no_such_folder")]):
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, "-c", code, "prepare", str(src), str(out), "--tagger", "musicnn",
+                               *extra], capture_output=True, text=True, cwd=ROOT, env=env)
+        assert done.returncode == EXIT_BAD_INPUT, done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert "fetch-tagger musicnn" in done.stderr and "--tagger-model DIR" in done.stderr
+        assert done.stdout.strip() == "False" and not out.exists()
+
+
+def test_an_unknown_model_tag_in_a_user_vocabulary_is_one_line(src, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("style: {grunge: [msd:grunge]}\n")
+    code = main(["prepare", str(src), str(tmp_path / "out"), "--tagger", "musicnn", "--tagger-model", "tiny",
+                 "--tag-vocabulary", str(bad)])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and err.count("\n") == 1, err
+    assert "'msd:grunge'" in err and "mtt:guitar" in err and "msd:happy" in err
+    assert not (tmp_path / "out").exists()
+    bad.write_text("style: [electronic]\n")   # CLAP's plain-list shape: no model tags
+    assert main(["prepare", str(src), str(tmp_path / "out"), "--tagger", "musicnn", "--tagger-model", "tiny",
+                 "--tag-vocabulary", str(bad)]) == EXIT_BAD_INPUT
+    assert "caption words and their musicnn tags" in capsys.readouterr().err
+
+
+def test_the_threshold_default_is_the_taggers_own():
+    from dataset_tools.options import DEFAULT_TAG_THRESHOLDS
+    from dataset_tools.tagging import tag_threshold
+    assert tag_threshold(PrepareOptions(tagger="clap")) == DEFAULT_TAG_THRESHOLDS["clap"] == 0.15
+    assert tag_threshold(PrepareOptions(tagger="musicnn")) == DEFAULT_TAG_THRESHOLDS["musicnn"]
+    assert tag_threshold(PrepareOptions(tagger="musicnn", tag_threshold=0.4)) == 0.4
