@@ -29,7 +29,7 @@ TAGGERS = ("none", "clap", "musicnn")
 DEFAULT_TAGGER_MODEL = "laion/larger_clap_music"
 # --tag-threshold when not given. CLAP: a tag's share of a softmax over its field (not calibrated
 # on real weights); musicnn: a mean sigmoid probability, chosen on real music (docs/dataset_tools.md).
-DEFAULT_TAG_THRESHOLDS = {"clap": 0.15, "musicnn": 0.15}
+DEFAULT_TAG_THRESHOLDS = {"clap": 0.15, "musicnn": 0.2}
 # The default template before it gained {style} and {mood}. Those are empty without --tagger, so
 # both give the same captions: hashing the new default as the former one keeps datasets made
 # before up to date instead of reconverting them all (the tag pass adds tags when asked).

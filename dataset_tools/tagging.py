@@ -1,7 +1,8 @@
 """Automatic tags for the captions: ``prepare --tagger clap`` (and ``--tagger musicnn``).
 
-Two taggers share this pass through one small interface, a *backend* (``dim``, ``embed``,
-``score``): CLAP here, musicnn in ``tagging_musicnn.py`` (a pretrained tagger of 2 x 50 fixed
+Two taggers share this pass through one small interface, a *backend* (``dim``,
+``window_seconds``, ``embed`` of a track's windows, ``score``): CLAP here, musicnn in
+``tagging_musicnn.py`` (a pretrained tagger of 2 x 50 fixed
 tags whose weights come from PyPI; its "embedding" is the track's mean tag probabilities).
 
 A music CLAP (transformers' ``ClapModel``, default ``laion/larger_clap_music``) embeds each
@@ -124,8 +125,16 @@ class ClapBackend:
         """Size of a track's embedding (CLAP's projection)."""
         return next(iter(self.text.values()))[1].shape[1]
 
-    def embed(self, out: Path, segments: list[dict]) -> np.ndarray:
-        return track_embedding(self.clap, out, segments)
+    @property
+    def window_seconds(self) -> float:
+        return self.clap.window_seconds
+
+    def embed(self, windows: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        """``[P]`` unit-norm: the mean CLAP embedding of the track's windows (``(wave, rate)``)."""
+        from .clap import clap_audio_embeddings
+        rows = np.concatenate([clap_audio_embeddings(self.clap, [w], rate) for w, rate in windows])  # [k, P]
+        mean = rows.mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
     def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
         return score_tags(embedding, self.text, self.clap.logit_scale, threshold, max_tags)
@@ -195,8 +204,10 @@ def check_tagger(options, device: str | None = None) -> TaggerSetup:
     the model (a cache or folder with only part of its files fails here, not after converting)
     and, for CLAP, its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
     if options.tagger == "musicnn":
-        from .tagging_musicnn import check_musicnn
-        return check_musicnn(options)
+        from .tagging_musicnn import load_musicnn_backend
+        model, model_id, vocabulary, backend = load_musicnn_backend(options)
+        return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
+                           backend)
     tagger_model = options.tagger_model or DEFAULT_TAGGER_MODEL
     model, model_id = resolve_model(tagger_model)
     vocabulary = load_vocabulary(options.tag_vocabulary)
@@ -250,14 +261,10 @@ def read_window(path: Path, offset: float, seconds: float) -> tuple[np.ndarray, 
     return audio.mean(axis=1), rate
 
 
-def track_embedding(clap, out: Path, segments: list[dict]) -> np.ndarray:
-    """``[P]`` unit-norm: the mean CLAP embedding of the track's windows."""
-    from .clap import clap_audio_embeddings
-    windows = [read_window(out / path, offset, seconds)
-               for path, offset, seconds in window_spans(segments, clap.window_seconds)]
-    rows = np.concatenate([clap_audio_embeddings(clap, [w], rate) for w, rate in windows])  # [k, P]
-    mean = rows.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+def track_windows(out: Path, segments: list[dict], window: float) -> list[tuple[np.ndarray, int]]:
+    """``[(wave [n], rate)]``: the audio of the track's windows (``window_spans``) that its
+    embedding is made of."""
+    return [read_window(out / path, offset, seconds) for path, offset, seconds in window_spans(segments, window)]
 
 
 class EmbeddingCache:
@@ -388,7 +395,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
             embedding = cache.get(keys[rel], dim)
             if embedding is None:
                 try:
-                    embedding = backend.embed(out, rec["segments"])
+                    embedding = backend.embed(track_windows(out, rec["segments"], backend.window_seconds))
                 except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
                     summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
                                            type(exc).__name__})

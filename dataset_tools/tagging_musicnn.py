@@ -1,4 +1,5 @@
-"""``prepare --tagger musicnn``: the tag pass's musicnn backend (``tagging.py`` runs the pass).
+"""``prepare --tagger musicnn``: the tag pass's musicnn backend (``tagging.py`` runs the pass,
+reads the windows and caches the vectors).
 
 A track's "embedding" is its mean tag probabilities, ``[100]`` (``musicnn.Musicnn``: MTT's 50
 tags then MSD's 50), over the 3 s patches of up to ``tagging.WINDOWS`` windows of
@@ -100,13 +101,12 @@ class MusicnnBackend:
     model: object           # musicnn.Musicnn
     vocabulary: MusicnnVocabulary
     dim: int = 2 * 50
+    window_seconds: float = WINDOW_SECONDS
 
-    def embed(self, out: Path, segments: list[dict]) -> np.ndarray:
-        """``[100]``: the mean tag probabilities over the patches of the track's windows."""
-        from . import tagging
-        rows = [self.model.patch_probabilities(*tagging.read_window(out / path, offset, seconds))
-                for path, offset, seconds in tagging.window_spans(segments, WINDOW_SECONDS)]
-        return np.concatenate(rows).mean(axis=0)
+    def embed(self, windows: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        """``[100]``: the mean tag probabilities over the 3 s patches of the track's windows
+        (``(wave [n], rate)``)."""
+        return np.concatenate([self.model.patch_probabilities(w, rate) for w, rate in windows]).mean(axis=0)
 
     def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
         """``{field: {word: score}}``, best first: a word's score is the highest probability of its
@@ -135,15 +135,15 @@ def resolve_musicnn(name: str | None) -> tuple[str, str]:
     paths = weight_paths(folder)
     if not all(p.is_file() for p in paths.values()):
         raise unavailable(folder)
-    stats = [f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths.values()]
-    return str(folder.resolve()), f"musicnn:{folder.resolve()}:{':'.join(stats)}"
+    stats = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths.values())
+    return str(folder.resolve()), f"musicnn:{folder.resolve()}@{hashlib.sha256(stats.encode()).hexdigest()[:8]}"
 
 
-def check_musicnn(options):
-    """The ``tagging.TaggerSetup`` of ``--tagger musicnn``: vocabulary and both nets loaded before
-    any work; one-line ``ValueError``/``ClapUnavailableError``."""
+def load_musicnn_backend(options) -> tuple[str, str, MusicnnVocabulary, MusicnnBackend]:
+    """``(model, identity, vocabulary, backend)`` of ``--tagger musicnn`` (``tagging.check_tagger``
+    makes its setup of them): vocabulary and both nets loaded before any work; one-line
+    ``ValueError``/``ClapUnavailableError``."""
     from .musicnn import load_musicnn, tiny_musicnn
-    from .tagging import TaggerSetup, tag_threshold
     model, model_id = resolve_musicnn(options.tagger_model)
     vocabulary = load_musicnn_vocabulary(options.tag_vocabulary)
     seed = tiny_seed(model)
@@ -154,5 +154,4 @@ def check_musicnn(options):
             f"musicnn weights in {model} cannot be loaded ({type(exc).__name__}: "
             f"{(str(exc).splitlines() or [''])[0][:200]}); run `python -m dataset_tools fetch-tagger musicnn "
             f"--to {model}` again") from None
-    return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
-                       MusicnnBackend(musicnn, vocabulary))
+    return model, model_id, vocabulary, MusicnnBackend(musicnn, vocabulary)
