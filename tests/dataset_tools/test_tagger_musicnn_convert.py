@@ -147,3 +147,20 @@ def test_a_wheel_with_another_sha256_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "refusing to convert" in err
     assert not out.exists()
+
+
+def test_a_failed_pip_download_is_one_line_saying_how_else(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import dataset_tools.musicnn_fetch as fetch
+    seen = []
+
+    def failing_pip(command, **kwargs):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "Looking in indexes...\nERROR: No matching "
+                                           "distribution found for musicnn==0.1.0\n")
+    monkeypatch.setattr(fetch.subprocess, "run", failing_pip)
+    assert main(["fetch-tagger", "musicnn", "--to", str(tmp_path / "weights")]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No matching distribution" in err and "--wheel FILE" in err
+    assert seen[0][1:4] == ["-m", "pip", "download"] and "--no-deps" in seen[0] and "--only-binary=:all:" in seen[0]
+    assert not (tmp_path / "weights").exists()
