@@ -43,6 +43,10 @@ HOP = 256
 N_MELS = 96
 PATCH_FRAMES = 187          # librosa.time_to_frames(3 s) + 1, as musicnn's extractor feeds its models
 BN_EPS = 1e-3               # tf.compat.v1.layers.batch_normalization's default
+RESAMPLER = "kaiser_best"   # resampy's filter: librosa.load(sr=16000) in the librosa musicnn was trained with
+# Bumped whenever the audio -> probabilities path changes, so cached tag vectors are recomputed
+# (it is part of the taggers' identity, hence of the cache keys). 2: resampy kaiser_best, not soxr.
+PREPROCESSING_VERSION = 2
 MODELS = ("mtt", "msd")
 WEIGHT_FILES = {"mtt": "musicnn-mtt.safetensors", "msd": "musicnn-msd.safetensors"}
 INFO_FILE = "musicnn.json"
@@ -146,6 +150,20 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     return np.log10(10000.0 * mel + 1.0).astype(np.float32)
 
 
+def resampled_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``[m]`` float32 16 kHz mono of ``wave`` (``[n]`` or ``[channels, n]``) resampled with
+    resampy's ``kaiser_best``: what ``librosa.load(sr=16000)`` did when musicnn was trained and
+    what its extractor still assumes. soxr (this project's resampler elsewhere) keeps more of
+    the band near 8 kHz, which moves the upper mel bands (mean 0.1-0.2 log10) and the tags."""
+    import librosa
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim > 1:
+        wave = wave.mean(axis=0)
+    if int(sample_rate) != SAMPLE_RATE:
+        wave = librosa.resample(wave, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type=RESAMPLER)
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
 def patches(spec: np.ndarray, frames: int = PATCH_FRAMES) -> np.ndarray:
     """``[P, frames, 96]``: ``spec`` ``[T, 96]`` cut into consecutive patches (the remainder
     dropped, as musicnn's extractor does); a spectrogram shorter than one patch is repeated to
@@ -172,8 +190,7 @@ class Musicnn:
         """``[P, 100]`` float64: the tag probabilities (MTT then MSD) of each 3 s patch of
         ``wave`` (``[n]`` mono at ``sample_rate``; a clip under 3 s is one repeated patch)."""
         import torch
-        from .clap import resampled_mono
-        x = torch.as_tensor(patches(log_mel(resampled_mono(wave, sample_rate, SAMPLE_RATE))))
+        x = torch.as_tensor(patches(log_mel(resampled_16k(wave, sample_rate))))
         with torch.no_grad():
             probs = [torch.sigmoid(self.nets[m](x)).double() for m in MODELS]
         return torch.cat(probs, dim=1).numpy()

@@ -29,7 +29,7 @@ import numpy as np
 
 from .captions import TAG_FIELDS
 from .clap import ClapUnavailableError, tiny_seed
-from .musicnn import MODELS, TAGS, weight_paths
+from .musicnn import MODELS, PREPROCESSING_VERSION, TAGS, weight_paths
 
 DEFAULT_MUSICNN_VOCABULARY = Path(__file__).with_name("musicnn_vocabulary.yaml")
 WINDOW_SECONDS = 15.0       # 5 patches of 3 s per window
@@ -130,13 +130,15 @@ def resolve_musicnn(name: str | None) -> tuple[str, str]:
     from .musicnn_fetch import default_dir
     seed = tiny_seed(name) if name else None
     if seed is not None:
-        return f"tiny:{seed}", f"tiny-musicnn:{seed}"
+        return f"tiny:{seed}", f"tiny-musicnn:{seed}/p{PREPROCESSING_VERSION}"
     folder = Path(name).expanduser() if name else default_dir()
     paths = weight_paths(folder)
     if not all(p.is_file() for p in paths.values()):
         raise unavailable(folder)
     stats = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths.values())
-    return str(folder.resolve()), f"musicnn:{folder.resolve()}@{hashlib.sha256(stats.encode()).hexdigest()[:8]}"
+    # The preprocessing version: a change of resampler or spectrogram re-embeds cached tracks.
+    return str(folder.resolve()), (f"musicnn:{folder.resolve()}@{hashlib.sha256(stats.encode()).hexdigest()[:8]}"
+                                   f"/p{PREPROCESSING_VERSION}")
 
 
 def load_musicnn_backend(options) -> tuple[str, str, MusicnnVocabulary, MusicnnBackend]:

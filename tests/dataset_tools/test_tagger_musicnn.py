@@ -45,7 +45,7 @@ def test_musicnn_tags_land_in_the_json_and_the_caption_and_are_deterministic_for
     vocabulary = load_musicnn_vocabulary().fields
     report = _prepare(src, tmp_path / "a", **TAGGED)
     infos = _infos(tmp_path / "a")
-    assert len(infos) == 6 and report.tagging["model"] == "tiny-musicnn:0"
+    assert len(infos) == 6 and report.tagging["model"].startswith("tiny-musicnn:0/p")
     for rel, info in infos.items():
         tags = info["tags"]
         assert all(len(tags[f]) == 2 and set(tags[f]) <= set(vocabulary[f]) for f in ("instrument", "mood", "style"))
@@ -137,3 +137,31 @@ def test_the_threshold_default_is_the_taggers_own():
     assert tag_threshold(PrepareOptions(tagger="clap")) == DEFAULT_TAG_THRESHOLDS["clap"] == 0.15
     assert tag_threshold(PrepareOptions(tagger="musicnn")) == DEFAULT_TAG_THRESHOLDS["musicnn"]
     assert tag_threshold(PrepareOptions(tagger="musicnn", tag_threshold=0.4)) == 0.4
+
+
+def test_musicnn_resamples_as_it_was_trained_with_resampy_kaiser_best():
+    """musicnn's features came from librosa.load(sr=16000) (resampy kaiser_best); soxr keeps more
+    of the band near 8 kHz and moves the upper mel bands, hence the tags."""
+    import librosa
+    import torch
+    from dataset_tools.musicnn import MODELS, log_mel, patches, tiny_musicnn
+    rng = np.random.default_rng(1)
+    wave = (0.3 * rng.standard_normal(int(4.0 * 44100))).astype(np.float32)   # white noise: energy up to 8 kHz
+    model = tiny_musicnn(0)
+    got = model.patch_probabilities(np.stack([wave, wave]), 44100)
+    x = torch.as_tensor(patches(log_mel(librosa.resample(wave, orig_sr=44100, target_sr=16000,
+                                                         res_type="kaiser_best"))))
+    with torch.no_grad():
+        want = torch.cat([torch.sigmoid(model.nets[m](x)) for m in MODELS], dim=1).double().numpy()
+    assert got.shape == want.shape == (1, 100)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_the_musicnn_identity_names_the_preprocessing_version(tmp_path):
+    """Cached tag vectors are keyed by the identity: a new preprocessing must not reuse old ones."""
+    from dataset_tools.musicnn import PREPROCESSING_VERSION, weight_paths
+    from dataset_tools.tagging_musicnn import resolve_musicnn
+    for path in weight_paths(tmp_path).values():
+        path.write_bytes(b"x")
+    for name in ("tiny", str(tmp_path)):
+        assert resolve_musicnn(name)[1].endswith(f"/p{PREPROCESSING_VERSION}") and PREPROCESSING_VERSION >= 2
