@@ -135,10 +135,24 @@ def resolve_musicnn(name: str | None) -> tuple[str, str]:
     paths = weight_paths(folder)
     if not all(p.is_file() for p in paths.values()):
         raise unavailable(folder)
-    stats = ":".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths.values())
+    digest = hashlib.sha256(":".join(_content_hash(p) for p in paths.values()).encode()).hexdigest()[:8]
     # The preprocessing version: a change of resampler or spectrogram re-embeds cached tracks.
-    return str(folder.resolve()), (f"musicnn:{folder.resolve()}@{hashlib.sha256(stats.encode()).hexdigest()[:8]}"
-                                   f"/p{PREPROCESSING_VERSION}")
+    return str(folder.resolve()), f"musicnn:{folder.resolve()}@{digest}/p{PREPROCESSING_VERSION}"
+
+
+_HASHES: dict = {}
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of the file's bytes (weights rewritten with the same size within the clock's
+    resolution must still change the identity), remembered per (path, size, mtime_ns) in this
+    process: the two weight files are 3 MB each."""
+    from .musicnn_fetch import sha256_file
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
 
 
 def load_musicnn_backend(options) -> tuple[str, str, MusicnnVocabulary, MusicnnBackend]:

@@ -165,3 +165,18 @@ def test_the_musicnn_identity_names_the_preprocessing_version(tmp_path):
         path.write_bytes(b"x")
     for name in ("tiny", str(tmp_path)):
         assert resolve_musicnn(name)[1].endswith(f"/p{PREPROCESSING_VERSION}") and PREPROCESSING_VERSION >= 2
+
+
+def test_the_musicnn_identity_hashes_the_weights_contents(tmp_path):
+    """Same size, same mtime, other bytes: another identity (the cache must not serve old vectors)."""
+    import os
+    from dataset_tools.musicnn import weight_paths
+    from dataset_tools.tagging_musicnn import resolve_musicnn
+    ids = []
+    for i, folder in enumerate((tmp_path / "a", tmp_path / "b")):
+        folder.mkdir()
+        for path in weight_paths(folder).values():
+            path.write_bytes(bytes([i]) * 64)
+            os.utime(path, ns=(10**18, 10**18))
+        ids.append(resolve_musicnn(str(folder))[1].split("@")[1])
+    assert ids[0] != ids[1]
