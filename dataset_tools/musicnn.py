@@ -43,9 +43,13 @@ HOP = 256
 N_MELS = 96
 PATCH_FRAMES = 187          # librosa.time_to_frames(3 s) + 1, as musicnn's extractor feeds its models
 BN_EPS = 1e-3               # tf.compat.v1.layers.batch_normalization's default
+# A patch whose RMS is below -60 dBFS is near silence: the nets still give it tags (digital
+# silence scores "guitar" 0.31), so it is left out of a track's mean.
+SILENT_RMS = 1e-3
 RESAMPLER = "kaiser_best"   # resampy's filter: librosa.load(sr=16000) in the librosa musicnn was trained with
 # Bumped whenever the audio -> probabilities path changes, so cached tag vectors are recomputed
-# (it is part of the taggers' identity, hence of the cache keys). 2: resampy kaiser_best, not soxr.
+# (it is part of the taggers' identity, hence of the cache keys). 2: resampy kaiser_best, not soxr;
+# near-silent patches left out of the mean.
 PREPROCESSING_VERSION = 2
 MODELS = ("mtt", "msd")
 WEIGHT_FILES = {"mtt": "musicnn-mtt.safetensors", "msd": "musicnn-msd.safetensors"}
@@ -164,6 +168,16 @@ def resampled_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def audible(wave: np.ndarray, count: int) -> np.ndarray:
+    """``[count]`` bool: which of the ``count`` patches of ``wave`` (``[n]`` 16 kHz; ``patches``
+    of its spectrogram) have an RMS of at least ``SILENT_RMS``. One repeated patch (a clip
+    under 3 s) is judged on the whole clip."""
+    span = PATCH_FRAMES * HOP
+    parts = [wave] if len(wave) < span else [wave[i * span:(i + 1) * span] for i in range(count)]
+    return np.array([len(p) > 0 and float(np.sqrt(np.mean(np.square(p, dtype=np.float64)))) >= SILENT_RMS
+                     for p in parts], dtype=bool)
+
+
 def patches(spec: np.ndarray, frames: int = PATCH_FRAMES) -> np.ndarray:
     """``[P, frames, 96]``: ``spec`` ``[T, 96]`` cut into consecutive patches (the remainder
     dropped, as musicnn's extractor does); a spectrogram shorter than one patch is repeated to
@@ -188,9 +202,14 @@ class Musicnn:
 
     def patch_probabilities(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """``[P, 100]`` float64: the tag probabilities (MTT then MSD) of each 3 s patch of
-        ``wave`` (``[n]`` mono at ``sample_rate``; a clip under 3 s is one repeated patch)."""
+        ``wave`` (``[n]`` mono at ``sample_rate``; a clip under 3 s is one repeated patch) that
+        is not near silence (``audible``): P may be 0."""
         import torch
-        x = torch.as_tensor(patches(log_mel(resampled_16k(wave, sample_rate))))
+        wave = resampled_16k(wave, sample_rate)
+        x = patches(log_mel(wave))
+        x = torch.as_tensor(x[audible(wave, len(x))])
+        if not len(x):
+            return np.zeros((0, sum(len(TAGS[m]) for m in MODELS)))
         with torch.no_grad():
             probs = [torch.sigmoid(self.nets[m](x)).double() for m in MODELS]
         return torch.cat(probs, dim=1).numpy()

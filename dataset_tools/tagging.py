@@ -328,6 +328,7 @@ class TagSummary:
     untagged_this_run: int = 0       # tags removed (tagger off after a tagged run)
     error: str = ""                  # the pass stopped (conversion, manifests and report are kept)
     failed: list = field(default_factory=list)   # [{"source", "reason"}]
+    untaggable: list = field(default_factory=list)   # [{"source", "reason"}]: left untagged (too short, silent)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -390,12 +391,19 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
         from tqdm import tqdm
         bar = tqdm(total=len(todo), unit="track", desc="tags", dynamic_ncols=True)
     last_save = time.monotonic()
+    from .tagging_musicnn import UntaggableError
     try:
         for rel, rec in todo:
             embedding = cache.get(keys[rel], dim)
             if embedding is None:
                 try:
                     embedding = backend.embed(track_windows(out, rec["segments"], backend.window_seconds))
+                except UntaggableError as exc:   # no tags rather than made-up ones; settled until its key changes
+                    summary.untaggable.append({"source": rel, "reason": str(exc)})
+                    rewrite_captions(out, rec, record_template(rec, template), None)
+                    rec["track"].pop("tags", None)
+                    rec["tag_key"] = tag_keys[rel]
+                    continue
                 except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
                     summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
                                            type(exc).__name__})

@@ -33,6 +33,14 @@ from .musicnn import MODELS, PREPROCESSING_VERSION, TAGS, weight_paths
 
 DEFAULT_MUSICNN_VOCABULARY = Path(__file__).with_name("musicnn_vocabulary.yaml")
 WINDOW_SECONDS = 15.0       # 5 patches of 3 s per window
+# Below this much audio a track is left untagged: one patch repeated from a blip of sound gets
+# confident made-up tags (a 0.1 s tone: "techno" 0.69).
+MIN_TAG_SECONDS = 1.0
+
+
+class UntaggableError(ValueError):
+    """A track musicnn cannot tag meaningfully (too short, or silent): left untagged, the reason
+    listed in the summary."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,16 @@ class MusicnnBackend:
 
     def embed(self, windows: list[tuple[np.ndarray, int]]) -> np.ndarray:
         """``[100]``: the mean tag probabilities over the 3 s patches of the track's windows
-        (``(wave [n], rate)``)."""
-        return np.concatenate([self.model.patch_probabilities(w, rate) for w, rate in windows]).mean(axis=0)
+        (``(wave [n], rate)``) that are not near silence. ``UntaggableError`` for under
+        ``MIN_TAG_SECONDS`` of audio or when every patch is near silence."""
+        seconds = sum(len(w) / rate for w, rate in windows)
+        if seconds < MIN_TAG_SECONDS:
+            raise UntaggableError(f"too short to tag ({seconds:.2f} s of audio, musicnn needs at least "
+                                  f"{MIN_TAG_SECONDS:g} s)")
+        probs = np.concatenate([self.model.patch_probabilities(w, rate) for w, rate in windows])
+        if not len(probs):
+            raise UntaggableError("silent: no 3 s patch above -60 dBFS, nothing to tag")
+        return probs.mean(axis=0)
 
     def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
         """``{field: {word: score}}``, best first: a word's score is the highest probability of its

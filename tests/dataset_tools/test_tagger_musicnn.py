@@ -180,3 +180,41 @@ def test_the_musicnn_identity_hashes_the_weights_contents(tmp_path):
             os.utime(path, ns=(10**18, 10**18))
         ids.append(resolve_musicnn(str(folder))[1].split("@")[1])
     assert ids[0] != ids[1]
+
+
+def test_near_silent_patches_are_left_out_of_a_tracks_mean():
+    from dataset_tools.tagging_musicnn import MusicnnBackend, UntaggableError, load_musicnn_vocabulary
+    from dataset_tools.musicnn import tiny_musicnn
+    backend = MusicnnBackend(tiny_musicnn(0), load_musicnn_vocabulary())
+    music = tone(6.0, freq=441.0) + 0.05 * np.random.default_rng(2).standard_normal(6 * 44100).astype(np.float32)
+    alone = backend.embed([(music, 44100)])
+    quiet = 1e-4 * music   # -80 dB: near silence
+    for silence in (np.zeros(9 * 44100, np.float32), quiet):
+        assert np.abs(backend.embed([(music, 44100), (silence, 44100)]) - alone).max() < 1e-6
+    # Within a window: 15 s = 5 patches, of which the 2 of music (and the one it spills into) count.
+    probs = backend.model.patch_probabilities(np.concatenate([music, np.zeros(9 * 44100, np.float32)]), 44100)
+    assert 2 <= len(probs) <= 3
+    for windows in ([(np.zeros(6 * 44100, np.float32), 44100)], [(quiet, 44100)]):
+        with pytest.raises(UntaggableError, match="silent"):
+            backend.embed(windows)
+    with pytest.raises(UntaggableError, match="too short"):
+        backend.embed([(tone(0.1, freq=441.0), 44100)])
+    assert backend.embed([(tone(1.2, freq=441.0), 44100)]).shape == (100,)
+
+
+def test_too_short_and_silent_tracks_are_left_untagged_and_the_summary_says_why(src, tmp_path):
+    lib = tmp_path / "lib"
+    write_audio(lib / "rock/Riff.wav", tone(3.5, freq=882.0))
+    write_audio(lib / "rock/Blip.wav", tone(0.7, freq=882.0))
+    write_audio(lib / "rock/Hush.wav", np.zeros(int(3.5 * 44100), np.float32))
+    report = _prepare(lib, tmp_path / "out", trim_db=None, **TAGGED)   # keep the silence: no trim
+    infos = _infos(tmp_path / "out")
+    untagged = {Path(p).stem.split("_")[0] for p, i in infos.items() if "tags" not in i}
+    tagged = {Path(p).stem.split("_")[0] for p, i in infos.items() if "tags" in i}
+    reasons = {u["source"]: u["reason"] for u in report.tagging["untaggable"]}
+    assert tagged == {"Riff"} and untagged == {"Blip", "Hush"}
+    assert "too short" in reasons["rock/Blip.wav"] and "silent" in reasons["rock/Hush.wav"]
+    assert all(f"left untagged: {s}" in report.summary() for s in reasons)
+    assert report.tagging["failed"] == []
+    again = _prepare(lib, tmp_path / "out", trim_db=None, **TAGGED)   # settled: not retried as a failure would be
+    assert again.tagging["untaggable"] == [] and again.tagging["tracks_tagged_this_run"] == 0
