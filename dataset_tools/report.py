@@ -76,7 +76,8 @@ class PrepareReport:
         if len(t.get("untaggable", [])) > max_skipped:
             lines.append(f"    ... and {len(t['untaggable']) - max_skipped} more left untagged (see {REPORT_FILE})")
         if t.get("untagged_this_run"):
-            lines.append(f"  tags removed from {t['untagged_this_run']} track(s) (run with --tagger clap to "
+            taggers = "|".join(sorted(t.get("removed_taggers") or ["clap", "musicnn"]))
+            lines.append(f"  tags removed from {t['untagged_this_run']} track(s) (run with --tagger {taggers} to "
                          f"keep them)")
         if self.longest_caption:
             c = self.longest_caption

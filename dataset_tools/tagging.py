@@ -150,6 +150,7 @@ class TaggerSetup:
     threshold: float
     max_tags: int
     backend: object = field(default=None, repr=False)
+    tagger: str = "clap"  # --tagger: recorded on the tracks it tags (the summary names it if they lose the tags)
 
     def tag_key(self, embedding_key: str, template: str) -> str:
         """What a record's tags and captions depend on (besides its facts)."""
@@ -207,7 +208,7 @@ def check_tagger(options, device: str | None = None) -> TaggerSetup:
         from .tagging_musicnn import load_musicnn_backend
         model, model_id, vocabulary, backend = load_musicnn_backend(options)
         return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
-                           backend)
+                           backend, "musicnn")
     tagger_model = options.tagger_model or DEFAULT_TAGGER_MODEL
     model, model_id = resolve_model(tagger_model)
     vocabulary = load_vocabulary(options.tag_vocabulary)
@@ -326,6 +327,7 @@ class TagSummary:
     embeddings_computed: int = 0
     embeddings_from_cache: int = 0
     untagged_this_run: int = 0       # tags removed (tagger off after a tagged run)
+    removed_taggers: list = field(default_factory=list)   # the --tagger values those tags came from
     error: str = ""                  # the pass stopped (conversion, manifests and report are kept)
     failed: list = field(default_factory=list)   # [{"source", "reason"}]
     untaggable: list = field(default_factory=list)   # [{"source", "reason"}]: left untagged (too short, silent)
@@ -372,6 +374,10 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
                 rewrite_captions(out, rec, record_template(rec, template), None)
                 rec.pop("tag_key")
                 rec["track"].pop("tags", None)
+                # Records tagged before the tagger was recorded: either could have made them.
+                for name in rec.pop("tagger", "clap|musicnn").split("|"):
+                    if name not in summary.removed_taggers:
+                        summary.removed_taggers.append(name)
                 summary.untagged_this_run += 1
         if summary.untagged_this_run:
             state.save()
@@ -403,6 +409,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
                     rewrite_captions(out, rec, record_template(rec, template), None)
                     rec["track"].pop("tags", None)
                     rec["tag_key"] = tag_keys[rel]
+                    rec["tagger"] = setup.tagger
                     continue
                 except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
                     summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
@@ -416,6 +423,7 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
             rewrite_captions(out, rec, record_template(rec, template), tags)
             rec["track"]["tags"] = tags
             rec["tag_key"] = tag_keys[rel]
+            rec["tagger"] = setup.tagger
             summary.tracks_tagged_this_run += 1
             if bar is not None:
                 bar.update(1)

@@ -218,3 +218,12 @@ def test_too_short_and_silent_tracks_are_left_untagged_and_the_summary_says_why(
     assert report.tagging["failed"] == []
     again = _prepare(lib, tmp_path / "out", trim_db=None, **TAGGED)   # settled: not retried as a failure would be
     assert again.tagging["untaggable"] == [] and again.tagging["tracks_tagged_this_run"] == 0
+
+
+def test_removing_musicnn_tags_names_musicnn_as_the_tagger_to_keep_them(src, tmp_path):
+    out = tmp_path / "out"
+    _prepare(src, out, **TAGGED)
+    report = _prepare(src, out)   # tagger off: the tags go
+    assert report.tagging["untagged_this_run"] == 3
+    assert "tags removed from 3 track(s) (run with --tagger musicnn to keep them)" in report.summary()
+    assert all("tags" not in info for info in _infos(out).values())
