@@ -71,7 +71,7 @@ def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
     import yaml
     path = Path(path) if path else DEFAULT_MUSICNN_VOCABULARY
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())
     except OSError as exc:
         raise ValueError(f"cannot read the tag vocabulary {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -80,6 +80,12 @@ def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
              f"musicnn tags, e.g. 'style: {{electronic: [mtt:electronic, msd:electronica]}}'")
     if not isinstance(data, dict) or not data:
         raise ValueError(shape)
+    clap_keys = {"prompt", "tags", "background"}
+    if any(isinstance(v, dict) and set(v) & clap_keys for v in data.values()) \
+            or any(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"tag vocabulary {path} is a CLAP vocabulary (lists of words, prompt/tags/background); "
+                         f"musicnn needs caption words mapped to its model tags, e.g. "
+                         f"'style: {{electronic: [mtt:electronic, msd:electronica]}}' (see {DEFAULT_MUSICNN_VOCABULARY.name})")
     fields = {}
     for name, words in data.items():
         if name not in TAG_FIELDS:
@@ -87,11 +93,16 @@ def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
         if not isinstance(words, dict) or not words:
             raise ValueError(shape)
         fields[name] = {}
+        seen = {}
         for word, tags in words.items():
             tags = [tags] if isinstance(tags, str) else tags
             if not isinstance(word, str) or not word.strip() or not isinstance(tags, list) or not tags \
                     or not all(isinstance(t, str) for t in tags):
                 raise ValueError(shape)
+            if word.strip().lower() in seen:   # one caption word twice: the second would silently win
+                raise ValueError(f"tag vocabulary {path}: {name!r} has the caption word {word.strip()!r} twice "
+                                 f"({seen[word.strip().lower()]!r} and {word!r}); list it once with all its tags")
+            seen[word.strip().lower()] = word
             indices = []
             for tag in tags:
                 found = _indices(tag)
@@ -101,6 +112,25 @@ def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
                 indices += [i for i in found if i not in indices]
             fields[name][word.strip()] = indices
     return MusicnnVocabulary(fields)
+
+
+def _unique_keys_loader():
+    """A yaml SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently: a word's first list of tags would be lost)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str) and key in keys:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+                keys.add(key)
+            return super().construct_mapping(node, deep)
+    return UniqueKeys
 
 
 @dataclass

@@ -128,7 +128,7 @@ def test_an_unknown_model_tag_in_a_user_vocabulary_is_one_line(src, tmp_path, ca
     bad.write_text("style: [electronic]\n")   # CLAP's plain-list shape: no model tags
     assert main(["prepare", str(src), str(tmp_path / "out"), "--tagger", "musicnn", "--tagger-model", "tiny",
                  "--tag-vocabulary", str(bad)]) == EXIT_BAD_INPUT
-    assert "caption words and their musicnn tags" in capsys.readouterr().err
+    assert "is a CLAP vocabulary" in capsys.readouterr().err
 
 
 def test_the_threshold_default_is_the_taggers_own():
@@ -227,3 +227,20 @@ def test_removing_musicnn_tags_names_musicnn_as_the_tagger_to_keep_them(src, tmp
     assert report.tagging["untagged_this_run"] == 3
     assert "tags removed from 3 track(s) (run with --tagger musicnn to keep them)" in report.summary()
     assert all("tags" not in info for info in _infos(out).values())
+
+
+@pytest.mark.parametrize("text, words", [
+    ("style: {rock: [mtt:rock], ' rock ': [msd:rock]}\n", ["'rock' twice"]),
+    ("style: {Rock: [mtt:rock], rock: [msd:rock]}\n", ["'rock' twice"]),
+    ("style:\n  rock: [mtt:rock]\n  rock: [msd:rock]\n", ["duplicate key 'rock'", "line 3"]),
+    ("style:\n  rock: [mtt:rock]\nstyle:\n  pop: [msd:pop]\n", ["duplicate key 'style'"]),
+    ("style:\n  prompt: '{} music'\n  tags: [rock, pop]\n", ["is a CLAP vocabulary", "musicnn needs"]),
+    ("style: [rock, pop]\nmood: [calm]\n", ["is a CLAP vocabulary", "musicnn needs"]),
+])
+def test_a_musicnn_vocabulary_with_a_word_twice_or_a_clap_vocabulary_is_one_line(tmp_path, text, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError) as exc:
+        load_musicnn_vocabulary(bad)
+    message = str(exc.value)
+    assert "\n" not in message and all(w in message for w in words), message
