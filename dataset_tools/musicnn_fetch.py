@@ -138,15 +138,53 @@ def tf_to_state_dict(tensors: dict) -> dict:
     return result
 
 
-def read_checkpoint(prefix: Path) -> dict:
-    """``{name: array}`` of the TF checkpoint ``prefix`` (``.index`` + ``.data-*``), read with
-    TensorFlow's tensor bundle reader (no graph is imported, nothing is executed)."""
+def import_tensorflow():
+    """Import TensorFlow quietly, or a one-line ``MusicnnUnavailableError``. Its C++ start-up
+    notices (absl, oneDNN) ignore ``TF_CPP_MIN_LOG_LEVEL``, so file descriptor 2 is muted while
+    it loads (as ``genre_classifier.model.import_keras`` does), unless the user asked for
+    TensorFlow's logs with ``TF_CPP_MIN_LOG_LEVEL`` 0 or 1."""
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    saved = None
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1"):
+        try:
+            sys.stderr.flush()
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except OSError:
+            saved = None
     try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
     except ImportError:
         raise MusicnnUnavailableError("converting musicnn's checkpoints needs tensorflow (it is in "
                                       "requirements.txt: pip install tensorflow-cpu)") from None
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf
+
+
+def check_destination(folder: Path) -> None:
+    """One-line ``MusicnnUnavailableError`` unless ``folder`` is a writable folder or can be
+    created (its nearest existing parent is a writable folder); nothing is created here, so a
+    failed download leaves nothing behind."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise MusicnnUnavailableError(f"--to {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MusicnnUnavailableError(f"--to {folder}: {probe} is not writable")
+
+
+def read_checkpoint(prefix: Path) -> dict:
+    """``{name: array}`` of the TF checkpoint ``prefix`` (``.index`` + ``.data-*``), read with
+    TensorFlow's tensor bundle reader (no graph is imported, nothing is executed)."""
+    tf = import_tensorflow()
     try:
         reader = tf.train.load_checkpoint(str(prefix))
         return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
@@ -191,8 +229,11 @@ def convert_wheel(wheel: Path, folder: Path) -> Path:
 
 
 def fetch_tagger(options: FetchTaggerOptions) -> Path:
-    """Download (unless ``options.wheel``) and convert musicnn's weights; returns the folder."""
+    """Download (unless ``options.wheel``) and convert musicnn's weights; returns the folder.
+    The destination and TensorFlow are checked first: no download that could not be used."""
     folder = Path(options.to).expanduser() if options.to else default_dir()
+    check_destination(folder)
+    import_tensorflow()
     if options.wheel:
         return convert_wheel(Path(options.wheel).expanduser(), folder)
     with tempfile.TemporaryDirectory(prefix="musicnn-wheel-") as tmp:

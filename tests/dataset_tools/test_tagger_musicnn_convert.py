@@ -164,3 +164,40 @@ def test_a_failed_pip_download_is_one_line_saying_how_else(tmp_path, capsys, mon
     assert err.count("\n") == 1 and "No matching distribution" in err and "--wheel FILE" in err
     assert seen[0][1:4] == ["-m", "pip", "download"] and "--no-deps" in seen[0] and "--only-binary=:all:" in seen[0]
     assert not (tmp_path / "weights").exists()
+
+
+def test_a_file_as_the_destination_is_one_line_before_any_download(tmp_path, capsys, monkeypatch):
+    import dataset_tools.musicnn_fetch as fetch
+    calls = []
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(fetch, "import_tensorflow", lambda: calls.append("tf"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for to in (afile, afile / "below"):
+        assert main(["fetch-tagger", "musicnn", "--to", str(to)]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "is a file, not a folder" in err, err
+    assert calls == [] and afile.read_text() == "x"
+
+
+def test_tensorflow_is_imported_quietly_before_the_download(tmp_path):
+    """Fresh interpreter: TensorFlow is loaded (its start-up notices muted) before pip runs, so
+    a machine without it learns so before the download; stderr is the one error line."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; import dataset_tools.musicnn_fetch as f; from dataset_tools.__main__ import main\n"
+            "def download(folder):\n"
+            "    print('tensorflow' in sys.modules); raise f.MusicnnUnavailableError('pip download failed')\n"
+            "f.download_wheel = download\n"
+            "sys.exit(main(sys.argv[1:]))")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, "fetch-tagger", "musicnn", "--to", str(tmp_path / "w")],
+                          capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode == EXIT_BAD_INPUT and done.stdout.strip() == "True", (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    code = "import sys; sys.modules['tensorflow'] = None; " + code   # no tensorflow: one line, pip never runs
+    done = subprocess.run([sys.executable, "-c", code, "fetch-tagger", "musicnn", "--to", str(tmp_path / "w")],
+                          capture_output=True, text=True, cwd=root, env=env)
+    assert done.returncode == EXIT_BAD_INPUT and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "needs tensorflow" in done.stderr, done.stderr
