@@ -71,7 +71,8 @@ class PrepareOptions:
                          "docs/dataset_tools.md)", choices=TAGGERS, group="tags")
     tagger_model: str | None = option(None, f"clap: a hub name in the local cache or a local folder (default: "
                                       f"{DEFAULT_TAGGER_MODEL}); musicnn: the folder fetch-tagger wrote "
-                                      "(default: ~/.cache/musicgen-finetune/musicnn); either: tiny[:SEED] "
+                                      "(default: $XDG_CACHE_HOME/musicgen-finetune/musicnn, $XDG_CACHE_HOME "
+                                      "defaulting to ~/.cache); either: tiny[:SEED] "
                                       "(random weights, for tests)", metavar="NAME|DIR", group="tags")
     tag_vocabulary: str | None = option(None, "YAML file of the tags to score (default: the shipped "
                                         "dataset_tools/tag_vocabulary.yaml for clap, "
@@ -80,8 +81,8 @@ class PrepareOptions:
     tag_threshold: float | None = option(None, "keep a tag whose score is at least this (default: "
                                          + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_TAG_THRESHOLDS.items())
                                          + "); clap: a tag's share of the softmax over its field's tags and a "
-                                         "background prompt, which it must also beat; musicnn: the tag's mean "
-                                         "probability over the track", metavar="P", group="tags")
+                                         "background prompt, which it must also beat; musicnn: a word scores the "
+                                         "highest of its model tags' mean probabilities over the track", metavar="P", group="tags")
     max_tags_per_field: int = option(2, "at most this many tags per field (instrument, mood, style)",
                                      metavar="N", group="tags")
     # MIDI

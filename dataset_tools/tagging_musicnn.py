@@ -174,7 +174,7 @@ def unavailable(folder: Path) -> ClapUnavailableError:
 def resolve_musicnn(name: str | None) -> tuple[str, str]:
     """``(tiny:SEED or the weights folder, identity)``, checking the files are there (none is read)."""
     from .musicnn_fetch import default_dir
-    seed = tiny_seed(name) if name else None
+    seed = tiny_seed(name, "musicnn") if name else None
     if seed is not None:
         return f"tiny:{seed}", f"tiny-musicnn:{seed}/p{PREPROCESSING_VERSION}"
     folder = Path(name).expanduser() if name else default_dir()

@@ -244,3 +244,10 @@ def test_a_musicnn_vocabulary_with_a_word_twice_or_a_clap_vocabulary_is_one_line
         load_musicnn_vocabulary(bad)
     message = str(exc.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_bad_tiny_name_names_the_musicnn_tagger(src, tmp_path, capsys):
+    assert main(["prepare", str(src), str(tmp_path / "out"), "--tagger", "musicnn", "--tagger-model",
+                 "tiny:x"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad tiny musicnn name 'tiny:x'" in err, err
