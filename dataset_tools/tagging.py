@@ -369,17 +369,20 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
     summary = TagSummary(model=setup.model_id if setup else "")
     converted = [(rel, rec) for rel, rec in sorted(state.records.items()) if rec.get("status") == "converted"]
     if setup is None:
+        changed = False
         for rel, rec in converted:
             if rec.get("tag_key"):
                 rewrite_captions(out, rec, record_template(rec, template), None)
                 rec.pop("tag_key")
-                rec["track"].pop("tags", None)
-                # Records tagged before the tagger was recorded: either could have made them.
-                for name in rec.pop("tagger", "clap|musicnn").split("|"):
+                tagger = rec.pop("tagger", "clap|musicnn")   # older records: either could have tagged them
+                changed = True
+                if rec["track"].pop("tags", None) is None:
+                    continue   # left untagged by its tagger (too short, silent): no tags to lose
+                for name in tagger.split("|"):
                     if name not in summary.removed_taggers:
                         summary.removed_taggers.append(name)
                 summary.untagged_this_run += 1
-        if summary.untagged_this_run:
+        if changed:
             state.save()
         return summary
     audio_options = audio_options or {}

@@ -218,6 +218,8 @@ def test_too_short_and_silent_tracks_are_left_untagged_and_the_summary_says_why(
     assert report.tagging["failed"] == []
     again = _prepare(lib, tmp_path / "out", trim_db=None, **TAGGED)   # settled: not retried as a failure would be
     assert again.tagging["untaggable"] == [] and again.tagging["tracks_tagged_this_run"] == 0
+    off = _prepare(lib, tmp_path / "out", trim_db=None)   # tagger off: only Riff had tags to lose
+    assert off.tagging["untagged_this_run"] == 1
 
 
 def test_removing_musicnn_tags_names_musicnn_as_the_tagger_to_keep_them(src, tmp_path):
