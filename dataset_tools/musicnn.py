@@ -7,7 +7,8 @@ project installs (the package itself pins numpy<1.17 and builds TF1 graphs). The
 converted once from the wheel's TensorFlow checkpoints by ``musicnn_fetch`` (``python -m
 dataset_tools fetch-tagger musicnn``) into safetensors, which ``load_musicnn`` reads.
 
-Input: a log-mel spectrogram of 16 kHz mono audio (``log_mel``: 512-point STFT, hop 256, 96
+Input: a log-mel spectrogram of 16 kHz mono audio (``resampled_16k``: resampy's kaiser_best, as
+musicnn was trained; ``log_mel``: 512-point STFT, hop 256, 96
 Slaney mel bands, ``log10(10000 * power + 1)``), cut into patches of ``PATCH_FRAMES`` = 187
 frames (3 s, what the models were trained on; ``patches``). The network (``MusicnnNet``):
 

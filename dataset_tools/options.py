@@ -82,7 +82,8 @@ class PrepareOptions:
                                          + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_TAG_THRESHOLDS.items())
                                          + "); clap: a tag's share of the softmax over its field's tags and a "
                                          "background prompt, which it must also beat; musicnn: a word scores the "
-                                         "highest of its model tags' mean probabilities over the track", metavar="P", group="tags")
+                                         "highest of its model tags' mean probabilities over the track",
+                                         metavar="P", group="tags")
     max_tags_per_field: int = option(2, "at most this many tags per field (instrument, mood, style)",
                                      metavar="N", group="tags")
     # MIDI

@@ -85,7 +85,8 @@ def load_musicnn_vocabulary(path=None) -> MusicnnVocabulary:
             or any(isinstance(v, list) for v in data.values()):
         raise ValueError(f"tag vocabulary {path} is a CLAP vocabulary (lists of words, prompt/tags/background); "
                          f"musicnn needs caption words mapped to its model tags, e.g. "
-                         f"'style: {{electronic: [mtt:electronic, msd:electronica]}}' (see {DEFAULT_MUSICNN_VOCABULARY.name})")
+                         f"'style: {{electronic: [mtt:electronic, msd:electronica]}}' "
+                         f"(see {DEFAULT_MUSICNN_VOCABULARY.name})")
     fields = {}
     for name, words in data.items():
         if name not in TAG_FIELDS:
