@@ -1,9 +1,10 @@
-"""Command line: ``python -m dataset_tools {prepare,separate,stats,captions,example} ...`` (or ``dataset-tools``).
+"""Command line: ``python -m dataset_tools {prepare,separate,stats,captions,example,fetch-tagger} ...`` (or ``dataset-tools``).
 
 Only parses arguments and prints; the work is done by ``prepare``, ``separation.separate``,
-``dataset_stats``, ``caption_report`` and ``build_example``. Each command's flags come from the
-fields of its options dataclass (``PrepareOptions``, ``SeparateOptions``, ``StatsOptions``,
-``CaptionsOptions``, ``ExampleOptions``) through ``dataset_tools.cli``.
+``dataset_stats``, ``caption_report``, ``build_example`` and ``musicnn_fetch.fetch_tagger``. Each
+command's flags come from the fields of its options dataclass (``PrepareOptions``,
+``SeparateOptions``, ``StatsOptions``, ``CaptionsOptions``, ``ExampleOptions``,
+``FetchTaggerOptions``) through ``dataset_tools.cli``.
 Errors follow the project's convention (``cli.run_command``): one ``error: ...`` line, exit
 status 2 for bad input (also for a file in OUT that the command did not write and would have
 to replace), 1 for a run that could not finish (e.g. disk full), never a traceback (unless
@@ -82,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("out", metavar="OUT", help="folder to write the library into")
     from .example import ExampleOptions
     add_dataclass_options(e, ExampleOptions)
+
+    f = sub.add_parser("fetch-tagger", help="download and convert musicnn's pretrained weights for --tagger musicnn",
+                       description="Download the musicnn wheel from PyPI (pip download, no install), check its "
+                                   "sha256, and convert its MagnaTagATune and Million-Song checkpoints to "
+                                   "safetensors for `prepare --tagger musicnn`.")
+    from .musicnn_fetch import FetchTaggerOptions
+    add_dataclass_options(f, FetchTaggerOptions)
     return parser
 
 
@@ -104,6 +112,12 @@ def _run(args) -> int:
         from .caption_report import CaptionsOptions, caption_report
         options = dataclass_from_args(CaptionsOptions, args)
         print(caption_report(args.out, options).summary(options.top))
+        return 0
+    if args.command == "fetch-tagger":
+        from .musicnn_fetch import FetchTaggerOptions, fetch_tagger
+        folder = fetch_tagger(dataclass_from_args(FetchTaggerOptions, args))
+        print(f"musicnn weights written to {folder} (use: prepare --tagger musicnn"
+              f"{'' if args.to is None else ' --tagger-model ' + str(folder)})")
         return 0
     from .example import ExampleOptions, build_example
     report = build_example(args.out, dataclass_from_args(ExampleOptions, args))

@@ -57,14 +57,15 @@ class Clap:
         return float(self.model.logit_scale_a.detach().exp())
 
 
-def tiny_seed(name: str) -> int | None:
-    """``tiny`` -> 0, ``tiny:SEED`` -> SEED, anything else -> None; ValueError for ``tiny:x``."""
+def tiny_seed(name: str, tagger: str = "CLAP") -> int | None:
+    """``tiny`` -> 0, ``tiny:SEED`` -> SEED, anything else -> None; ValueError for ``tiny:x``
+    (naming ``tagger``, whose tiny model it was meant to be)."""
     text = str(name)
     if text != TINY_PREFIX and not text.startswith(TINY_PREFIX + ":"):
         return None
     seed = text.partition(":")[2] or "0"
     if not seed.isdigit():
-        raise ValueError(f"bad tiny CLAP name {text!r}: use 'tiny' or 'tiny:SEED'")
+        raise ValueError(f"bad tiny {tagger} name {text!r}: use 'tiny' or 'tiny:SEED'")
     return int(seed)
 
 

@@ -25,8 +25,11 @@ NOT_HASHED = ("workers", "valid_fraction", "seed", "absolute_paths", "progress",
 TAG_OPTIONS = ("tagger", "tagger_model", "tag_vocabulary", "tag_threshold", "max_tags_per_field")
 # Options that change only the captions, not the audio (the tag pass's embedding cache ignores them).
 CAPTION_OPTIONS = ("analyze", "caption_template")
-TAGGERS = ("none", "clap")
+TAGGERS = ("none", "clap", "musicnn")
 DEFAULT_TAGGER_MODEL = "laion/larger_clap_music"
+# --tag-threshold when not given. CLAP: a tag's share of a softmax over its field (not calibrated
+# on real weights); musicnn: a mean sigmoid probability, chosen on real music (docs/dataset_tools.md).
+DEFAULT_TAG_THRESHOLDS = {"clap": 0.15, "musicnn": 0.2}
 # The default template before it gained {style} and {mood}. Those are empty without --tagger, so
 # both give the same captions: hashing the new default as the former one keeps datasets made
 # before up to date instead of reconverting them all (the tag pass adds tags when asked).
@@ -63,15 +66,24 @@ class PrepareOptions:
                                    "parts with an unknown field are dropped", metavar="TEXT", group="captions")
     # automatic tags
     tagger: str = option("none", "tag instruments, moods and styles for the captions: clap = zero-shot "
-                         "scores of a music CLAP (see docs/dataset_tools.md)", choices=TAGGERS, group="tags")
-    tagger_model: str = option(DEFAULT_TAGGER_MODEL, "CLAP model: a hub name in the local cache, a local "
-                               "folder, or tiny[:SEED] (random weights, for tests)", metavar="NAME|DIR",
-                               group="tags")
+                         "scores of a music CLAP; musicnn = musicnn's pretrained MagnaTagATune and "
+                         "Million-Song tags (weights: `python -m dataset_tools fetch-tagger musicnn`; see "
+                         "docs/dataset_tools.md)", choices=TAGGERS, group="tags")
+    tagger_model: str | None = option(None, f"clap: a hub name in the local cache or a local folder (default: "
+                                      f"{DEFAULT_TAGGER_MODEL}); musicnn: the folder fetch-tagger wrote "
+                                      "(default: $XDG_CACHE_HOME/musicgen-finetune/musicnn, $XDG_CACHE_HOME "
+                                      "defaulting to ~/.cache); either: tiny[:SEED] "
+                                      "(random weights, for tests)", metavar="NAME|DIR", group="tags")
     tag_vocabulary: str | None = option(None, "YAML file of the tags to score (default: the shipped "
-                                        "dataset_tools/tag_vocabulary.yaml)", metavar="YAML", group="tags")
-    tag_threshold: float = option(0.15, "keep a tag whose score (its share of the softmax over its field's "
-                                  "tags and a background prompt) is at least this and above the "
-                                  "background's", metavar="P", group="tags")
+                                        "dataset_tools/tag_vocabulary.yaml for clap, "
+                                        "dataset_tools/musicnn_vocabulary.yaml for musicnn)", metavar="YAML",
+                                        group="tags")
+    tag_threshold: float | None = option(None, "keep a tag whose score is at least this (default: "
+                                         + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_TAG_THRESHOLDS.items())
+                                         + "); clap: a tag's share of the softmax over its field's tags and a "
+                                         "background prompt, which it must also beat; musicnn: a word scores the "
+                                         "highest of its model tags' mean probabilities over the track",
+                                         metavar="P", group="tags")
     max_tags_per_field: int = option(2, "at most this many tags per field (instrument, mood, style)",
                                      metavar="N", group="tags")
     # MIDI
@@ -123,7 +135,8 @@ class PrepareOptions:
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
              f"workers must be a whole number >= 1, got {self.workers}")
         need(self.tagger in TAGGERS, f"tagger must be one of {', '.join(TAGGERS)}, got {self.tagger!r}")
-        need(0.0 <= self.tag_threshold <= 1.0, f"tag threshold must be between 0 and 1, got {self.tag_threshold}")
+        need(self.tag_threshold is None or 0.0 <= self.tag_threshold <= 1.0,
+             f"tag threshold must be between 0 and 1, got {self.tag_threshold}")
         need(isinstance(self.max_tags_per_field, int) and self.max_tags_per_field >= 1,
              f"max tags per field must be a whole number >= 1, got {self.max_tags_per_field}")
         fields = template_fields(self.caption_template)

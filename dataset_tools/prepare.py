@@ -12,9 +12,9 @@ Steps:
    recording each result and saving the state every few seconds; a full or read-only disk
    stops the run (``RunFailedError``);
 6. remove outputs of sources that vanished or now produce fewer segments;
-7. with ``--tagger clap``, tag every track whose tags are not current (``tagging.py``: one
-   CLAP embedding per track, cached; captions and .json rewritten with the tags); without
-   it, remove the tags of a former tagged run;
+7. with ``--tagger clap`` or ``musicnn``, tag every track whose tags are not current
+   (``tagging.py``: one CLAP embedding or musicnn tag vector per track, cached; captions and
+   .json rewritten with the tags); without it, remove the tags of a former tagged run;
 8. split by track and write the manifests (``manifest.py``) and ``prepare_report.json`` (also
    when the tag pass failed; ``RunFailedError`` after them).
 
@@ -103,8 +103,8 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
     Returns the report (also written to ``OUT/prepare_report.json``).
     Raises:
         ValueError: bad SRC/OUT (missing, OUT inside SRC...), a missing ``--soundfont`` or a
-            missing Python package; with ``--tagger clap``, CLAP weights that are not on this
-            machine (``ClapUnavailableError``) or a bad vocabulary; ``ForeignFileError`` for a
+            missing Python package; with ``--tagger clap``/``musicnn``, the tagger's weights not
+            on this machine (``ClapUnavailableError``) or a bad vocabulary; ``ForeignFileError`` for a
             file in OUT where this run would write that prepare did not write (all raised
             before any work).
         OutputLockedError: another run is using OUT.
@@ -121,7 +121,7 @@ def prepare(src, out, options: PrepareOptions | None = None) -> PrepareReport:
         from .separation import check_model
         check_model(options.separation_model)
     tagger = None
-    if options.tagger != "none":  # one line saying how to provide the CLAP weights, before any work
+    if options.tagger != "none":  # one line saying how to provide the tagger's weights, before any work
         from .tagging import check_tagger
         tagger = check_tagger(options)
     out.mkdir(parents=True, exist_ok=True)

@@ -71,8 +71,13 @@ class PrepareReport:
             lines.append(f"  tags ({t['model']}): {t['tracks_tagged_this_run']} track(s) tagged this run, "
                          f"{t['embeddings_computed']} embedding(s) computed, {t['embeddings_from_cache']} from "
                          f"the cache" + (f", {len(t['failed'])} failed" if t.get("failed") else ""))
+        for item in t.get("untaggable", [])[:max_skipped]:
+            lines.append(f"    left untagged: {item['source']}: {item['reason']}")
+        if len(t.get("untaggable", [])) > max_skipped:
+            lines.append(f"    ... and {len(t['untaggable']) - max_skipped} more left untagged (see {REPORT_FILE})")
         if t.get("untagged_this_run"):
-            lines.append(f"  tags removed from {t['untagged_this_run']} track(s) (run with --tagger clap to "
+            taggers = "|".join(sorted(t.get("removed_taggers") or ["clap", "musicnn"]))
+            lines.append(f"  tags removed from {t['untagged_this_run']} track(s) (run with --tagger {taggers} to "
                          f"keep them)")
         if self.longest_caption:
             c = self.longest_caption

@@ -1,4 +1,9 @@
-"""Automatic tags for the captions: ``prepare --tagger clap``.
+"""Automatic tags for the captions: ``prepare --tagger clap`` (and ``--tagger musicnn``).
+
+Two taggers share this pass through one small interface, a *backend* (``dim``,
+``window_seconds``, ``embed`` of a track's windows, ``score``): CLAP here, musicnn in
+``tagging_musicnn.py`` (a pretrained tagger of 2 x 50 fixed
+tags whose weights come from PyPI; its "embedding" is the track's mean tag probabilities).
 
 A music CLAP (transformers' ``ClapModel``, default ``laion/larger_clap_music``) embeds each
 SOURCE track once: the mean of up to ``WINDOWS`` windows of CLAP's length (10 s) spread over
@@ -26,8 +31,8 @@ the tagger off re-renders tagged captions without tags. A template set by ``capt
 --template`` (the record's ``caption_template``) is kept by these re-renders until the track
 is reconverted.
 
-``check_tagger`` loads the model and embeds the prompts before any work, so a model that cannot
-load is a one-line error before conversion, not after it.
+``check_tagger`` loads the model (and, for CLAP, embeds the prompts) before any work, so a model
+that cannot load is a one-line error before conversion, not after it.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from .atomic import atomic_path
 from .captions import TAG_FIELDS, caption_values, genre_words, music_info, render_caption, with_tags
 from .clap import ClapUnavailableError, tiny_seed
 from .files import write_text_atomic
-from .options import DEFAULT_TAGGER_MODEL
+from .options import DEFAULT_TAGGER_MODEL, DEFAULT_TAG_THRESHOLDS
 
 DEFAULT_VOCABULARY = Path(__file__).with_name("tag_vocabulary.yaml")
 DEFAULT_PROMPT = "{} music"
@@ -109,16 +114,43 @@ def load_vocabulary(path=None) -> Vocabulary:
 
 
 @dataclass
+class ClapBackend:
+    """CLAP's side of the tag pass: ``clap`` and the prompts' embeddings (``text[field] =
+    (tags, [T + 1, P] unit-norm rows, the background's last)``)."""
+    clap: object
+    text: dict
+
+    @property
+    def dim(self) -> int:
+        """Size of a track's embedding (CLAP's projection)."""
+        return next(iter(self.text.values()))[1].shape[1]
+
+    @property
+    def window_seconds(self) -> float:
+        return self.clap.window_seconds
+
+    def embed(self, windows: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        """``[P]`` unit-norm: the mean CLAP embedding of the track's windows (``(wave, rate)``)."""
+        from .clap import clap_audio_embeddings
+        rows = np.concatenate([clap_audio_embeddings(self.clap, [w], rate) for w, rate in windows])  # [k, P]
+        mean = rows.mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    def score(self, embedding: np.ndarray, threshold: float, max_tags: int) -> dict:
+        return score_tags(embedding, self.text, self.clap.logit_scale, threshold, max_tags)
+
+
+@dataclass
 class TaggerSetup:
-    """What ``check_tagger`` loaded before any work: the model, its identity and the prompts'
-    embeddings (``text[field] = (tags, [T + 1, P] unit-norm rows, the background's last)``)."""
-    model: str            # what load_clap got: "tiny:SEED", a folder or a hub name
+    """What ``check_tagger`` loaded before any work: the model, its identity, the vocabulary and
+    the backend that embeds tracks and scores them (``ClapBackend``, ``tagging_musicnn.MusicnnBackend``)."""
+    model: str            # what was loaded: "tiny:SEED", a folder or a hub name
     model_id: str         # identity in the cache keys (folder/weights stat, hub commit)
-    vocabulary: Vocabulary
+    vocabulary: object    # Vocabulary (CLAP) or tagging_musicnn.MusicnnVocabulary: has key()
     threshold: float
     max_tags: int
-    clap: object = field(default=None, repr=False)
-    text: dict = field(default_factory=dict, repr=False)
+    backend: object = field(default=None, repr=False)
+    tagger: str = "clap"  # --tagger: recorded on the tracks it tags (the summary names it if they lose the tags)
 
     def tag_key(self, embedding_key: str, template: str) -> str:
         """What a record's tags and captions depend on (besides its facts)."""
@@ -161,11 +193,24 @@ def resolve_model(name: str) -> tuple[str, str]:
     return name, f"{name}@{Path(snapshot).name}"
 
 
+def tag_threshold(options) -> float:
+    """``--tag-threshold``, or the tagger's own default when it was not given."""
+    if options.tag_threshold is not None:
+        return float(options.tag_threshold)
+    return DEFAULT_TAG_THRESHOLDS[options.tagger]
+
+
 def check_tagger(options, device: str | None = None) -> TaggerSetup:
-    """Everything ``--tagger clap`` needs, loaded before any work: the vocabulary, the CLAP
-    model (a cache or folder with only part of its files fails here, not after converting)
-    and its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
-    model, model_id = resolve_model(options.tagger_model)
+    """Everything ``--tagger clap``/``musicnn`` needs, loaded before any work: the vocabulary,
+    the model (a cache or folder with only part of its files fails here, not after converting)
+    and, for CLAP, its prompts' embeddings. One-line ``ValueError``/``ClapUnavailableError``."""
+    if options.tagger == "musicnn":
+        from .tagging_musicnn import load_musicnn_backend
+        model, model_id, vocabulary, backend = load_musicnn_backend(options)
+        return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
+                           backend, "musicnn")
+    tagger_model = options.tagger_model or DEFAULT_TAGGER_MODEL
+    model, model_id = resolve_model(tagger_model)
     vocabulary = load_vocabulary(options.tag_vocabulary)
     from .clap import clap_text_embeddings, load_clap
     try:
@@ -179,11 +224,11 @@ def check_tagger(options, device: str | None = None) -> TaggerSetup:
         reason = "files missing or incomplete" if isinstance(exc, ClapUnavailableError) else \
             f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
         raise ClapUnavailableError(
-            f"CLAP model {options.tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
+            f"CLAP model {tagger_model!r} for --tagger clap cannot be loaded ({reason}): it needs config.json, the weights and the processor files (tokenizer, "
             f"preprocessor_config.json) as ClapModel and ClapProcessor save_pretrained write them; "
             f"`hf download {DEFAULT_TAGGER_MODEL}` fetches them all, or leave out --tagger") from None
-    return TaggerSetup(model, model_id, vocabulary, float(options.tag_threshold),
-                       int(options.max_tags_per_field), clap, text)
+    return TaggerSetup(model, model_id, vocabulary, tag_threshold(options), int(options.max_tags_per_field),
+                       ClapBackend(clap, text))
 
 
 # --- audio of a track ------------------------------------------------------------------------
@@ -217,18 +262,15 @@ def read_window(path: Path, offset: float, seconds: float) -> tuple[np.ndarray, 
     return audio.mean(axis=1), rate
 
 
-def track_embedding(clap, out: Path, segments: list[dict]) -> np.ndarray:
-    """``[P]`` unit-norm: the mean CLAP embedding of the track's windows."""
-    from .clap import clap_audio_embeddings
-    windows = [read_window(out / path, offset, seconds)
-               for path, offset, seconds in window_spans(segments, clap.window_seconds)]
-    rows = np.concatenate([clap_audio_embeddings(clap, [w], rate) for w, rate in windows])  # [k, P]
-    mean = rows.mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+def track_windows(out: Path, segments: list[dict], window: float) -> list[tuple[np.ndarray, int]]:
+    """``[(wave [n], rate)]``: the audio of the track's windows (``window_spans``) that its
+    embedding is made of."""
+    return [read_window(out / path, offset, seconds) for path, offset, seconds in window_spans(segments, window)]
 
 
 class EmbeddingCache:
-    """``OUT/.prepare_tag_cache/<key>.npy``: one ``[P]`` float64 embedding per track."""
+    """``OUT/.prepare_tag_cache/<key>.npy``: one ``[P]`` float64 embedding per track (musicnn:
+    its ``[100]`` mean tag probabilities)."""
 
     def __init__(self, out: Path):
         self.folder = Path(out) / CACHE_DIR
@@ -285,8 +327,10 @@ class TagSummary:
     embeddings_computed: int = 0
     embeddings_from_cache: int = 0
     untagged_this_run: int = 0       # tags removed (tagger off after a tagged run)
+    removed_taggers: list = field(default_factory=list)   # the --tagger values those tags came from
     error: str = ""                  # the pass stopped (conversion, manifests and report are kept)
     failed: list = field(default_factory=list)   # [{"source", "reason"}]
+    untaggable: list = field(default_factory=list)   # [{"source", "reason"}]: left untagged (too short, silent)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -325,13 +369,20 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
     summary = TagSummary(model=setup.model_id if setup else "")
     converted = [(rel, rec) for rel, rec in sorted(state.records.items()) if rec.get("status") == "converted"]
     if setup is None:
+        changed = False
         for rel, rec in converted:
             if rec.get("tag_key"):
                 rewrite_captions(out, rec, record_template(rec, template), None)
                 rec.pop("tag_key")
-                rec["track"].pop("tags", None)
+                tagger = rec.pop("tagger", "clap|musicnn")   # older records: either could have tagged them
+                changed = True
+                if rec["track"].pop("tags", None) is None:
+                    continue   # left untagged by its tagger (too short, silent): no tags to lose
+                for name in tagger.split("|"):
+                    if name not in summary.removed_taggers:
+                        summary.removed_taggers.append(name)
                 summary.untagged_this_run += 1
-        if summary.untagged_this_run:
+        if changed:
             state.save()
         return summary
     audio_options = audio_options or {}
@@ -341,20 +392,28 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
     todo = [(rel, rec) for rel, rec in converted if rec.get("tag_key") != tag_keys[rel]]
     if not todo:
         return summary
-    clap, text = setup.clap, setup.text
-    dim = next(iter(text.values()))[1].shape[1]
+    backend = setup.backend
+    dim = backend.dim
     cache = EmbeddingCache(out)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), unit="track", desc="tags", dynamic_ncols=True)
     last_save = time.monotonic()
+    from .tagging_musicnn import UntaggableError
     try:
         for rel, rec in todo:
             embedding = cache.get(keys[rel], dim)
             if embedding is None:
                 try:
-                    embedding = track_embedding(clap, out, rec["segments"])
+                    embedding = backend.embed(track_windows(out, rec["segments"], backend.window_seconds))
+                except UntaggableError as exc:   # no tags rather than made-up ones; settled until its key changes
+                    summary.untaggable.append({"source": rel, "reason": str(exc)})
+                    rewrite_captions(out, rec, record_template(rec, template), None)
+                    rec["track"].pop("tags", None)
+                    rec["tag_key"] = tag_keys[rel]
+                    rec["tagger"] = setup.tagger
+                    continue
                 except (OSError, RuntimeError, ValueError) as exc:  # e.g. a segment deleted by hand
                     summary.failed.append({"source": rel, "reason": str(exc).splitlines()[0] if str(exc) else
                                            type(exc).__name__})
@@ -363,10 +422,11 @@ def tag_tracks(out: Path, state, setup: TaggerSetup | None, template: str, audio
                 summary.embeddings_computed += 1
             else:
                 summary.embeddings_from_cache += 1
-            tags = score_tags(embedding, text, clap.logit_scale, setup.threshold, setup.max_tags)
+            tags = backend.score(embedding, setup.threshold, setup.max_tags)
             rewrite_captions(out, rec, record_template(rec, template), tags)
             rec["track"]["tags"] = tags
             rec["tag_key"] = tag_keys[rel]
+            rec["tagger"] = setup.tagger
             summary.tracks_tagged_this_run += 1
             if bar is not None:
                 bar.update(1)

@@ -20,6 +20,7 @@ def _tables() -> dict:
     """NAME -> (doc path, Markdown table)."""
     from dataset_tools.caption_report import CaptionsOptions
     from dataset_tools.cli import options_markdown
+    from dataset_tools.musicnn_fetch import FetchTaggerOptions
     from dataset_tools.options import PrepareOptions
     from musicgen_trainer.cli_generate import GenerateOptions
     from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
@@ -34,6 +35,7 @@ def _tables() -> dict:
         "sampling": ("docs/generation.md", options_markdown(GenerationConfig, defaults={"seed": None})),
         "prepare": ("docs/dataset_tools.md", options_markdown(PrepareOptions)),
         "captions": ("docs/dataset_tools.md", options_markdown(CaptionsOptions)),
+        "fetch-tagger": ("docs/dataset_tools.md", options_markdown(FetchTaggerOptions)),
         "evaluate": ("docs/evaluation.md", options_markdown(EvaluateConfig)),
         "export": ("docs/sharing.md", options_markdown(ExportConfig)),
         "card": ("docs/sharing.md", options_markdown(CardOptions)),
