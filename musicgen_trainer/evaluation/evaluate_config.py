@@ -185,17 +185,20 @@ def recorded_base(value: str, export_base: str, run: tp.Optional[Path], run_conf
     """The run's ``--model`` as ``load_model`` should get it from here: a local folder as the
     absolute path train.py read (``recorded_path``), a hub or built-in name as it is. A folder
     that is gone is ValueError (one line) rather than a guess (a same-named folder of the current
-    folder, or a hub download). ``export_base``: the export's record (a local base by its last
-    name: the sign that it was a folder when train.py read it)."""
-    if value == "tiny" or value.startswith(("tiny:", "tiny-", "random:")):
+    folder, or a hub download): so is a name found nowhere that is neither built in nor a hub id
+    (``--model mybase`` was a folder where train.py ran). ``export_base``: the export's record (a
+    local base by its last name: the sign that it was a folder when train.py read it)."""
+    from ..models import is_builtin_name, is_hub_name
+
+    if is_builtin_name(value):
         return value  # tiny, tiny:SEED, tiny-melody, tiny-stereo, random:SIZE: load_model builds them, never folders
     found, tried = recorded_path(value, run, run_config)
     if found is not None:
         return str(found)
     local = (Path(value).expanduser().is_absolute() or value.startswith((".", "~"))
              or bool(export_base) and export_base == Path(value).name != value)
-    if not local:
-        return value  # a hub name (or a short one: small, melody...)
+    if not local and is_hub_name(value):
+        return value  # a hub name (or a released short one: small, melody...)
     raise _not_found("the base model the run trained from", value, tried, "--base")
 
 

@@ -110,3 +110,39 @@ def test_hub_and_built_in_bases_stay_names(project, tmp_path, monkeypatch):
         info = json.loads((run / "export" / "export_info.json").read_text())
         (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": name}))
         assert dataclasses.asdict(_inputs(run))["base"] == name
+
+
+def _recorded_as(project: Path, tmp_path: Path, model: str, export_base: str, working_folder=None) -> Path:
+    """A copy of the run that records ``model`` as its --model (export_info: ``export_base``)."""
+    run = tmp_path / "as" / "checkpoints" / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(project / "checkpoints" / "run", run)
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "model": model, "data": str(project / "datasets" / "ds"),
+                                                 "working_folder": str(working_folder or tmp_path / "gone")}))
+    info = json.loads((run / "export" / "export_info.json").read_text())
+    (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": export_base}))
+    return run
+
+
+def test_a_base_recorded_as_one_name_found_nowhere_is_refused_not_loaded_from_here(project, tmp_path, monkeypatch):
+    """train.py --model mybase (a folder of the folder it ran in, now gone): the current folder's
+    own mybase is a decoy, and 'mybase' is no hub id: refused in one line naming --base."""
+    run = _recorded_as(project, tmp_path, "mybase", "mybase")
+    here = _elsewhere(tmp_path, monkeypatch)
+    (here / "mybase").mkdir()
+    with pytest.raises(ValueError, match=r"mybase .*is not found at .*give --base") as err:
+        _inputs(run)
+    assert "\n" not in str(err.value)
+
+
+def test_only_the_names_load_model_builds_are_built_in(project, tmp_path, monkeypatch):
+    """A base folder whose name merely starts like a built-in (tiny-run/export) is a folder, found
+    where train.py ran; the built-in names and released aliases stay names."""
+    work = tmp_path / "work"
+    shutil.copytree(project / "bases" / "mybase", work / "tiny-run" / "export")
+    run = _recorded_as(project, tmp_path, "tiny-run/export", "export", working_folder=work)
+    _elsewhere(tmp_path, monkeypatch)
+    assert _inputs(run).base == str(work / "tiny-run" / "export")
+    for name in ("tiny:3", "tiny-melody", "tiny-stereo:2", "random:small", "small", "facebook/musicgen-melody"):
+        assert _inputs(_recorded_as(project, tmp_path, name, name)).base == name
