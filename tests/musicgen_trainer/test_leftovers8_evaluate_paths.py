@@ -61,7 +61,7 @@ def test_a_runs_relative_paths_resolve_from_the_run_folder_not_the_current_folde
     assert inputs.base == str(project / "bases" / "mybase")
     assert inputs.data == project / "datasets" / "ds"
     assert inputs.cache_dir == str(project / "cache")
-    assert inputs.run_config["data"] == str(project / "datasets" / "ds")  # what evaluate.py reads as trained_on
+    assert inputs.trained_on == project / "datasets" / "ds"  # what evaluate.py reads as trained_on
 
 
 def test_a_moved_project_or_an_absolute_out_still_resolves(project, tmp_path, monkeypatch):
@@ -69,11 +69,13 @@ def test_a_moved_project_or_an_absolute_out_still_resolves(project, tmp_path, mo
     trained with an absolute --out: found through the folder train.py recorded."""
     moved = tmp_path / "moved"
     shutil.copytree(project, moved, ignore=shutil.ignore_patterns("cache"))
+    config = moved / "checkpoints" / "run" / "config.json"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "working_folder": str(tmp_path / "was-here")}))  # moved: gone there
     _elsewhere(tmp_path, monkeypatch)
     inputs = _inputs(moved / "checkpoints" / "run")
     assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
-    config = moved / "checkpoints" / "run" / "config.json"
-    record = json.loads(config.read_text())
+    assert inputs.cache_dir == str(moved / "cache")  # not made yet there: beside the run, not in the gone folder
     config.write_text(json.dumps({**record, "out": str(moved / "checkpoints" / "run"), "working_folder": str(moved)}))
     inputs = _inputs(moved / "checkpoints" / "run")
     assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
@@ -146,3 +148,21 @@ def test_only_the_names_load_model_builds_are_built_in(project, tmp_path, monkey
     assert _inputs(run).base == str(work / "tiny-run" / "export")
     for name in ("tiny:3", "tiny-melody", "tiny-stereo:2", "random:small", "small", "facebook/musicgen-melody"):
         assert _inputs(_recorded_as(project, tmp_path, name, name)).base == name
+
+
+def test_a_run_copied_into_another_project_uses_what_it_trained_on_not_that_projects_namesakes(
+        project, tmp_path, monkeypatch):
+    """The run collected into another project that has its own datasets/ds and bases/mybase, while
+    the folder train.py ran in still holds the real ones: the recorded folder's are what train.py
+    read, so they are used (and reported as what the run trained on), not the other project's."""
+    other = tmp_path / "otherproj"
+    shutil.copytree(project / "checkpoints" / "run", other / "checkpoints" / "run")
+    _dataset(other / "datasets" / "ds")
+    shutil.copytree(project / "bases" / "mybase", other / "bases" / "mybase")
+    _elsewhere(tmp_path, monkeypatch)
+    inputs = _inputs(other / "checkpoints" / "run")
+    assert (inputs.base, inputs.data) == (str(project / "bases" / "mybase"), project / "datasets" / "ds")
+    assert inputs.trained_on == project / "datasets" / "ds"
+    assert inputs.run_config["data"] == "datasets/ds"  # the record itself is left as train.py wrote it
+    given = _inputs(other / "checkpoints" / "run", data=str(other / "datasets" / "ds"))
+    assert given.trained_on == project / "datasets" / "ds" != given.data  # evaluate's "not the dataset" note
