@@ -35,6 +35,26 @@ class ModelUnavailableError(RuntimeError):
     """The requested model cannot be loaded here (not cached offline, missing files, bad name)."""
 
 
+_BUILT_IN = ("tiny", "tiny-melody", TINY_STEREO_NAME)  # load_model builds these (and NAME:SEED, random:SIZE)
+
+
+def is_builtin_name(name: tp.Union[str, os.PathLike]) -> bool:
+    """True for the names ``load_model`` builds itself, never reading a folder or the hub: exactly
+    those its first branches take (``tiny-run/export`` is not one: it is a folder)."""
+    text = str(name)
+    return text in _BUILT_IN or text.startswith(tuple(n + ":" for n in _BUILT_IN) + ("random:",))
+
+
+def is_hub_name(name: str) -> bool:
+    """True for a released alias (``small``, ``facebook/musicgen-small``) or a hub id's
+    ``org/name`` form (one slash, neither part empty, not a path's start)."""
+    text = str(name).strip()
+    if text in SHORT_NAMES or text in PRETRAINED_NAMES:
+        return True
+    org, slash, repo = text.partition("/")
+    return bool(slash and org and repo and "/" not in repo and not text.startswith((".", "~")))
+
+
 def load_model(name: tp.Union[str, os.PathLike], device: tp.Optional[str] = None):
     """Load a MusicGen model (``audiocraft.models.MusicGen``) in eval mode.
 

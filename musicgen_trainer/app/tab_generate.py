@@ -32,6 +32,10 @@ def build_generate_tab(app) -> None:
                 gr.Slider(maximum=limit), app.model_note(value),
                 gr.Slider(value=own, maximum=max(GUIDANCE_SLIDER_MAX, own)))
 
+    def on_page_guidance(key):
+        own = app.guidance(app.value_of(key) or key)
+        return gr.Slider(value=own, maximum=max(GUIDANCE_SLIDER_MAX, own))
+
     def on_rescan(key):
         # Anyone who can reach the server can call this (Gradio runs any event by its number,
         # "private" only hides it from the API page and gradio_client): it is harmless, as
@@ -51,8 +55,10 @@ def build_generate_tab(app) -> None:
     def on_pair(model_key, adapter_key):
         return app.adapter_note(adapter_key, app.value_of(model_key) or model_key)
 
-    def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef,
-                    seed, midi, adapter=NO_ADAPTER, progress=gr.Progress()):
+    def on_generate(model, prompt, genres, duration, audio_prompt, top_k, top_p, temperature, cfg_coef=None,
+                    seed=-1, midi=False, adapter=NO_ADAPTER, progress=gr.Progress()):
+        # cfg_coef=None: Gradio makes an input whose value is None optional in the API only when
+        # the function's argument defaults to None (seed, midi: their sliders' values are the API's).
         from dataset_tools.audio_io import AudioDecodeError
 
         from ..models import ModelUnavailableError
@@ -115,10 +121,13 @@ def build_generate_tab(app) -> None:
                 top_p = gr.Slider(0.0, 1.0, value=DEFAULTS.top_p, step=0.01, label="Top-p", info=_help("top_p"))
                 temperature = gr.Slider(0.05, 2.0, value=DEFAULTS.temperature, step=0.05, label="Temperature",
                                         info=_help("temperature"))
-                # Starts at (and follows) the chosen model's own guidance: see on_model.
-                own = app.guidance(default)
-                cfg_coef = gr.Slider(0.0, max(GUIDANCE_SLIDER_MAX, own), value=own, step=0.1,
+                # Starts at (on_page_guidance, at page load) and follows (on_model) the chosen model's
+                # own guidance. Its built value is None, the API's default: a call that leaves the
+                # guidance out gets the model it asked for's own, not the preselected model's.
+                # (Slider(value=None) stores its minimum, so None is set on the instance.)
+                cfg_coef = gr.Slider(0.0, max(GUIDANCE_SLIDER_MAX, app.guidance(default)), step=0.1,
                                      label="Guidance (CFG coefficient)", info=_help("cfg_coef"), elem_id="cfg-coef")
+                cfg_coef.value = None
                 cfg_coef.preprocess = _none_is_models_own(cfg_coef.preprocess)
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1: random; the seed used is shown)")
             midi = gr.Checkbox(value=app.midi_default, label="Transcribe to MIDI (basic-pitch)")
@@ -138,6 +147,7 @@ def build_generate_tab(app) -> None:
                  concurrency_limit=1, concurrency_id="rescan")
     # On page load too: a fine-tune exported since the page was built (e.g. by the Train tab) is offered.
     gr.on(triggers=None, fn=on_rescan, inputs=model, outputs=[model, adapter], api_visibility="private")
+    gr.on(triggers=None, fn=on_page_guidance, inputs=model, outputs=cfg_coef, api_visibility="private")
     # The adapter comes last, optional ("none"): API scripts written before it still work.
     # Handlers only wait in the batcher (its one worker does the generating, one batch at a time, and
     # Compare's generations take the same lock): up to two batches' worth wait together, so the next

@@ -247,7 +247,7 @@ def evaluate(config: EvaluateConfig, log: tp.Callable[[str], None] = print) -> P
     inputs = resolve_inputs(config)
     clips = find_clips(inputs.data, inputs.valid_fraction, inputs.split_seed)
     train_clips, valid_clips = split_clips(clips)
-    trained_on = Path(str(inputs.run_config.get("data") or inputs.data)).expanduser()
+    trained_on = inputs.trained_on or inputs.data
     other_data = trained_on.exists() and trained_on.resolve() != inputs.data.resolve()
     if other_data:  # memorisation is checked against what the run trained on
         train_clips = split_clips(find_clips(trained_on, inputs.valid_fraction, inputs.split_seed))[0]

@@ -90,6 +90,7 @@ class Inputs:
     window_seconds: float             # the training window (held-out CE's crop)
     precision: str                    # the run's precision (autocast of the held-out CE on GPU)
     batch_size: int = 4               # the run's micro-batch: validation batched as training did (T5 pads per batch)
+    trained_on: tp.Optional[Path] = None  # the dataset the run read, found from here (None: not recorded or gone)
 
 
 def _read_json(path: Path) -> dict:
@@ -147,11 +148,17 @@ WORKING_FOLDER = "working_folder"  # config.json: the folder train.py ran in (fi
 
 def training_folders(run: tp.Optional[Path], run_config: dict) -> tp.List[Path]:
     """The folders a relative path in the run's ``config.json`` (``--model``, ``--data``,
-    ``--cache-dir``, as typed) may be relative to, in order: the folder train.py ran in as the run
-    folder's place tells it (the run folder is that folder + the recorded relative ``--out``: right
-    also after the whole project moved), then the folder train.py recorded (``working_folder``).
-    A run that records none (trained before it was recorded) adds the current folder, as before."""
+    ``--cache-dir``, as typed) may be relative to, in order: the folder train.py recorded
+    (``working_folder``: with it the path is the very one train.py read), then the folder train.py
+    ran in as the run folder's place tells it (the run folder is that folder + the recorded relative
+    ``--out``: right after the whole project moved, when the recorded folder is gone). Recorded first
+    because a run copied into another project would otherwise take that project's same-named dataset
+    or base. A run that records none (trained before it was recorded) adds the current folder last."""
     folders: tp.List[Path] = []
+    working = run_config.get(WORKING_FOLDER)
+    recorded_working = isinstance(working, str) and Path(working).is_absolute()
+    if recorded_working:
+        folders.append(Path(working))
     out = run_config.get("out")
     if run is not None and isinstance(out, str) and out.strip():
         recorded = Path(out).expanduser()
@@ -160,10 +167,7 @@ def training_folders(run: tp.Optional[Path], run_config: dict) -> tp.List[Path]:
             for here in (Path(os.path.abspath(run)), Path(os.path.realpath(run))):
                 if len(here.parts) > len(parts) and list(here.parts[-len(parts):]) == parts:
                     folders.append(here.parents[len(parts) - 1])
-    working = run_config.get(WORKING_FOLDER)
-    if isinstance(working, str) and Path(working).is_absolute():
-        folders.append(Path(working))
-    elif run is not None:
+    if run is not None and not recorded_working:
         folders.append(Path.cwd())
     return list(dict.fromkeys(folders))
 
@@ -186,17 +190,20 @@ def recorded_base(value: str, export_base: str, run: tp.Optional[Path], run_conf
     """The run's ``--model`` as ``load_model`` should get it from here: a local folder as the
     absolute path train.py read (``recorded_path``), a hub or built-in name as it is. A folder
     that is gone is ValueError (one line) rather than a guess (a same-named folder of the current
-    folder, or a hub download). ``export_base``: the export's record (a local base by its last
-    name: the sign that it was a folder when train.py read it)."""
-    if value == "tiny" or value.startswith(("tiny:", "tiny-", "random:")):
+    folder, or a hub download): so is a name found nowhere that is neither built in nor a hub id
+    (``--model mybase`` was a folder where train.py ran). ``export_base``: the export's record (a
+    local base by its last name: the sign that it was a folder when train.py read it)."""
+    from ..models import is_builtin_name, is_hub_name
+
+    if is_builtin_name(value):
         return value  # tiny, tiny:SEED, tiny-melody, tiny-stereo, random:SIZE: load_model builds them, never folders
     found, tried = recorded_path(value, run, run_config)
     if found is not None:
         return str(found)
     local = (Path(value).expanduser().is_absolute() or value.startswith((".", "~"))
              or bool(export_base) and export_base == Path(value).name != value)
-    if not local:
-        return value  # a hub name (or a short one: small, melody...)
+    if not local and is_hub_name(value):
+        return value  # a hub name (or a released short one: small, melody...)
     raise _not_found("the base model the run trained from", value, tried, "--base")
 
 
@@ -226,21 +233,25 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
     else:
         raise ValueError(f"{export} records no base model (no export_info.json base_model, no run config.json): "
                          f"give --base, e.g. --base facebook/musicgen-small")
-    recorded, run_config = run_config, dict(run_config)
-    missing = {}
+    resolved, missing = {}, {}  # run_config stays as train.py wrote it; what its paths name from here:
     for name in ("data", "cache_dir"):  # what evaluate reads from the record: found from the run folder
-        if isinstance(recorded.get(name), str) and recorded[name]:
-            found, tried = recorded_path(recorded[name], run, recorded)
+        if isinstance(run_config.get(name), str) and run_config[name]:
+            found, tried = recorded_path(run_config[name], run, run_config)
             if found is None:
                 missing[name] = tried
-            if found is not None or tried:
-                run_config[name] = str(found or tried[0])  # a cache not made yet: where train.py made it
+                # a cache not made yet: where train.py made it, in a folder that is still there
+                value = Path(run_config[name]).expanduser()
+                here = [f / value for f in training_folders(run, run_config) if f.is_dir()]
+                found = value if value.is_absolute() else next(iter(here + tried), None)
+            if found is not None:
+                resolved[name] = found
+    trained_on = None if "data" in missing else resolved.get("data")
     if config.data:
         data = Path(config.data).expanduser()
     elif "data" in missing:
-        raise _not_found("the dataset the run trained on", recorded["data"], missing["data"], "--data")
-    elif run_config.get("data"):
-        data = Path(run_config["data"])
+        raise _not_found("the dataset the run trained on", run_config["data"], missing["data"], "--data")
+    elif trained_on is not None:
+        data = trained_on
     else:
         raise ValueError("--data is required: the prepared dataset (the run's config.json, which would name it, "
                          "was not found)")
@@ -263,7 +274,8 @@ def resolve_inputs(config: EvaluateConfig) -> Inputs:
                          f"(and --data) for a dataset it never saw")
     return Inputs(export=export, run=run, run_config=run_config, base=base, base_source=source, data=data,
                   valid_fraction=valid_fraction, split_seed=split_seed, split_source=split_source,
-                  cache_dir=config.cache_dir or run_config.get("cache_dir"),
+                  cache_dir=config.cache_dir or (str(resolved["cache_dir"]) if "cache_dir" in resolved else None),
+                  trained_on=trained_on,
                   window_seconds=float(run_config.get("segment_seconds") or SEGMENT_SECONDS),
                   batch_size=int(run_config.get("batch_size") or 4),
                   precision=str(run_config.get("precision_used") or "fp32"))

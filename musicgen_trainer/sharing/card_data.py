@@ -95,15 +95,29 @@ def _base_kind(hub_name: str, recorded: str, info: dict) -> str:
 _SUMMARIES: tp.Dict[str, tuple] = {}  # a run's new bests rewrite the card: the dataset is read once
 
 
-def dataset_summary(run_config: dict, card_files: bool = False) -> tp.Tuple[list, list, int, str, list]:
+def dataset_summary(run_config: dict, card_files: bool = False, run_dir: tp.Optional[Path] = None
+                    ) -> tp.Tuple[list, list, int, str, list]:
     """``(genre rows, file names, files in all, note, captions)`` of the dataset ``run_config``
-    names, split as training split it. File names (relative to the dataset) only with ``card_files``."""
-    key = json.dumps([run_config.get(k) for k in ("data", "valid_fraction", "seed")] + [card_files, str(Path.cwd())])
+    names, split as training split it. File names (relative to the dataset) only with ``card_files``.
+    A relative ``data`` is found as evaluate finds it (``evaluate_config.recorded_path``: the folder
+    train.py recorded, then the one ``run_dir``'s place tells), not from the current folder."""
+    data = run_config.get("data")
+    if data and run_dir is not None:
+        from ..evaluation.evaluate_config import recorded_path
+        found, _ = recorded_path(str(data), Path(run_dir), run_config)
+        data = str(found) if found is not None else None
+        if data is None:
+            return [], [], 0, NOT_FOUND, []
+    key = json.dumps([data] + [run_config.get(k) for k in ("valid_fraction", "seed")] + [card_files,
+                                                                                         str(Path.cwd())])
     if key not in _SUMMARIES:
         _SUMMARIES.clear()
-        _SUMMARIES[key] = _dataset_summary(run_config, card_files)
+        _SUMMARIES[key] = _dataset_summary({**run_config, "data": data}, card_files)
     genres, files, total, note, captions = _SUMMARIES[key]
     return list(genres), list(files), total, note, list(captions)
+
+
+NOT_FOUND = "the dataset the run trained on was not found where the run read it"
 
 
 def _dataset_summary(run_config: dict, card_files: bool) -> tuple:
@@ -114,7 +128,7 @@ def _dataset_summary(run_config: dict, card_files: bool) -> tuple:
     try:
         clips = find_clips(data, float(run_config.get("valid_fraction", 0.1)), int(run_config.get("seed", 0)))
     except (DatasetError, OSError, ValueError):  # (its message names the user's folder: not in the card)
-        return [], [], 0, "the dataset the run trained on was not found where the run read it", []
+        return [], [], 0, NOT_FOUND, []
     train, valid = split_clips(clips)
     held_out = {id(c) for c in valid}
     import soundfile
@@ -328,7 +342,7 @@ def write_card(export_dir, run_dir=None, license: tp.Optional[str] = None, card_
                     _read_json(export / TRANSFORMERS_CONFIG).get("model_type") == "musicgen_melody",
                     window_seconds=float(info.get("max_duration") or 30.0))
     if run_config:
-        summary = dataset_summary(run_config, card_files)
+        summary = dataset_summary(run_config, card_files, run_dir)
         data.genres, data.files, data.files_total, data.dataset_note, captions = summary
         data.settings = training_settings(run_config)
     else:

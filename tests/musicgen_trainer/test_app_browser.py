@@ -68,6 +68,12 @@ def test_page_loads_prompt_submits_and_audio_appears(tiny_model, tmp_path):
         # The fine-tune's genres are offered as chips; tick one.
         jazz = wait.until(lambda d: d.find_element(By.XPATH, "//*[@id='genres']//label[contains(., 'jazz')]"))
         jazz.click()
+        # The guidance slider (built without a value: the API's "the model's own") shows the
+        # preselected model's own guidance once the page has loaded: 3 for this tiny fine-tune.
+        next(e for e in driver.find_elements(By.XPATH, "//*[contains(text(), 'Advanced sampling')]")
+             if e.is_displayed()).click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#cfg-coef input[type=number]")
+                   .get_attribute("value") == "3")
         driver.find_element(By.CSS_SELECTOR, "#generate").click()
 
         def wav_link(d):

@@ -61,7 +61,7 @@ def test_a_runs_relative_paths_resolve_from_the_run_folder_not_the_current_folde
     assert inputs.base == str(project / "bases" / "mybase")
     assert inputs.data == project / "datasets" / "ds"
     assert inputs.cache_dir == str(project / "cache")
-    assert inputs.run_config["data"] == str(project / "datasets" / "ds")  # what evaluate.py reads as trained_on
+    assert inputs.trained_on == project / "datasets" / "ds"  # what evaluate.py reads as trained_on
 
 
 def test_a_moved_project_or_an_absolute_out_still_resolves(project, tmp_path, monkeypatch):
@@ -69,11 +69,13 @@ def test_a_moved_project_or_an_absolute_out_still_resolves(project, tmp_path, mo
     trained with an absolute --out: found through the folder train.py recorded."""
     moved = tmp_path / "moved"
     shutil.copytree(project, moved, ignore=shutil.ignore_patterns("cache"))
+    config = moved / "checkpoints" / "run" / "config.json"
+    record = json.loads(config.read_text())
+    config.write_text(json.dumps({**record, "working_folder": str(tmp_path / "was-here")}))  # moved: gone there
     _elsewhere(tmp_path, monkeypatch)
     inputs = _inputs(moved / "checkpoints" / "run")
     assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
-    config = moved / "checkpoints" / "run" / "config.json"
-    record = json.loads(config.read_text())
+    assert inputs.cache_dir == str(moved / "cache")  # not made yet there: beside the run, not in the gone folder
     config.write_text(json.dumps({**record, "out": str(moved / "checkpoints" / "run"), "working_folder": str(moved)}))
     inputs = _inputs(moved / "checkpoints" / "run")
     assert (inputs.base, inputs.data) == (str(moved / "bases" / "mybase"), moved / "datasets" / "ds")
@@ -110,3 +112,57 @@ def test_hub_and_built_in_bases_stay_names(project, tmp_path, monkeypatch):
         info = json.loads((run / "export" / "export_info.json").read_text())
         (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": name}))
         assert dataclasses.asdict(_inputs(run))["base"] == name
+
+
+def _recorded_as(project: Path, tmp_path: Path, model: str, export_base: str, working_folder=None) -> Path:
+    """A copy of the run that records ``model`` as its --model (export_info: ``export_base``)."""
+    run = tmp_path / "as" / "checkpoints" / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(project / "checkpoints" / "run", run)
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "model": model, "data": str(project / "datasets" / "ds"),
+                                                 "working_folder": str(working_folder or tmp_path / "gone")}))
+    info = json.loads((run / "export" / "export_info.json").read_text())
+    (run / "export" / "export_info.json").write_text(json.dumps({**info, "base_model": export_base}))
+    return run
+
+
+def test_a_base_recorded_as_one_name_found_nowhere_is_refused_not_loaded_from_here(project, tmp_path, monkeypatch):
+    """train.py --model mybase (a folder of the folder it ran in, now gone): the current folder's
+    own mybase is a decoy, and 'mybase' is no hub id: refused in one line naming --base."""
+    run = _recorded_as(project, tmp_path, "mybase", "mybase")
+    here = _elsewhere(tmp_path, monkeypatch)
+    (here / "mybase").mkdir()
+    with pytest.raises(ValueError, match=r"mybase .*is not found at .*give --base") as err:
+        _inputs(run)
+    assert "\n" not in str(err.value)
+
+
+def test_only_the_names_load_model_builds_are_built_in(project, tmp_path, monkeypatch):
+    """A base folder whose name merely starts like a built-in (tiny-run/export) is a folder, found
+    where train.py ran; the built-in names and released aliases stay names."""
+    work = tmp_path / "work"
+    shutil.copytree(project / "bases" / "mybase", work / "tiny-run" / "export")
+    run = _recorded_as(project, tmp_path, "tiny-run/export", "export", working_folder=work)
+    _elsewhere(tmp_path, monkeypatch)
+    assert _inputs(run).base == str(work / "tiny-run" / "export")
+    for name in ("tiny:3", "tiny-melody", "tiny-stereo:2", "random:small", "small", "facebook/musicgen-melody"):
+        assert _inputs(_recorded_as(project, tmp_path, name, name)).base == name
+
+
+def test_a_run_copied_into_another_project_uses_what_it_trained_on_not_that_projects_namesakes(
+        project, tmp_path, monkeypatch):
+    """The run collected into another project that has its own datasets/ds and bases/mybase, while
+    the folder train.py ran in still holds the real ones: the recorded folder's are what train.py
+    read, so they are used (and reported as what the run trained on), not the other project's."""
+    other = tmp_path / "otherproj"
+    shutil.copytree(project / "checkpoints" / "run", other / "checkpoints" / "run")
+    _dataset(other / "datasets" / "ds")
+    shutil.copytree(project / "bases" / "mybase", other / "bases" / "mybase")
+    _elsewhere(tmp_path, monkeypatch)
+    inputs = _inputs(other / "checkpoints" / "run")
+    assert (inputs.base, inputs.data) == (str(project / "bases" / "mybase"), project / "datasets" / "ds")
+    assert inputs.trained_on == project / "datasets" / "ds"
+    assert inputs.run_config["data"] == "datasets/ds"  # the record itself is left as train.py wrote it
+    given = _inputs(other / "checkpoints" / "run", data=str(other / "datasets" / "ds"))
+    assert given.trained_on == project / "datasets" / "ds" != given.data  # evaluate's "not the dataset" note

@@ -60,3 +60,26 @@ def test_the_guidance_slider_follows_the_model_and_generates_with_its_own(checkp
     finally:
         demo.close()
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_an_api_call_leaving_guidance_out_gets_the_requested_models_own(checkpoints, tmp_path):
+    """The preselected model guides at 5; an API call for tiny that leaves the guidance out gets
+    tiny's own 3, not the preselected model's 5. The page still starts at the preselected model's own."""
+    from gradio_client import Client
+
+    from musicgen_trainer.app.page import App, serve_in_background
+    app = App(checkpoints=str(checkpoints), out=str(tmp_path / "out"), pretrained=[], midi_default=False,
+              data_root=None)
+    assert app.guidance(app.default_model()) == 5.0
+    demo, url = serve_in_background(app)
+    try:
+        start = next(f for f in demo.fns.values() if f.name == "on_page_guidance")
+        assert start.fn(app.key_of(app.default_model())).value == 5.0
+        client = Client(url, verbose=False)
+        client.predict("tiny", "tiny-omitted", [], 0.5, None, 50, 0.0, 1.0, api_name="/generate")
+        record = next(p for p in Path(app.out).glob("*/*.json") if json.loads(p.read_text())["prompt"]
+                      .endswith("tiny-omitted"))
+        assert json.loads(record.read_text())["cfg_coef"] == 3.0
+    finally:
+        demo.close()
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)

@@ -232,3 +232,24 @@ def test_a_transformers_export_card_says_transformers(tmp_path):
     text = write_card(folder, samples=[]).read_text(encoding="utf-8")
     assert "library_name: transformers" in text and "MusicgenMelodyForConditionalGeneration" in text
     assert "MusicGen.get_pretrained" not in text and "convert it first" not in text
+
+
+def test_a_card_made_from_another_folder_finds_the_runs_relative_dataset(tmp_path, monkeypatch):
+    """train.py --data data (relative) ran in proj/: a card written from elsewhere summarises
+    proj/data, found as evaluate finds it (the recorded working folder, the run folder's place),
+    not the current folder's own data/."""
+    proj = tmp_path / "proj"
+    run = _run(proj)
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "data": "data", "out": "run",
+                                                 "working_folder": str(proj)}))
+    decoy = tmp_path / "elsewhere" / "data" / "techno"
+    decoy.mkdir(parents=True)
+    sf.write(decoy / "x.wav", np.zeros(8000, np.float32), 8000)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    text = write_card(run / "export", license="MIT").read_text(encoding="utf-8")
+    assert "| jazz | 2 | 2 | 3.0 s | 1 |" in text and "techno" not in text
+    moved = tmp_path / "moved"  # the project moved: found from the run folder's place
+    (proj).rename(moved)
+    text = write_card(moved / "run" / "export", license="MIT").read_text(encoding="utf-8")
+    assert "| rock | 2 | 2 | 1.0 s | 1 |" in text and "techno" not in text

@@ -322,7 +322,8 @@ def test_page_config_and_api_description_hold_no_server_paths(served):
                              api_name="/generate")[-1]
     assert "seed 3" in summary
     # Picking the fine-tune in the page offers its training genres (what the page's own call gets).
-    event, (genres, _, note) = _raw_call(base, "on_model", ["export:jazzrun/export"])
+    # on_model sets genres, duration, note and the guidance slider
+    event, (genres, _, note, *_) = _raw_call(base, "on_model", ["export:jazzrun/export"])
     assert event == "complete" and [v for _, v in genres["choices"]] == ["jazz"] and "jazz" in note
 
 
