@@ -358,3 +358,27 @@ def test_max_queue_counts_requests_waiting_besides_those_the_batcher_takes(tiny_
         assert all("seed" in job.result(timeout=300)[4] for job in jobs)  # none refused
     finally:
         demo.close()
+
+
+def test_serve_in_background_picks_another_port_when_its_free_port_was_taken(tmp_path, monkeypatch):
+    """The free port is picked, closed, then listened on: another process may take it in between
+    (Gradio: OSError "Cannot find empty port"); a picked port is retried, a given one is not."""
+    from musicgen_trainer.app import page
+    app = page.App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False)
+    real, ports = page.launch, []
+
+    def taken_once(demo, **kw):
+        ports.append(kw["port"])
+        if len(ports) == 1:
+            raise OSError(f"Cannot find empty port in range: {kw['port']}-{kw['port']}")
+        return real(demo, **kw)
+    monkeypatch.setattr(page, "launch", taken_once)
+    demo, url = page.serve_in_background(app)
+    try:
+        assert len(ports) == 2 and url == f"http://127.0.0.1:{ports[1]}/"
+    finally:
+        demo.close()
+    ports.clear()
+    with pytest.raises(OSError, match="empty port"):
+        page.serve_in_background(app, port=12345)
+    assert ports == [12345]
