@@ -163,6 +163,8 @@ def run(options: GenerateOptions, log: tp.Callable[[str], None] = print) -> list
                 f"({', '.join(known)})")
     cfg, seeds = options.generation, request.seeds
     seed_words = f"seed {cfg.seed}" if len(prompts) == 1 else f"seed {cfg.seed} + i for clip i"
+    if seeds[-1] < seeds[0]:  # clip_seeds wrapped: the file names' _s<seed> restart at 0
+        seed_words += ", wrapping to 0 past 2**63 - 1"
     log(f"generating {len(prompts)} x {cfg.duration:g} s ({seed_words})")
     options.out.mkdir(parents=True, exist_ok=True)
     names = [options.prompts[i] if i < len(options.prompts) else "" for i in range(len(prompts))]

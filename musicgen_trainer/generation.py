@@ -226,10 +226,13 @@ def generate_with_melody(model, melody: torch.Tensor, sample_rate: int, prompts:
 
 
 def clip_seeds(seed: int, rows: int) -> tp.List[int]:
-    """The seed of each clip of a request seeded ``seed``: clip i gets ``seed + i`` (modulo 2**63). Every
-    path that generates several clips per request (generate.py, training samples, the evaluation report)
-    passes these as ``seeds=``, so clip i is what its prompt gives alone with ``seed + i``, whatever else
-    shares its batch, and a prompt given twice gives two different clips."""
+    """The seed of each clip of a request seeded ``seed`` (0 <= seed < 2**63, else ValueError): clip i gets
+    ``seed + i``, wrapping to 0 past 2**63 - 1. Every path that generates several clips per request
+    (generate.py, training samples, the evaluation report) passes these as ``seeds=``, so clip i is what
+    its prompt gives alone with ``seed + i``, whatever else shares its batch, and a prompt given twice
+    gives two different clips."""
+    if not 0 <= int(seed) < 2 ** 63:
+        raise ValueError(f"seed must be between 0 and 2**63 - 1, got {seed}")
     return [(int(seed) + i) % 2 ** 63 for i in range(int(rows))]
 
 

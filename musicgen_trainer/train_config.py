@@ -170,6 +170,7 @@ class TrainConfig:
         checks = [
             (self.segment_seconds > 0, "segment_seconds must be > 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (0 <= self.seed < 2 ** 63, f"seed must be between 0 and 2**63 - 1, got {self.seed}"),
             (self.grad_accum >= 1, "grad_accum must be >= 1"),
             (self.steps is None or self.steps >= 1, "steps must be >= 1"),
             (self.epochs > 0, "epochs must be > 0"),

@@ -31,6 +31,7 @@ from .backend import (APP_BATCH_LIMIT, APP_MAX_BATCH, APP_MAX_SECONDS, APP_MAX_U
 logger = logging.getLogger("musicgen_trainer.app")
 
 RESCAN_INTERVAL_S = 5.0  # the checkpoints folder is walked at most once per this many seconds
+APP_MAX_QUEUE = 20  # --max-queue: requests allowed to wait besides the Generate requests the batcher holds
 OTHER_THREADS = 40  # Gradio's worker threads (its default) kept for every event but Generate's waiting requests
 
 
@@ -215,10 +216,20 @@ def server_threads(app: App) -> int:
     return OTHER_THREADS + generate_concurrency(app.batcher.max_batch)
 
 
+def queue_size(app: App, max_queue: int = APP_MAX_QUEUE) -> int:
+    """Gradio's queue bound for ``app``'s page: ``max_queue`` requests waiting, plus the Generate
+    requests the batcher takes at once (``tab_generate.generate_concurrency``). Those pass through
+    Gradio's queue on their way in, and a burst of them arrives before Gradio's dispatch loop has moved
+    any into the batcher: counted as waiting, such a burst was refused ("Queue is full") while
+    fewer than ``max_queue`` requests really waited."""
+    from .tab_generate import generate_concurrency
+    return int(max_queue) + generate_concurrency(app.batcher.max_batch)
+
+
 def launch(demo, host: str = "127.0.0.1", port: tp.Optional[int] = 7860, share: bool = False,
-           max_queue: int = 20, block: bool = True, max_threads: int = OTHER_THREADS):
-    """Queue (one generation at a time, at most ``max_queue`` waiting) and serve with
-    ``max_threads`` worker threads (``server_threads(app)``)."""
+           max_queue: int = APP_MAX_QUEUE, block: bool = True, max_threads: int = OTHER_THREADS):
+    """Queue (one generation at a time, at most ``max_queue`` in Gradio's queue: ``queue_size(app)``)
+    and serve with ``max_threads`` worker threads (``server_threads(app)``)."""
     demo.queue(default_concurrency_limit=1, max_size=max_queue)
     _bypass_proxy_for(host)
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
@@ -238,17 +249,28 @@ def _bypass_proxy_for(host: str) -> None:
         os.environ[var] = ",".join(names)
 
 
-def serve_in_background(app: App, host: str = "127.0.0.1", port: tp.Optional[int] = None):
+def serve_in_background(app: App, host: str = "127.0.0.1", port: tp.Optional[int] = None,
+                        max_queue: int = APP_MAX_QUEUE):
     """Start the page in this process without blocking (tests, screenshots); returns
-    ``(demo, url)``; stop it with ``demo.close()``. ``port=None`` picks a free port."""
+    ``(demo, url)``; stop it with ``demo.close()``. ``port=None`` picks a free port; ``max_queue``
+    is ``--max-queue`` (requests allowed to wait besides those the batcher holds)."""
     import socket
-    if port is None:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-    demo = build_demo(app)
-    launch(demo, host=host, port=port, block=False, max_threads=server_threads(app))
-    return demo, f"http://{host}:{port}/"
+    for attempt in range(3 if port is None else 1):
+        chosen = port
+        if chosen is None:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                chosen = s.getsockname()[1]
+        demo = build_demo(app)
+        try:
+            launch(demo, host=host, port=chosen, block=False, max_queue=queue_size(app, max_queue),
+                   max_threads=server_threads(app))
+        except OSError:  # the free port was taken between picking and listening: pick another
+            demo.close()
+            if attempt == 2 or port is not None:
+                raise
+            continue
+        return demo, f"http://{host}:{chosen}/"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-duration", type=float, default=APP_MAX_SECONDS,
                    help=f"longest clip a request may ask for, seconds (default {APP_MAX_SECONDS:g})")
     p.add_argument("--cache", type=int, default=APP_MODEL_CACHE, help="models kept loaded (default 2)")
-    p.add_argument("--max-queue", type=int, default=20, help="requests allowed to wait (default 20)")
+    p.add_argument("--max-queue", type=int, default=APP_MAX_QUEUE,
+                   help=f"requests allowed to wait, besides the Generate requests the batcher holds "
+                        f"(twice --batch) (default {APP_MAX_QUEUE})")
     p.add_argument("--batch", type=int, default=APP_MAX_BATCH,
                    help=f"largest batch: Generate requests waiting together for the same model, duration and "
                         f"sampling settings are generated as one batch of up to this many, each with its own "
@@ -289,6 +313,8 @@ def main(argv=None) -> int:
     def command() -> int:
         if not 0 < args.max_duration <= 600:
             raise ValueError("--max-duration must be more than 0 and at most 600 seconds")
+        if args.max_queue < 0:
+            raise ValueError("--max-queue must be 0 or more")
         if not 1 <= args.batch <= APP_BATCH_LIMIT:
             raise ValueError(f"--batch must be between 1 and {APP_BATCH_LIMIT}")
         if args.host not in ("127.0.0.1", "localhost", "::1") or args.share:
@@ -298,7 +324,7 @@ def main(argv=None) -> int:
         app = App(checkpoints=args.checkpoints, out=args.out, device=args.device, max_duration=args.max_duration,
                   cache_size=args.cache, data_root=args.data_root, batch=args.batch)
         try:
-            launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=args.max_queue,
+            launch(build_demo(app), host=args.host, port=args.port, share=args.share, max_queue=queue_size(app, args.max_queue),
                    max_threads=server_threads(app))
         except OSError as exc:  # port in use, bad address
             raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None

@@ -63,6 +63,7 @@ class EvaluateConfig:
                   (0 < self.duration <= 30, f"--duration must be more than 0 and at most 30 s, got {self.duration:g}"),
                   (self.generic_clips >= 0, f"--generic-clips must be 0 or more, got {self.generic_clips}"),
                   (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+                  (0 <= self.seed < 2 ** 63, f"--seed must be between 0 and 2**63 - 1, got {self.seed}"),
                   (self.valid_fraction is None or 0 < self.valid_fraction < 1,
                    f"--valid-fraction must be between 0 and 1, got {self.valid_fraction}"),
                   (bool(str(self.model).strip()), "--model is required: a run folder or an export folder"),

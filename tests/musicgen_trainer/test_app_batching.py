@@ -312,17 +312,73 @@ def test_other_tabs_answer_while_many_generate_requests_wait(tiny_model, tmp_pat
     app = App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False, batch=batch)
     app.cache = ModelCache(loader=lambda name, device=None: tiny_model)
     assert server_threads(app) == OTHER_THREADS + 2 * batch
-    demo, url = serve_in_background(app)
+    # (deadlines of minutes: the lock is held, nothing finishes early; a loaded machine may be slow)
+    demo, url = serve_in_background(app, max_queue=2 * batch)
     try:
         client = Client(url, verbose=False)
         with backend.GENERATION_LOCK:  # a long generation runs: Generate requests pile up in the batcher
             jobs = [client.submit("tiny", "organ", [], 0.5, None, 250, 0.0, 1.0, 3.0, seed, False,
                                   api_name="/generate") for seed in range(2 * batch)]
-            _wait_for(lambda: app.batcher.waiting() == 2 * batch)
+            _wait_for(lambda: app.batcher.waiting() == 2 * batch, timeout=300)
             # another tab's quick event still runs (an unknown comparison: answered with its one-line error),
             # asked from another page (a client's own pool of threads is busy with its 40 requests)
             with pytest.raises(AppError):
-                Client(url, verbose=False).submit("no-such-comparison", api_name="/compare_reveal").result(timeout=30)
-        assert all("seed" in job.result(timeout=120)[4] for job in jobs)
+                Client(url, verbose=False).submit("no-such-comparison", api_name="/compare_reveal").result(timeout=300)
+        assert all("seed" in job.result(timeout=300)[4] for job in jobs)
     finally:
         demo.close()
+
+
+def test_max_queue_counts_requests_waiting_besides_those_the_batcher_takes(tiny_model, tmp_path, monkeypatch):
+    """Gradio's queue holds ``--max-queue`` plus the Generate requests the batcher takes at once: a
+    burst of those arrives before Gradio's dispatch loop moves any into the batcher, and was refused
+    ("Queue is full") while fewer than ``--max-queue`` requests really waited."""
+    from gradio_client import Client
+
+    from musicgen_trainer.app import page
+    launched = {}
+    monkeypatch.setattr(page, "launch", lambda demo, **kw: launched.update(kw))
+    assert page.main(["--batch", "3", "--max-queue", "5", "--checkpoints", str(tmp_path / "ck"),
+                      "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]) == 0
+    assert launched["max_queue"] == 5 + 2 * 3
+    assert page.main(["--max-queue", "-1"]) == 2
+    monkeypatch.undo()
+
+    batch, max_queue = 2, 2
+    app = page.App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False, batch=batch)
+    app.cache = ModelCache(loader=lambda name, device=None: tiny_model)
+    demo, url = page.serve_in_background(app, max_queue=max_queue)
+    try:
+        demo._queue.sleep_when_free = 0.5  # a loaded machine: the dispatch loop wakes late
+        client = Client(url, verbose=False)
+        with backend.GENERATION_LOCK:  # nothing finishes: the batcher fills, the rest wait in Gradio's queue
+            jobs = [client.submit("tiny", "organ", [], 0.5, None, 250, 0.0, 1.0, 3.0, seed, False,
+                                  api_name="/generate") for seed in range(2 * batch + max_queue)]
+            _wait_for(lambda: app.batcher.waiting() == 2 * batch, timeout=300)
+        assert all("seed" in job.result(timeout=300)[4] for job in jobs)  # none refused
+    finally:
+        demo.close()
+
+
+def test_serve_in_background_picks_another_port_when_its_free_port_was_taken(tmp_path, monkeypatch):
+    """The free port is picked, closed, then listened on: another process may take it in between
+    (Gradio: OSError "Cannot find empty port"); a picked port is retried, a given one is not."""
+    from musicgen_trainer.app import page
+    app = page.App(checkpoints=None, out=str(tmp_path / "out"), pretrained=[], midi_default=False)
+    real, ports = page.launch, []
+
+    def taken_once(demo, **kw):
+        ports.append(kw["port"])
+        if len(ports) == 1:
+            raise OSError(f"Cannot find empty port in range: {kw['port']}-{kw['port']}")
+        return real(demo, **kw)
+    monkeypatch.setattr(page, "launch", taken_once)
+    demo, url = page.serve_in_background(app)
+    try:
+        assert len(ports) == 2 and url == f"http://127.0.0.1:{ports[1]}/"
+    finally:
+        demo.close()
+    ports.clear()
+    with pytest.raises(OSError, match="empty port"):
+        page.serve_in_background(app, port=12345)
+    assert ports == [12345]

@@ -23,6 +23,21 @@ def _alone(model, prompt: str, seed: int, seconds: float = 1.0) -> torch.Tensor:
 def test_clip_seeds_are_seed_plus_index_below_2_63():
     assert clip_seeds(5, 3) == [5, 6, 7]
     assert clip_seeds(2 ** 63 - 1, 2) == [2 ** 63 - 1, 0]  # always a valid seed
+    for bad in (-1, 2 ** 63):  # a base seed out of range is refused, not wrapped: only the + i wraps
+        with pytest.raises(ValueError, match="seed must be between 0 and 2\\*\\*63 - 1"):
+            clip_seeds(bad, 2)
+
+
+def test_train_and_evaluate_refuse_a_seed_out_of_range():
+    from musicgen_trainer.evaluation.evaluate_config import EvaluateConfig
+    from musicgen_trainer.train_config import TrainConfig
+    for bad in (-1, 2 ** 63):
+        with pytest.raises(ValueError, match="seed must be between 0 and 2"):
+            TrainConfig(data="data", model="tiny", seed=bad)
+        with pytest.raises(ValueError, match="--seed must be between 0 and 2"):
+            EvaluateConfig(model="run", out="report", seed=bad)
+    assert TrainConfig(data="data", model="tiny", seed=2 ** 63 - 1).seed == 2 ** 63 - 1
+    assert EvaluateConfig(model="run", out="report", seed=2 ** 63 - 1).seed == 2 ** 63 - 1
 
 
 # --- the evaluation report ---------------------------------------------------------------------
@@ -134,6 +149,17 @@ def test_generate_cli_seeds_clip_i_with_seed_plus_i_as_its_prompt_alone(tmp_path
     meta, alone = _clip(tmp_path / "one", "00_drums_s6")
     assert meta["seed"] == 6
     np.testing.assert_allclose(clips[1][1], alone, atol=2 / 32768, rtol=0)
+
+
+def test_generate_cli_says_when_clip_seeds_wrap(tmp_path, capsys):
+    top = 2 ** 63 - 1
+    out = _cli(capsys, "--model", "tiny", "--prompt", "folk", "--prompt", "drums", "--duration", "0.5",
+               "--seed", str(top), "--out", tmp_path / "wrap")
+    assert f"(seed {top} + i for clip i, wrapping to 0 past 2**63 - 1)" in out
+    assert sorted(p.stem for p in (tmp_path / "wrap").glob("*.json")) == [f"00_folk_s{top}", "01_drums_s0"]
+    out = _cli(capsys, "--model", "tiny", "--prompt", "folk", "--prompt", "drums", "--duration", "0.5",
+               "--seed", str(top - 1), "--out", tmp_path / "nowrap")
+    assert f"(seed {top - 1} + i for clip i)" in out
 
 
 def test_generate_cli_continuation_of_several_prompts_seeds_each_clip(tmp_path, capsys):
