@@ -237,7 +237,7 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     def sample(all_logits: torch.Tensor) -> torch.Tensor:
         # all_logits [B2, K, card] -> next codes [B, K, 1], exactly as LMModel._sample_next_token.
         if guided:
-            cond_logits, uncond_logits = all_logits.split(B, dim=0)
+            cond_logits, uncond_logits = all_logits[:B], all_logits[B:]  # Tensor.split's Python costs ~5 us
             logits = uncond_logits + (cond_logits - uncond_logits) * cfg_coef
         else:
             logits = all_logits
@@ -251,18 +251,21 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     write = gen_sequence == unknown  # [B, K, S]
     full = write.all(dim=0).all(dim=0).tolist()
 
-    for offset in range(start, seq_len):
-        if offset == start:  # prefill: prefix + every step before the first one to generate
-            x = torch.cat([prefix, dec.embed(both(gen_sequence[..., :offset]))], dim=1)
-            logits = dec.prefill(x)[:, :, -1]
-        else:
-            logits = dec.step(both(gen_sequence[..., offset - 1:offset]), n_prefix + offset - 1,
-                              compiled=session.compile)
-        next_token = sample(logits)[..., 0]  # [B, K]
-        column = gen_sequence[..., offset]
-        column.copy_(next_token if full[offset] else torch.where(write[..., offset], next_token, column))
-        if callback is not None:
-            callback(1 + offset - start, seq_len - start)
+    # inference_mode: no version counters or autograd metadata on the step's many small tensors
+    # (~10 % of a tiny model's step on the CPU); the compiled step keeps no_grad (dynamo's guards).
+    with torch.inference_mode(not session.compile):
+        for offset in range(start, seq_len):
+            if offset == start:  # prefill: prefix + every step before the first one to generate
+                x = torch.cat([prefix, dec.embed(both(gen_sequence[..., :offset]))], dim=1)
+                logits = dec.prefill(x)[:, :, -1]
+            else:
+                logits = dec.step(both(gen_sequence[..., offset - 1:offset]), n_prefix + offset - 1,
+                                  compiled=session.compile)
+            next_token = sample(logits)[..., 0]  # [B, K]
+            column = gen_sequence[..., offset]
+            column.copy_(next_token if full[offset] else torch.where(write[..., offset], next_token, column))
+            if callback is not None:
+                callback(1 + offset - start, seq_len - start)
 
     assert not (gen_sequence == unknown).any()
     out_codes, _, _ = pattern.revert_pattern_sequence(gen_sequence, special_token=unknown)
