@@ -74,8 +74,8 @@ def _keep_top_k(probs: torch.Tensor, k: int, check: bool = False) -> torch.Tenso
     threshold = kth_largest(probs, k)
     probs.masked_fill_(probs < threshold, 0.0)
     sums = probs.sum(dim=-1, keepdim=True)
-    if check:
-        check_probs(sums)
+    if check and not math.isfinite(sums.sum().item()):  # sums of finite probabilities are finite
+        check_probs(sums)  # raises
     probs.div_(sums)
     return probs
 
@@ -189,8 +189,7 @@ class Exponentials:
 
     def _draw(self, n: int, probs: torch.Tensor) -> torch.Tensor:
         # [n, B, K, card]: n steps of variates, each row's steps from its own generator. The
-        # chunk's buffers are allocated once and reused (the last chunk uses their first n steps):
-        # fresh 256 KB blocks cost page faults at every chunk, ~10 % of the draw.
+        # chunk's buffers are allocated once and reused (the last chunk uses their first n steps).
         shape = (n, *probs.shape)
         if self._buffers is None or self._buffers[0].shape[1:] != shape[1:] or self._buffers[0].shape[0] < n \
                 or self._buffers[3].dtype != probs.dtype or self._buffers[0].device != probs.device:
@@ -223,8 +222,8 @@ def exponentials_from_uniforms(u: torch.Tensor, dtype: torch.dtype,
         out = (torch.empty_like(u), torch.empty_like(u, dtype=torch.int64), torch.empty_like(u, dtype=dtype))
     q64, bits, q = out
     torch.neg(u, out=q64)
-    q64.log1p_().neg_()
-    q.copy_(q64)
+    q64.log1p_()  # log1p(-u) <= 0: negated after rounding, in ``dtype`` (exact; half the bytes)
+    q.copy_(q64).neg_()  # round-to-nearest is symmetric: -round(x) == round(-x)
     if dtype == torch.float32:
         # Rounding to float32 is decided by the double's 29 low mantissa bits (half-way: 2^28; the
         # variates are normal floats, in [2^-53, 37]): risky within 8 double ulps of half-way,
@@ -233,7 +232,7 @@ def exponentials_from_uniforms(u: torch.Tensor, dtype: torch.dtype,
         torch.add(q64.view(torch.int64), 8 - 2 ** 28, out=bits).bitwise_and_(2 ** 29 - 1)
         risky = bits <= 16 if bool(bits.min() <= 16) else None
     else:  # generic: does moving the double by 8 ulps (relative 2^-49) either way change the rounding?
-        risky = ((q64 * (1 - 2 ** -49)).to(dtype) != q) | ((q64 * (1 + 2 ** -49)).to(dtype) != q)
+        risky = ((q64 * (2 ** -49 - 1)).to(dtype) != q) | ((q64 * (-1 - 2 ** -49)).to(dtype) != q)
         risky = risky if bool(risky.any()) else None
     if risky is not None:
         where = risky.nonzero(as_tuple=True)
