@@ -255,7 +255,10 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     # (~10 % of a tiny model's step on the CPU); the compiled step keeps no_grad (dynamo's guards).
     with torch.inference_mode(not session.compile):
         for offset in range(start, seq_len):
-            if offset == start:  # prefill: prefix + every step before the first one to generate
+            if offset == start and n_prefix + offset == 1 and not session.compile:
+                # one position to prefill (no prefix, no prompt): the same arithmetic as a step at 0
+                logits = dec.step(both(gen_sequence[..., :1]), 0)
+            elif offset == start:  # prefill: prefix + every step before the first one to generate
                 x = torch.cat([prefix, dec.embed(both(gen_sequence[..., :offset]))], dim=1)
                 logits = dec.prefill(x)[:, :, -1]
             else:
