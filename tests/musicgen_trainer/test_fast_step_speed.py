@@ -88,3 +88,40 @@ def test_drawn_ahead_variates_with_reused_buffers_are_exponential(dtype, generat
     assert torch.equal(torch.get_rng_state(), ref_state)
     if generators:
         assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(gens, ref_gens))
+
+
+@pytest.mark.parametrize("prompts", [["lo-fi piano"], ["lo-fi piano", "rock", "ambient pads"]])
+def test_every_step_logits_are_audiocrafts_bit_for_bit(prompts):
+    """The fast loop's logits at every step (tiny, fp32, guidance: both halves) are those of
+    audiocraft's own ``LMModel.forward`` in its loop, bit for bit: the same codes follow from the
+    same logits, not from luck at the rounding boundaries. Any speed-up that rounds differently
+    (a manual attention instead of SDPA, another gemm layout for the heads) fails here."""
+    import musicgen_trainer.fast_decode as fast_decode
+    from audiocraft.models.lm import LMModel
+    from musicgen_trainer.fast_generate import fast_decoding
+    from musicgen_trainer.models import load_model
+    model = load_model("tiny", device="cpu")
+    model.set_generation_params(duration=0.3, top_k=250, cfg_coef=3.0)
+    theirs, ours = [], []
+    forward = LMModel.forward
+
+    def record(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        theirs.append(out[:, :, -1].clone())
+        return out
+    step = fast_decode.lean_step
+    torch.manual_seed(1)
+    LMModel.forward = record
+    try:
+        ref = model.generate(prompts, return_tokens=True)[1]
+    finally:
+        LMModel.forward = forward
+    torch.manual_seed(1)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(fast_decode, "lean_step", lambda *a: (lambda r: ours.append(r.clone()) or r)(step(*a)))
+        with fast_decoding(model):
+            fast = model.generate(prompts, return_tokens=True)[1]
+    assert torch.equal(fast, ref)
+    assert len(ours) == len(theirs) > 10  # position 0 included (a step, not the prefill)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert torch.equal(a, b), (i, (a - b).abs().max().item())
