@@ -56,8 +56,7 @@ def kth_largest(probs: torch.Tensor, k: int) -> torch.Tensor:
     n = probs.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"top_k={k} must be between 1 and the codebook size ({n})")
-    if (probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64) and not probs.requires_grad
-            and probs.numel() > _KTHVALUE_NUMEL):
+    if _numpy_route(probs):
         import numpy as np
         return torch.from_numpy(np.partition(probs.numpy(), n - k, axis=-1)[..., n - k:n - k + 1])
     return torch.kthvalue(probs, n - k + 1, dim=-1, keepdim=True).values
@@ -66,13 +65,24 @@ def kth_largest(probs: torch.Tensor, k: int) -> torch.Tensor:
 _KTHVALUE_NUMEL = 0  # CPU tensors of more elements than this go to numpy (0: all)
 
 
+def _numpy_route(probs: torch.Tensor) -> bool:
+    return (probs.device.type == "cpu" and probs.dtype in (torch.float32, torch.float64) and not probs.requires_grad
+            and probs.numel() > _KTHVALUE_NUMEL)
+
+
 def _keep_top_k(probs: torch.Tensor, k: int, check: bool = False) -> torch.Tensor:
     # In place, as audiocraft's: zero below the k-th largest probability, renormalise. (audiocraft
     # multiplies by the float mask: p * 1.0 and p * 0.0 are p and 0 for the finite p >= 0 here.)
     # ``check``: check_probs on the kept probabilities' sums [..., 1] instead of a pass over all
-    # of them (a NaN is never zeroed: ``NaN < t`` is false; softmax gives NaN, not inf).
-    threshold = kth_largest(probs, k)
-    probs.masked_fill_(probs < threshold, 0.0)
+    # of them (a NaN stays: ``NaN * 0`` is NaN, ``NaN < t`` false; softmax gives NaN, not inf).
+    n = probs.shape[-1]
+    if 1 <= k <= n and _numpy_route(probs):  # threshold and mask in numpy, on probs' own memory
+        import numpy as np
+        a = probs.numpy()
+        # a * (a >= t): audiocraft's own form, 4x cheaper here than torch's broadcast compare + fill
+        np.multiply(a, a >= np.partition(a, n - k, axis=-1)[..., n - k:n - k + 1], out=a)
+    else:
+        probs.masked_fill_(probs < kth_largest(probs, k), 0.0)
     sums = probs.sum(dim=-1, keepdim=True)
     if check and not math.isfinite(sums.sum().item()):  # sums of finite probabilities are finite
         check_probs(sums)  # raises
@@ -170,7 +180,7 @@ class Exponentials:
         self.generators, self.left, self.chunk_bytes = generators, steps, chunk_bytes
         self._chunk: tp.Optional[torch.Tensor] = None
         self._i = 0
-        self._buffers: tp.Optional[tuple] = None  # (uniforms, float64 variates, int64 bits, variates) of a chunk
+        self._buffers: tp.Optional[tuple] = None  # (uniforms, float64 scratch, variates) of a chunk
 
     def next(self, probs: torch.Tensor) -> tp.Optional[torch.Tensor]:
         """This step's variates, shaped and typed as ``probs`` ``[B, K, card]`` (or None, above):
@@ -192,22 +202,21 @@ class Exponentials:
         # chunk's buffers are allocated once and reused (the last chunk uses their first n steps).
         shape = (n, *probs.shape)
         if self._buffers is None or self._buffers[0].shape[1:] != shape[1:] or self._buffers[0].shape[0] < n \
-                or self._buffers[3].dtype != probs.dtype or self._buffers[0].device != probs.device:
+                or self._buffers[2].dtype != probs.dtype or self._buffers[0].device != probs.device:
             f64 = dict(dtype=torch.float64, device=probs.device)
             self._buffers = (torch.empty(shape, **f64), torch.empty(shape, **f64),
-                             torch.empty(shape, dtype=torch.int64, device=probs.device),
                              torch.empty(shape, dtype=probs.dtype, device=probs.device))
-        u, q64, bits, q = (b[:n] for b in self._buffers)
+        u, q64, q = (b[:n] for b in self._buffers)
         if self.generators is None:
             torch.rand(shape, dtype=torch.float64, device=probs.device, out=u)
         else:  # one generator per row: each row's n steps in one call, in the order the row draws them
             f64 = dict(dtype=torch.float64, device=probs.device)
             u.copy_(torch.stack([torch.rand((n, *probs.shape[1:]), generator=g, **f64) for g in self.generators], dim=1))
-        return exponentials_from_uniforms(u, probs.dtype, out=(q64, bits, q))
+        return exponentials_from_uniforms(u, probs.dtype, out=(q64, q))
 
 
 def exponentials_from_uniforms(u: torch.Tensor, dtype: torch.dtype,
-                               out: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+                               out: tp.Optional[tp.Tuple[torch.Tensor, torch.Tensor]] = None
                                ) -> torch.Tensor:
     """ATen's CPU exponential variates from their double uniforms ``u``: ``-log1p(-u)`` in double
     (libm's ``log1p``), rounded to ``dtype`` (float32, bfloat16 or float16).
@@ -216,11 +225,11 @@ def exponentials_from_uniforms(u: torch.Tensor, dtype: torch.dtype,
     invisible once rounded to ``dtype`` unless the double lies within a few ulps of a rounding
     boundary; those rare elements (about one in 10^8) are recomputed with ``math.log1p`` (libm's).
 
-    ``out``: buffers shaped as ``u`` (float64, int64, ``dtype``) to compute in, the last returned;
+    ``out``: buffers shaped as ``u`` (float64 scratch, ``dtype``) to compute in, the last returned;
     None: new ones. ``u`` is left as it is."""
     if out is None:
-        out = (torch.empty_like(u), torch.empty_like(u, dtype=torch.int64), torch.empty_like(u, dtype=dtype))
-    q64, bits, q = out
+        out = (torch.empty_like(u), torch.empty_like(u, dtype=dtype))
+    q64, q = out
     torch.neg(u, out=q64)
     q64.log1p_()  # log1p(-u) <= 0: negated after rounding, in ``dtype`` (exact; half the bytes)
     q.copy_(q64).neg_()  # round-to-nearest is symmetric: -round(x) == round(-x)
@@ -229,7 +238,7 @@ def exponentials_from_uniforms(u: torch.Tensor, dtype: torch.dtype,
         # variates are normal floats, in [2^-53, 37]): risky within 8 double ulps of half-way,
         # four times the two log1p's largest difference (one ulp). One reduction tells whether any
         # element is (a comparison and ``any`` over the chunk cost 3x more).
-        torch.add(q64.view(torch.int64), 8 - 2 ** 28, out=bits).bitwise_and_(2 ** 29 - 1)
+        bits = q64.view(torch.int64).add_(8 - 2 ** 28).bitwise_and_(2 ** 29 - 1)  # q64 is spent: in place
         risky = bits <= 16 if bool(bits.min() <= 16) else None
     else:  # generic: does moving the double by 8 ulps (relative 2^-49) either way change the rounding?
         risky = ((q64 * (2 ** -49 - 1)).to(dtype) != q) | ((q64 * (-1 - 2 ** -49)).to(dtype) != q)
