@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import typing as tp
 
+import numpy as np
 import torch
 
 
@@ -57,7 +58,6 @@ def kth_largest(probs: torch.Tensor, k: int) -> torch.Tensor:
     if not 1 <= k <= n:
         raise ValueError(f"top_k={k} must be between 1 and the codebook size ({n})")
     if _numpy_route(probs):
-        import numpy as np
         return torch.from_numpy(np.partition(probs.numpy(), n - k, axis=-1)[..., n - k:n - k + 1])
     return torch.kthvalue(probs, n - k + 1, dim=-1, keepdim=True).values
 
@@ -77,7 +77,6 @@ def _keep_top_k(probs: torch.Tensor, k: int, check: bool = False) -> torch.Tenso
     # of them (a NaN stays: ``NaN * 0`` is NaN, ``NaN < t`` false; softmax gives NaN, not inf).
     n = probs.shape[-1]
     if 1 <= k <= n and _numpy_route(probs):  # threshold and mask in numpy, on probs' own memory
-        import numpy as np
         a = probs.numpy()
         # a * (a >= t): audiocraft's own form, 4x cheaper here than torch's broadcast compare + fill
         np.multiply(a, a >= np.partition(a, n - k, axis=-1)[..., n - k:n - k + 1], out=a)
@@ -147,7 +146,11 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
     probs = torch.softmax(logits if temp == 1.0 else logits / temp, dim=-1)  # x / 1.0 is x
     q = None if noise is None else noise.next(probs)
     if q is not None and top_p <= 0.0 and top_k > 0:  # checked on the kept sums (_keep_top_k)
-        return torch.argmax(_keep_top_k(probs, top_k, check=True).div_(q), dim=-1, keepdim=True)
+        probs = _keep_top_k(probs, top_k, check=True)
+        if _numpy_route(probs) and q.dtype == probs.dtype:  # the same IEEE division, first maximum
+            a = probs.numpy()
+            return torch.from_numpy(np.argmax(np.divide(a, q.numpy(), out=a), axis=-1, keepdims=True))
+        return torch.argmax(probs.div_(q), dim=-1, keepdim=True)
     check_probs(probs)  # every path: argmax(probs / q) would return a code for NaN/inf
     if q is None:  # the global RNG, drawn by torch.multinomial at this step
         from audiocraft.utils import utils
