@@ -31,7 +31,7 @@ import typing as tp
 import torch
 
 from .fast_decode import CROSS_BUCKET, StaticDecoder, bucket_length, bucket_rows, unsupported_reason
-from .fast_sampling import Exponentials, check_generators, sample_next
+from .fast_sampling import Exponentials, check_generators, mix_guidance, sample_next
 from .fast_sampling import sample_top_k  # noqa: F401 (importable from here, as before)
 
 # Compiled decoders are kept on their LM (warming a compiled step costs seconds to minutes), one per
@@ -237,8 +237,7 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     def sample(all_logits: torch.Tensor) -> torch.Tensor:
         # all_logits [B2, K, card] -> next codes [B, K, 1], exactly as LMModel._sample_next_token.
         if guided:
-            cond_logits, uncond_logits = all_logits[:B], all_logits[B:]  # Tensor.split's Python costs ~5 us
-            logits = uncond_logits + (cond_logits - uncond_logits) * cfg_coef
+            logits = mix_guidance(all_logits, B, cfg_coef)  # uncond + (cond - uncond) * cfg_coef
         else:
             logits = all_logits
         return sample_next(logits, use_sampling, temp, top_k, top_p, noise)

@@ -82,11 +82,32 @@ def _keep_top_k(probs: torch.Tensor, k: int, check: bool = False) -> torch.Tenso
         np.multiply(a, a >= np.partition(a, n - k, axis=-1)[..., n - k:n - k + 1], out=a)
     else:
         probs.masked_fill_(probs < kth_largest(probs, k), 0.0)
-    sums = probs.sum(dim=-1, keepdim=True)
-    if check and not math.isfinite(sums.sum().item()):  # sums of finite probabilities are finite
+    sums = probs.sum(dim=-1, keepdim=True)  # torch's reduction order, as audiocraft's
+    if _numpy_route(probs):  # the same IEEE operations, without torch's per-call overhead
+        s = sums.numpy()
+        if check and not math.isfinite(s.sum()):  # sums of finite probabilities are finite
+            check_probs(sums)  # raises
+        a = probs.numpy()
+        np.divide(a, s, out=a)
+        return probs
+    if check and not math.isfinite(sums.sum().item()):
         check_probs(sums)  # raises
     probs.div_(sums)
     return probs
+
+
+def mix_guidance(all_logits: torch.Tensor, rows: int, cfg_coef: float) -> torch.Tensor:
+    """audiocraft's classifier-free guidance ``uncond + (cond - uncond) * cfg_coef`` of logits
+    ``[2B, K, card]`` (conditional rows first) -> ``[B, K, card]``. On the CPU in numpy: the same
+    three float operations (the Python float rounded to the logits' dtype first, as torch's
+    scalar operand: NEP 50), at a third of torch's per-call cost for the tiny model's 8192 logits."""
+    cond, uncond = all_logits[:rows], all_logits[rows:]
+    if _numpy_route(all_logits) and all_logits.is_contiguous():
+        c, u = cond.numpy(), uncond.numpy()
+        out = np.subtract(c, u)
+        np.multiply(out, cfg_coef, out=out)
+        return torch.from_numpy(np.add(u, out, out=out))
+    return uncond + (cond - uncond) * cfg_coef
 
 
 def _sort_top_p(probs: torch.Tensor, p: float) -> tp.Tuple[torch.Tensor, torch.Tensor]:

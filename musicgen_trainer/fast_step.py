@@ -11,7 +11,8 @@ rounding after each as audiocraft's ``sum``: ``.sum(dim=1)`` would accumulate ha
 float32 and round once) and, in float32/float64 only, one matrix product for the K output heads
 instead of K (in half precision the CPU's kernels for the stacked and the single shapes need not
 round alike). The arithmetic is the same, in the same order, as the general path (the tests check
-the codes against audiocraft's loop, in float32, bfloat16 and float16).
+the codes against audiocraft's loop, in float32, bfloat16 and float16, and in float32 every step's
+logits against audiocraft's ``LMModel.forward`` bit for bit: ``test_fast_step_speed.py``).
 
 ``lean_plan(lm, dtype)`` gives the plan for one request (plain references to the LM's current
 weights: weights updated between requests, e.g. during training, are read afresh), or None for a

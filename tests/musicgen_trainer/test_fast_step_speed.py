@@ -125,3 +125,13 @@ def test_every_step_logits_are_audiocrafts_bit_for_bit(prompts):
     assert len(ours) == len(theirs) > 10  # position 0 included (a step, not the prefill)
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert torch.equal(a, b), (i, (a - b).abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", [3.0, 3.3, 0.7, 7.123456789, 2])
+def test_guidance_mix_in_numpy_is_audiocrafts_expression(dtype, cfg):
+    """mix_guidance (numpy on the CPU) gives ``uncond + (cond - uncond) * cfg`` as torch computes
+    it, bit for bit: the Python coefficient rounded to the logits' dtype, three rounded operations."""
+    from musicgen_trainer.fast_sampling import mix_guidance
+    x = torch.randn(6, 4, 2048, generator=torch.Generator().manual_seed(2), dtype=dtype) * 7
+    assert torch.equal(mix_guidance(x, 3, cfg), x[3:] + (x[:3] - x[3:]) * cfg)
