@@ -30,6 +30,10 @@ second) of each, their ratio, process CPU time, and the peak resident memory abo
 starting point during the call (sampled every 2 ms) next to the size of our static cache::
 
     python bench/bench_generate.py --decoders --cases tiny:1:5,tiny:8:30,small:1:5 --repeats 3
+
+On a shared machine read ``cpu per pair`` (the median of each alternated pair's own CPU-time
+ratio). ``--split`` adds the fast loop's CPU time per step split into the decode step, the
+sampling and the rest (three more fast runs per case, timed through wrappers).
 """
 from __future__ import annotations
 
@@ -197,7 +201,8 @@ def cache_bytes(model, batch: int, frames: int) -> int:
     return len(lm.transformer.layers) * 2 * 2 * batch * positions * lm.dim * next(lm.parameters()).element_size()
 
 
-def bench_decoders(name: str, batch: int, seconds: float, repeats: int, device: str, compile=None) -> dict:
+def bench_decoders(name: str, batch: int, seconds: float, repeats: int, device: str, compile=None,
+                   split: bool = False) -> dict:
     """Tokens/s of our decoder vs audiocraft's loop (see the module doc)."""
     import torch
     from musicgen_trainer.models import load_model
@@ -229,8 +234,48 @@ def bench_decoders(name: str, batch: int, seconds: float, repeats: int, device: 
     row["ratio"] = round(row["audiocraft"]["median_s"] / row["fast"]["median_s"], 2)
     row["ratio_min"] = round(row["audiocraft"]["min_s"] / row["fast"]["min_s"], 2)
     row["ratio_cpu"] = round(row["audiocraft"]["cpu_median_s"] / row["fast"]["cpu_median_s"], 2)
+    # the median of the pairs' own ratios: each pair ran minutes apart at most, so a neighbour's
+    # load hits both of its runs more alike than it hits runs of different pairs
+    row["ratio_cpu_pairs"] = round(statistics.median(
+        a / f for a, f in zip(stats["audiocraft"]["cpu"], stats["fast"]["cpu"])), 2)
+    if split:
+        row["fast_split_ms_per_step"] = split_fast_step(model, prompts, seconds)
     del model
     return row
+
+
+def split_fast_step(model, prompts, seconds: float, runs: int = 3) -> dict:
+    """Where the fast loop's process CPU time goes, ms per step (median of ``runs``): the decode
+    step (``lean_step``), the sampling (``sample_next``: softmax, top-k, variates, argmax) and the
+    rest (guidance mix, bookkeeping, conditions, prefill: the loop's total less the two)."""
+    import musicgen_trainer.fast_decode as fast_decode
+    import musicgen_trainer.fast_generate as fast_generate
+    spent = {"step": 0.0, "sampling": 0.0}
+    originals = {"step": (fast_decode, "lean_step"), "sampling": (fast_generate, "sample_next")}
+
+    def timed_call(key, fn):
+        def call(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.process_time() - start
+        return call
+    saved = {key: getattr(mod, name) for key, (mod, name) in originals.items()}
+    rows = []
+    try:
+        for key, (mod, name) in originals.items():
+            setattr(mod, name, timed_call(key, saved[key]))
+        for r in range(runs):
+            spent.update(step=0.0, sampling=0.0)
+            _, total, codes = timed(lm_tokens, model, prompts, seconds, 200 + r, "fast")
+            steps = codes.shape[-1] + model.lm.num_codebooks  # the delay pattern's extra steps
+            rows.append({k: 1000 * v / steps for k, v in
+                         {"total": total, **spent, "rest": total - sum(spent.values())}.items()})
+    finally:
+        for key, (mod, name) in originals.items():
+            setattr(mod, name, saved[key])
+    return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
 
 def main_decoders(args, device: str) -> int:
@@ -246,14 +291,17 @@ def main_decoders(args, device: str) -> int:
         if name not in ("tiny", "small", "medium", "large"):
             print(f"error: unknown model {name!r} (tiny, small, medium, large)", file=sys.stderr)
             return 2
-        r = bench_decoders(name, batch, seconds, args.repeats, device)
+        r = bench_decoders(name, batch, seconds, args.repeats, device, split=args.split)
         rows.append(r)
         print(f"{name:5s} x{batch} {seconds:g} s  audiocraft {r['audiocraft']['tokens_per_s']:8.0f} tok/s "
               f"({r['audiocraft']['median_s']:.2f} s, cpu {r['audiocraft']['cpu_median_s']:.2f} s, "
               f"peak +{r['audiocraft']['peak_rss_mb']:.0f} MB)  fast {r['fast']['tokens_per_s']:8.0f} tok/s "
               f"({r['fast']['median_s']:.2f} s, cpu {r['fast']['cpu_median_s']:.2f} s, peak +{r['fast']['peak_rss_mb']:.0f} MB, "
               f"cache {r['cache_mb']:.0f} MB)  ratio {r['ratio']:.2f}x (best-of {r['ratio_min']:.2f}x, "
-              f"cpu {r['ratio_cpu']:.2f}x)  same codes: {r['same_codes']}", flush=True)
+              f"cpu {r['ratio_cpu']:.2f}x, cpu per pair {r['ratio_cpu_pairs']:.2f}x)  same codes: {r['same_codes']}",
+              flush=True)
+        if args.split:
+            print(f"      fast loop, ms of CPU per step: {r['fast_split_ms_per_step']}", flush=True)
     meta = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
             "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
@@ -275,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--decoders", action="store_true", help="the LM loop alone: our fast decoder vs audiocraft's")
     p.add_argument("--cases", default="tiny:1:5,tiny:8:5,tiny:1:30,tiny:8:30,small:1:5,small:8:5",
                    help="with --decoders: MODEL:BATCH:SECONDS, comma-separated")
+    p.add_argument("--split", action="store_true",
+                   help="with --decoders: also where the fast loop's CPU time goes (step, sampling, rest)")
     args = p.parse_args(argv)
     import torch
     from musicgen_trainer.runtime import default_device

@@ -219,6 +219,8 @@ class StaticDecoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, p: int, compiled: bool = False) -> torch.Tensor:
         """One decoding step: codes ``[B2, K, 1]`` at cache position ``p`` -> logits ``[B2, K, card]``."""
+        if self._plan is not None and not compiled and not self.fixed:  # the eager CPU loop's path
+            return lean_step(self, self._plan, tokens, p)
         pos, length = self.positions[p:p + 1], p + 1
         rows = tokens.shape[0]
         if rows < self.batch:  # dummy rows (fixed decoders): code 0, their logits dropped

@@ -11,7 +11,8 @@ rounding after each as audiocraft's ``sum``: ``.sum(dim=1)`` would accumulate ha
 float32 and round once) and, in float32/float64 only, one matrix product for the K output heads
 instead of K (in half precision the CPU's kernels for the stacked and the single shapes need not
 round alike). The arithmetic is the same, in the same order, as the general path (the tests check
-the codes against audiocraft's loop, in float32, bfloat16 and float16).
+the codes against audiocraft's loop, in float32, bfloat16 and float16, and in float32 every step's
+logits against audiocraft's ``LMModel.forward`` bit for bit: ``test_fast_step_speed.py``).
 
 ``lean_plan(lm, dtype)`` gives the plan for one request (plain references to the LM's current
 weights: weights updated between requests, e.g. during training, are read afresh), or None for a
@@ -34,7 +35,7 @@ _PLAIN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 class LeanLayer(tp.NamedTuple):
     norm1: tuple  # (normalized_shape, weight, bias, eps)
-    qkv: tuple  # (weight [3D, D], bias [3D] or None)
+    qkv: tuple  # (transposed weight [D, 3D] (a view), bias [3D] or None); the same for every linear
     out: tuple
     norm_cross: tp.Optional[tuple]
     cross_q: tp.Optional[tuple]  # the query third of the cross-attention's input projection
@@ -51,8 +52,8 @@ class LeanPlan(tp.NamedTuple):
     emb: tp.List[torch.Tensor]  # per codebook [card + 1, D]
     emb_table: tp.Optional[torch.Tensor]  # [K * (card + 1), D] stacked (small models), else None
     emb_offsets: tp.Optional[torch.Tensor]  # [1, K, 1]: k * (card + 1)
-    heads: tp.List[tuple]  # per codebook (weight [card, D], bias)
-    head_table: tp.Optional[tuple]  # ([K * card, D], [K * card] or None) stacked, else None
+    heads: tp.List[tuple]  # per codebook (transposed weight [D, card], bias)
+    head_table: tp.Optional[tuple]  # ([D, K * card], [K * card] or None) stacked, else None
 
 
 def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
@@ -67,14 +68,14 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
     def linear(mod):
         if type(mod) not in _PLAIN_LINEAR:
             raise _Unsupported
-        return (mod.weight, mod.bias)
+        return (mod.weight.t(), mod.bias)
 
     def attention(attn):
         if hasattr(attn, "base_layer") or (attn.attention_as_float32 and dtype != torch.float32):
             raise _Unsupported
         if attn.custom:
-            return attn.in_proj_weight, attn.in_proj_bias, linear(attn.out_proj)
-        return attn.mha.in_proj_weight, attn.mha.in_proj_bias, linear(attn.mha.out_proj)
+            return attn.in_proj_weight.t(), attn.in_proj_bias, linear(attn.out_proj)
+        return attn.mha.in_proj_weight.t(), attn.mha.in_proj_bias, linear(attn.mha.out_proj)
 
     try:
         layers = []
@@ -85,9 +86,9 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
             w, b, out = attention(_base(layer.self_attn))
             cross = (None, None, None)
             if layer.cross_attention is not None:
-                cw, cb, cout = attention(_base(layer.cross_attention))
-                d = cw.shape[1]
-                cross = (norm(layer.norm_cross), (cw[:d], None if cb is None else cb[:d]), cout)
+                cw, cb, cout = attention(_base(layer.cross_attention))  # cw: [D, 3D], transposed
+                d = cw.shape[0]
+                cross = (norm(layer.norm_cross), (cw[:, :d], None if cb is None else cb[:d]), cout)
             layers.append(LeanLayer(norm(layer.norm1), (w, b), out, *cross, norm(layer.norm2),
                                     linear(layer.linear1), layer.activation, linear(layer.linear2)))
         out_norm = None if lm.out_norm is None else norm(lm.out_norm)
@@ -103,7 +104,8 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
         emb_offsets = torch.tensor([k * emb[0].shape[0] for k in range(len(emb))],
                                    device=emb_table.device).view(1, -1, 1)
     if dtype in _STACK_HEAD_DTYPES and sum(w.numel() * w.element_size() for w, _ in heads) <= STACK_BYTES:
-        head_table = (torch.cat([w for w, _ in heads]),
+        # [K * card, D] stacked, transposed as F.linear's weight (a view of the copy)
+        head_table = (torch.cat([w.t() for w, _ in heads]).t(),
                       None if heads[0][1] is None else torch.cat([b for _, b in heads]))
     return LeanPlan(layers, out_norm, emb, emb_table, emb_offsets, heads, head_table)
 
@@ -124,39 +126,55 @@ def lean_embed(plan: LeanPlan, tokens: torch.Tensor) -> torch.Tensor:
     ``sum([emb[k](codes[:, k]) ...])``: k = 0, 1, ... one at a time, rounded to the dtype after each."""
     if plan.emb_table is None:
         return sum([F.embedding(tokens[:, k], w) for k, w in enumerate(plan.emb)])
-    e = F.embedding(tokens + plan.emb_offsets, plan.emb_table)  # [B2, K, T, D]: one lookup
-    x = e[:, 0]
-    for k in range(1, e.shape[1]):  # not e.sum(dim=1): that rounds half precision once, at the end
-        x = x + e[:, k]
+    e = F.embedding(tokens + plan.emb_offsets, plan.emb_table).unbind(1)  # K x [B2, T, D]: one lookup
+    x = e[0] + e[1] if len(e) > 1 else e[0].clone()
+    for ek in e[2:]:  # not a sum over dim 1: that rounds half precision once, at the end
+        x.add_(ek)  # in place: the same rounding as ``x + ek``, one allocation less
     return x
 
 
 def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor:
     """One eager step of decoder ``dec`` (a ``StaticDecoder``): codes ``[B2, K, 1]`` at cache
-    position ``p`` -> logits ``[B2, K, card]``."""
+    position ``p`` -> logits ``[B2, K, card]``.
+
+    Per-call overhead is the cost here (~60 ops of a few microseconds each for the tiny model), so
+    the step keeps its one position as ``[B2, D]`` (2-D): ``F.linear`` on a 3-D input reshapes it
+    and goes through ``matmul`` before the same ``mm``/``addmm``; ``_mm`` calls that kernel on
+    the same 2-D operands directly (the weight's transpose is a view, as ``F.linear``'s). Also
+    ``torch.layer_norm`` rather than ``F.layer_norm``'s Python wrapper, residual sums in place
+    (``x`` is this step's own tensor), ``narrow`` rather than slicing, locals rather than attribute
+    lookups. The same kernels on the same values in the same order: the same rounding (tested
+    bit-identical to the general path)."""
     b = tokens.shape[0]
     heads, head_dim, dim = dec.heads, dec.head_dim, dec.dim
-    x = lean_embed(plan, tokens)
-    x = x + dec.scaled_positions(p, x.dtype)
+    layer_norm, attend = torch.layer_norm, F.scaled_dot_product_attention
+    x = lean_embed(plan, tokens)[:, 0]  # [B2, D]
+    x.add_(dec.scaled_positions(p, x.dtype)[:, 0])
     length = p + 1
     valid = None if dec.key_valid is None else dec.key_valid[..., :length]
+    cross_k, cross_v, cross_mask = dec.cross_k, dec.cross_v, dec.cross_mask
     for i, layer in enumerate(plan.layers):
-        h = F.layer_norm(x, *layer.norm1)
-        q, k, v = F.linear(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
+        h = layer_norm(x, *layer.norm1)
+        q, k, v = _mm(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
         kc, vc = dec.k_layers[i], dec.v_layers[i]
-        kc[:, :, p:length].copy_(k)
-        vc[:, :, p:length].copy_(v)
-        a = F.scaled_dot_product_attention(q, kc[:, :, :length], vc[:, :, :length], attn_mask=valid)
-        x = x + F.linear(a.reshape(b, 1, dim), *layer.out)
-        if layer.cross_q is not None and dec.cross_k[i] is not None:
-            h = F.layer_norm(x, *layer.norm_cross)
-            q = F.linear(h, *layer.cross_q).view(b, heads, 1, head_dim)
-            a = F.scaled_dot_product_attention(q, dec.cross_k[i], dec.cross_v[i], attn_mask=dec.cross_mask)
-            x = x + F.linear(a.reshape(b, 1, dim), *layer.cross_out)
-        h = F.layer_norm(x, *layer.norm2)
-        x = x + F.linear(layer.activation(F.linear(h, *layer.linear1)), *layer.linear2)
+        kc.narrow(2, p, 1).copy_(k)
+        vc.narrow(2, p, 1).copy_(v)
+        a = attend(q, kc.narrow(2, 0, length), vc.narrow(2, 0, length), attn_mask=valid)
+        x.add_(_mm(a.reshape(b, dim), *layer.out))  # [B2, H, 1, d] -> [B2, H * d]: a view
+        if layer.cross_q is not None and cross_k[i] is not None:
+            h = layer_norm(x, *layer.norm_cross)
+            q = _mm(h, *layer.cross_q).view(b, heads, 1, head_dim)
+            a = attend(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
+            x.add_(_mm(a.reshape(b, dim), *layer.cross_out))
+        h = layer_norm(x, *layer.norm2)
+        x.add_(_mm(layer.activation(_mm(h, *layer.linear1)), *layer.linear2))
     if plan.out_norm is not None:
-        x = F.layer_norm(x, *plan.out_norm)
-    if plan.head_table is not None:  # [B2, 1, K * card] -> [B2, K, card]
-        return F.linear(x, *plan.head_table).view(b, len(plan.heads), -1)
-    return torch.stack([F.linear(x[:, 0], *head) for head in plan.heads], dim=1)
+        x = layer_norm(x, *plan.out_norm)
+    if plan.head_table is not None:  # [B2, K * card] -> [B2, K, card]
+        return _mm(x, *plan.head_table).view(b, len(plan.heads), -1)
+    return torch.stack([_mm(x, *head) for head in plan.heads], dim=1)
+
+
+def _mm(x: torch.Tensor, weight_t: torch.Tensor, bias: tp.Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear(x, weight_t.t(), bias)`` for a 2-D ``x`` ``[N, in]``: the kernel it calls."""
+    return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
