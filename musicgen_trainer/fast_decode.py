@@ -112,8 +112,11 @@ class StaticDecoder(nn.Module):
         shape = (len(tr.layers), batch, self.heads, t_max, self.head_dim)
         # Buffers (not plain attributes) so that a compiled step sees them as static inputs it
         # may mutate in place (CUDA graphs keep their addresses).
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Made outside inference mode even under a caller's: a kept (compiled) decoder made during
+        # one call is written in place by later calls, which may run outside inference mode.
+        with torch.inference_mode(False):
+            self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+            self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         if torch.device(device).type == "cuda":  # CUDA graphs: the caches keep their address, mutated in place
             for buf in (self.k_cache, self.v_cache):
                 torch._dynamo.mark_static_address(buf)

@@ -251,8 +251,10 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     full = write.all(dim=0).all(dim=0).tolist()
 
     # inference_mode: no version counters or autograd metadata on the step's many small tensors
-    # (~10 % of a tiny model's step on the CPU); the compiled step keeps no_grad (dynamo's guards).
-    with torch.inference_mode(not session.compile):
+    # (~10 % of a tiny model's step on the CPU); the compiled step keeps no_grad (dynamo's guards)
+    # and the caller's own mode (``inference_mode(False)`` would turn off a caller's inference mode,
+    # and the prefill's in-place writes into tensors made under it would then fail).
+    with contextlib.nullcontext() if session.compile else torch.inference_mode():
         for offset in range(start, seq_len):
             if offset == start and n_prefix + offset == 1 and not session.compile:
                 # one position to prefill (no prefix, no prompt): the same arithmetic as a step at 0

@@ -104,9 +104,12 @@ def mix_guidance(all_logits: torch.Tensor, rows: int, cfg_coef: float) -> torch.
     cond, uncond = all_logits[:rows], all_logits[rows:]
     if _numpy_route(all_logits) and all_logits.is_contiguous():
         c, u = cond.numpy(), uncond.numpy()
-        out = np.subtract(c, u)
-        np.multiply(out, cfg_coef, out=out)
-        return torch.from_numpy(np.add(u, out, out=out))
+        # float(): a numpy or float64 scalar would make numpy multiply in float64 (NEP 50), where
+        # torch rounds the coefficient to the logits' dtype first. errstate: torch warns of no inf - inf.
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = np.subtract(c, u)
+            np.multiply(out, float(cfg_coef), out=out)
+            return torch.from_numpy(np.add(u, out, out=out))
     return uncond + (cond - uncond) * cfg_coef
 
 

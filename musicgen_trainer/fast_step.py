@@ -35,7 +35,7 @@ _PLAIN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 class LeanLayer(tp.NamedTuple):
     norm1: tuple  # (normalized_shape, weight, bias, eps)
-    qkv: tuple  # (transposed weight [D, 3D] (a view), bias [3D] or None); the same for every linear
+    qkv: tuple  # (weight [3D, D], its transpose [D, 3D] (a view), bias [3D] or None); every linear alike
     out: tuple
     norm_cross: tp.Optional[tuple]
     cross_q: tp.Optional[tuple]  # the query third of the cross-attention's input projection
@@ -52,8 +52,8 @@ class LeanPlan(tp.NamedTuple):
     emb: tp.List[torch.Tensor]  # per codebook [card + 1, D]
     emb_table: tp.Optional[torch.Tensor]  # [K * (card + 1), D] stacked (small models), else None
     emb_offsets: tp.Optional[torch.Tensor]  # [1, K, 1]: k * (card + 1)
-    heads: tp.List[tuple]  # per codebook (transposed weight [D, card], bias)
-    head_table: tp.Optional[tuple]  # ([D, K * card], [K * card] or None) stacked, else None
+    heads: tp.List[tuple]  # per codebook (weight [card, D], its transpose, bias)
+    head_table: tp.Optional[tuple]  # ([K * card, D], its transpose, [K * card] or None) stacked, else None
 
 
 def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
@@ -68,14 +68,14 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
     def linear(mod):
         if type(mod) not in _PLAIN_LINEAR:
             raise _Unsupported
-        return (mod.weight.t(), mod.bias)
+        return _linear_args(mod.weight, mod.bias)
 
     def attention(attn):
         if hasattr(attn, "base_layer") or (attn.attention_as_float32 and dtype != torch.float32):
             raise _Unsupported
         if attn.custom:
-            return attn.in_proj_weight.t(), attn.in_proj_bias, linear(attn.out_proj)
-        return attn.mha.in_proj_weight.t(), attn.mha.in_proj_bias, linear(attn.mha.out_proj)
+            return attn.in_proj_weight, attn.in_proj_bias, linear(attn.out_proj)
+        return attn.mha.in_proj_weight, attn.mha.in_proj_bias, linear(attn.mha.out_proj)
 
     try:
         layers = []
@@ -86,10 +86,10 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
             w, b, out = attention(_base(layer.self_attn))
             cross = (None, None, None)
             if layer.cross_attention is not None:
-                cw, cb, cout = attention(_base(layer.cross_attention))  # cw: [D, 3D], transposed
-                d = cw.shape[0]
-                cross = (norm(layer.norm_cross), (cw[:, :d], None if cb is None else cb[:d]), cout)
-            layers.append(LeanLayer(norm(layer.norm1), (w, b), out, *cross, norm(layer.norm2),
+                cw, cb, cout = attention(_base(layer.cross_attention))  # cw: [3D, D]
+                d = cw.shape[1]
+                cross = (norm(layer.norm_cross), _linear_args(cw[:d], None if cb is None else cb[:d]), cout)
+            layers.append(LeanLayer(norm(layer.norm1), _linear_args(w, b), out, *cross, norm(layer.norm2),
                                     linear(layer.linear1), layer.activation, linear(layer.linear2)))
         out_norm = None if lm.out_norm is None else norm(lm.out_norm)
         heads = [linear(mod) for mod in lm.linears]
@@ -103,10 +103,10 @@ def lean_plan(lm, dtype: torch.dtype) -> tp.Optional[LeanPlan]:
         emb_table = torch.cat(emb)
         emb_offsets = torch.tensor([k * emb[0].shape[0] for k in range(len(emb))],
                                    device=emb_table.device).view(1, -1, 1)
-    if dtype in _STACK_HEAD_DTYPES and sum(w.numel() * w.element_size() for w, _ in heads) <= STACK_BYTES:
-        # [K * card, D] stacked, transposed as F.linear's weight (a view of the copy)
-        head_table = (torch.cat([w.t() for w, _ in heads]).t(),
-                      None if heads[0][1] is None else torch.cat([b for _, b in heads]))
+    if dtype in _STACK_HEAD_DTYPES and sum(w.numel() * w.element_size() for w, _, _ in heads) <= STACK_BYTES:
+        # [K * card, D] stacked; its transpose a view of the copy, as F.linear's (same kernel, same bits)
+        head_table = _linear_args(torch.cat([w for w, _, _ in heads]),
+                                  None if heads[0][2] is None else torch.cat([b for _, _, b in heads]))
     return LeanPlan(layers, out_norm, emb, emb_table, emb_offsets, heads, head_table)
 
 
@@ -148,6 +148,7 @@ def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor
     b = tokens.shape[0]
     heads, head_dim, dim = dec.heads, dec.head_dim, dec.dim
     layer_norm, attend = torch.layer_norm, F.scaled_dot_product_attention
+    mm = _mm if tokens.device.type == "cpu" else _linear
     x = lean_embed(plan, tokens)[:, 0]  # [B2, D]
     x.add_(dec.scaled_positions(p, x.dtype)[:, 0])
     length = p + 1
@@ -155,26 +156,40 @@ def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor
     cross_k, cross_v, cross_mask = dec.cross_k, dec.cross_v, dec.cross_mask
     for i, layer in enumerate(plan.layers):
         h = layer_norm(x, *layer.norm1)
-        q, k, v = _mm(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
+        q, k, v = mm(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
         kc, vc = dec.k_layers[i], dec.v_layers[i]
         kc.narrow(2, p, 1).copy_(k)
         vc.narrow(2, p, 1).copy_(v)
         a = attend(q, kc.narrow(2, 0, length), vc.narrow(2, 0, length), attn_mask=valid)
-        x.add_(_mm(a.reshape(b, dim), *layer.out))  # [B2, H, 1, d] -> [B2, H * d]: a view
+        x.add_(mm(a.reshape(b, dim), *layer.out))  # [B2, H, 1, d] -> [B2, H * d]: a view
         if layer.cross_q is not None and cross_k[i] is not None:
             h = layer_norm(x, *layer.norm_cross)
-            q = _mm(h, *layer.cross_q).view(b, heads, 1, head_dim)
+            q = mm(h, *layer.cross_q).view(b, heads, 1, head_dim)
             a = attend(q, cross_k[i], cross_v[i], attn_mask=cross_mask)
-            x.add_(_mm(a.reshape(b, dim), *layer.cross_out))
+            x.add_(mm(a.reshape(b, dim), *layer.cross_out))
         h = layer_norm(x, *layer.norm2)
-        x.add_(_mm(layer.activation(_mm(h, *layer.linear1)), *layer.linear2))
+        x.add_(mm(layer.activation(mm(h, *layer.linear1)), *layer.linear2))
     if plan.out_norm is not None:
         x = layer_norm(x, *plan.out_norm)
     if plan.head_table is not None:  # [B2, K * card] -> [B2, K, card]
-        return _mm(x, *plan.head_table).view(b, len(plan.heads), -1)
-    return torch.stack([_mm(x, *head) for head in plan.heads], dim=1)
+        return mm(x, *plan.head_table).view(b, len(plan.heads), -1)
+    return torch.stack([mm(x, *head) for head in plan.heads], dim=1)
 
 
-def _mm(x: torch.Tensor, weight_t: torch.Tensor, bias: tp.Optional[torch.Tensor]) -> torch.Tensor:
-    """``F.linear(x, weight_t.t(), bias)`` for a 2-D ``x`` ``[N, in]``: the kernel it calls."""
+def _linear_args(weight: torch.Tensor, bias: tp.Optional[torch.Tensor]) -> tuple:
+    """``(weight [out, in], weight.t() [in, out] (a view), bias)``: what ``_mm`` and ``_linear`` take."""
+    return weight, weight.t(), bias
+
+
+def _mm(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor,
+        bias: tp.Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for a 2-D ``x`` ``[N, in]`` on the CPU: the kernel it calls,
+    on the transposed view made once per request."""
     return torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor,
+            bias: tp.Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear`` itself (GPUs): under CUDA autocast the cast of a weight that is a leaf
+    parameter is cached for the whole generation; a transposed view would be cast again at every step."""
+    return F.linear(x, weight, bias)

@@ -414,6 +414,27 @@ def test_compiled_step_graphs_are_bounded_and_give_the_eager_codes(monkeypatch):
     assert counters["frames"]["total"] - frames.get("total", 0) == counters["frames"]["ok"] - frames.get("ok", 0)
 
 
+def test_compiled_path_under_and_after_a_callers_inference_mode(monkeypatch):
+    """A caller's ``torch.inference_mode()`` around generation (a common habit) with the compiled
+    path (its step run eagerly here): the codes of audiocraft's loop, and a kept decoder made under
+    inference mode still works in a later call made outside it (its cache is written in place)."""
+    import musicgen_trainer.fast_decode as fast_decode
+    from musicgen_trainer.fast_generate import fast_decoding
+    monkeypatch.setattr(fast_decode.torch, "compile", lambda fn, **kwargs: fn)
+    model = _model("tiny")
+    model.set_generation_params(duration=0.2, top_k=250, cfg_coef=3.0, extend_stride=0.6)
+    torch.manual_seed(5)
+    expected = model.generate(["jazz"], return_tokens=True)[1]  # audiocraft's own loop
+    try:
+        with fast_decoding(model, compile=True):
+            for mode in (True, False, True):
+                with torch.inference_mode(mode):
+                    torch.manual_seed(5)
+                    assert torch.equal(model.generate(["jazz"], return_tokens=True)[1], expected), mode
+    finally:
+        model.lm.__dict__.pop("_fast_decoder", None)
+
+
 def test_fixed_decoder_pads_rows_and_caption_with_the_same_logits(monkeypatch):
     """One fixed decoder (bucket of 8 rows, 64-token capacity) serving 6 rows with a 5-token
     caption and prefixes of 3 lengths (gaps, as batched melody requests): the same prefill and

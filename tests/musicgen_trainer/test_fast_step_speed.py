@@ -128,10 +128,14 @@ def test_every_step_logits_are_audiocrafts_bit_for_bit(prompts):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cfg", [3.0, 3.3, 0.7, 7.123456789, 2])
+@pytest.mark.parametrize("cfg", [3.0, 3.3, 0.7, 7.123456789, 2, "np64:3.3", "np64:0.1", "t64:3.3"])
 def test_guidance_mix_in_numpy_is_audiocrafts_expression(dtype, cfg):
     """mix_guidance (numpy on the CPU) gives ``uncond + (cond - uncond) * cfg`` as torch computes
     it, bit for bit: the Python coefficient rounded to the logits' dtype, three rounded operations."""
+    import numpy as np
     from musicgen_trainer.fast_sampling import mix_guidance
+    if isinstance(cfg, str):  # a numpy / float64 tensor scalar: numpy would multiply in float64 (NEP 50)
+        kind, value = cfg.split(":")
+        cfg = np.float64(value) if kind == "np64" else torch.tensor(float(value), dtype=torch.float64)
     x = torch.randn(6, 4, 2048, generator=torch.Generator().manual_seed(2), dtype=dtype) * 7
     assert torch.equal(mix_guidance(x, 3, cfg), x[3:] + (x[:3] - x[3:]) * cfg)
