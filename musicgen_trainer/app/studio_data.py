@@ -31,9 +31,10 @@ _CHARTS: tp.Dict[str, tp.Any] = {}  # dataset folder -> the prepare (job id, end
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m dataset_tools` is importable
 PREPARED_SUFFIX = "-prepared"
 # The PrepareOptions fields the tab offers (the rest keep their defaults; file-valued ones such as
-# soundfont and separation_model would name server paths, so they are never taken from the page).
+# soundfont, separation_model, tagger_model and tag_vocabulary would name server paths, so they are
+# never taken from the page: a tagger uses its default weights, e.g. those `fetch-tagger musicnn` wrote).
 MAIN_PREPARE_OPTIONS = ("segment_seconds", "overlap_seconds", "channels", "trim_db", "loudness_lufs",
-                        "analyze", "caption_template", "valid_fraction", "seed", "remove_vocals")
+                        "analyze", "caption_template", "valid_fraction", "seed", "remove_vocals", "tagger")
 MAX_LISTED_PROBLEMS = 100  # skipped/failed sources shown in the page (the report file has them all)
 MAX_TEXT_OPTION_CHARS = 300
 

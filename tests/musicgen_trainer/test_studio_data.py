@@ -39,7 +39,7 @@ def test_the_command_line_gives_prepare_exactly_the_pages_options(root):
     from dataset_tools.options import PrepareOptions
     values = {"segment_seconds": 10.0, "overlap_seconds": 2.5, "channels": 2, "trim_db": None, "loudness_lufs": -14.0,
               "analyze": False, "caption_template": "{genre} music, {title}", "valid_fraction": 0.2, "seed": 3,
-              "remove_vocals": False}
+              "remove_vocals": False, "tagger": "musicnn"}
     command = sd.prepare_command(root, "lib", "lib-prepared", values)
     assert command.argv[:4] == [sys.executable, "-m", "dataset_tools", "prepare"]
     parsed = dataclass_from_args(PrepareOptions, _parser().parse_args(command.argv[3:]))
@@ -113,6 +113,20 @@ def test_prepare_runs_as_a_job_with_progress_and_its_report_and_chart_are_read_b
     assert results.chart.read_bytes()[:4] == b"\x89PNG"
     assert sd.dataset_choices(root) == ["lib-prepared"] and sd.library_choices(root) == ["lib"]
     assert sys.executable not in view.log and "$ python -m dataset_tools prepare" in view.log  # one public log
+
+
+def test_the_page_can_ask_for_tags_and_a_tagger_without_weights_fails_the_job_in_one_line(root, tmp_path, monkeypatch):
+    """The tab offers prepare's --tagger (its weights are the tagger's defaults, never a server path
+    from the page): without musicnn's converted weights the job stops before converting anything,
+    its log says how to fetch them, and no dataset is left half made."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ValueError, match="tagger"):
+        sd.start_prepare(root, "lib", "lib-prepared", {"tagger": "bogus"})
+    sd.start_prepare(root, "lib", "lib-prepared", {"tagger": "musicnn", "analyze": False})
+    done = jobs.wait_job(root / "lib-prepared", timeout=120)
+    view = sd.prepare_view(root, "lib-prepared")
+    assert done.state == "failed" and "fetch-tagger musicnn" in view.log, view.log
+    assert not (root / "lib-prepared" / "manifest.jsonl").exists() and sd.dataset_choices(root) == []
 
 
 def test_the_chart_is_drawn_once_per_prepare_and_never_through_a_link(root, monkeypatch, tmp_path):
