@@ -250,6 +250,14 @@ class StaticDecoder(nn.Module):
             return self._sin_scaled[:, p:p + 1]
         return self._sin_scaled[0][self._row_positions(self.positions[p:p + 1], 1)]
 
+    def position_row(self, p: int, dtype: torch.dtype) -> torch.Tensor:
+        """``scaled_positions(p, dtype)[:, 0]``: ``[D]`` (broadcast over the rows), or ``[B2, D]``
+        with per-row positions; one indexing call per step on the common path."""
+        sin = self._sin_scaled
+        if self.row_shift is None and sin is not None and sin.dtype == dtype:
+            return sin[0, p]
+        return self.scaled_positions(p, dtype)[:, 0]
+
     def _own_fixed_step(self) -> tp.Callable:
         # ``_fixed_step`` bound to this decoder through a code object of its own: dynamo keeps its
         # graphs, and counts them against its recompile limit, per code object, so the decoders of

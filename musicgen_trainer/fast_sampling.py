@@ -101,15 +101,16 @@ def mix_guidance(all_logits: torch.Tensor, rows: int, cfg_coef: float) -> torch.
     ``[2B, K, card]`` (conditional rows first) -> ``[B, K, card]``. On the CPU in numpy: the same
     three float operations (the Python float rounded to the logits' dtype first, as torch's
     scalar operand: NEP 50), at a third of torch's per-call cost for the tiny model's 8192 logits."""
-    cond, uncond = all_logits[:rows], all_logits[rows:]
     if _numpy_route(all_logits) and all_logits.is_contiguous():
-        c, u = cond.numpy(), uncond.numpy()
+        a = all_logits.numpy()  # split in numpy: two torch slices cost more than the arithmetic
+        c, u = a[:rows], a[rows:]
         # float(): a numpy or float64 scalar would make numpy multiply in float64 (NEP 50), where
         # torch rounds the coefficient to the logits' dtype first. errstate: torch warns of no inf - inf.
         with np.errstate(invalid="ignore", over="ignore"):
             out = np.subtract(c, u)
             np.multiply(out, float(cfg_coef), out=out)
             return torch.from_numpy(np.add(u, out, out=out))
+    cond, uncond = all_logits[:rows], all_logits[rows:]
     return uncond + (cond - uncond) * cfg_coef
 
 
@@ -169,6 +170,9 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
         return torch.argmax(logits, dim=-1, keepdim=True)
     probs = torch.softmax(logits if temp == 1.0 else logits / temp, dim=-1)  # x / 1.0 is x
     q = None if noise is None else noise.next(probs)
+    if q is not None and top_p <= 0.0 and 0 < top_k <= probs.shape[-1] and _numpy_route(probs) \
+            and q.dtype == probs.dtype:
+        return _top_k_numpy(probs, q, top_k)
     if q is not None and top_p <= 0.0 and top_k > 0:  # checked on the kept sums (_keep_top_k)
         probs = _keep_top_k(probs, top_k, check=True)
         if _numpy_route(probs) and q.dtype == probs.dtype:  # the same IEEE division, first maximum
@@ -191,6 +195,21 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
     return torch.argmax(probs.div_(q), dim=-1, keepdim=True)  # torch.multinomial: argmax(probs / q)
 
 
+def _top_k_numpy(probs: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+    # sample_next's CPU path with drawn-ahead variates, ``1 <= k <= card``: ``_keep_top_k(probs, k,
+    # check=True)`` then ``argmax(probs / q)``, the same operations in the same order, in one
+    # function (its checks and conversions once, not per helper: per-call overhead is the cost here).
+    n = probs.shape[-1]
+    a = probs.numpy()
+    np.multiply(a, a >= np.partition(a, n - k, axis=-1)[..., n - k:n - k + 1], out=a)
+    sums = probs.sum(dim=-1, keepdim=True)  # torch's reduction order, as audiocraft's
+    s = sums.numpy()
+    if not math.isfinite(s.sum()):  # sums of finite probabilities are finite
+        check_probs(sums)  # raises
+    np.divide(a, s, out=a)
+    return torch.from_numpy(np.argmax(np.divide(a, q.numpy(), out=a), axis=-1, keepdims=True))
+
+
 class Exponentials:
     """The variates ``torch.multinomial`` draws at each sampling step of one request (one LM
     call): ``next()`` gives step after step ``[B, K, card]``, drawn from the global RNG (rows in
@@ -206,6 +225,7 @@ class Exponentials:
                  chunk_bytes: int = 256 << 10):
         self.generators, self.left, self.chunk_bytes = generators, steps, chunk_bytes
         self._chunk: tp.Optional[torch.Tensor] = None
+        self._steps: tp.Sequence[torch.Tensor] = ()  # the chunk's steps (views)
         self._i = 0
         self._buffers: tp.Optional[tuple] = None  # (uniforms, float64 scratch, variates) of a chunk
 
@@ -214,15 +234,20 @@ class Exponentials:
         a view of a buffer reused by later chunks (consume it before the next call)."""
         if self.left <= 0:
             raise RuntimeError("more sampling steps than planned")
+        if self._chunk is not None and self._i < self._chunk.shape[0]:  # the common case first
+            self.left -= 1
+            self._i += 1
+            return self._steps[self._i - 1]
         if not _draw_ahead_ok(probs.device, probs.dtype):
             self.left -= 1
             return None if self.generators is None else exponentials_per_row(probs, self.generators)
         if self._chunk is None or self._i == self._chunk.shape[0]:
             per_chunk = max(1, self.chunk_bytes // (probs.numel() * 8))
             self._chunk, self._i = self._draw(min(per_chunk, self.left), probs), 0
+            self._steps = self._chunk.unbind(0)  # the chunk's steps, one call for all
         self.left -= 1
         self._i += 1
-        return self._chunk[self._i - 1]
+        return self._steps[self._i - 1]
 
     def _draw(self, n: int, probs: torch.Tensor) -> torch.Tensor:
         # [n, B, K, card]: n steps of variates, each row's steps from its own generator. The

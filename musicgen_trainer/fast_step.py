@@ -127,6 +127,11 @@ def lean_embed(plan: LeanPlan, tokens: torch.Tensor) -> torch.Tensor:
     if plan.emb_table is None:
         return sum([F.embedding(tokens[:, k], w) for k, w in enumerate(plan.emb)])
     e = F.embedding(tokens + plan.emb_offsets, plan.emb_table).unbind(1)  # K x [B2, T, D]: one lookup
+    return _sum_in_order(e)
+
+
+def _sum_in_order(e: tp.Sequence[torch.Tensor]) -> torch.Tensor:
+    # K x [..., D] -> their sum, k = 0, 1, ... one at a time (audiocraft's ``sum`` order and rounding)
     x = e[0] + e[1] if len(e) > 1 else e[0].clone()
     for ek in e[2:]:  # not a sum over dim 1: that rounds half precision once, at the end
         x.add_(ek)  # in place: the same rounding as ``x + ek``, one allocation less
@@ -149,10 +154,13 @@ def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor
     heads, head_dim, dim = dec.heads, dec.head_dim, dec.dim
     layer_norm, attend = torch.layer_norm, F.scaled_dot_product_attention
     mm = _mm if tokens.device.type == "cpu" else _linear
-    x = lean_embed(plan, tokens)[:, 0]  # [B2, D]
-    x.add_(dec.scaled_positions(p, x.dtype)[:, 0])
+    if plan.emb_table is None:
+        x = lean_embed(plan, tokens)[:, 0]  # [B2, D]
+    else:  # [B2, K] codes -> K x [B2, D]: one lookup, no time dimension to drop afterwards
+        x = _sum_in_order(F.embedding(tokens.view(b, -1) + plan.emb_offsets.view(1, -1), plan.emb_table).unbind(1))
+    x.add_(dec.position_row(p, x.dtype))
     length = p + 1
-    valid = None if dec.key_valid is None else dec.key_valid[..., :length]
+    valid = None if dec.key_valid is None else dec.key_valid.narrow(3, 0, length)
     cross_k, cross_v, cross_mask = dec.cross_k, dec.cross_v, dec.cross_mask
     for i, layer in enumerate(plan.layers):
         h = layer_norm(x, *layer.norm1)
