@@ -47,6 +47,28 @@ def test_lean_step_logits_are_the_general_paths_bit_for_bit(name):
         assert torch.equal(lean.v_cache[:, :, :, :8], general.v_cache[:, :, :, :8])
 
 
+def test_position_row_is_the_scaled_positions_row():
+    """``position_row`` (one indexing call per step) adds what ``scaled_positions(p)[:, 0]`` adds:
+    the shared row, each row's own with per-row positions (a gap after a shorter prefix), and
+    the positions in the asked dtype after another dtype was cached."""
+    lm = _lm()
+    with torch.inference_mode():
+        dec = _decoder(lm, True, rows=2, t_max=12)
+        for dtype in (torch.float32, torch.bfloat16, torch.float32):
+            for p in (0, 5, 11):
+                want = torch.zeros(2, dec.dim, dtype=dtype) + dec.scaled_positions(p, dtype)[:, 0]
+                got = torch.zeros(2, dec.dim, dtype=dtype) + dec.position_row(p, dtype)
+                assert got.dtype == dtype and torch.equal(got, want), (dtype, p)
+        dec.set_rows(4, torch.tensor([4, 1]))  # row 1: a prefix of 1, a gap of 3 positions
+        assert dec.row_shift is not None
+        for p in (4, 7):
+            row = dec.position_row(p, torch.float32)
+            assert row.shape == (2, dec.dim)
+            assert torch.equal(row, dec.scaled_positions(p, torch.float32)[:, 0])
+            assert torch.equal(row[1], dec.scaled_positions(p - 3, torch.float32)[0, 0])  # shifted by its gap
+            assert not torch.equal(row[0], row[1])
+
+
 def test_position_zero_as_a_step_is_the_prefill():
     """With no prefix and no prompt the first position is run as a step (fast_lm_generate): the
     same logits and cache as ``prefill`` of that one position."""
