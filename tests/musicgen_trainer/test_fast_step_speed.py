@@ -161,3 +161,24 @@ def test_guidance_mix_in_numpy_is_audiocrafts_expression(dtype, cfg):
         cfg = np.float64(value) if kind == "np64" else torch.tensor(float(value), dtype=torch.float64)
     x = torch.randn(6, 4, 2048, generator=torch.Generator().manual_seed(2), dtype=dtype) * 7
     assert torch.equal(mix_guidance(x, 3, cfg), x[3:] + (x[:3] - x[3:]) * cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 7, 250, 2047, 2048])
+def test_top_k_with_drawn_ahead_variates_is_audiocrafts_sample_top_k(dtype, k):
+    """sample_next's numpy top-k route (drawn-ahead variates) against audiocraft's
+    ``utils.sample_top_k`` on the global RNG: the same codes and the same RNG state after, with ties
+    at the threshold (300 equal logits, an all-equal row, 4 equal maxima), k = 1 and k = card."""
+    from audiocraft.utils import utils
+    from musicgen_trainer.fast_sampling import Exponentials, sample_next
+    logits = torch.randn(3, 4, 2048, generator=torch.Generator().manual_seed(k), dtype=dtype) * 3
+    logits[0, 0, :300] = 1.0
+    logits[1, 1, :] = 0.0
+    logits[2, 3, 5:9] = 50.0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = utils.sample_top_k(torch.softmax(logits, -1), k)
+        after_expected = torch.rand(2)
+        torch.manual_seed(seed)
+        got = sample_next(logits.clone(), True, 1.0, k, 0.0, Exponentials(1, None))
+        assert torch.equal(got, expected) and torch.equal(torch.rand(2), after_expected), seed
