@@ -246,14 +246,18 @@ def bench_decoders(name: str, batch: int, seconds: float, repeats: int, device: 
 
 def split_fast_step(model, prompts, seconds: float, runs: int = 3) -> dict:
     """Where the fast loop's process CPU time goes, ms per step (median of ``runs``): the decode
-    step (``lean_step``), the sampling (``sample_next``: softmax, top-k, variates, argmax) and the
-    rest (guidance mix, bookkeeping, conditions, prefill: the loop's total less the two)."""
+    step (``lean_step``), the sampling (the callable ``loop_sampler`` returns: guidance mix, softmax,
+    top-k, variates, argmax) and the rest (bookkeeping, conditions, prefill: the loop's total less
+    the two). Before the loop sampler, "sampling" was ``sample_next`` and the guidance mix in "rest"."""
     import musicgen_trainer.fast_decode as fast_decode
     import musicgen_trainer.fast_generate as fast_generate
     spent = {"step": 0.0, "sampling": 0.0}
-    originals = {"step": (fast_decode, "lean_step"), "sampling": (fast_generate, "sample_next")}
+    originals = {"step": (fast_decode, "lean_step"), "sampling": (fast_generate, "loop_sampler")}
 
     def timed_call(key, fn):
+        if key == "sampling":  # time the sampler it returns, not its making
+            return lambda *args, **kwargs: timed_call("sampler", fn(*args, **kwargs))
+        key = "sampling" if key == "sampler" else key
         def call(*args, **kwargs):
             start = time.process_time()
             try:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .fast_decode import CROSS_BUCKET, StaticDecoder, bucket_length, bucket_rows, unsupported_reason
-from .fast_sampling import Exponentials, check_generators, mix_guidance, sample_next
+from .fast_sampling import Exponentials, check_generators, loop_sampler, mix_guidance, sample_next
 from .fast_sampling import sample_top_k  # noqa: F401 (importable from here, as before)
 
 # Compiled decoders are kept on their LM (warming a compiled step costs seconds to minutes), one per
@@ -260,6 +260,7 @@ def fast_lm_generate(lm, prompt: tp.Optional[torch.Tensor] = None, conditions: t
     # the next step's input, ``tokens`` [B2, K, 1] (the codes twice when guided), with no ``cat``.
     lean = not session.compile and device.type == "cpu"
     if lean:
+        sample = loop_sampler(B, guided, cfg_coef, use_sampling, temp, top_k, top_p, noise)
         gen_np, write_np = gen_sequence.numpy(), write.numpy()
         tokens = torch.empty((b2, K, 1), dtype=gen_sequence.dtype, device=device)
         halves = tokens.numpy().reshape(b2 // B, B, K)

@@ -169,7 +169,12 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
     if not (use_sampling and temp > 0.0):
         return torch.argmax(logits, dim=-1, keepdim=True)
     probs = torch.softmax(logits if temp == 1.0 else logits / temp, dim=-1)  # x / 1.0 is x
-    q = None if noise is None else noise.next(probs)
+    return _sample_probs(probs, None if noise is None else noise.next(probs), top_k, top_p)
+
+
+def _sample_probs(probs: torch.Tensor, q: tp.Optional[torch.Tensor], top_k: int, top_p: float) -> torch.Tensor:
+    # sample_next after the softmax: probabilities [B, K, card], this step's variates (None: the
+    # global RNG, drawn here by audiocraft's own functions) -> codes [B, K, 1].
     if q is not None and top_p <= 0.0 and 0 < top_k <= probs.shape[-1] and _numpy_route(probs) \
             and q.dtype == probs.dtype:
         return _top_k_numpy(probs, q, top_k)
@@ -193,6 +198,43 @@ def sample_next(logits: torch.Tensor, use_sampling: bool, temp: float, top_k: in
     if top_k > 0:
         probs = _keep_top_k(probs, top_k)
     return torch.argmax(probs.div_(q), dim=-1, keepdim=True)  # torch.multinomial: argmax(probs / q)
+
+
+def loop_sampler(rows: int, guided: bool, cfg_coef: float, use_sampling: bool, temp: float, top_k: int,
+                 top_p: float, noise: tp.Optional["Exponentials"]) -> tp.Callable[[torch.Tensor], torch.Tensor]:
+    """``sample(all_logits)`` for one request of the eager CPU loop (CPU logits made under
+    ``torch.inference_mode``): logits ``[2B, K, card]``
+    (``[B, ...]`` unguided) -> codes ``[B, K, 1]``, as ``sample_next(mix_guidance(...))``: the same
+    operations on the same values. The request's settings are checked once here, not at every step
+    (per-call overhead is the cost of a small model's step); the common case (top-k with
+    drawn-ahead variates, float32 logits) goes straight to ``_top_k_numpy``."""
+    def general(all_logits: torch.Tensor) -> torch.Tensor:
+        logits = mix_guidance(all_logits, rows, cfg_coef) if guided else all_logits
+        return sample_next(logits, use_sampling, temp, top_k, top_p, noise)
+
+    if noise is None or not (use_sampling and temp > 0.0) or top_p > 0.0 or top_k <= 0:
+        return general
+    coef, softmax, float_types = float(cfg_coef), torch.softmax, (torch.float32, torch.float64)
+
+    def sample(all_logits: torch.Tensor) -> torch.Tensor:
+        # CPU tensors under inference mode (the loop's): numpy may read them
+        if all_logits.dtype not in float_types or not all_logits.is_contiguous() or top_k > all_logits.shape[-1]:
+            return general(all_logits)
+        if guided:  # mix_guidance's numpy route, inlined
+            a = all_logits.numpy()
+            with np.errstate(invalid="ignore", over="ignore"):
+                out = np.subtract(a[:rows], a[rows:])
+                np.multiply(out, coef, out=out)
+                logits = torch.from_numpy(np.add(a[rows:], out, out=out))
+        else:
+            logits = all_logits
+        probs = softmax(logits if temp == 1.0 else logits / temp, dim=-1)
+        q = noise.next(probs)
+        if q is not None and q.dtype == probs.dtype:
+            return _top_k_numpy(probs, q, top_k)
+        return _sample_probs(probs, q, top_k, top_p)
+
+    return sample
 
 
 def _top_k_numpy(probs: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:

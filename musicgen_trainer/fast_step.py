@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import typing as tp
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 STACK_BYTES = 4 << 20  # stacked embeddings/heads up to this size (the copy is memory on top of the cache)
 
 _STACK_HEAD_DTYPES = (torch.float32, torch.float64)  # one product for the K heads: same rounding as K
+_NUMPY_DTYPES = (torch.float32, torch.float64)  # the embedding in numpy (CPU): dtypes numpy has
 _PLAIN_LINEAR = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
@@ -148,26 +150,52 @@ def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor
     the same 2-D operands directly (the weight's transpose is a view, as ``F.linear``'s). Also
     ``torch.layer_norm`` rather than ``F.layer_norm``'s Python wrapper, residual sums in place
     (``x`` is this step's own tensor), ``narrow`` rather than slicing, locals rather than attribute
-    lookups. The same kernels on the same values in the same order: the same rounding (tested
+    lookups; on CPU float32/64 the embedding lookup, its sums and the positional term, and the
+    keys/values' cache writes, in numpy (copies and IEEE sums: a numpy call costs less than a torch
+    one). The same kernels on the same values in the same order: the same rounding (tested
     bit-identical to the general path)."""
     b = tokens.shape[0]
     heads, head_dim, dim = dec.heads, dec.head_dim, dec.dim
     layer_norm, attend = torch.layer_norm, F.scaled_dot_product_attention
     mm = _mm if tokens.device.type == "cpu" else _linear
+    # CPU float32/64 caches: the step's keys/values written through numpy views of the caches
+    # (made once per decoder), the same copy as torch's narrow + copy_ at a fraction of the calls
+    caches = dec.__dict__.get("_lean_numpy") if tokens.device.type == "cpu" else None
+    if caches is None and tokens.device.type == "cpu" and dec.k_cache.dtype in _NUMPY_DTYPES:
+        caches = dec._lean_numpy = ([c.numpy() for c in dec.k_layers], [c.numpy() for c in dec.v_layers])
     if plan.emb_table is None:
         x = lean_embed(plan, tokens)[:, 0]  # [B2, D]
+    elif tokens.device.type == "cpu" and plan.emb_table.dtype in _NUMPY_DTYPES:
+        # the same lookup (a copy), sums (IEEE, k = 0, 1, ... one at a time) and positional term
+        # in numpy: a few numpy calls cost less than torch's per-call overhead on [B2, D]
+        e = plan.emb_table.numpy().take(tokens.numpy().reshape(b, -1) + plan.emb_offsets.numpy().reshape(1, -1),
+                                        axis=0)  # [B2, K, D]
+        xn = np.add(e[:, 0], e[:, 1]) if e.shape[1] > 1 else e[:, 0].copy()
+        for k in range(2, e.shape[1]):
+            np.add(xn, e[:, k], out=xn)
+        np.add(xn, dec.position_row(p, plan.emb_table.dtype).numpy(), out=xn)
+        x = torch.from_numpy(xn)
     else:  # [B2, K] codes -> K x [B2, D]: one lookup, no time dimension to drop afterwards
         x = _sum_in_order(F.embedding(tokens.view(b, -1) + plan.emb_offsets.view(1, -1), plan.emb_table).unbind(1))
-    x.add_(dec.position_row(p, x.dtype))
+        x.add_(dec.position_row(p, x.dtype))
+    if plan.emb_table is None:
+        x.add_(dec.position_row(p, x.dtype))
     length = p + 1
     valid = None if dec.key_valid is None else dec.key_valid.narrow(3, 0, length)
     cross_k, cross_v, cross_mask = dec.cross_k, dec.cross_v, dec.cross_mask
     for i, layer in enumerate(plan.layers):
         h = layer_norm(x, *layer.norm1)
-        q, k, v = mm(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
         kc, vc = dec.k_layers[i], dec.v_layers[i]
-        kc.narrow(2, p, 1).copy_(k)
-        vc.narrow(2, p, 1).copy_(v)
+        if caches is not None:
+            qkv = mm(h, *layer.qkv)
+            kv = qkv.numpy().reshape(b, 3, heads, head_dim)
+            caches[0][i][:, :, p] = kv[:, 1]  # [B2, H, d] into the cache's position p
+            caches[1][i][:, :, p] = kv[:, 2]
+            q = qkv.view(b, 3, heads, 1, head_dim).select(1, 0)  # [B2, H, 1, d]
+        else:
+            q, k, v = mm(h, *layer.qkv).view(b, 3, heads, 1, head_dim).unbind(1)  # [B2, H, 1, d]
+            kc.narrow(2, p, 1).copy_(k)
+            vc.narrow(2, p, 1).copy_(v)
         a = attend(q, kc.narrow(2, 0, length), vc.narrow(2, 0, length), attn_mask=valid)
         x.add_(mm(a.reshape(b, dim), *layer.out))  # [B2, H, 1, d] -> [B2, H * d]: a view
         if layer.cross_q is not None and cross_k[i] is not None:
