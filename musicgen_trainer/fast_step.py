@@ -168,12 +168,20 @@ def lean_step(dec, plan: LeanPlan, tokens: torch.Tensor, p: int) -> torch.Tensor
     elif tokens.device.type == "cpu" and plan.emb_table.dtype in _NUMPY_DTYPES:
         # the same lookup (a copy), sums (IEEE, k = 0, 1, ... one at a time) and positional term
         # in numpy: a few numpy calls cost less than torch's per-call overhead on [B2, D]
-        e = plan.emb_table.numpy().take(tokens.numpy().reshape(b, -1) + plan.emb_offsets.numpy().reshape(1, -1),
-                                        axis=0)  # [B2, K, D]
+        # (plan, positional table, their numpy views): made once per request, not per step
+        views = dec.__dict__.get("_lean_emb")
+        if views is None or views[0] is not plan or views[1] is not dec._sin_scaled:
+            dec.position_row(p, plan.emb_table.dtype)  # makes the positional table of this dtype
+            sin = dec._sin_scaled
+            views = dec._lean_emb = (plan, sin, plan.emb_table.numpy(), plan.emb_offsets.numpy().reshape(1, -1),
+                                     sin.numpy()[0])
+        e = views[2].take(tokens.numpy().reshape(b, -1) + views[3], axis=0)  # [B2, K, D]
         xn = np.add(e[:, 0], e[:, 1]) if e.shape[1] > 1 else e[:, 0].copy()
         for k in range(2, e.shape[1]):
             np.add(xn, e[:, k], out=xn)
-        np.add(xn, dec.position_row(p, plan.emb_table.dtype).numpy(), out=xn)
+        # position_row's row: [D], or [B2, D] with per-row positions
+        np.add(xn, views[4][p] if dec.row_shift is None else dec.position_row(p, plan.emb_table.dtype).numpy(),
+               out=xn)
         x = torch.from_numpy(xn)
     else:  # [B2, K] codes -> K x [B2, D]: one lookup, no time dimension to drop afterwards
         x = _sum_in_order(F.embedding(tokens.view(b, -1) + plan.emb_offsets.view(1, -1), plan.emb_table).unbind(1))
