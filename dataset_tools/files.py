@@ -64,6 +64,15 @@ class ScanResult:
     ignored: list[tuple[str, str]] = field(default_factory=list)   # (rel path, reason)
 
 
+def file_digest(path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_kind(name: str) -> str | None:
     """``"audio"``, ``"midi"`` or None, from the extension (any case)."""
     ext = os.path.splitext(name)[1].lower()

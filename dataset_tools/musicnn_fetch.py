@@ -12,7 +12,6 @@ source, licence notice), each atomically, into ``--to`` (default: ``default_dir(
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,7 +24,9 @@ import numpy as np
 
 from .atomic import atomic_path, write_json_atomic
 from .cli import option
+from .files import file_digest
 from .musicnn import INFO_FILE, MODELS, TAGS, musicnn_net, weight_paths
+from .quiet import native_stderr_muted
 
 PACKAGE = "musicnn==0.1.0"
 WHEEL_NAME = "musicnn-0.1.0-py3-none-any.whl"
@@ -72,11 +73,7 @@ def default_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def download_wheel(folder: Path) -> Path:
@@ -139,32 +136,17 @@ def tf_to_state_dict(tensors: dict) -> dict:
 
 
 def import_tensorflow():
-    """Import TensorFlow quietly, or a one-line ``MusicnnUnavailableError``. Its C++ start-up
-    notices (absl, oneDNN) ignore ``TF_CPP_MIN_LOG_LEVEL``, so file descriptor 2 is muted while
-    it loads (as ``genre_classifier.model.import_keras`` does), unless the user asked for
-    TensorFlow's logs with ``TF_CPP_MIN_LOG_LEVEL`` 0 or 1."""
+    """Import TensorFlow quietly (``quiet.native_stderr_muted``), or a one-line
+    ``MusicnnUnavailableError``."""
     if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
         return sys.modules["tensorflow"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    saved = None
-    if os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1"):
-        try:
-            sys.stderr.flush()
-            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except OSError:
-            saved = None
     try:
-        import tensorflow as tf
+        with native_stderr_muted():
+            import tensorflow as tf
     except ImportError:
         raise MusicnnUnavailableError("converting musicnn's checkpoints needs tensorflow (it is in "
                                       "requirements.txt: pip install tensorflow-cpu)") from None
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
     return tf
 
 

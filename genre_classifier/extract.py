@@ -10,7 +10,6 @@ entry, and editing the file or changing a setting never reuses a stale one.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from dataset_tools.atomic import atomic_path
+from dataset_tools.files import file_digest
 
 from .features import FeatureError, FeatureSettings, TrackFeatures, features_from_audio
 
@@ -66,11 +66,7 @@ def default_workers() -> int:
 
 
 def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha1")
 
 
 def _cache_file(cache_dir: Path, sha1: str, settings: FeatureSettings) -> Path:

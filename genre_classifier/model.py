@@ -49,25 +49,11 @@ def import_keras():
     """
     if "keras" in sys.modules:
         return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
-    saved = None
-    if quiet:
-        try:
-            sys.stderr.flush()
-            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except OSError:
-            saved = None
-    try:
+    from dataset_tools.quiet import native_stderr_muted
+    with native_stderr_muted():
         import keras
         import_module("tensorflow")  # its C++ runtime prints on first load: still muted here
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
     return keras
 
 
